@@ -1,0 +1,1 @@
+//! cloister-attestation (placeholder; see ARCHITECTURE).

@@ -1,0 +1,16 @@
+//! The end-to-end demo: subcommands, handlers and error codes.
+
+use crate::errors::{CliResult, ErrorInfo};
+use clap::Subcommand;
+
+/// Subcommands of this area.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {}
+
+/// Error codes of this area.
+pub const CODES: &[ErrorInfo] = &[];
+
+/// Runs one subcommand.
+pub fn run(command: DemoCommand) -> CliResult<()> {
+    match command {}
+}

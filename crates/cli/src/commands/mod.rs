@@ -1,0 +1,10 @@
+//! One module per area of the CLI. Each owns its subcommand enum (flattened into
+//! [`crate::Command`]), its handlers and its table of error codes.
+
+pub mod attest;
+pub mod demo;
+pub mod eif;
+pub mod enclave;
+pub mod explain;
+pub mod kms;
+pub mod proxy;

@@ -1,0 +1,5 @@
+//! The `cloister` binary: a thin shell over [`cloister::run`].
+
+fn main() {
+    std::process::exit(cloister::main_with_args(std::env::args_os()));
+}

@@ -1,0 +1,1 @@
+//! cloister-cpio (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-eif (placeholder; see ARCHITECTURE).

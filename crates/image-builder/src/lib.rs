@@ -1,0 +1,1 @@
+//! cloister-image-builder (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-kms (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-nsm-api (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-proxy (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-runtime (placeholder; see ARCHITECTURE).

@@ -1,0 +1,1 @@
+//! cloister-sdk (placeholder; see ARCHITECTURE).

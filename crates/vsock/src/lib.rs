@@ -1,0 +1,1 @@
+//! cloister-vsock (placeholder; see ARCHITECTURE).
