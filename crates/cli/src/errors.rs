@@ -98,6 +98,7 @@ pub fn all_codes() -> impl Iterator<Item = &'static ErrorInfo> {
         .chain(crate::commands::enclave::CODES)
         .chain(crate::commands::kms::CODES)
         .chain(crate::commands::proxy::CODES)
+        .chain(crate::commands::image::CODES)
         .chain(crate::commands::demo::CODES)
 }
 

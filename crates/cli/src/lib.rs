@@ -39,6 +39,8 @@ pub enum Command {
     #[command(flatten)]
     Proxy(commands::proxy::ProxyCommand),
     #[command(flatten)]
+    Image(commands::image::ImageCommand),
+    #[command(flatten)]
     Demo(commands::demo::DemoCommand),
     /// Explain an error code reported by cloister.
     Explain(commands::explain::ExplainArgs),
@@ -87,6 +89,7 @@ pub fn run(command: Command) -> CliResult<()> {
         Command::Enclave(c) => commands::enclave::run(c),
         Command::Kms(c) => commands::kms::run(c),
         Command::Proxy(c) => commands::proxy::run(c),
+        Command::Image(c) => commands::image::run(c),
         Command::Demo(c) => commands::demo::run(c),
         Command::Explain(a) => commands::explain::run(a),
     }

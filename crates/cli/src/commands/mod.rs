@@ -6,5 +6,6 @@ pub mod demo;
 pub mod eif;
 pub mod enclave;
 pub mod explain;
+pub mod image;
 pub mod kms;
 pub mod proxy;
