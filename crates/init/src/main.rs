@@ -1,1 +1,5 @@
-fn main() {}
+//! The `cloister-init` binary: see the library's docs.
+
+fn main() {
+    cloister_init::main()
+}

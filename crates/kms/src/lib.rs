@@ -1,1 +1,31 @@
-//! cloister-kms (placeholder; see ARCHITECTURE).
+//! Cloister's key service: an AWS-KMS-compatible server that releases keys to attested enclaves.
+//!
+//! The parts, from the wire inwards:
+//! - [`server`]: HTTP/1.1 (and HTTPS with rustls) on hyper, body caps, dispatch.
+//! - [`sigv4`]: AWS Signature Version 4 verification with cached signing keys.
+//! - [`service`]: the KMS operations (CreateKey, Encrypt, Decrypt, GenerateDataKey, ...).
+//! - [`policy`]: IAM-style key policies with `kms:RecipientAttestation:*` conditions.
+//! - [`recipient`] and [`cms`]: attestation-bound release (`Recipient` ->
+//!   `CiphertextForRecipient`, CMS EnvelopedData with RSAES-OAEP and AES-256-CBC).
+//! - [`blob`]: the ciphertext blob format (key id, material version, AES-256-GCM, context AAD).
+//! - [`store`]: durable storage in redb (see its docs for why), key material sealed under a
+//!   master key kept in a separate file.
+//! - [`config`]: the YAML/JSON config file.
+
+#![forbid(unsafe_code)]
+
+pub mod blob;
+pub mod cms;
+pub mod config;
+pub mod error;
+pub mod policy;
+#[path = "recipient_tmp.rs"]
+pub mod recipient;
+pub mod server;
+pub mod service;
+pub mod sigv4;
+pub mod store;
+
+pub use config::Config;
+pub use error::{KmsError, KmsResult};
+pub use service::Service;

@@ -1,1 +1,29 @@
-//! cloister-runtime (placeholder; see ARCHITECTURE).
+//! cloister-runtime: the enclave runtime.
+//!
+//! - [`lifecycle`]: run / describe / terminate / console, as the CLI calls them;
+//! - [`monitor`]: the per-enclave monitor process (heartbeat, supervision, teardown);
+//! - [`backend`]: the [`backend::Backend`] trait; [`sandbox`]: the `process` backend
+//!   (namespaces, tmpfs root, pivot_root, user namespace mapping);
+//! - [`rootfs`]: safe unpacking of the image's ramdisks;
+//! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
+//! - [`state`]: the run directory; [`console`]: the bounded console log;
+//! - [`nsm`]: the enclave's NSM behind the vsock broker; [`ids`]: instance and enclave ids;
+//! - [`sys`]: every system call the runtime makes, wrapped once with typed errors.
+
+pub mod allocator;
+pub mod backend;
+pub mod cgroup;
+pub mod console;
+pub mod ids;
+pub mod lifecycle;
+pub mod monitor;
+pub mod nsm;
+pub mod rootfs;
+pub mod sandbox;
+pub mod state;
+pub mod sys;
+
+pub use backend::Isolation;
+pub use lifecycle::{LifecycleError, MonitorCommand, RunOptions, Selector};
+pub use monitor::{monitor_main, FailureKind, MONITOR_SUBCOMMAND};
+pub use state::{EnclaveRecord, EnclaveState, RunDir};

@@ -1,16 +1,395 @@
-//! Container images and bootstrap blobs (E6xx): subcommands, handlers and error codes.
+//! Container images and bootstrap blobs (E6xx): the container inputs of `build-enclave`
+//! ([`ContainerInputs`], [`build_from_container`]), `blobs prepare`, and the error codes.
+//!
+//! The logic lives in `cloister_image_builder`; this module parses flags, maps errors to codes
+//! and prints JSON.
 
-use crate::errors::{CliResult, ErrorInfo};
-use clap::Subcommand;
+use crate::commands::eif::{cli_error, OutputOptions};
+use crate::errors::{print_json, CliError, CliResult, ErrorInfo, ExitKind};
+use clap::{Args, Subcommand};
+use cloister_eif::measure::Measurements;
+use cloister_image_builder::build::{prepare, write_eif, BuildError, BuildRequest, ImageInput};
+use cloister_image_builder::layer::LayerError;
+use cloister_image_builder::source::{self, SourceError};
+use cloister_image_builder::tree::TreeError;
+use cloister_image_builder::{blobs, CommandOverrides, CommandStyle};
+use std::path::PathBuf;
 
 /// Subcommands of this area.
 #[derive(Debug, Subcommand)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Boot blobs (kernel, cmdline, init, modules) for enclave images.
+    #[command(subcommand)]
+    Blobs(BlobsCommand),
+}
+
+/// `blobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BlobsCommand {
+    /// Build a blobs directory from a Debian cloud kernel package and a static init binary.
+    Prepare(PrepareArgs),
+}
+
+/// `blobs prepare` arguments.
+#[derive(Debug, Clone, Args)]
+#[group(id = "kernel_source", required = true, multiple = false)]
+pub struct PrepareArgs {
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// A linux-image-*-cloud-amd64-unsigned .deb on disk.
+    #[arg(long, value_name = "FILE", group = "kernel_source")]
+    pub kernel_deb: Option<PathBuf>,
+    /// Kernel version to fetch with `apt-get download linux-image-<V>-cloud-amd64-unsigned`.
+    #[arg(long, value_name = "V", group = "kernel_source")]
+    pub kernel_version: Option<String>,
+    /// The static init binary to install as `init`.
+    #[arg(long, value_name = "FILE")]
+    pub init: PathBuf,
+    /// TSC frequency in kHz for `tsc_early_khz=` (default: detected from this host).
+    #[arg(long, value_name = "KHZ")]
+    pub tsc_khz: Option<u64>,
+}
+
+/// Container-image inputs of `build-enclave` (flattened into its arguments).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContainerInputs {
+    /// Image held by a Docker engine (talks to its socket: DOCKER_HOST=unix://... or
+    /// /var/run/docker.sock).
+    #[arg(long, value_name = "IMAGE")]
+    pub docker_uri: Option<String>,
+    /// Dockerfile directory (nitro-cli's flag; needs a container engine: refused with advice).
+    #[arg(long, value_name = "DIR")]
+    pub docker_dir: Option<PathBuf>,
+    /// OCI image layout directory, optionally with :TAG.
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub oci_layout: Option<String>,
+    /// `docker save` archive, optionally with :TAG.
+    #[arg(long, value_name = "FILE[:TAG]")]
+    pub docker_archive: Option<String>,
+    /// Plain root filesystem directory (give --cmd and/or --entrypoint).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Record this owner for every file of --rootfs instead of the host's.
+    #[arg(long, value_name = "UID:GID", requires = "rootfs")]
+    pub rootfs_owner: Option<String>,
+    /// Command (JSON array, or words split on spaces); replaces the image's Cmd.
+    #[arg(long, value_name = "CMD")]
+    pub cmd: Option<String>,
+    /// Entrypoint (JSON array, or words split on spaces); replaces the image's Entrypoint.
+    #[arg(long, value_name = "ENTRYPOINT")]
+    pub entrypoint: Option<String>,
+    /// Environment variable for the enclave command; repeat.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Combine Entrypoint and Cmd as Docker does, instead of nitro-cli's rule.
+    #[arg(long)]
+    pub docker_cmd_semantics: bool,
+    /// Blobs directory (bzImage, cmdline, init[, nsm.ko][, modules/]).
+    #[arg(long, value_name = "DIR", env = "CLOISTER_BLOBS", default_value = blobs::DEFAULT_BLOBS_DIR)]
+    pub blobs: PathBuf,
+    /// Directory for temporary files (default: the system's).
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+}
 
 /// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[];
+pub const CODES: &[ErrorInfo] = &[
+    ErrorInfo {
+        code: "E601",
+        exit: ExitKind::InvalidInput,
+        summary: "Invalid container image",
+        explanation: "The image source (OCI layout, docker save archive or rootfs directory) \
+                      could not be read or its index, manifest or config is malformed. The \
+                      message names the document and the problem.",
+    },
+    ErrorInfo {
+        code: "E602",
+        exit: ExitKind::VerificationFailed,
+        summary: "Image content does not match its digest",
+        explanation: "A blob (config or layer) has a different SHA-256 or size than its \
+                      manifest says: the image is corrupt or was tampered with. Re-export it.",
+    },
+    ErrorInfo {
+        code: "E603",
+        exit: ExitKind::Usage,
+        summary: "Image tag not found or ambiguous",
+        explanation: "The source holds several images and none or the wrong one was chosen. \
+                      Add :TAG to --oci-layout or --docker-archive; the message lists the tags.",
+    },
+    ErrorInfo {
+        code: "E604",
+        exit: ExitKind::Unavailable,
+        summary: "No Docker engine",
+        explanation: "--docker-uri reads the image from a Docker engine's socket, and none \
+                      answered. Export the image elsewhere (`docker save -o img.tar IMAGE`) and \
+                      use --docker-archive, or use --oci-layout.",
+    },
+    ErrorInfo {
+        code: "E605",
+        exit: ExitKind::Failure,
+        summary: "The Docker engine refused the request",
+        explanation: "The engine answered with an HTTP error (for example, the image does not \
+                      exist). Its message is shown.",
+    },
+    ErrorInfo {
+        code: "E606",
+        exit: ExitKind::InvalidInput,
+        summary: "Unreadable image layer",
+        explanation: "A layer is truncated, not a tar archive, compressed with something other \
+                      than gzip or zstd, or has an unusable entry.",
+    },
+    ErrorInfo {
+        code: "E607",
+        exit: ExitKind::InvalidInput,
+        summary: "Hostile path in the image",
+        explanation: "A layer names a path with `..`, writes through a symlink that leads \
+                      outside the image root, loops through symlinks, or puts a file under a \
+                      non-directory. Nothing was written to the host; the image is refused.",
+    },
+    ErrorInfo {
+        code: "E608",
+        exit: ExitKind::InvalidInput,
+        summary: "Image exceeds a limit",
+        explanation: "Too many layers, files, bytes (uncompressed), or a layer that \
+                      decompresses far beyond its size (a decompression bomb).",
+    },
+    ErrorInfo {
+        code: "E609",
+        exit: ExitKind::InvalidInput,
+        summary: "No usable command or environment",
+        explanation: "The image sets neither Cmd nor Entrypoint, or an argument or variable \
+                      has a newline (the enclave's cmd and env files hold one per line). Give \
+                      --cmd, --entrypoint or --env.",
+    },
+    ErrorInfo {
+        code: "E610",
+        exit: ExitKind::Unavailable,
+        summary: "Blobs directory missing or incomplete",
+        explanation: "The blobs directory (--blobs, CLOISTER_BLOBS, default \
+                      /usr/share/nitro_enclaves/blobs) needs bzImage (or vmlinuz), cmdline and \
+                      init. `cloister blobs prepare` builds one.",
+    },
+    ErrorInfo {
+        code: "E611",
+        exit: ExitKind::System,
+        summary: "Cannot write the image",
+        explanation: "Writing a ramdisk, a temporary file or the output failed (disk full, \
+                      permissions).",
+    },
+    ErrorInfo {
+        code: "E612",
+        exit: ExitKind::Usage,
+        summary: "Dockerfile builds are not supported",
+        explanation: "--docker-dir needs a container engine to run the Dockerfile. Build the \
+                      image with docker, buildah or kaniko, then pass --docker-archive or \
+                      --oci-layout.",
+    },
+    ErrorInfo {
+        code: "E613",
+        exit: ExitKind::Failure,
+        summary: "Cannot prepare blobs",
+        explanation: "`blobs prepare` could not fetch or unpack the kernel package, find the \
+                      kernel or the vsock modules, or write the output.",
+    },
+    ErrorInfo {
+        code: "E614",
+        exit: ExitKind::Usage,
+        summary: "Conflicting image inputs",
+        explanation: "Give exactly one of --docker-uri, --oci-layout, --docker-archive, \
+                      --rootfs (or the raw --kernel/--cmdline/--ramdisk inputs).",
+    },
+];
+
+/// The code for a build error.
+pub fn build_error_code(e: &BuildError) -> &'static str {
+    match e {
+        BuildError::Source(s) => match s {
+            SourceError::DigestMismatch { .. } => "E602",
+            SourceError::TagNotFound { .. } | SourceError::Ambiguous { .. } => "E603",
+            SourceError::NoEngine { .. } => "E604",
+            SourceError::Engine { .. } => "E605",
+            _ => "E601",
+        },
+        BuildError::Layer(l) => match l {
+            LayerError::DigestMismatch { .. } | LayerError::SizeMismatch { .. } => "E602",
+            LayerError::TooLarge { .. } | LayerError::Bomb { .. } => "E608",
+            LayerError::Entry { source, .. } => tree_code(source),
+            _ => "E606",
+        },
+        BuildError::Tree(t) => tree_code(t),
+        BuildError::TooManyLayers { .. } => "E608",
+        BuildError::Config(_) => "E609",
+        BuildError::Blobs(_) => "E610",
+        BuildError::Ramdisk { .. } | BuildError::Eif(_) | BuildError::Io { .. } => "E611",
+        BuildError::EpochTooLarge(_) => "E003",
+        BuildError::DockerfileUnsupported => "E612",
+    }
+}
+
+fn tree_code(t: &TreeError) -> &'static str {
+    match t {
+        TreeError::TooManyEntries { .. }
+        | TreeError::MetadataTooLarge { .. }
+        | TreeError::ContentTooLarge { .. }
+        | TreeError::PathTooLong { .. } => "E608",
+        TreeError::Spill(_) => "E611",
+        _ => "E607",
+    }
+}
+
+fn argv(flag: &str, s: &str) -> CliResult<Vec<String>> {
+    if s.trim_start().starts_with('[') {
+        serde_json::from_str(s).map_err(|e| CliError::msg("E003", format!("{flag}: not a JSON array of strings: {e}")))
+    } else {
+        Ok(s.split_whitespace().map(str::to_owned).collect())
+    }
+}
+
+/// Turns the flags into the library's input; `None` when no container input was given.
+pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
+    let given = [
+        c.docker_uri.is_some(),
+        c.docker_dir.is_some(),
+        c.oci_layout.is_some(),
+        c.docker_archive.is_some(),
+        c.rootfs.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given > 1 && !(given == 2 && c.docker_dir.is_some() && c.docker_uri.is_some()) {
+        return Err(CliError::msg("E614", "give only one image input"));
+    }
+    if c.docker_dir.is_some() {
+        return Err(CliError::new("E612", BuildError::DockerfileUnsupported));
+    }
+    Ok(if let Some(image) = &c.docker_uri {
+        Some(ImageInput::DockerEngine {
+            image: image.clone(),
+            socket: source::docker_socket_from_env(),
+        })
+    } else if let Some(spec) = &c.oci_layout {
+        let (dir, tag) = source::split_tag(spec);
+        Some(ImageInput::OciLayout { dir, tag })
+    } else if let Some(spec) = &c.docker_archive {
+        let (file, tag) = source::split_tag(spec);
+        Some(ImageInput::DockerArchive { file, tag })
+    } else if let Some(dir) = &c.rootfs {
+        let owner = match &c.rootfs_owner {
+            None => None,
+            Some(o) => {
+                let parsed = o
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                Some(parsed.ok_or_else(|| CliError::msg("E003", "--rootfs-owner must be UID:GID"))?)
+            }
+        };
+        Some(ImageInput::Rootfs { dir: dir.clone(), owner })
+    } else {
+        None
+    })
+}
+
+/// Builds an EIF from a container input when one was given (`Ok(None)` otherwise), honouring
+/// `build-enclave`'s output options. Mtimes and the build time come from `SOURCE_DATE_EPOCH`
+/// when it is set.
+pub fn build_from_container(c: &ContainerInputs, output: &OutputOptions) -> CliResult<Option<Measurements>> {
+    let Some(input) = container_input(c)? else {
+        return Ok(None);
+    };
+    let mut req = BuildRequest::new(input, c.blobs.clone(), output.output_file.clone());
+    req.overrides = CommandOverrides {
+        entrypoint: c.entrypoint.as_deref().map(|s| argv("--entrypoint", s)).transpose()?,
+        cmd: c.cmd.as_deref().map(|s| argv("--cmd", s)).transpose()?,
+        env: c.env.clone(),
+    };
+    if c.docker_cmd_semantics {
+        req.style = Some(CommandStyle::Docker);
+    }
+    req.image_name = output.name.clone();
+    req.image_version = output.version.clone();
+    req.temp_dir = c.temp_dir.clone();
+    req.progress = true;
+    if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
+        req.source_date_epoch = Some(
+            sde.trim()
+                .parse()
+                .map_err(|_| CliError::msg("E003", "SOURCE_DATE_EPOCH is not a number of seconds"))?,
+        );
+    }
+    if let Some(path) = &output.metadata {
+        let bytes = std::fs::read(path).map_err(|e| CliError::new("E601", e))?;
+        req.custom_metadata = serde_json::from_slice(&bytes).map_err(|e| CliError::new("E601", e))?;
+    }
+    let signer = match (&output.signing_certificate, &output.private_key) {
+        (Some(cert), Some(key)) => Some(cloister_eif::EifSigner::from_files(cert, key).map_err(cli_error)?),
+        _ => None,
+    };
+    let code = |e: BuildError| CliError::new(build_error_code(&e), e);
+    let mut prepared = prepare(&req).map_err(code)?;
+    if let Some(t) = &output.build_time {
+        prepared.metadata.build_metadata.build_time = t.clone();
+    }
+    let m = write_eif(&prepared, &req.output, signer).map_err(code)?;
+    Ok(Some(m))
+}
 
 /// Runs one subcommand.
 pub fn run(command: ImageCommand) -> CliResult<()> {
-    match command {}
+    match command {
+        ImageCommand::Blobs(BlobsCommand::Prepare(a)) => {
+            let report = blobs::prepare(&blobs::PrepareOptions {
+                output: a.output,
+                kernel_deb: a.kernel_deb,
+                kernel_version: a.kernel_version,
+                init: a.init,
+                tsc_khz: a.tsc_khz,
+            })
+            .map_err(|e| CliError::new("E613", e))?;
+            print_json(&report)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_forms() {
+        assert_eq!(argv("--cmd", "/bin/sh -c  x").unwrap(), ["/bin/sh", "-c", "x"]);
+        assert_eq!(argv("--cmd", r#"["/bin/sh", "-c", "echo a b"]"#).unwrap(), ["/bin/sh", "-c", "echo a b"]);
+        assert!(argv("--cmd", "[1]").is_err());
+    }
+
+    #[test]
+    fn inputs_conflict_and_dockerfile_refused() {
+        let c = ContainerInputs {
+            oci_layout: Some("a".into()),
+            rootfs: Some("b".into()),
+            ..Default::default()
+        };
+        assert_eq!(container_input(&c).unwrap_err().code, "E614");
+        let c = ContainerInputs {
+            docker_dir: Some(".".into()),
+            docker_uri: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(container_input(&c).unwrap_err().code, "E612");
+        assert!(container_input(&ContainerInputs::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn codes_are_in_range_and_listed() {
+        for c in CODES {
+            assert!(c.code.starts_with("E6"), "{}", c.code);
+        }
+        let e = BuildError::Source(SourceError::NoEngine {
+            socket: "s".into(),
+            reason: "r".into(),
+        });
+        let code = build_error_code(&e);
+        assert!(CODES.iter().any(|c| c.code == code));
+    }
 }

@@ -1,16 +1,182 @@
-//! Key service (E4xx): subcommands, handlers and error codes.
+//! Key service (E4xx): `cloister kms serve`, an AWS-KMS-compatible server (see `cloister-kms`).
+//!
+//! The handler reads the optional config file, opens the data directory (creating the store,
+//! master key and administrator credential on first start), prints one JSON object describing
+//! the listening server on stdout, and serves until SIGINT or SIGTERM.
 
-use crate::errors::{CliResult, ErrorInfo};
-use clap::Subcommand;
+use crate::errors::{CliError, CliResult, ErrorInfo, ExitKind};
+use clap::{Args, Subcommand};
+use cloister_kms::config::{Config, ConfigError};
+use cloister_kms::server::{serve_blocking, ServeOptions, ServerError};
+use std::path::PathBuf;
 
 /// Subcommands of this area.
 #[derive(Debug, Subcommand)]
-pub enum KmsCommand {}
+pub enum KmsCommand {
+    /// AWS-KMS-compatible key service with attestation-bound key release.
+    #[command(subcommand)]
+    Kms(KmsSubcommand),
+}
+
+/// `cloister kms ...`
+#[derive(Debug, Subcommand)]
+pub enum KmsSubcommand {
+    /// Serve the AWS KMS JSON 1.1 protocol (SigV4) over HTTP or HTTPS.
+    Serve(ServeArgs),
+}
+
+/// `cloister kms serve` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the JSON output says which).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// Data directory: key store, master key (unless the config names one) and
+    /// admin-credentials.json. Created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// PEM certificate chain for HTTPS (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (needs --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Config file (YAML or JSON): region, account_id, master_key_path, attestation trust
+    /// anchors, extra credentials.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
 
 /// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[];
+pub const CODES: &[ErrorInfo] = &[
+    ErrorInfo {
+        code: "E401",
+        exit: ExitKind::InvalidInput,
+        summary: "Invalid key service config",
+        explanation: "The --config file cannot be read, is not YAML/JSON of the expected shape \
+                      (unknown fields are refused), or has a value out of range (account_id \
+                      must be 12 digits; access keys 16..128 letters and digits).",
+    },
+    ErrorInfo {
+        code: "E402",
+        exit: ExitKind::System,
+        summary: "Cannot open the key store",
+        explanation: "The data directory, its database or the master key cannot be read or \
+                      created. A master key file must be exactly 32 bytes with mode 0600; a \
+                      store whose records do not open under the master key is refused.",
+    },
+    ErrorInfo {
+        code: "E403",
+        exit: ExitKind::InvalidInput,
+        summary: "Unusable TLS certificate or key",
+        explanation: "--tls-cert must be a PEM certificate chain and --tls-key the PEM private \
+                      key that belongs to it.",
+    },
+    ErrorInfo {
+        code: "E404",
+        exit: ExitKind::System,
+        summary: "Cannot listen",
+        explanation: "Binding the --listen address failed (in use, not local, or not \
+                      permitted).",
+    },
+    ErrorInfo {
+        code: "E405",
+        exit: ExitKind::InvalidInput,
+        summary: "Unusable attestation trust anchors",
+        explanation: "A certificate listed under attestation.trust_anchors cannot be read or \
+                      is not a valid root certificate.",
+    },
+    ErrorInfo {
+        code: "E406",
+        exit: ExitKind::System,
+        summary: "Administrator credential unavailable",
+        explanation: "The administrator credential could not be read from or stored in the \
+                      key store (or written to admin-credentials.json).",
+    },
+];
+
+fn code_of(e: &ServerError) -> &'static str {
+    match e {
+        ServerError::Config(_) => "E401",
+        ServerError::Store(_) => "E402",
+        ServerError::Tls(..) => "E403",
+        ServerError::Listen(..) => "E404",
+        ServerError::TrustAnchors(_) => "E405",
+        ServerError::Admin(_) => "E406",
+    }
+}
 
 /// Runs one subcommand.
 pub fn run(command: KmsCommand) -> CliResult<()> {
-    match command {}
+    match command {
+        KmsCommand::Kms(KmsSubcommand::Serve(args)) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> CliResult<()> {
+    let config = match &args.config {
+        Some(p) => Config::load(p).map_err(|e: ConfigError| CliError::new("E401", e))?,
+        None => Config::default(),
+    };
+    let opts = ServeOptions {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        tls: args.tls_cert.zip(args.tls_key),
+        config,
+    };
+    serve_blocking(opts, |started| {
+        // One line, flushed, so a supervisor (or a test) can read the chosen port.
+        if let Ok(line) = serde_json::to_string(started) {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    })
+    .map_err(|e| CliError::new(code_of(&e), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn serve_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "kms",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/x",
+            "--config",
+            "c.yaml",
+        ])
+        .unwrap();
+        let crate::Command::Kms(KmsCommand::Kms(KmsSubcommand::Serve(a))) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.listen, "127.0.0.1:0");
+        assert!(a.tls_cert.is_none());
+        assert!(Cli::try_parse_from([
+            "cloister",
+            "kms",
+            "serve",
+            "--data-dir",
+            "/tmp/x",
+            "--tls-cert",
+            "c.pem"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn every_server_error_has_a_code_in_the_table() {
+        for code in ["E401", "E402", "E403", "E404", "E405", "E406"] {
+            assert!(CODES.iter().any(|c| c.code == code));
+        }
+    }
 }

@@ -1,16 +1,348 @@
-//! vsock-proxy and forwarders (E5xx): subcommands, handlers and error codes.
+//! vsock-proxy, forwarders and the attested KMS client (E5xx): subcommands, handlers and error
+//! codes. The logic lives in `cloister-proxy` and `cloister_sdk::kms_client`; these handlers
+//! parse arguments, build a tokio runtime, wait for SIGTERM/SIGINT and map errors to codes.
 
-use crate::errors::{CliResult, ErrorInfo};
-use clap::Subcommand;
+use crate::errors::{CliError, CliResult, Coded, ErrorInfo, ExitKind};
+use clap::{Args, Subcommand};
+use cloister_proxy::allowlist::{self, Allowlist, AllowlistError};
+use cloister_proxy::relay::{RelayOptions, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CONNECTIONS};
+use cloister_proxy::vsock_io::VsockAddr;
+use cloister_proxy::{IpAddrType, ProxyConfig, ProxyError, TcpToVsock, VsockProxy, VsockToTcp};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Subcommands of this area.
 #[derive(Debug, Subcommand)]
-pub enum ProxyCommand {}
+pub enum ProxyCommand {
+    /// Carry connections from enclaves (a vsock port on the parent) to one allowlisted TCP
+    /// destination (AWS's vsock-proxy).
+    VsockProxy(VsockProxyArgs),
+    /// Forward between TCP and vsock.
+    #[command(subcommand)]
+    Forward(ForwardCommand),
+}
+
+/// `cloister vsock-proxy`: AWS's command line.
+#[derive(Debug, Args)]
+pub struct VsockProxyArgs {
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 addresses only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Number of I/O worker threads (AWS: number of workers). Concurrent connections are
+    /// limited by --max-connections, not by this.
+    #[arg(short = 'w', long = "num_workers", default_value_t = 4)]
+    pub num_workers: usize,
+    /// YAML file listing the destinations that may be proxied.
+    #[arg(long = "config", default_value = allowlist::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Maximum simultaneous connections; at the limit, new ones wait in the listen queue.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Bytes buffered per direction of each connection.
+    #[arg(long, default_value_t = DEFAULT_BUFFER_SIZE)]
+    pub buffer_size: usize,
+    /// Seconds open connections get to finish after SIGTERM.
+    #[arg(long, default_value_t = 5)]
+    pub drain_timeout: u64,
+    /// Local vsock port to listen on.
+    pub local_port: u32,
+    /// Host name or IP address of the destination.
+    pub remote_addr: String,
+    /// TCP port of the destination.
+    pub remote_port: u16,
+}
+
+/// `cloister forward ...`.
+#[derive(Debug, Subcommand)]
+pub enum ForwardCommand {
+    /// Listen on TCP and carry each connection to a vsock address (inside an enclave:
+    /// `--listen 127.0.0.1:8443 --cid 3 --port 8000` reaches the parent's vsock-proxy; on the
+    /// host: `--listen 0.0.0.0:443 --cid 16 --port 5000` carries ingress into an enclave).
+    TcpToVsock(TcpToVsockArgs),
+    /// Listen on a vsock port and carry each connection to a TCP address (inside an enclave:
+    /// `--vsock-port 5000 --connect 127.0.0.1:8080` reaches a server on the enclave's loopback).
+    VsockToTcp(VsockToTcpArgs),
+}
+
+/// Limits shared by the forwarders.
+#[derive(Debug, Args)]
+pub struct ForwardLimits {
+    /// Maximum simultaneous connections.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Bytes buffered per direction of each connection.
+    #[arg(long, default_value_t = DEFAULT_BUFFER_SIZE)]
+    pub buffer_size: usize,
+    /// Seconds open connections get to finish after SIGTERM.
+    #[arg(long, default_value_t = 5)]
+    pub drain_timeout: u64,
+}
+
+/// `cloister forward tcp-to-vsock`.
+#[derive(Debug, Args)]
+pub struct TcpToVsockArgs {
+    /// TCP address to listen on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Destination vsock CID (3: the parent).
+    #[arg(long)]
+    pub cid: u32,
+    /// Destination vsock port.
+    #[arg(long)]
+    pub port: u32,
+    #[command(flatten)]
+    pub limits: ForwardLimits,
+}
+
+/// `cloister forward vsock-to-tcp`.
+#[derive(Debug, Args)]
+pub struct VsockToTcpArgs {
+    /// vsock port to listen on.
+    #[arg(long)]
+    pub vsock_port: u32,
+    /// Destination TCP address (an IP literal and port: no name resolution, no allowlist).
+    #[arg(long)]
+    pub connect: SocketAddr,
+    #[command(flatten)]
+    pub limits: ForwardLimits,
+}
 
 /// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[];
+pub const CODES: &[ErrorInfo] = &[
+    ErrorInfo {
+        code: "E501",
+        exit: ExitKind::InvalidInput,
+        summary: "Cannot load the allowlist",
+        explanation: "The vsock-proxy allowlist file (--config, default \
+                      /etc/nitro_enclaves/vsock-proxy.yaml) is missing, unreadable, too large, \
+                      or not of the form `allowlist: [{address: HOST, port: PORT}, ...]`.",
+    },
+    ErrorInfo {
+        code: "E502",
+        exit: ExitKind::VerificationFailed,
+        summary: "Destination not on the allowlist",
+        explanation: "vsock-proxy refuses to start: no allowlist entry has the remote port and \
+                      either names the remote host or resolves to the address the remote host \
+                      resolves to. Add the destination to the allowlist or fix the arguments.",
+    },
+    ErrorInfo {
+        code: "E503",
+        exit: ExitKind::Unavailable,
+        summary: "Cannot resolve the remote host",
+        explanation: "The remote host name did not resolve to an address of the allowed family \
+                      (-4/-6). Check the name, the DNS configuration (/etc/resolv.conf) and the \
+                      address family flags.",
+    },
+    ErrorInfo {
+        code: "E504",
+        exit: ExitKind::System,
+        summary: "Cannot listen",
+        explanation: "The vsock port or TCP address cannot be listened on: it is in use, the \
+                      fabric directory (CLOISTER_RUN_DIR/vsock) is not writable, or the \
+                      address is not local.",
+    },
+    ErrorInfo {
+        code: "E505",
+        exit: ExitKind::Usage,
+        summary: "Invalid proxy option",
+        explanation: "A limit is out of range: --buffer-size must be between 1 KiB and 16 MiB, \
+                      --max-connections and --num_workers at least 1.",
+    },
+    ErrorInfo {
+        code: "E506",
+        exit: ExitKind::System,
+        summary: "Cannot start the I/O runtime",
+        explanation: "The async runtime or the signal handlers could not be set up (out of \
+                      threads or file descriptors).",
+    },
+];
 
 /// Runs one subcommand.
 pub fn run(command: ProxyCommand) -> CliResult<()> {
-    match command {}
+    match command {
+        ProxyCommand::VsockProxy(args) => run_vsock_proxy(args),
+        ProxyCommand::Forward(ForwardCommand::TcpToVsock(args)) => run_tcp_to_vsock(args),
+        ProxyCommand::Forward(ForwardCommand::VsockToTcp(args)) => run_vsock_to_tcp(args),
+    }
+}
+
+fn runtime(workers: usize) -> CliResult<tokio::runtime::Runtime> {
+    if workers == 0 {
+        return Err(CliError::msg("E505", "--num_workers must be at least 1"));
+    }
+    if let Err(e) = cloister_proxy::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .code("E506")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn relay_options(max_connections: usize, buffer_size: usize, drain: u64) -> CliResult<RelayOptions> {
+    let options = RelayOptions {
+        max_connections,
+        buffer_size,
+        drain_timeout: Duration::from_secs(drain),
+        ..RelayOptions::default()
+    };
+    options.validate().code("E505")?;
+    Ok(options)
+}
+
+/// Builds the proxy configuration from the command line (reads the allowlist).
+pub fn proxy_config(args: &VsockProxyArgs) -> CliResult<ProxyConfig> {
+    let list = Allowlist::load(&args.config).code("E501")?;
+    let mut config = ProxyConfig::new(args.local_port, &args.remote_addr, args.remote_port, list);
+    config.ip_type = match (args.ipv4, args.ipv6) {
+        (true, _) => IpAddrType::V4Only,
+        (_, true) => IpAddrType::V6Only,
+        _ => IpAddrType::Mixed,
+    };
+    config.relay = relay_options(args.max_connections, args.buffer_size, args.drain_timeout)?;
+    Ok(config)
+}
+
+fn proxy_error(e: ProxyError) -> CliError {
+    let code = match &e {
+        ProxyError::Allowlist(AllowlistError::Resolve { .. }) => "E503",
+        ProxyError::Allowlist(AllowlistError::NotAllowed { .. }) => "E502",
+        ProxyError::Allowlist(_) => "E501",
+        ProxyError::Listen { .. } => "E504",
+        ProxyError::Relay(_) => "E505",
+    };
+    CliError::new(code, e)
+}
+
+fn run_vsock_proxy(args: VsockProxyArgs) -> CliResult<()> {
+    let config = proxy_config(&args)?;
+    let rt = runtime(args.num_workers)?;
+    rt.block_on(async move {
+        let summary = VsockProxy::new(config)
+            .run(termination())
+            .await
+            .map_err(proxy_error)?;
+        tracing::info!(?summary, "vsock-proxy stopped");
+        Ok(())
+    })
+}
+
+fn forward_error(e: cloister_proxy::ForwardError) -> CliError {
+    let code = match &e {
+        cloister_proxy::ForwardError::Relay(_) => "E505",
+        _ => "E504",
+    };
+    CliError::new(code, e)
+}
+
+fn run_tcp_to_vsock(args: TcpToVsockArgs) -> CliResult<()> {
+    let l = &args.limits;
+    let options = relay_options(l.max_connections, l.buffer_size, l.drain_timeout)?;
+    let rt = runtime(2)?;
+    rt.block_on(async move {
+        let fwd = TcpToVsock::bind(args.listen, VsockAddr::new(args.cid, args.port), options)
+            .await
+            .map_err(forward_error)?;
+        fwd.run(termination()).await.map_err(forward_error)?;
+        Ok(())
+    })
+}
+
+fn run_vsock_to_tcp(args: VsockToTcpArgs) -> CliResult<()> {
+    let l = &args.limits;
+    let options = relay_options(l.max_connections, l.buffer_size, l.drain_timeout)?;
+    let rt = runtime(2)?;
+    rt.block_on(async move {
+        let fwd = VsockToTcp::bind(None, args.vsock_port, args.connect, options)
+            .await
+            .map_err(forward_error)?;
+        fwd.run(termination()).await.map_err(forward_error)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn parses_aws_command_line() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "vsock-proxy",
+            "-4",
+            "-w",
+            "8",
+            "--config",
+            "/tmp/a.yaml",
+            "8000",
+            "kms.us-east-1.amazonaws.com",
+            "443",
+        ])
+        .unwrap();
+        let crate::Command::Proxy(ProxyCommand::VsockProxy(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(a.ipv4 && !a.ipv6);
+        assert_eq!(a.num_workers, 8);
+        assert_eq!(a.local_port, 8000);
+        assert_eq!(a.remote_port, 443);
+        assert_eq!(a.config, PathBuf::from("/tmp/a.yaml"));
+        assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "-4", "-6", "1", "h", "2"]).is_err());
+        assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "1", "h", "70000"]).is_err());
+    }
+
+    #[test]
+    fn parses_forwarders() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "forward",
+            "tcp-to-vsock",
+            "--listen",
+            "127.0.0.1:8443",
+            "--cid",
+            "3",
+            "--port",
+            "8000",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            crate::Command::Proxy(ProxyCommand::Forward(ForwardCommand::TcpToVsock(_)))
+        ));
+        assert!(Cli::try_parse_from([
+            "cloister",
+            "forward",
+            "vsock-to-tcp",
+            "--vsock-port",
+            "5000",
+            "--connect",
+            "localhost:80"
+        ])
+        .is_err());
+    }
 }

@@ -1,0 +1,2 @@
+//! Build benchmark (see the crate docs).
+fn main() {}

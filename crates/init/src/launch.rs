@@ -1,0 +1,234 @@
+//! Running the enclave's command as PID 1 does: resolve it on PATH, fork, exec, forward
+//! termination signals to it, reap every child (orphans included) and report how the command
+//! ended.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Signals PID 1 passes on to the command.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Errors starting or waiting for the command.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Not found on PATH.
+    #[error("command {0:?} not found on PATH")]
+    NotFound(String),
+    /// A system call failed.
+    #[error("{what} failed")]
+    Syscall {
+        /// The call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> LaunchError {
+    move |e| LaunchError::Syscall {
+        what,
+        source: io::Error::from(e),
+    }
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited with this status.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+impl Outcome {
+    /// The status init exits with: the command's, or 128 + the signal.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Exited(n) => n,
+            Outcome::Signaled(s) => 128 + s,
+        }
+    }
+
+    /// The line printed on the console.
+    pub fn message(self) -> String {
+        match self {
+            Outcome::Exited(n) => format!("Enclave command exited with status {n}"),
+            Outcome::Signaled(s) => format!("Enclave command killed by signal {s}"),
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    path.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
+}
+
+/// Resolves `program` like execvp: names with a `/` as they are, others on `search_path`.
+pub fn resolve(program: &CStr, search_path: &[u8]) -> Result<CString, LaunchError> {
+    let bytes = program.to_bytes();
+    if bytes.contains(&b'/') {
+        return Ok(program.to_owned());
+    }
+    for dir in search_path.split(|b| *b == b':') {
+        let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+        let candidate = Path::new(std::ffi::OsStr::from_bytes(dir)).join(std::ffi::OsStr::from_bytes(bytes));
+        if is_executable(&candidate) {
+            if let Ok(c) = CString::new(candidate.as_os_str().as_bytes()) {
+                return Ok(c);
+            }
+        }
+    }
+    Err(LaunchError::NotFound(
+        String::from_utf8_lossy(bytes).into_owned(),
+    ))
+}
+
+fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set
+}
+
+/// Forks and execs `path` with `argv` and exactly `env`, then waits: forwards [`FORWARDED`]
+/// signals to the command, reaps every child, and returns when the command itself ended.
+pub fn run(path: &CStr, argv: &[CString], env: &[CString]) -> Result<Outcome, LaunchError> {
+    let set = signal_set();
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(sys("blocking signals"))?;
+    let argv_p = ptrs(argv);
+    let env_p = ptrs(env);
+    // SAFETY: init is single-threaded when it forks the command (in tests the child only makes
+    // async-signal-safe calls: sigprocmask, execve, write, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(LaunchError::Syscall {
+            what: "fork",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls on pointers prepared before the fork, which stay
+        // valid (the child's copy of the parent's memory) until execve or _exit.
+        unsafe {
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(path.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+            let msg = b"cloister-init: exec of the enclave command failed\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127);
+        }
+    }
+    let child = Pid::from_raw(pid);
+    let outcome = wait_for(child, &set);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    outcome
+}
+
+/// Reaps children until `child` ends; forwards signals meanwhile.
+fn wait_for(child: Pid, set: &SigSet) -> Result<Outcome, LaunchError> {
+    // A short timeout keeps reaping going even if SIGCHLD went to another thread (only
+    // possible when this runs inside a multi-threaded test process).
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    loop {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    return Ok(Outcome::Exited(code));
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    return Ok(Outcome::Signaled(sig as i32));
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => {} // an orphan reaped, or a stop/continue report
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::ECHILD) => {
+                    return Err(LaunchError::Syscall {
+                        what: "waitpid (the command vanished)",
+                        source: io::Error::from_raw_os_error(libc::ECHILD),
+                    })
+                }
+                Err(e) => return Err(sys("waitpid")(e)),
+            }
+        }
+        // SAFETY: `set` is a valid signal set, `timeout` a valid timespec; no siginfo wanted.
+        let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(child.as_raw(), sig) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn resolves_on_path() {
+        let sh = resolve(&c("sh"), b"/nonexistent:/bin:/usr/bin").unwrap();
+        assert!(sh.to_bytes().ends_with(b"/sh"));
+        assert_eq!(resolve(&c("/x/y"), b"").unwrap(), c("/x/y"));
+        assert!(matches!(
+            resolve(&c("no-such-program-here"), b"/bin"),
+            Err(LaunchError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn exit_status_and_signal() {
+        let sh = resolve(&c("sh"), b"/bin:/usr/bin").unwrap();
+        let out = run(&sh, &[c("sh"), c("-c"), c("exit 3")], &[]).unwrap();
+        assert_eq!(out, Outcome::Exited(3));
+        assert_eq!(out.message(), "Enclave command exited with status 3");
+        assert_eq!(out.exit_code(), 3);
+        let out = run(&sh, &[c("sh"), c("-c"), c("kill -TERM $$")], &[]).unwrap();
+        assert_eq!(out, Outcome::Signaled(15));
+        assert_eq!(out.message(), "Enclave command killed by signal 15");
+        assert_eq!(out.exit_code(), 143);
+        // Only the given environment reaches the command.
+        let out = run(
+            &sh,
+            &[c("sh"), c("-c"), c("[ \"$X\" = 1 ] && [ -z \"$HOME\" ]")],
+            &[c("X=1")],
+        )
+        .unwrap();
+        assert_eq!(out, Outcome::Exited(0));
+        let out = run(&c("/nonexistent/prog"), &[c("prog")], &[]).unwrap();
+        assert_eq!(out, Outcome::Exited(127));
+    }
+}

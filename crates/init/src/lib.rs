@@ -1,0 +1,198 @@
+//! cloister-init: the enclave's PID 1 (a static binary in the bootstrap ramdisk).
+//!
+//! Process mode (`CLOISTER_ISOLATION=process`, set by the runtime): heartbeat to (3, 9000)
+//! through `/dev/vsock.sock`, read `/env` and `/cmd`, chroot into `/rootfs`, drop every
+//! capability, set no_new_privs, install the seccomp filter ([`seccomp`]), then fork and exec
+//! the command, reap every child, forward termination signals, print
+//! `Enclave command exited with status N` (or `... killed by signal S`) and exit with that
+//! status (128 + S for a signal). PID 1 exiting ends the PID namespace: the enclave is gone.
+//!
+//! VM mode (no variable; a real kernel booted us): mount /proc, /sys, /dev, load the kernel
+//! modules of the bootstrap ramdisk ([`vm`]), heartbeat over native AF_VSOCK, read `/env` and
+//! `/cmd`, give `/rootfs` its pseudo filesystems, chroot, run the command as above, and power
+//! the VM off when it ends.
+//!
+//! [`static_build::build_static_init`] builds the static binary for tests and tools.
+
+pub mod caps;
+pub mod config;
+pub mod launch;
+pub mod seccomp;
+pub mod static_build;
+pub mod vm;
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use cloister_vsock::{
+    Transport, VsockAddr, VsockStream, ENCLAVE_SOCKET_PATH, HEARTBEAT_BYTE, HEARTBEAT_PORT,
+    PARENT_CID,
+};
+
+pub use static_build::build_static_init;
+
+/// Environment variable the runtime sets for process enclaves.
+pub const ISOLATION_ENV: &str = "CLOISTER_ISOLATION";
+/// The command file.
+pub const CMD_PATH: &str = "/cmd";
+/// The environment file.
+pub const ENV_PATH: &str = "/env";
+/// The application's root.
+pub const ROOTFS_PATH: &str = "/rootfs";
+/// How long the heartbeat exchange may take.
+pub const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How init was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Inside a process enclave.
+    Process,
+    /// As the init of a VM.
+    Vm,
+}
+
+impl Mode {
+    /// Reads [`ISOLATION_ENV`].
+    pub fn detect() -> Mode {
+        match std::env::var(ISOLATION_ENV).as_deref() {
+            Ok("process") => Mode::Process,
+            _ => Mode::Vm,
+        }
+    }
+}
+
+/// Errors of init (each ends the enclave).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The heartbeat could not be delivered.
+    #[error("boot heartbeat to the parent failed")]
+    Heartbeat(#[source] io::Error),
+    /// The parent echoed something else.
+    #[error("boot heartbeat answered with {0:#04x} instead of 0xb7")]
+    HeartbeatReply(u8),
+    /// `/cmd` or `/env`.
+    #[error("enclave configuration")]
+    Config(#[from] config::ConfigError),
+    /// chroot into /rootfs.
+    #[error("entering {ROOTFS_PATH}")]
+    Chroot(#[source] io::Error),
+    /// Dropping capabilities.
+    #[error("dropping privileges")]
+    Caps(#[from] caps::CapsError),
+    /// Installing the seccomp filter.
+    #[error("installing the seccomp filter")]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// Running the command.
+    #[error("running the enclave command")]
+    Launch(#[from] launch::LaunchError),
+    /// VM set-up.
+    #[error("VM set-up")]
+    Vm(#[from] vm::VmError),
+}
+
+/// Sends 0xB7 to (3, 9000) and waits for it to come back.
+pub fn heartbeat(transport: &Transport) -> Result<(), InitError> {
+    let mut s = VsockStream::connect_with(transport, VsockAddr::new(PARENT_CID, HEARTBEAT_PORT))
+        .map_err(|e| InitError::Heartbeat(e.into()))?;
+    s.set_read_timeout(Some(HEARTBEAT_TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(HEARTBEAT_TIMEOUT)))
+        .and_then(|()| s.write_all(&[HEARTBEAT_BYTE]))
+        .map_err(InitError::Heartbeat)?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).map_err(InitError::Heartbeat)?;
+    if b[0] != HEARTBEAT_BYTE {
+        return Err(InitError::HeartbeatReply(b[0]));
+    }
+    Ok(())
+}
+
+fn chroot_rootfs() -> Result<(), InitError> {
+    nix::unistd::chroot(ROOTFS_PATH).map_err(|e| InitError::Chroot(e.into()))?;
+    nix::unistd::chdir("/").map_err(|e| InitError::Chroot(e.into()))
+}
+
+/// The command, its environment and its resolved path.
+struct Command {
+    argv: Vec<std::ffi::CString>,
+    env: Vec<std::ffi::CString>,
+}
+
+fn read_command() -> Result<Command, InitError> {
+    let argv = config::parse_cmd(&config::read_bounded(
+        Path::new(CMD_PATH),
+        config::MAX_CMD_BYTES,
+    )?)?;
+    let env_path = PathBuf::from(ENV_PATH);
+    let env = if env_path.exists() {
+        config::parse_env(&config::read_bounded(&env_path, config::MAX_ENV_BYTES)?)?
+    } else {
+        Vec::new()
+    };
+    Ok(Command { argv, env })
+}
+
+fn exec_and_wait(cmd: &Command) -> Result<launch::Outcome, InitError> {
+    let program = cmd.argv.first().ok_or(config::ConfigError::EmptyCommand)?;
+    let path = launch::resolve(program, &config::search_path(&cmd.env))?;
+    Ok(launch::run(&path, &cmd.argv, &cmd.env)?)
+}
+
+/// Process mode, up to the command's end.
+pub fn run_process_mode() -> Result<launch::Outcome, InitError> {
+    heartbeat(&Transport::Enclave(PathBuf::from(ENCLAVE_SOCKET_PATH)))?;
+    let cmd = read_command()?;
+    chroot_rootfs()?;
+    let filters = seccomp::build()?;
+    caps::drop_all()?;
+    caps::set_no_new_privs()?;
+    seccomp::install(&filters)?;
+    exec_and_wait(&cmd)
+}
+
+/// VM mode, up to the command's end.
+pub fn run_vm_mode() -> Result<launch::Outcome, InitError> {
+    vm::mount_pseudo_filesystems()?;
+    for module in vm::module_paths(Path::new("/"))? {
+        vm::load_module(&module)?;
+    }
+    heartbeat(&Transport::Native)?;
+    let cmd = read_command()?;
+    vm::prepare_rootfs()?;
+    chroot_rootfs()?;
+    exec_and_wait(&cmd)
+}
+
+fn report(e: &InitError) {
+    let mut msg = format!("cloister-init: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let _ = writeln!(io::stderr(), "{msg}");
+}
+
+/// The binary's entry point. Never returns.
+pub fn main() -> ! {
+    let mode = Mode::detect();
+    let result = match mode {
+        Mode::Process => run_process_mode(),
+        Mode::Vm => run_vm_mode(),
+    };
+    let code = match result {
+        Ok(outcome) => {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{}", outcome.message());
+            let _ = out.flush();
+            outcome.exit_code()
+        }
+        Err(e) => {
+            report(&e);
+            1
+        }
+    };
+    match mode {
+        Mode::Process => std::process::exit(code),
+        Mode::Vm => vm::power_off(),
+    }
+}

@@ -1,0 +1,284 @@
+//! The key service's configuration file (YAML or JSON; unknown fields are refused).
+//!
+//! Everything has a default, so an empty data directory and no config file give a working
+//! service: region `us-east-1`, account `111122223333`, no attestation roots (Recipient requests
+//! are then refused), one administrator credential generated on first start.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Default region.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Default account id.
+pub const DEFAULT_ACCOUNT: &str = "111122223333";
+/// Default maximum age of an attestation document, in seconds.
+pub const DEFAULT_ATTESTATION_MAX_AGE_S: u64 = 300;
+
+/// The AWS Nitro Enclaves root certificate (G1), DER.
+///
+/// CN=aws.nitro-enclaves, O=Amazon, OU=AWS, C=US; SHA-256 of the DER is
+/// 641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b.
+pub const AWS_NITRO_ROOT_G1_DER: &[u8] = include_bytes!("../testdata/aws-nitro-root-g1.der");
+
+/// Errors reading the config file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{0} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge(PathBuf),
+    /// The file is not valid YAML/JSON of the expected shape.
+    #[error("{0} is not a valid key service config")]
+    Parse(PathBuf, #[source] serde_yaml_ng::Error),
+    /// A value is out of range or malformed.
+    #[error("invalid config value: {0}")]
+    Invalid(String),
+    /// A trust anchor cannot be read.
+    #[error("cannot read trust anchor {0}")]
+    TrustAnchor(PathBuf, #[source] std::io::Error),
+}
+
+/// An extra credential and the principal it authenticates as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Access key id (`AKIA...` style; 16..128 characters of [A-Z0-9]).
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Principal ARN, e.g. `arn:aws:iam::111122223333:user/app`; a bare name becomes a user of
+    /// the configured account.
+    pub principal: String,
+}
+
+/// Attestation settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// Root certificates (DER or PEM files) that attestation documents must chain to.
+    #[serde(default)]
+    pub trust_anchors: Vec<PathBuf>,
+    /// Also trust the AWS Nitro Enclaves root certificate.
+    #[serde(default)]
+    pub include_aws_nitro_root: bool,
+    /// Maximum age of a document, in seconds (default 300).
+    #[serde(default)]
+    pub max_age_seconds: Option<u64>,
+}
+
+/// The config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// AWS region the service answers as.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// 12-digit account id.
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// Where the master key lives (default: `<data-dir>/master.key`).
+    #[serde(default)]
+    pub master_key_path: Option<PathBuf>,
+    /// Attestation trust.
+    #[serde(default)]
+    pub attestation: AttestationConfig,
+    /// Extra credentials.
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+impl Config {
+    /// Reads a YAML or JSON config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge(path.into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let cfg: Config =
+            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let account = self.account_id();
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::Invalid(format!(
+                "account_id {account:?} must be 12 digits"
+            )));
+        }
+        let region = self.region();
+        if region.is_empty()
+            || region.len() > 32
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "region {region:?} must be lower-case letters, digits and dashes"
+            )));
+        }
+        for c in &self.credentials {
+            if c.access_key_id.len() < 16
+                || c.access_key_id.len() > 128
+                || !c.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "access_key_id {:?} must be 16..128 letters and digits",
+                    c.access_key_id
+                )));
+            }
+            if c.secret_access_key.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "secret for {} is shorter than 16 characters",
+                    c.access_key_id
+                )));
+            }
+            if c.principal.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "principal for {} is empty",
+                    c.access_key_id
+                )));
+            }
+        }
+        if let Some(age) = self.attestation.max_age_seconds {
+            if age == 0 || age > 86_400 {
+                return Err(ConfigError::Invalid(
+                    "attestation.max_age_seconds must be 1..86400".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The region (default `us-east-1`).
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
+    }
+
+    /// The account id (default `111122223333`).
+    pub fn account_id(&self) -> &str {
+        self.account_id.as_deref().unwrap_or(DEFAULT_ACCOUNT)
+    }
+
+    /// The principal ARN for a configured principal string.
+    pub fn principal_arn(&self, principal: &str) -> String {
+        if principal.starts_with("arn:") {
+            principal.to_string()
+        } else {
+            format!("arn:aws:iam::{}:user/{}", self.account_id(), principal)
+        }
+    }
+
+    /// Reads the trust anchors (DER, or PEM converted to DER).
+    pub fn trust_anchor_ders(&self) -> Result<Vec<Vec<u8>>, ConfigError> {
+        let mut out = Vec::new();
+        if self.attestation.include_aws_nitro_root {
+            out.push(AWS_NITRO_ROOT_G1_DER.to_vec());
+        }
+        for path in &self.attestation.trust_anchors {
+            let bytes =
+                std::fs::read(path).map_err(|e| ConfigError::TrustAnchor(path.clone(), e))?;
+            if bytes.starts_with(b"-----BEGIN") {
+                let ders = pem_certificates(&bytes).ok_or_else(|| {
+                    ConfigError::Invalid(format!("{} has no PEM certificate", path.display()))
+                })?;
+                out.extend(ders);
+            } else {
+                out.push(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Maximum document age.
+    pub fn attestation_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.attestation
+                .max_age_seconds
+                .unwrap_or(DEFAULT_ATTESTATION_MAX_AGE_S),
+        )
+    }
+}
+
+/// Extracts the DER of every `CERTIFICATE` block of a PEM file.
+fn pem_certificates(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(pem).ok()?;
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let body_start = start + "-----BEGIN CERTIFICATE-----".len();
+        let end = rest[body_start..].find("-----END CERTIFICATE-----")? + body_start;
+        let b64: String = rest[body_start..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+        rest = &rest[end..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_and_json_parse_and_unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = dir.path().join("c.yaml");
+        std::fs::write(
+            &y,
+            "region: eu-west-1\naccount_id: '123456789012'\ncredentials:\n  - access_key_id: AKIAEXAMPLEEXAMPLE1\n    secret_access_key: secretsecretsecret\n    principal: app\n",
+        )
+        .unwrap();
+        let c = Config::load(&y).unwrap();
+        assert_eq!(c.region(), "eu-west-1");
+        assert_eq!(
+            c.principal_arn(&c.credentials[0].principal),
+            "arn:aws:iam::123456789012:user/app"
+        );
+        let j = dir.path().join("c.json");
+        std::fs::write(&j, r#"{"region": "us-west-2", "bogus": 1}"#).unwrap();
+        assert!(matches!(Config::load(&j), Err(ConfigError::Parse(..))));
+        std::fs::write(&j, r#"{"account_id": "12"}"#).unwrap();
+        assert!(matches!(Config::load(&j), Err(ConfigError::Invalid(..))));
+    }
+
+    #[test]
+    fn nitro_root_is_embedded() {
+        let c = Config {
+            attestation: AttestationConfig {
+                include_aws_nitro_root: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ders = c.trust_anchor_ders().unwrap();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ders[0]);
+        assert_eq!(
+            hex::encode(d.as_ref()),
+            "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
+        );
+    }
+
+    #[test]
+    fn pem_anchor_is_decoded() {
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/aws-nitro-root-g1.pem"
+        ))
+        .unwrap();
+        let ders = pem_certificates(pem.as_bytes()).unwrap();
+        assert_eq!(ders[0], AWS_NITRO_ROOT_G1_DER);
+    }
+}

@@ -1,0 +1,1354 @@
+//! The KMS operations: JSON request in, JSON response out, independent of HTTP.
+//!
+//! [`Service::handle`] takes an operation name (the part of `X-Amz-Target` after
+//! `TrentService.`), the authenticated principal and the request body. Each operation parses its
+//! typed request, resolves the key (id, ARN, alias, alias ARN), evaluates the key policy for
+//! `kms:<Operation>` with the request's condition values (encryption context, and the verified
+//! attestation document's PCRs when a Recipient is given), checks the key state, and answers.
+//! With a Recipient, the secret is sealed to the enclave's key as CMS (`CiphertextForRecipient`)
+//! and the plaintext field is left out.
+
+use crate::blob::{self, BlobHeader, EncryptionContext};
+use crate::error::{KmsError, KmsResult};
+use crate::policy::{Policy, RequestContext};
+use crate::recipient::{AttestedRecipient, RecipientGate};
+use crate::store::{
+    format_key_id, now, parse_key_id, KeyEntry, KeyRecord, KeyState, Store, Tag, MATERIAL_LEN,
+};
+use base64::Engine as _;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Largest Encrypt plaintext (AWS: 4096).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// Largest attestation document (AWS: 262144).
+pub const MAX_ATTESTATION_DOC: usize = 262_144;
+/// Largest NumberOfBytes for GenerateRandom / GenerateDataKey.
+pub const MAX_RANDOM_BYTES: usize = 1024;
+/// Most tags on a key.
+pub const MAX_TAGS: usize = 50;
+/// Longest description.
+pub const MAX_DESCRIPTION: usize = 8192;
+/// Longest KeyId parameter.
+pub const MAX_KEY_ID: usize = 2048;
+/// The only key-encryption algorithm of a Recipient.
+pub const RECIPIENT_ALGORITHM: &str = "RSAES_OAEP_SHA_256";
+
+/// Binary request field: base64 on the wire, zeroized when dropped.
+pub struct Blob(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blob(<{} bytes>)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(|v| Blob(Zeroizing::new(v)))
+            .map_err(|_| de::Error::custom("Base64 encoded value is not valid"))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A Recipient parameter.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RecipientParam {
+    /// Must be RSAES_OAEP_SHA_256.
+    pub key_encryption_algorithm: Option<String>,
+    /// The attestation document.
+    pub attestation_document: Option<Blob>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Req {
+    key_id: Option<String>,
+    plaintext: Option<Blob>,
+    ciphertext_blob: Option<Blob>,
+    encryption_context: Option<EncryptionContext>,
+    encryption_algorithm: Option<String>,
+    recipient: Option<RecipientParam>,
+    key_spec: Option<String>,
+    number_of_bytes: Option<i64>,
+    key_pair_spec: Option<String>,
+    source_encryption_context: Option<EncryptionContext>,
+    source_key_id: Option<String>,
+    destination_key_id: Option<String>,
+    destination_encryption_context: Option<EncryptionContext>,
+    source_encryption_algorithm: Option<String>,
+    destination_encryption_algorithm: Option<String>,
+    description: Option<String>,
+    key_usage: Option<String>,
+    customer_master_key_spec: Option<String>,
+    origin: Option<String>,
+    policy: Option<String>,
+    policy_name: Option<String>,
+    tags: Option<Vec<TagParam>>,
+    tag_keys: Option<Vec<String>>,
+    multi_region: Option<bool>,
+    bypass_policy_lockout_safety_check: Option<bool>,
+    limit: Option<i64>,
+    marker: Option<String>,
+    alias_name: Option<String>,
+    target_key_id: Option<String>,
+    pending_window_in_days: Option<i64>,
+    rotation_period_in_days: Option<i64>,
+    custom_key_store_id: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagParam {
+    tag_key: Option<String>,
+    tag_value: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DecryptResponse {
+    key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plaintext: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ciphertext_for_recipient: Option<String>,
+    encryption_algorithm: &'static str,
+}
+
+/// Operations that change the store (run where blocking is allowed).
+pub const WRITE_OPERATIONS: &[&str] = &[
+    "CreateKey",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "CreateAlias",
+    "UpdateAlias",
+    "DeleteAlias",
+    "PutKeyPolicy",
+    "TagResource",
+    "UntagResource",
+    "EnableKeyRotation",
+    "DisableKeyRotation",
+    "RotateKeyOnDemand",
+    "UpdateKeyDescription",
+];
+
+/// Operations that may be slow (key-pair generation, attestation verification).
+pub fn is_blocking(op: &str) -> bool {
+    WRITE_OPERATIONS.contains(&op) || op.starts_with("GenerateDataKeyPair")
+}
+
+/// The key service.
+pub struct Service {
+    store: Store,
+    region: String,
+    account: String,
+    recipient: Option<RecipientGate>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("region", &self.region)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_req(body: &[u8]) -> KmsResult<Req> {
+    if body.is_empty() {
+        return Ok(Req::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = match e.classify() {
+            serde_json::error::Category::Data => format!("Invalid request: {e}"),
+            _ => format!("Request body is not valid JSON: {e}"),
+        };
+        KmsError::Serialization(msg)
+    })
+}
+
+fn required<T>(v: Option<T>, field: &str) -> KmsResult<T> {
+    v.ok_or_else(|| KmsError::missing(field))
+}
+
+fn check_len(field: &str, len: usize, min: usize, max: usize) -> KmsResult<()> {
+    if len < min {
+        return Err(KmsError::Validation(format!(
+            "1 validation error detected: Value at '{field}' failed to satisfy constraint: Member must have length greater than or equal to {min}"
+        )));
+    }
+    if len > max {
+        return Err(KmsError::Validation(format!(
+            "1 validation error detected: Value at '{field}' failed to satisfy constraint: Member must have length less than or equal to {max}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, v: i64, min: i64, max: i64) -> KmsResult<usize> {
+    if v < min || v > max {
+        return Err(KmsError::Validation(format!(
+            "1 validation error detected: Value '{v}' at '{field}' failed to satisfy constraint: Member must have value between {min} and {max}"
+        )));
+    }
+    usize::try_from(v).map_err(|_| KmsError::Validation(format!("{field} out of range")))
+}
+
+fn check_symmetric_algorithm(alg: &Option<String>) -> KmsResult<()> {
+    match alg.as_deref() {
+        None | Some("SYMMETRIC_DEFAULT") => Ok(()),
+        Some(other) => Err(KmsError::InvalidKeyUsage(format!(
+            "The encryption algorithm {other} is not compatible with the type of the specified key"
+        ))),
+    }
+}
+
+fn random(n: usize) -> KmsResult<Zeroizing<Vec<u8>>> {
+    let mut v = Zeroizing::new(vec![0u8; n]);
+    aws_lc_rs::rand::fill(&mut v[..]).map_err(|e| KmsError::internal("random", e))?;
+    Ok(v)
+}
+
+/// Returns the data-key pair (PKCS#8 private key, SPKI public key) of `spec`.
+fn generate_key_pair(spec: &str) -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::KeyPair as _;
+    let rsa = |size: KeySize| -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(size)
+            .map_err(|e| KmsError::internal("rsa keygen", e))?;
+        let private: aws_lc_rs::encoding::Pkcs8V1Der<'_> =
+            kp.as_der().map_err(|e| KmsError::internal("rsa pkcs8", e))?;
+        let public: aws_lc_rs::encoding::PublicKeyX509Der<'_> = kp
+            .public_key()
+            .as_der()
+            .map_err(|e| KmsError::internal("rsa spki", e))?;
+        Ok((
+            Zeroizing::new(private.as_ref().to_vec()),
+            public.as_ref().to_vec(),
+        ))
+    };
+    let ec = |alg: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm| -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let kp = aws_lc_rs::signature::EcdsaKeyPair::generate(alg)
+            .map_err(|e| KmsError::internal("ec keygen", e))?;
+        let private = kp
+            .to_pkcs8v1()
+            .map_err(|e| KmsError::internal("ec pkcs8", e))?;
+        let public: aws_lc_rs::encoding::PublicKeyX509Der<'_> = kp
+            .public_key()
+            .as_der()
+            .map_err(|e| KmsError::internal("ec spki", e))?;
+        Ok((
+            Zeroizing::new(private.as_ref().to_vec()),
+            public.as_ref().to_vec(),
+        ))
+    };
+    match spec {
+        "RSA_2048" => rsa(KeySize::Rsa2048),
+        "RSA_3072" => rsa(KeySize::Rsa3072),
+        "RSA_4096" => rsa(KeySize::Rsa4096),
+        "ECC_NIST_P256" => ec(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING),
+        "ECC_NIST_P384" => ec(&aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING),
+        "ECC_NIST_P521" => ec(&aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1_SIGNING),
+        other => Err(KmsError::Validation(format!(
+            "1 validation error detected: Value '{other}' at 'keyPairSpec' failed to satisfy constraint: Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521]"
+        ))),
+    }
+}
+
+fn validate_alias_name(name: &str) -> KmsResult<()> {
+    check_len("aliasName", name.len(), 1, 256)?;
+    let Some(rest) = name.strip_prefix("alias/") else {
+        return Err(KmsError::Validation(
+            "Alias must start with the prefix \"alias/\"".into(),
+        ));
+    };
+    if rest.is_empty()
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
+    {
+        return Err(KmsError::Validation(format!(
+            "1 validation error detected: Value '{name}' at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
+        )));
+    }
+    if rest.starts_with("aws/") {
+        return Err(KmsError::InvalidAliasName(
+            "Cannot create alias with prefix 'alias/aws/'".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_tags(tags: &[Tag]) -> KmsResult<()> {
+    for t in tags {
+        if t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256 {
+            return Err(KmsError::Validation(
+                "Tag keys must be 1..128 characters and values 0..256".into(),
+            ));
+        }
+        if t.key.starts_with("aws:") {
+            return Err(KmsError::Tag(
+                "Tag keys beginning with 'aws:' are reserved".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn take_tags(tags: Vec<TagParam>) -> KmsResult<Vec<Tag>> {
+    let tags: Vec<Tag> = tags
+        .into_iter()
+        .map(|t| {
+            Ok(Tag {
+                key: required(t.tag_key, "tags.member.tagKey")?,
+                value: required(t.tag_value, "tags.member.tagValue")?,
+            })
+        })
+        .collect::<KmsResult<_>>()?;
+    validate_tags(&tags)?;
+    Ok(tags)
+}
+
+/// A resolved key plus what the request needs of it.
+struct Resolved {
+    id: [u8; 16],
+    entry: Arc<KeyEntry>,
+    arn: String,
+}
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(
+        store: Store,
+        region: &str,
+        account: &str,
+        recipient: Option<RecipientGate>,
+    ) -> Self {
+        Self {
+            store,
+            region: region.to_string(),
+            account: account.to_string(),
+            recipient,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The account id.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// A key's ARN.
+    pub fn key_arn(&self, id: &str) -> String {
+        format!("arn:aws:kms:{}:{}:key/{id}", self.region, self.account)
+    }
+
+    fn alias_arn(&self, name: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{name}", self.region, self.account)
+    }
+
+    /// Runs one operation. `principal` is the authenticated caller's ARN.
+    pub fn handle(&self, op: &str, principal: &str, body: &[u8]) -> KmsResult<Vec<u8>> {
+        let req = parse_req(body)?;
+        if req.custom_key_store_id.is_some() {
+            return Err(KmsError::UnsupportedOperation(
+                "Custom key stores are not supported".into(),
+            ));
+        }
+        let _ = (&req.grant_tokens, req.bypass_policy_lockout_safety_check);
+        if req.dry_run == Some(true) {
+            return Err(KmsError::UnsupportedOperation(
+                "DryRun is not supported".into(),
+            ));
+        }
+        let v = match op {
+            "Decrypt" => return self.decrypt(principal, req),
+            "Encrypt" => self.encrypt(principal, req)?,
+            "GenerateDataKey" => self.generate_data_key(principal, req, true)?,
+            "GenerateDataKeyWithoutPlaintext" => self.generate_data_key(principal, req, false)?,
+            "GenerateDataKeyPair" => self.generate_data_key_pair(principal, req, true)?,
+            "GenerateDataKeyPairWithoutPlaintext" => {
+                self.generate_data_key_pair(principal, req, false)?
+            }
+            "GenerateRandom" => self.generate_random(req)?,
+            "ReEncrypt" => self.re_encrypt(principal, req)?,
+            "CreateKey" => self.create_key(principal, req)?,
+            "DescribeKey" => self.describe_key(principal, req)?,
+            "ListKeys" => self.list_keys(req)?,
+            "EnableKey" => self.set_enabled(principal, req, true)?,
+            "DisableKey" => self.set_enabled(principal, req, false)?,
+            "ScheduleKeyDeletion" => self.schedule_deletion(principal, req)?,
+            "CancelKeyDeletion" => self.cancel_deletion(principal, req)?,
+            "CreateAlias" => self.create_alias(principal, req)?,
+            "UpdateAlias" => self.update_alias(principal, req)?,
+            "DeleteAlias" => self.delete_alias(principal, req)?,
+            "ListAliases" => self.list_aliases(principal, req)?,
+            "GetKeyPolicy" => self.get_key_policy(principal, req)?,
+            "PutKeyPolicy" => self.put_key_policy(principal, req)?,
+            "ListKeyPolicies" => self.list_key_policies(principal, req)?,
+            "TagResource" => self.tag_resource(principal, req)?,
+            "UntagResource" => self.untag_resource(principal, req)?,
+            "ListResourceTags" => self.list_resource_tags(principal, req)?,
+            "EnableKeyRotation" => self.set_rotation(principal, req, true)?,
+            "DisableKeyRotation" => self.set_rotation(principal, req, false)?,
+            "GetKeyRotationStatus" => self.rotation_status(principal, req)?,
+            "RotateKeyOnDemand" => self.rotate_on_demand(principal, req)?,
+            "UpdateKeyDescription" => self.update_description(principal, req)?,
+            _ => {
+                return Err(KmsError::UnknownOperation(format!(
+                    "Operation {op} is not supported by this key service"
+                )))
+            }
+        };
+        serde_json::to_vec(&v).map_err(|e| KmsError::internal("encode response", e))
+    }
+
+    // ---- key resolution and authorization ----
+
+    fn resolve(&self, key_id: &str) -> KmsResult<Resolved> {
+        check_len("keyId", key_id.len(), 1, MAX_KEY_ID)?;
+        let not_found = || KmsError::NotFound(format!("Invalid keyId '{key_id}'"));
+        let id_str = if let Some(alias) = key_id.strip_prefix("alias/").map(|_| key_id) {
+            self.alias_target(alias)?
+        } else if let Some(rest) = key_id.strip_prefix("arn:") {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            let [partition, service, region, account, resource] = parts[..] else {
+                return Err(KmsError::InvalidArn(format!("Invalid arn {key_id}")));
+            };
+            if partition != "aws" || service != "kms" {
+                return Err(KmsError::InvalidArn(format!("Invalid arn {key_id}")));
+            }
+            if region != self.region || account != self.account {
+                return Err(not_found());
+            }
+            if let Some(id) = resource.strip_prefix("key/") {
+                id.to_string()
+            } else if resource.starts_with("alias/") {
+                self.alias_target(resource)?
+            } else {
+                return Err(KmsError::InvalidArn(format!("Invalid arn {key_id}")));
+            }
+        } else {
+            key_id.to_string()
+        };
+        let id = parse_key_id(&id_str).ok_or_else(not_found)?;
+        let entry = self.store.key(&id)?.ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(&format_key_id(&id))
+            ))
+        })?;
+        if entry.record.state == KeyState::PendingDeletion
+            && entry.record.deletion_date.is_some_and(|d| d <= now())
+        {
+            return Err(KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(&entry.record.id)
+            )));
+        }
+        let arn = self.key_arn(&entry.record.id);
+        Ok(Resolved { id, entry, arn })
+    }
+
+    fn alias_target(&self, alias: &str) -> KmsResult<String> {
+        Ok(self
+            .store
+            .alias(alias)?
+            .ok_or_else(|| {
+                KmsError::NotFound(format!("Alias {} is not found.", self.alias_arn(alias)))
+            })?
+            .target)
+    }
+
+    fn authorize(
+        &self,
+        key: &Resolved,
+        principal: &str,
+        action: &str,
+        context: Option<&EncryptionContext>,
+        recipient: Option<&AttestedRecipient>,
+    ) -> KmsResult<()> {
+        let mut values: HashMap<String, String> = HashMap::new();
+        if let Some(ctx) = context {
+            for (k, v) in ctx {
+                values.insert(
+                    format!("{}{}", crate::policy::CONTEXT_PREFIX, k.to_ascii_lowercase()),
+                    v.clone(),
+                );
+            }
+        }
+        if let Some(r) = recipient {
+            for (k, v) in r.condition_values() {
+                values.insert(k.clone(), v.clone());
+            }
+        }
+        values.insert("kms:calleraccount".into(), self.account.clone());
+        let ctx = RequestContext {
+            principal,
+            account: &self.account,
+            action,
+            resource: &key.arn,
+            values,
+        };
+        if key.entry.policy.allows(&ctx) {
+            Ok(())
+        } else {
+            Err(KmsError::AccessDenied(format!(
+                "User: {principal} is not authorized to perform: {action} on resource: {} because no resource-based policy allows the {action} action",
+                key.arn
+            )))
+        }
+    }
+
+    fn require_enabled(&self, key: &Resolved) -> KmsResult<()> {
+        match key.entry.record.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", key.arn))),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                key.arn
+            ))),
+        }
+    }
+
+    fn attested(&self, r: Option<RecipientParam>) -> KmsResult<Option<Arc<AttestedRecipient>>> {
+        let Some(r) = r else { return Ok(None) };
+        let alg = required(r.key_encryption_algorithm, "recipient.keyEncryptionAlgorithm")?;
+        if alg != RECIPIENT_ALGORITHM {
+            return Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{alg}' at 'recipient.keyEncryptionAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [RSAES_OAEP_SHA_256]"
+            )));
+        }
+        let doc = required(r.attestation_document, "recipient.attestationDocument")?;
+        check_len(
+            "recipient.attestationDocument",
+            doc.0.len(),
+            1,
+            MAX_ATTESTATION_DOC,
+        )?;
+        let gate = self.recipient.as_ref().ok_or_else(|| {
+            KmsError::Validation(
+                "This key service has no attestation trust anchors configured, so it cannot accept a Recipient".into(),
+            )
+        })?;
+        gate.resolve(&doc.0).map(Some)
+    }
+
+    fn symmetric_encrypt(
+        &self,
+        key: &Resolved,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> KmsResult<Vec<u8>> {
+        let version = key
+            .entry
+            .materials
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| KmsError::Internal("key has no material".into()))?;
+        let material = &key.entry.materials[version];
+        let header = BlobHeader {
+            key_id: key.id,
+            material: u32::try_from(version).map_err(|e| KmsError::internal("version", e))?,
+        };
+        blob::seal(material, &header, &blob::canonical_context(context)?, plaintext)
+    }
+
+    /// Resolves the key a ciphertext blob names and decrypts it (after authorization).
+    fn symmetric_decrypt(
+        &self,
+        principal: &str,
+        action: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+        recipient: Option<&AttestedRecipient>,
+    ) -> KmsResult<(Resolved, Zeroizing<Vec<u8>>)> {
+        check_len("ciphertextBlob", ciphertext.len(), 1, blob::MAX_BLOB_LEN)?;
+        let header = blob::parse_header(ciphertext)?;
+        let key = self.resolve(&format_key_id(&header.key_id))?;
+        if let Some(named) = key_id {
+            let want = self.resolve(named)?;
+            if want.id != key.id {
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify a CMK that can perform this operation.".into(),
+                ));
+            }
+        }
+        self.authorize(&key, principal, action, Some(context), recipient)?;
+        self.require_enabled(&key)?;
+        let material = usize::try_from(header.material)
+            .ok()
+            .and_then(|i| key.entry.materials.get(i))
+            .ok_or_else(|| KmsError::InvalidCiphertext(String::new()))?;
+        let plain = blob::open(material, ciphertext, &blob::canonical_context(context)?)?;
+        Ok((key, plain))
+    }
+
+    // ---- cryptographic operations ----
+
+    fn decrypt(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
+        check_symmetric_algorithm(&req.encryption_algorithm)?;
+        let ct = required(req.ciphertext_blob, "ciphertextBlob")?;
+        let recipient = self.attested(req.recipient)?;
+        let ctx = req.encryption_context.unwrap_or_default();
+        let (key, plain) = self.symmetric_decrypt(
+            principal,
+            "kms:Decrypt",
+            &ct.0,
+            &ctx,
+            req.key_id.as_deref(),
+            recipient.as_deref(),
+        )?;
+        let (plaintext, cfr) = match &recipient {
+            Some(r) => (None, Some(b64(&r.seal(&plain)?))),
+            None => (Some(b64(&plain)), None),
+        };
+        let resp = DecryptResponse {
+            key_id: key.arn,
+            plaintext,
+            ciphertext_for_recipient: cfr,
+            encryption_algorithm: "SYMMETRIC_DEFAULT",
+        };
+        serde_json::to_vec(&resp).map_err(|e| KmsError::internal("encode", e))
+    }
+
+    fn encrypt(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        check_symmetric_algorithm(&req.encryption_algorithm)?;
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let pt = required(req.plaintext, "plaintext")?;
+        check_len("plaintext", pt.0.len(), 1, MAX_PLAINTEXT)?;
+        let ctx = req.encryption_context.unwrap_or_default();
+        self.authorize(&key, principal, "kms:Encrypt", Some(&ctx), None)?;
+        self.require_enabled(&key)?;
+        let blob = self.symmetric_encrypt(&key, &ctx, &pt.0)?;
+        Ok(json!({
+            "CiphertextBlob": b64(&blob),
+            "KeyId": key.arn,
+            "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        }))
+    }
+
+    fn generate_data_key(&self, principal: &str, req: Req, with_plaintext: bool) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let n = match (req.key_spec.as_deref(), req.number_of_bytes) {
+            (Some(_), Some(_)) => {
+                return Err(KmsError::Validation(
+                    "Please specify either number of bytes or key spec.".into(),
+                ))
+            }
+            (Some("AES_256"), None) => 32,
+            (Some("AES_128"), None) => 16,
+            (Some(other), None) => {
+                return Err(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{other}' at 'keySpec' failed to satisfy constraint: Member must satisfy enum value set: [AES_256, AES_128]"
+                )))
+            }
+            (None, Some(n)) => check_range("numberOfBytes", n, 1, MAX_RANDOM_BYTES as i64)?,
+            (None, None) => {
+                return Err(KmsError::Validation(
+                    "Please specify either number of bytes or key spec.".into(),
+                ))
+            }
+        };
+        let recipient = if with_plaintext {
+            self.attested(req.recipient)?
+        } else {
+            None
+        };
+        let ctx = req.encryption_context.unwrap_or_default();
+        let action = if with_plaintext {
+            "kms:GenerateDataKey"
+        } else {
+            "kms:GenerateDataKeyWithoutPlaintext"
+        };
+        self.authorize(&key, principal, action, Some(&ctx), recipient.as_deref())?;
+        self.require_enabled(&key)?;
+        let dk = random(n)?;
+        let blob = self.symmetric_encrypt(&key, &ctx, &dk)?;
+        let mut out = json!({ "CiphertextBlob": b64(&blob), "KeyId": key.arn });
+        if with_plaintext {
+            match &recipient {
+                Some(r) => out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&dk)?)),
+                None => out["Plaintext"] = Value::String(b64(&dk)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn generate_data_key_pair(
+        &self,
+        principal: &str,
+        req: Req,
+        with_plaintext: bool,
+    ) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let spec = required(req.key_pair_spec, "keyPairSpec")?;
+        let recipient = if with_plaintext {
+            self.attested(req.recipient)?
+        } else {
+            None
+        };
+        let ctx = req.encryption_context.unwrap_or_default();
+        let action = if with_plaintext {
+            "kms:GenerateDataKeyPair"
+        } else {
+            "kms:GenerateDataKeyPairWithoutPlaintext"
+        };
+        self.authorize(&key, principal, action, Some(&ctx), recipient.as_deref())?;
+        self.require_enabled(&key)?;
+        let (private, public) = generate_key_pair(&spec)?;
+        let blob = self.symmetric_encrypt(&key, &ctx, &private)?;
+        let mut out = json!({
+            "PrivateKeyCiphertextBlob": b64(&blob),
+            "PublicKey": b64(&public),
+            "KeyId": key.arn,
+            "KeyPairSpec": spec,
+        });
+        if with_plaintext {
+            match &recipient {
+                Some(r) => {
+                    out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&private)?))
+                }
+                None => out["PrivateKeyPlaintext"] = Value::String(b64(&private)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn generate_random(&self, req: Req) -> KmsResult<Value> {
+        let n = check_range(
+            "numberOfBytes",
+            required(req.number_of_bytes, "numberOfBytes")?,
+            1,
+            MAX_RANDOM_BYTES as i64,
+        )?;
+        let recipient = self.attested(req.recipient)?;
+        let bytes = random(n)?;
+        Ok(match recipient {
+            Some(r) => json!({ "CiphertextForRecipient": b64(&r.seal(&bytes)?) }),
+            None => json!({ "Plaintext": b64(&bytes) }),
+        })
+    }
+
+    fn re_encrypt(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        check_symmetric_algorithm(&req.source_encryption_algorithm)?;
+        check_symmetric_algorithm(&req.destination_encryption_algorithm)?;
+        let ct = required(req.ciphertext_blob, "ciphertextBlob")?;
+        let dest = self.resolve(&required(req.destination_key_id, "destinationKeyId")?)?;
+        let src_ctx = req.source_encryption_context.unwrap_or_default();
+        let dst_ctx = req.destination_encryption_context.unwrap_or_default();
+        let (src, plain) = self.symmetric_decrypt(
+            principal,
+            "kms:ReEncryptFrom",
+            &ct.0,
+            &src_ctx,
+            req.source_key_id.as_deref(),
+            None,
+        )?;
+        self.authorize(&dest, principal, "kms:ReEncryptTo", Some(&dst_ctx), None)?;
+        self.require_enabled(&dest)?;
+        let blob = self.symmetric_encrypt(&dest, &dst_ctx, &plain)?;
+        Ok(json!({
+            "CiphertextBlob": b64(&blob),
+            "SourceKeyId": src.arn,
+            "KeyId": dest.arn,
+            "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        }))
+    }
+
+    // ---- key management ----
+
+    fn metadata(&self, entry: &KeyEntry) -> Value {
+        let r = &entry.record;
+        let mut m = json!({
+            "AWSAccountId": self.account,
+            "KeyId": r.id,
+            "Arn": self.key_arn(&r.id),
+            "CreationDate": r.created,
+            "Enabled": r.state == KeyState::Enabled,
+            "Description": r.description,
+            "KeyUsage": "ENCRYPT_DECRYPT",
+            "KeyState": r.state.as_str(),
+            "Origin": "AWS_KMS",
+            "KeyManager": "CUSTOMER",
+            "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
+            "KeySpec": "SYMMETRIC_DEFAULT",
+            "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
+            "MultiRegion": false,
+        });
+        if let Some(d) = r.deletion_date {
+            m["DeletionDate"] = json!(d);
+        }
+        if let Some(w) = r.pending_window_days {
+            m["PendingDeletionWindowInDays"] = json!(w);
+        }
+        m
+    }
+
+    fn create_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let _ = principal;
+        if let Some(u) = req.key_usage.as_deref() {
+            if u != "ENCRYPT_DECRYPT" {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeyUsage {u} is not supported; only ENCRYPT_DECRYPT symmetric keys exist here"
+                )));
+            }
+        }
+        for spec in [req.key_spec.as_deref(), req.customer_master_key_spec.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if spec != "SYMMETRIC_DEFAULT" {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeySpec {spec} is not supported; only SYMMETRIC_DEFAULT keys exist here"
+                )));
+            }
+        }
+        if let Some(o) = req.origin.as_deref() {
+            if o != "AWS_KMS" {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "Origin {o} is not supported"
+                )));
+            }
+        }
+        if req.multi_region == Some(true) {
+            return Err(KmsError::UnsupportedOperation(
+                "Multi-Region keys are not supported".into(),
+            ));
+        }
+        let description = req.description.unwrap_or_default();
+        check_len("description", description.len(), 0, MAX_DESCRIPTION)?;
+        let policy = match req.policy {
+            Some(p) => {
+                check_len("policy", p.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
+                Policy::parse(&p)?;
+                p
+            }
+            None => Policy::default_text(&self.account),
+        };
+        let tags = take_tags(req.tags.unwrap_or_default())?;
+        if tags.len() > MAX_TAGS {
+            return Err(KmsError::Tag(format!("A key can have at most {MAX_TAGS} tags")));
+        }
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let material = random(MATERIAL_LEN)?;
+        let record = KeyRecord {
+            materials: vec![self.store.seal_material(&id, 0, &material)?],
+            id,
+            created: now(),
+            description,
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: None,
+            policy,
+            tags,
+            rotation_period_days: None,
+            rotations: vec![],
+        };
+        let entry = self.store.insert_key(record)?;
+        Ok(json!({ "KeyMetadata": self.metadata(&entry) }))
+    }
+
+    fn describe_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        self.authorize(&key, principal, "kms:DescribeKey", None, None)?;
+        Ok(json!({ "KeyMetadata": self.metadata(&key.entry) }))
+    }
+
+    fn limit(req_limit: Option<i64>, default: usize, max: i64) -> KmsResult<usize> {
+        match req_limit {
+            Some(l) => check_range("limit", l, 1, max),
+            None => Ok(default),
+        }
+    }
+
+    fn list_keys(&self, req: Req) -> KmsResult<Value> {
+        let limit = Self::limit(req.limit, 100, 1000)?;
+        let after = match req.marker.as_deref() {
+            Some(m) => Some(
+                parse_key_id(m)
+                    .ok_or_else(|| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+            ),
+            None => None,
+        };
+        let t = now();
+        let (keys, more) = self.store.list_keys(after, limit)?;
+        let list: Vec<Value> = keys
+            .iter()
+            .filter(|e| {
+                !(e.record.state == KeyState::PendingDeletion
+                    && e.record.deletion_date.is_some_and(|d| d <= t))
+            })
+            .map(|e| json!({ "KeyId": e.record.id, "KeyArn": self.key_arn(&e.record.id) }))
+            .collect();
+        let mut out = json!({ "Keys": list, "Truncated": more });
+        if more {
+            if let Some(last) = keys.last() {
+                out["NextMarker"] = Value::String(last.record.id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_enabled(&self, principal: &str, req: Req, enable: bool) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let action = if enable { "kms:EnableKey" } else { "kms:DisableKey" };
+        self.authorize(&key, principal, action, None, None)?;
+        let arn = key.arn.clone();
+        self.store.update_key(&key.id, |r| {
+            if r.state == KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+            }
+            r.state = if enable {
+                KeyState::Enabled
+            } else {
+                KeyState::Disabled
+            };
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    fn schedule_deletion(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let days = match req.pending_window_in_days {
+            Some(d) => check_range("pendingWindowInDays", d, 7, 30)?,
+            None => 30,
+        };
+        self.authorize(&key, principal, "kms:ScheduleKeyDeletion", None, None)?;
+        let arn = key.arn.clone();
+        let (entry, ()) = self.store.update_key(&key.id, |r| {
+            if r.state == KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+            }
+            r.state = KeyState::PendingDeletion;
+            r.deletion_date = Some(now() + (days as f64) * 86_400.0);
+            r.pending_window_days = u32::try_from(days).ok();
+            Ok(())
+        })?;
+        Ok(json!({
+            "KeyId": key.arn,
+            "DeletionDate": entry.record.deletion_date,
+            "KeyState": "PendingDeletion",
+            "PendingWindowInDays": days,
+        }))
+    }
+
+    fn cancel_deletion(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        self.authorize(&key, principal, "kms:CancelKeyDeletion", None, None)?;
+        let arn = key.arn.clone();
+        self.store.update_key(&key.id, |r| {
+            if r.state != KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is not pending deletion."
+                )));
+            }
+            r.state = KeyState::Disabled;
+            r.deletion_date = None;
+            r.pending_window_days = None;
+            Ok(())
+        })?;
+        Ok(json!({ "KeyId": key.arn }))
+    }
+
+    fn alias_target_key(&self, target: &str) -> KmsResult<Resolved> {
+        if target.starts_with("alias/") || target.contains(":alias/") {
+            return Err(KmsError::Validation(
+                "Aliases must refer to keys. Not aliases".into(),
+            ));
+        }
+        let key = self.resolve(target)?;
+        if key.entry.record.state == KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                key.arn
+            )));
+        }
+        Ok(key)
+    }
+
+    fn create_alias(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let name = required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name)?;
+        let key = self.alias_target_key(&required(req.target_key_id, "targetKeyId")?)?;
+        self.authorize(&key, principal, "kms:CreateAlias", None, None)?;
+        self.store.create_alias(&name, &key.entry.record.id)?;
+        Ok(json!({}))
+    }
+
+    fn update_alias(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let name = required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name)?;
+        let key = self.alias_target_key(&required(req.target_key_id, "targetKeyId")?)?;
+        let old = self.resolve(&name)?;
+        self.authorize(&old, principal, "kms:UpdateAlias", None, None)?;
+        self.authorize(&key, principal, "kms:UpdateAlias", None, None)?;
+        self.store.update_alias(&name, &key.entry.record.id)?;
+        Ok(json!({}))
+    }
+
+    fn delete_alias(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let name = required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name)?;
+        if let Ok(key) = self.resolve(&name) {
+            self.authorize(&key, principal, "kms:DeleteAlias", None, None)?;
+        }
+        self.store.delete_alias(&name)?;
+        Ok(json!({}))
+    }
+
+    fn list_aliases(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let limit = Self::limit(req.limit, 50, 100)?;
+        let filter = match req.key_id.as_deref() {
+            Some(k) => {
+                let key = self.resolve(k)?;
+                self.authorize(&key, principal, "kms:ListAliases", None, None)?;
+                Some(key.entry.record.id.clone())
+            }
+            None => None,
+        };
+        let all = self.store.list_aliases()?;
+        let start = match req.marker.as_deref() {
+            Some(m) => all.partition_point(|(n, _)| n.as_str() <= m),
+            None => 0,
+        };
+        let mut items = all[start..]
+            .iter()
+            .filter(|(_, a)| filter.as_ref().is_none_or(|f| f == &a.target))
+            .filter(|(_, a)| {
+                parse_key_id(&a.target)
+                    .and_then(|id| self.store.key(&id).ok().flatten())
+                    .is_some()
+            });
+        let page: Vec<&(String, crate::store::AliasRecord)> = items.by_ref().take(limit).collect();
+        let more = items.next().is_some();
+        let list: Vec<Value> = page
+            .iter()
+            .map(|(n, a)| {
+                json!({
+                    "AliasName": n,
+                    "AliasArn": self.alias_arn(n),
+                    "TargetKeyId": a.target,
+                    "CreationDate": a.created,
+                    "LastUpdatedDate": a.updated,
+                })
+            })
+            .collect();
+        let mut out = json!({ "Aliases": list, "Truncated": more });
+        if more {
+            if let Some((n, _)) = page.last() {
+                out["NextMarker"] = Value::String(n.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn policy_name(req: &Req) -> KmsResult<()> {
+        match req.policy_name.as_deref() {
+            None | Some("default") => Ok(()),
+            Some(other) => Err(KmsError::NotFound(format!(
+                "Policy {other} does not exist; the only policy name is 'default'"
+            ))),
+        }
+    }
+
+    fn get_key_policy(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        Self::policy_name(&req)?;
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        self.authorize(&key, principal, "kms:GetKeyPolicy", None, None)?;
+        Ok(json!({ "Policy": key.entry.record.policy, "PolicyName": "default" }))
+    }
+
+    fn put_key_policy(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        Self::policy_name(&req)?;
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let text = required(req.policy, "policy")?;
+        check_len("policy", text.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
+        Policy::parse(&text)?;
+        self.authorize(&key, principal, "kms:PutKeyPolicy", None, None)?;
+        self.store.update_key(&key.id, |r| {
+            r.policy = text;
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    fn list_key_policies(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        Self::limit(req.limit, 100, 1000)?;
+        self.authorize(&key, principal, "kms:ListKeyPolicies", None, None)?;
+        Ok(json!({ "PolicyNames": ["default"], "Truncated": false }))
+    }
+
+    fn tag_resource(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let tags = take_tags(required(req.tags, "tags")?)?;
+        self.authorize(&key, principal, "kms:TagResource", None, None)?;
+        self.store.update_key(&key.id, |r| {
+            for t in tags {
+                match r.tags.iter_mut().find(|x| x.key == t.key) {
+                    Some(x) => x.value = t.value,
+                    None => r.tags.push(t),
+                }
+            }
+            if r.tags.len() > MAX_TAGS {
+                return Err(KmsError::Tag(format!("A key can have at most {MAX_TAGS} tags")));
+            }
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    fn untag_resource(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let keys = required(req.tag_keys, "tagKeys")?;
+        self.authorize(&key, principal, "kms:UntagResource", None, None)?;
+        self.store.update_key(&key.id, |r| {
+            r.tags.retain(|t| !keys.contains(&t.key));
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    fn list_resource_tags(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let limit = Self::limit(req.limit, 50, 50)?;
+        self.authorize(&key, principal, "kms:ListResourceTags", None, None)?;
+        let tags = &key.entry.record.tags;
+        let start = match req.marker.as_deref() {
+            Some(m) => m
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i <= tags.len())
+                .ok_or_else(|| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+            None => 0,
+        };
+        let end = (start + limit).min(tags.len());
+        let list: Vec<Value> = tags[start..end]
+            .iter()
+            .map(|t| json!({ "TagKey": t.key, "TagValue": t.value }))
+            .collect();
+        let more = end < tags.len();
+        let mut out = json!({ "Tags": list, "Truncated": more });
+        if more {
+            out["NextMarker"] = Value::String(end.to_string());
+        }
+        Ok(out)
+    }
+
+    fn set_rotation(&self, principal: &str, req: Req, enable: bool) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let period = match req.rotation_period_in_days {
+            Some(d) if enable => check_range("rotationPeriodInDays", d, 90, 2560)?,
+            _ => 365,
+        };
+        let action = if enable {
+            "kms:EnableKeyRotation"
+        } else {
+            "kms:DisableKeyRotation"
+        };
+        self.authorize(&key, principal, action, None, None)?;
+        self.require_enabled(&key)?;
+        self.store.update_key(&key.id, |r| {
+            r.rotation_period_days = if enable { u32::try_from(period).ok() } else { None };
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    fn next_rotation(r: &KeyRecord) -> Option<f64> {
+        let period = r.rotation_period_days?;
+        let last = r.rotations.last().copied().unwrap_or(r.created);
+        Some(last + f64::from(period) * 86_400.0)
+    }
+
+    fn rotation_status(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        self.authorize(&key, principal, "kms:GetKeyRotationStatus", None, None)?;
+        let r = &key.entry.record;
+        let mut out = json!({
+            "KeyRotationEnabled": r.rotation_period_days.is_some(),
+            "KeyId": key.arn,
+        });
+        if let Some(p) = r.rotation_period_days {
+            out["RotationPeriodInDays"] = json!(p);
+            out["NextRotationDate"] = json!(Self::next_rotation(r));
+        }
+        Ok(out)
+    }
+
+    fn rotate(&self, id: &[u8; 16]) -> KmsResult<()> {
+        let material = random(MATERIAL_LEN)?;
+        self.store.update_key(id, |r| {
+            let version = r.materials.len();
+            r.materials
+                .push(self.store.seal_material(&r.id, version, &material)?);
+            r.rotations.push(now());
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn rotate_on_demand(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        self.authorize(&key, principal, "kms:RotateKeyOnDemand", None, None)?;
+        self.require_enabled(&key)?;
+        self.rotate(&key.id)?;
+        Ok(json!({ "KeyId": key.arn }))
+    }
+
+    fn update_description(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        let d = required(req.description, "description")?;
+        check_len("description", d.len(), 0, MAX_DESCRIPTION)?;
+        self.authorize(&key, principal, "kms:UpdateKeyDescription", None, None)?;
+        self.store.update_key(&key.id, |r| {
+            r.description = d;
+            Ok(())
+        })?;
+        Ok(json!({}))
+    }
+
+    /// Periodic upkeep: deletes keys whose waiting period is over and rotates keys whose
+    /// automatic rotation is due. Returns (deleted, rotated).
+    pub fn maintain(&self) -> KmsResult<(usize, usize)> {
+        let t = now();
+        let deleted = self.store.purge_expired(t)?;
+        let mut rotated = 0;
+        let mut after = None;
+        loop {
+            let (page, more) = self.store.list_keys(after, 256)?;
+            for e in &page {
+                if e.record.state == KeyState::Enabled
+                    && Self::next_rotation(&e.record).is_some_and(|n| n <= t)
+                {
+                    if let Some(id) = parse_key_id(&e.record.id) {
+                        self.rotate(&id)?;
+                        rotated += 1;
+                    }
+                }
+            }
+            after = page.last().and_then(|e| parse_key_id(&e.record.id));
+            if !more {
+                break;
+            }
+        }
+        Ok((deleted, rotated))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: &str = "arn:aws:iam::111122223333:root";
+
+    fn service() -> (tempfile::TempDir, Service) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &dir.path().join("master.key")).unwrap();
+        (dir, Service::new(store, "us-east-1", "111122223333", None))
+    }
+
+    fn call(s: &Service, op: &str, body: Value) -> KmsResult<Value> {
+        s.handle(op, ROOT, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn encrypt_decrypt_with_context_and_rotation() {
+        let (_d, s) = service();
+        let k = call(&s, "CreateKey", json!({"Description": "t"})).unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        let ctx = json!({"b": "2", "a": "1"});
+        let e = call(
+            &s,
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": b64(b"secret"), "EncryptionContext": ctx}),
+        )
+        .unwrap();
+        let blob = e["CiphertextBlob"].as_str().unwrap().to_string();
+        call(&s, "RotateKeyOnDemand", json!({"KeyId": id})).unwrap();
+        let d = call(
+            &s,
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"a": "1", "b": "2"}}),
+        )
+        .unwrap();
+        assert_eq!(d["Plaintext"], b64(b"secret"));
+        assert!(matches!(
+            call(&s, "Decrypt", json!({"CiphertextBlob": blob})),
+            Err(KmsError::InvalidCiphertext(_))
+        ));
+        assert!(matches!(
+            call(&s, "Encrypt", json!({"KeyId": id, "Plaintext": b64(&[0u8; 4097])})),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            call(&s, "Encrypt", json!({"KeyId": id, "Plaintext": "!!"})),
+            Err(KmsError::Serialization(_))
+        ));
+        assert!(matches!(
+            call(&s, "Encrypt", json!({"KeyId": 5, "Plaintext": "AA=="})),
+            Err(KmsError::Serialization(_))
+        ));
+        assert!(matches!(
+            call(&s, "Nope", json!({})),
+            Err(KmsError::UnknownOperation(_))
+        ));
+        call(&s, "DisableKey", json!({"KeyId": id})).unwrap();
+        assert!(matches!(
+            call(&s, "Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": ctx})),
+            Err(KmsError::Disabled(_))
+        ));
+    }
+
+    #[test]
+    fn aliases_and_policies() {
+        let (_d, s) = service();
+        let k = call(&s, "CreateKey", json!({})).unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        call(&s, "CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": id})).unwrap();
+        let d = call(&s, "DescribeKey", json!({"KeyId": "alias/app"})).unwrap();
+        assert_eq!(d["KeyMetadata"]["KeyId"], id);
+        let arn = format!("arn:aws:kms:us-east-1:111122223333:alias/app");
+        assert!(call(&s, "DescribeKey", json!({"KeyId": arn})).is_ok());
+        let deny_all = r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/other"},"Action":"kms:*","Resource":"*"}]}"#;
+        call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": deny_all})).unwrap();
+        assert!(matches!(
+            call(&s, "DescribeKey", json!({"KeyId": id})),
+            Err(KmsError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": "{"})),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
+    }
+}

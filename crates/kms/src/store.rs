@@ -1,0 +1,752 @@
+//! Durable key store: redb tables, the master key, and the in-memory view served from.
+//!
+//! Why redb: it is an embedded, pure-Rust, copy-on-write B-tree store with ACID transactions;
+//! a committed write transaction is durable (fsync'd) and a crash at any moment leaves either
+//! the old or the new state, never a torn one. That is what a key service needs (an acknowledged
+//! CreateKey must survive `kill -9`; a half-written key must never appear), without running a
+//! separate database server. A networked database is the path for several hosts.
+//!
+//! Layout: table `keys` (key id -> JSON [`KeyRecord`]), table `aliases` (alias name -> JSON
+//! [`AliasRecord`]), table `meta` (`admin` -> the sealed administrator credential). Key material
+//! is never stored in the clear: each version is sealed with AES-256-GCM under the master key,
+//! with AAD naming the key id and version, so material cannot be moved between keys. The master
+//! key lives apart from the database, in a 32-byte file with mode 0600.
+//!
+//! Every write takes one writer lock, commits a redb transaction, and only then updates the
+//! in-memory maps that reads use, so a reader never sees an uncommitted change and reads take no
+//! database transaction at all.
+
+use crate::blob::aead_key;
+use crate::error::{KmsError, KmsResult};
+use crate::policy::Policy;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+use base64::Engine as _;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const ALIASES: TableDefinition<&str, &[u8]> = TableDefinition::new("aliases");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Master key length.
+pub const MASTER_KEY_LEN: usize = 32;
+/// Symmetric key material length.
+pub const MATERIAL_LEN: usize = 32;
+/// Most material versions (rotations) per key.
+pub const MAX_MATERIALS: usize = 10_000;
+
+/// Errors opening the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// I/O on a store file.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The master key file is malformed or too open.
+    #[error("master key {0}: {1}")]
+    MasterKey(PathBuf, String),
+    /// The database cannot be opened.
+    #[error("database {0}")]
+    Database(PathBuf, #[source] Box<redb::Error>),
+    /// A record cannot be read (wrong master key, corruption).
+    #[error("stored record {0} is unreadable: {1}")]
+    Record(String, String),
+}
+
+/// Key states, named as AWS names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    /// Usable.
+    Enabled,
+    /// Not usable for cryptography.
+    Disabled,
+    /// Scheduled for deletion.
+    PendingDeletion,
+}
+
+impl KeyState {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+        }
+    }
+}
+
+/// A tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    /// Tag key.
+    pub key: String,
+    /// Tag value.
+    pub value: String,
+}
+
+/// A key as stored (material sealed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// Key id (UUID, lower-case, hyphenated).
+    pub id: String,
+    /// Creation time, seconds since the epoch.
+    pub created: f64,
+    /// Description.
+    pub description: String,
+    /// State.
+    pub state: KeyState,
+    /// When a pending deletion completes.
+    pub deletion_date: Option<f64>,
+    /// Waiting period of a pending deletion.
+    pub pending_window_days: Option<u32>,
+    /// Key policy text.
+    pub policy: String,
+    /// Tags, in insertion order.
+    pub tags: Vec<Tag>,
+    /// Automatic rotation period in days, when rotation is enabled.
+    pub rotation_period_days: Option<u32>,
+    /// Times of on-demand rotations.
+    pub rotations: Vec<f64>,
+    /// Sealed key material, one per version (index = version), base64.
+    pub materials: Vec<String>,
+}
+
+/// An alias.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasRecord {
+    /// Target key id.
+    pub target: String,
+    /// Creation time.
+    pub created: f64,
+    /// Last update time.
+    pub updated: f64,
+}
+
+/// A key as served: its record, its unsealed material and its parsed policy.
+pub struct KeyEntry {
+    /// The record.
+    pub record: KeyRecord,
+    /// AES-256-GCM keys by material version.
+    pub materials: Arc<Vec<LessSafeKey>>,
+    /// Parsed policy.
+    pub policy: Arc<Policy>,
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("id", &self.record.id)
+            .field("state", &self.record.state)
+            .field("materials", &format!("<{} redacted>", self.materials.len()))
+            .finish()
+    }
+}
+
+/// The administrator credential.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AdminCredential {
+    /// Access key id.
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    /// Secret access key.
+    #[serde(rename = "SecretAccessKey")]
+    pub secret_access_key: Zeroizing<String>,
+}
+
+impl fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminCredential")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    keys: BTreeMap<[u8; 16], Arc<KeyEntry>>,
+    aliases: BTreeMap<String, AliasRecord>,
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    master: LessSafeKey,
+    writer: Mutex<()>,
+    state: RwLock<State>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Parses a UUID string into its 16 bytes.
+pub fn parse_key_id(id: &str) -> Option<[u8; 16]> {
+    let u = uuid::Uuid::try_parse(id).ok()?;
+    // Only the canonical hyphenated form names a key.
+    (u.hyphenated().to_string() == id.to_ascii_lowercase()).then(|| *u.as_bytes())
+}
+
+/// Formats 16 bytes as a key id.
+pub fn format_key_id(id: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*id).hyphenated().to_string()
+}
+
+/// Seconds since the epoch, with millisecond precision.
+pub fn now() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_millis() as f64) / 1000.0
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Io(dir.into(), e))
+}
+
+/// Writes a new file with mode 0600 atomically (temp file, fsync, rename, fsync dir).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.into(), e))?;
+    fsync_dir(dir)
+}
+
+fn load_or_create_master(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(StoreError::MasterKey(
+                    path.into(),
+                    "must not be readable by group or others (chmod 600)".into(),
+                ));
+            }
+            if meta.len() != MASTER_KEY_LEN as u64 {
+                return Err(StoreError::MasterKey(
+                    path.into(),
+                    format!("must be exactly {MASTER_KEY_LEN} bytes"),
+                ));
+            }
+            let bytes = std::fs::read(path).map_err(|e| StoreError::Io(path.into(), e))?;
+            Ok(Zeroizing::new(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = Zeroizing::new(vec![0u8; MASTER_KEY_LEN]);
+            aws_lc_rs::rand::fill(&mut key[..])
+                .map_err(|_| StoreError::MasterKey(path.into(), "no randomness".into()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e))?;
+            }
+            write_private_file(path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(StoreError::Io(path.into(), e)),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` with the master key at `master_path`.
+    pub fn open(data_dir: &Path, master_path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(data_dir.into(), e))?;
+        let master = Zeroizing::new(load_or_create_master(master_path)?);
+        let master = aead_key(&master)
+            .map_err(|e| StoreError::MasterKey(master_path.into(), e.to_string()))?;
+        let db_path = data_dir.join("kms.redb");
+        let db = Database::create(&db_path)
+            .map_err(|e| StoreError::Database(db_path.clone(), Box::new(e.into())))?;
+        let dbe = |e: redb::Error| StoreError::Database(db_path.clone(), Box::new(e));
+        {
+            let tx = db.begin_write().map_err(|e| dbe(e.into()))?;
+            tx.open_table(KEYS).map_err(|e| dbe(e.into()))?;
+            tx.open_table(ALIASES).map_err(|e| dbe(e.into()))?;
+            tx.open_table(META).map_err(|e| dbe(e.into()))?;
+            tx.commit().map_err(|e| dbe(e.into()))?;
+        }
+        let store = Store {
+            db,
+            master,
+            writer: Mutex::new(()),
+            state: RwLock::new(State::default()),
+        };
+        store.load().map_err(|e| match e {
+            KmsError::Internal(m) => StoreError::Record("database".into(), m),
+            other => StoreError::Record("database".into(), other.to_string()),
+        })?;
+        Ok(store)
+    }
+
+    fn load(&self) -> KmsResult<()> {
+        let tx = self.db.begin_read().map_err(|e| KmsError::internal("read", e))?;
+        let keys = tx.open_table(KEYS).map_err(|e| KmsError::internal("read", e))?;
+        let mut state = State::default();
+        for item in keys.iter().map_err(|e| KmsError::internal("read", e))? {
+            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
+            let record: KeyRecord = serde_json::from_slice(v.value()).map_err(|e| {
+                KmsError::Internal(format!("key {}: {e}", k.value()))
+            })?;
+            let id = parse_key_id(&record.id)
+                .ok_or_else(|| KmsError::Internal(format!("bad key id {}", record.id)))?;
+            let entry = self.entry(record, None)?;
+            state.keys.insert(id, Arc::new(entry));
+        }
+        let aliases = tx.open_table(ALIASES).map_err(|e| KmsError::internal("read", e))?;
+        for item in aliases.iter().map_err(|e| KmsError::internal("read", e))? {
+            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
+            let rec: AliasRecord = serde_json::from_slice(v.value())
+                .map_err(|e| KmsError::Internal(format!("alias {}: {e}", k.value())))?;
+            state.aliases.insert(k.value().to_string(), rec);
+        }
+        *self.state.write().map_err(|_| KmsError::Internal("lock".into()))? = state;
+        Ok(())
+    }
+
+    fn material_aad(key_id: &str, version: usize) -> Vec<u8> {
+        format!("cloister-kms/key-material/v1/{key_id}/{version}").into_bytes()
+    }
+
+    fn seal_bytes(&self, aad: &[u8], plain: &[u8]) -> KmsResult<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|e| KmsError::internal("random", e))?;
+        let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+        buf.extend_from_slice(&nonce);
+        buf.extend_from_slice(plain);
+        let tag = self
+            .master
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[NONCE_LEN..],
+            )
+            .map_err(|e| KmsError::internal("seal material", e))?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(base64::engine::general_purpose::STANDARD.encode(&buf))
+    }
+
+    fn unseal_bytes(&self, aad: &[u8], sealed: &str) -> KmsResult<Zeroizing<Vec<u8>>> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|e| KmsError::internal("sealed material", e))?;
+        if raw.len() < NONCE_LEN + 16 {
+            return Err(KmsError::Internal("sealed material too short".into()));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&raw[..NONCE_LEN]);
+        let mut buf = Zeroizing::new(raw[NONCE_LEN..].to_vec());
+        let n = self
+            .master
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[..],
+            )
+            .map_err(|_| {
+                KmsError::Internal(
+                    "sealed key material does not open under this master key".into(),
+                )
+            })?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Seals fresh material for `key_id` version `version` (returns the stored form).
+    pub fn seal_material(&self, key_id: &str, version: usize, material: &[u8]) -> KmsResult<String> {
+        self.seal_bytes(&Self::material_aad(key_id, version), material)
+    }
+
+    /// Builds the served entry, reusing already-unsealed material where given.
+    fn entry(&self, record: KeyRecord, prev: Option<&KeyEntry>) -> KmsResult<KeyEntry> {
+        let materials = match prev {
+            Some(p) if p.materials.len() == record.materials.len() => p.materials.clone(),
+            _ => {
+                let mut v = Vec::with_capacity(record.materials.len());
+                for (i, sealed) in record.materials.iter().enumerate() {
+                    let m = self.unseal_bytes(&Self::material_aad(&record.id, i), sealed)?;
+                    if m.len() != MATERIAL_LEN {
+                        return Err(KmsError::Internal("material length".into()));
+                    }
+                    v.push(aead_key(&m)?);
+                }
+                Arc::new(v)
+            }
+        };
+        let policy = match prev {
+            Some(p) if p.record.policy == record.policy => p.policy.clone(),
+            _ => Arc::new(Policy::parse(&record.policy).map_err(|e| {
+                KmsError::Internal(format!("stored policy of {}: {e}", record.id))
+            })?),
+        };
+        Ok(KeyEntry {
+            record,
+            materials,
+            policy,
+        })
+    }
+
+    fn write_tx<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>,
+    ) -> KmsResult<T> {
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| KmsError::internal("begin write", e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| KmsError::internal("commit", e))?;
+        Ok(out)
+    }
+
+    fn put_key(tx: &redb::WriteTransaction, record: &KeyRecord) -> KmsResult<()> {
+        let bytes = serde_json::to_vec(record).map_err(|e| KmsError::internal("encode", e))?;
+        let mut t = tx
+            .open_table(KEYS)
+            .map_err(|e| KmsError::internal("open keys", e))?;
+        t.insert(record.id.as_str(), bytes.as_slice())
+            .map_err(|e| KmsError::internal("insert key", e))?;
+        Ok(())
+    }
+
+    fn put_alias(tx: &redb::WriteTransaction, name: &str, rec: &AliasRecord) -> KmsResult<()> {
+        let bytes = serde_json::to_vec(rec).map_err(|e| KmsError::internal("encode", e))?;
+        let mut t = tx
+            .open_table(ALIASES)
+            .map_err(|e| KmsError::internal("open aliases", e))?;
+        t.insert(name, bytes.as_slice())
+            .map_err(|e| KmsError::internal("insert alias", e))?;
+        Ok(())
+    }
+
+    fn lock_writer(&self) -> KmsResult<std::sync::MutexGuard<'_, ()>> {
+        self.writer
+            .lock()
+            .map_err(|_| KmsError::Internal("writer lock poisoned".into()))
+    }
+
+    fn read_state(&self) -> KmsResult<std::sync::RwLockReadGuard<'_, State>> {
+        self.state
+            .read()
+            .map_err(|_| KmsError::Internal("state lock poisoned".into()))
+    }
+
+    fn write_state(&self) -> KmsResult<std::sync::RwLockWriteGuard<'_, State>> {
+        self.state
+            .write()
+            .map_err(|_| KmsError::Internal("state lock poisoned".into()))
+    }
+
+    /// Stores a new key.
+    pub fn insert_key(&self, record: KeyRecord) -> KmsResult<Arc<KeyEntry>> {
+        let id = parse_key_id(&record.id).ok_or_else(|| KmsError::Internal("key id".into()))?;
+        let _w = self.lock_writer()?;
+        let entry = Arc::new(self.entry(record, None)?);
+        self.write_tx(|tx| Self::put_key(tx, &entry.record))?;
+        self.write_state()?.keys.insert(id, entry.clone());
+        Ok(entry)
+    }
+
+    /// Looks a key up by id bytes.
+    pub fn key(&self, id: &[u8; 16]) -> KmsResult<Option<Arc<KeyEntry>>> {
+        Ok(self.read_state()?.keys.get(id).cloned())
+    }
+
+    /// The target key id of an alias.
+    pub fn alias(&self, name: &str) -> KmsResult<Option<AliasRecord>> {
+        Ok(self.read_state()?.aliases.get(name).cloned())
+    }
+
+    /// Up to `limit` keys after `after` (exclusive), in id order; and whether more follow.
+    pub fn list_keys(
+        &self,
+        after: Option<[u8; 16]>,
+        limit: usize,
+    ) -> KmsResult<(Vec<Arc<KeyEntry>>, bool)> {
+        let st = self.read_state()?;
+        let mut it: Box<dyn Iterator<Item = (&[u8; 16], &Arc<KeyEntry>)>> = match after {
+            Some(a) => Box::new(
+                st.keys
+                    .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(st.keys.iter()),
+        };
+        let out: Vec<_> = it.by_ref().take(limit).map(|(_, e)| e.clone()).collect();
+        let more = it.next().is_some();
+        Ok((out, more))
+    }
+
+    /// Every alias (name, record), in name order.
+    pub fn list_aliases(&self) -> KmsResult<Vec<(String, AliasRecord)>> {
+        Ok(self
+            .read_state()?
+            .aliases
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    /// Changes a key's record with `f` (which may add material) and stores it.
+    pub fn update_key<T>(
+        &self,
+        id: &[u8; 16],
+        f: impl FnOnce(&mut KeyRecord) -> KmsResult<T>,
+    ) -> KmsResult<(Arc<KeyEntry>, T)> {
+        let _w = self.lock_writer()?;
+        let prev = self
+            .key(id)?
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{}' does not exist", format_key_id(id))))?;
+        let mut record = prev.record.clone();
+        let out = f(&mut record)?;
+        if record.materials.len() > MAX_MATERIALS {
+            return Err(KmsError::LimitExceeded("too many key rotations".into()));
+        }
+        let entry = Arc::new(self.entry(record, Some(&prev))?);
+        self.write_tx(|tx| Self::put_key(tx, &entry.record))?;
+        self.write_state()?.keys.insert(*id, entry.clone());
+        Ok((entry, out))
+    }
+
+    /// Creates an alias (fails if it exists).
+    pub fn create_alias(&self, name: &str, target: &str) -> KmsResult<()> {
+        let _w = self.lock_writer()?;
+        if self.read_state()?.aliases.contains_key(name) {
+            return Err(KmsError::AlreadyExists(format!(
+                "An alias with the name arn:aws:kms:::{name} already exists"
+            )));
+        }
+        let t = now();
+        let rec = AliasRecord {
+            target: target.to_string(),
+            created: t,
+            updated: t,
+        };
+        self.write_tx(|tx| Self::put_alias(tx, name, &rec))?;
+        self.write_state()?.aliases.insert(name.to_string(), rec);
+        Ok(())
+    }
+
+    /// Points an existing alias at another key.
+    pub fn update_alias(&self, name: &str, target: &str) -> KmsResult<()> {
+        let _w = self.lock_writer()?;
+        let mut rec = self
+            .alias(name)?
+            .ok_or_else(|| KmsError::NotFound(format!("Alias {name} is not found.")))?;
+        rec.target = target.to_string();
+        rec.updated = now();
+        self.write_tx(|tx| Self::put_alias(tx, name, &rec))?;
+        self.write_state()?.aliases.insert(name.to_string(), rec);
+        Ok(())
+    }
+
+    /// Deletes an alias.
+    pub fn delete_alias(&self, name: &str) -> KmsResult<()> {
+        let _w = self.lock_writer()?;
+        if self.alias(name)?.is_none() {
+            return Err(KmsError::NotFound(format!("Alias {name} is not found.")));
+        }
+        self.write_tx(|tx| {
+            let mut t = tx
+                .open_table(ALIASES)
+                .map_err(|e| KmsError::internal("open aliases", e))?;
+            t.remove(name)
+                .map_err(|e| KmsError::internal("remove alias", e))?;
+            Ok(())
+        })?;
+        self.write_state()?.aliases.remove(name);
+        Ok(())
+    }
+
+    /// Deletes keys whose pending deletion is due, with their aliases. Returns how many.
+    pub fn purge_expired(&self, at: f64) -> KmsResult<usize> {
+        let _w = self.lock_writer()?;
+        let (due, aliases): (Vec<[u8; 16]>, Vec<String>) = {
+            let st = self.read_state()?;
+            let due: Vec<[u8; 16]> = st
+                .keys
+                .iter()
+                .filter(|(_, e)| {
+                    e.record.state == KeyState::PendingDeletion
+                        && e.record.deletion_date.is_some_and(|d| d <= at)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            let ids: Vec<String> = due.iter().map(format_key_id).collect();
+            let aliases = st
+                .aliases
+                .iter()
+                .filter(|(_, a)| ids.contains(&a.target))
+                .map(|(n, _)| n.clone())
+                .collect();
+            (due, aliases)
+        };
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.write_tx(|tx| {
+            let mut keys = tx
+                .open_table(KEYS)
+                .map_err(|e| KmsError::internal("open keys", e))?;
+            for id in &due {
+                keys.remove(format_key_id(id).as_str())
+                    .map_err(|e| KmsError::internal("remove key", e))?;
+            }
+            let mut al = tx
+                .open_table(ALIASES)
+                .map_err(|e| KmsError::internal("open aliases", e))?;
+            for a in &aliases {
+                al.remove(a.as_str())
+                    .map_err(|e| KmsError::internal("remove alias", e))?;
+            }
+            Ok(())
+        })?;
+        let mut st = self.write_state()?;
+        for id in &due {
+            st.keys.remove(id);
+        }
+        for a in &aliases {
+            st.aliases.remove(a);
+        }
+        Ok(due.len())
+    }
+
+    /// The administrator credential, created (and stored) on first use.
+    pub fn admin_credential(&self) -> KmsResult<AdminCredential> {
+        const AAD: &[u8] = b"cloister-kms/admin-credential/v1";
+        let _w = self.lock_writer()?;
+        let tx = self.db.begin_read().map_err(|e| KmsError::internal("read", e))?;
+        let t = tx.open_table(META).map_err(|e| KmsError::internal("read", e))?;
+        if let Some(v) = t.get("admin").map_err(|e| KmsError::internal("read", e))? {
+            let sealed = std::str::from_utf8(v.value())
+                .map_err(|e| KmsError::internal("admin record", e))?
+                .to_string();
+            let plain = self.unseal_bytes(AAD, &sealed)?;
+            return serde_json::from_slice(&plain).map_err(|e| KmsError::internal("admin", e));
+        }
+        drop(t);
+        drop(tx);
+        let mut raw = [0u8; 30];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|e| KmsError::internal("random", e))?;
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let akid: String = std::iter::once("AKIA".to_string())
+            .chain(raw[..16].iter().map(|b| (ALNUM[(*b & 31) as usize] as char).to_string()))
+            .collect();
+        let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]));
+        let cred = AdminCredential {
+            access_key_id: akid,
+            secret_access_key: secret,
+        };
+        let json = Zeroizing::new(
+            serde_json::to_vec(&cred).map_err(|e| KmsError::internal("encode", e))?,
+        );
+        let sealed = self.seal_bytes(AAD, &json)?;
+        self.write_tx(|tx| {
+            let mut t = tx
+                .open_table(META)
+                .map_err(|e| KmsError::internal("open meta", e))?;
+            t.insert("admin", sealed.as_bytes())
+                .map_err(|e| KmsError::internal("insert admin", e))?;
+            Ok(())
+        })?;
+        Ok(cred)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(store: &Store) -> KeyRecord {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        KeyRecord {
+            materials: vec![store.seal_material(&id, 0, &[9u8; 32]).unwrap()],
+            id,
+            created: now(),
+            description: "d".into(),
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: None,
+            policy: Policy::default_text("111122223333"),
+            tags: vec![],
+            rotation_period_days: None,
+            rotations: vec![],
+        }
+    }
+
+    #[test]
+    fn persists_across_reopen_and_refuses_wrong_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = dir.path().join("master.key");
+        let id;
+        let admin;
+        {
+            let s = Store::open(dir.path(), &master).unwrap();
+            let r = s.insert_key(record(&s)).unwrap();
+            id = parse_key_id(&r.record.id).unwrap();
+            s.create_alias("alias/a", &r.record.id).unwrap();
+            assert!(matches!(
+                s.create_alias("alias/a", &r.record.id),
+                Err(KmsError::AlreadyExists(_))
+            ));
+            admin = s.admin_credential().unwrap();
+        }
+        let mode = std::fs::metadata(&master).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        {
+            let s = Store::open(dir.path(), &master).unwrap();
+            let e = s.key(&id).unwrap().unwrap();
+            assert_eq!(e.materials.len(), 1);
+            assert_eq!(s.alias("alias/a").unwrap().unwrap().target, e.record.id);
+            assert_eq!(s.admin_credential().unwrap().access_key_id, admin.access_key_id);
+            s.update_key(&id, |r| {
+                r.state = KeyState::PendingDeletion;
+                r.deletion_date = Some(1.0);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(s.purge_expired(now()).unwrap(), 1);
+            assert!(s.key(&id).unwrap().is_none());
+            assert!(s.alias("alias/a").unwrap().is_none());
+        }
+        // Another master key cannot read the sealed records.
+        let other = dir.path().join("other.key");
+        let s = Store::open(dir.path(), &other);
+        assert!(s.is_ok(), "no keys left, so it opens");
+        let s = s.unwrap();
+        assert!(s.admin_credential().is_err());
+        // A world-readable master key is refused.
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), &other),
+            Err(StoreError::MasterKey(..))
+        ));
+    }
+
+    #[test]
+    fn key_ids_are_canonical() {
+        let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(format_key_id(&parse_key_id(id).unwrap()), id);
+        assert!(parse_key_id("1234abcd12ab34cd56ef1234567890ab").is_none());
+        assert!(parse_key_id("alias/x").is_none());
+    }
+}

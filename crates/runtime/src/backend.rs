@@ -1,0 +1,126 @@
+//! Isolation backends: the [`Backend`] trait and the choice between them.
+//!
+//! A backend turns a prepared [`LaunchSpec`] into a running enclave whose init talks to the
+//! broker's enclave socket. `process` ([`crate::sandbox::ProcessBackend`]) is implemented; `vm`
+//! (a QEMU microVM) is reserved: asking for it fails with [`BackendError::Unsupported`].
+
+use crate::sys::{ExitStatus, SysError};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which isolation an enclave runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces, cgroups, seccomp (this host's kernel).
+    Process,
+    /// A microVM (not implemented yet).
+    Vm,
+}
+
+impl Isolation {
+    /// The name used on the command line, in records and in certificates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::Vm => "vm",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(Isolation::Process),
+            "vm" => Ok(Isolation::Vm),
+            other => Err(format!("unknown isolation {other:?} (expected process or vm)")),
+        }
+    }
+}
+
+/// Backend errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend is not available in this build or on this host.
+    #[error("isolation backend {0} is not supported yet")]
+    Unsupported(&'static str),
+    /// A system call failed while creating the enclave.
+    #[error("cannot create the enclave")]
+    Sys(#[from] SysError),
+    /// The enclave's setup failed before its init ran (message from inside the sandbox).
+    #[error("enclave setup failed: {0}")]
+    Setup(String),
+    /// Cgroup setup failed.
+    #[error("cannot set up the enclave's cgroup")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+/// Everything a backend needs to start one enclave.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The enclave id (also its hostname).
+    pub enclave_id: String,
+    /// The image.
+    pub eif_path: PathBuf,
+    /// Memory in MiB (root tmpfs size and cgroup memory cap).
+    pub memory_mib: u64,
+    /// CPUs the enclave is pinned to.
+    pub cpus: Vec<u32>,
+    /// Host directory the enclave's root is mounted on (inside its private mount namespace).
+    pub root_mount: PathBuf,
+    /// The broker's enclave-facing socket, bind-mounted at `/dev/vsock.sock`.
+    pub enclave_socket: PathBuf,
+    /// Host uid and gid that the enclave's root maps to.
+    pub host_uid: u32,
+    /// See `host_uid`.
+    pub host_gid: u32,
+    /// Process limit.
+    pub pids_max: u32,
+}
+
+/// A created enclave, stopped before its init runs.
+pub trait Pending {
+    /// Host pid of the enclave's first process.
+    fn pid(&self) -> i32;
+    /// Lets it run: it sets itself up and executes `/init`. Returns once init runs (or setup
+    /// failed). `console` receives init's stdout and stderr.
+    fn start(self: Box<Self>) -> Result<Box<dyn Running>, BackendError>;
+}
+
+/// A running enclave.
+pub trait Running: Send {
+    /// Host pid of the enclave's first process.
+    fn pid(&self) -> i32;
+    /// Returns the exit status if it has ended (non-blocking).
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, BackendError>;
+    /// Kills it and waits for it.
+    fn kill(&mut self) -> Result<ExitStatus, BackendError>;
+    /// Removes what the backend created on the host (cgroups). Idempotent.
+    fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// Number of out-of-memory kills inside the enclave so far.
+    fn oom_kills(&self) -> u64;
+    /// Host directories to remove if the monitor dies without cleaning up.
+    fn leftovers(&self) -> Vec<PathBuf>;
+}
+
+/// An isolation backend.
+pub trait Backend {
+    /// Its isolation kind.
+    fn isolation(&self) -> Isolation;
+    /// Creates the enclave (namespaces, cgroup) without running it. `console` becomes init's
+    /// stdout and stderr.
+    fn create(
+        &self,
+        spec: &LaunchSpec,
+        console: std::os::fd::OwnedFd,
+    ) -> Result<Box<dyn Pending>, BackendError>;
+}
+
+/// The backend for `isolation`.
+pub fn backend_for(isolation: Isolation) -> Result<Box<dyn Backend>, BackendError> {
+    match isolation {
+        Isolation::Process => Ok(Box::new(crate::sandbox::ProcessBackend)),
+        Isolation::Vm => Err(BackendError::Unsupported("vm")),
+    }
+}

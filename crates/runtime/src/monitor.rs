@@ -1,0 +1,549 @@
+//! The monitor: one process per enclave that owns it for its whole life.
+//!
+//! `run-enclave` creates the enclave's directory (holding its lock), writes `spec.json`, and
+//! starts the monitor detached (`setsid`) with the ready pipe as fd 3 and the locked
+//! `monitor.lock` as fd 4 ([`crate::lifecycle`]). The monitor ([`monitor_main`]):
+//! 1. reads the image (measurements, metadata), reserves CPUs, memory and a CID
+//!    ([`crate::allocator`]), and builds the enclave's NSM ([`crate::nsm`]);
+//! 2. creates the enclave with its backend while still single-threaded (the process backend
+//!    clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the vsock broker and the console
+//!    pump, and lets the enclave run;
+//! 3. waits for init's heartbeat (the broker reports it) up to the boot timeout, then writes
+//!    the record (RUNNING) and a [`MonitorMessage::Ready`] line on the ready pipe; on any failure
+//!    it writes [`MonitorMessage::Failed`] (with the console's last lines for a timeout), tears
+//!    everything down and exits;
+//! 4. supervises: SIGTERM (from `terminate-enclave`) or the enclave's end both lead to the same
+//!    teardown: kill the enclave's PID 1 (its PID namespace dies with it), stop the broker,
+//!    remove the cgroup, return the resources, remove the directory.
+//!
+//! If the monitor itself is killed, the enclave's init gets SIGKILL (parent-death signal) and
+//! the next `describe-enclaves` prunes the directory (its lock is free).
+
+use crate::allocator::{AllocError, Allocator, CpuRequest, Pool, Request};
+use crate::backend::{backend_for, BackendError, Isolation, LaunchSpec, Running};
+use crate::console::{self, ConsoleLog};
+use crate::state::{EnclaveRecord, EnclaveState, ImageMetadata, Measurements, RunDir};
+use crate::sys;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Hidden CLI subcommand that runs a monitor.
+pub const MONITOR_SUBCOMMAND: &str = "__enclave-monitor";
+/// Descriptor number of the ready pipe in a monitor.
+pub const READY_FD: i32 = 3;
+/// Descriptor number of the inherited monitor lock in a monitor.
+pub const LOCK_FD: i32 = 4;
+/// Minimum enclave memory, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Memory must be at least this many times the image size.
+pub const MEMORY_PER_EIF_FACTOR: u64 = 4;
+/// Size of the history log (`<run>/history.log`) before it is rotated.
+const HISTORY_CAP: u64 = 256 * 1024;
+/// Signals that end an enclave.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+/// What the CLI asks a monitor to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    /// The enclave id (the directory's name).
+    pub enclave_id: String,
+    /// The enclave name.
+    pub enclave_name: String,
+    /// The image.
+    pub eif_path: PathBuf,
+    /// CPUs.
+    pub cpus: CpuRequest,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Requested CID (0: assign).
+    pub cid: u64,
+    /// Debug mode.
+    pub debug_mode: bool,
+    /// Backend.
+    pub isolation: Isolation,
+    /// Boot timeout.
+    pub boot_timeout_ms: u64,
+}
+
+/// Why an enclave did not start, by class (the CLI maps each to an error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The image cannot be read or is invalid.
+    Image,
+    /// The request is malformed (memory too small, bad CPU list).
+    BadRequest,
+    /// The CID is reserved or out of range.
+    CidInvalid,
+    /// The CID is taken.
+    CidInUse,
+    /// Not enough CPUs.
+    Cpus,
+    /// Not enough memory.
+    Memory,
+    /// The allocator configuration is invalid.
+    AllocatorConfig,
+    /// No heartbeat in time.
+    BootTimeout,
+    /// The enclave exited or failed during setup.
+    Setup,
+    /// The attestation PKI or the NSM could not be set up.
+    Nsm,
+    /// The backend is not supported.
+    Unsupported,
+    /// Anything else on the host (state files, broker, cgroups).
+    System,
+}
+
+/// A start failure with its message.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct StartFailure {
+    /// The class.
+    pub kind: FailureKind,
+    /// What happened.
+    pub message: String,
+}
+
+impl StartFailure {
+    fn new(kind: FailureKind, e: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+
+    fn chain(kind: FailureKind, e: &dyn std::error::Error) -> Self {
+        let mut message = e.to_string();
+        let mut src = e.source();
+        while let Some(cause) = src {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            src = cause.source();
+        }
+        Self { kind, message }
+    }
+}
+
+/// The one line a monitor writes on its ready pipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MonitorMessage {
+    /// The enclave booted.
+    Ready(Box<EnclaveRecord>),
+    /// It did not.
+    Failed(StartFailure),
+}
+
+fn alloc_kind(e: &AllocError) -> FailureKind {
+    match e {
+        AllocError::CidInvalid(_) => FailureKind::CidInvalid,
+        AllocError::CidInUse(..) | AllocError::CidExhausted => FailureKind::CidInUse,
+        AllocError::CpuNotInPool(..)
+        | AllocError::CpuBusy(..)
+        | AllocError::CpusExhausted { .. } => FailureKind::Cpus,
+        AllocError::MemoryExhausted { .. } => FailureKind::Memory,
+        AllocError::BadRequest(_) | AllocError::CpuList(..) => FailureKind::BadRequest,
+        AllocError::ConfigRead(..) | AllocError::ConfigInvalid(..) => FailureKind::AllocatorConfig,
+        AllocError::State(..) | AllocError::StateCorrupt(..) | AllocError::Lock(_) => {
+            FailureKind::System
+        }
+    }
+}
+
+fn backend_kind(e: &BackendError) -> FailureKind {
+    match e {
+        BackendError::Unsupported(_) => FailureKind::Unsupported,
+        BackendError::Setup(_) => FailureKind::Setup,
+        BackendError::Sys(_) | BackendError::Cgroup(_) => FailureKind::System,
+    }
+}
+
+/// Entry point of the hidden monitor subcommand. Takes the ready pipe and the lock from fds
+/// [`READY_FD`] and [`LOCK_FD`]. Returns the process exit status.
+pub fn monitor_main(enclave_id: &str) -> i32 {
+    // SAFETY: by contract with `lifecycle::spawn_monitor`, fds 3 and 4 are open in this process
+    // and owned by nothing else (they were dup2'ed there just before exec).
+    let (ready, lock) = unsafe { (OwnedFd::from_raw_fd(READY_FD), OwnedFd::from_raw_fd(LOCK_FD)) };
+    let mut ready = std::fs::File::from(ready);
+    let run = RunDir::from_env();
+    if !crate::ids::is_enclave_id(enclave_id) {
+        let msg = MonitorMessage::Failed(StartFailure::new(FailureKind::System, "invalid enclave id"));
+        let _ = send(&mut ready, &msg);
+        return 1;
+    }
+    let span = tracing::info_span!("enclave", id = %enclave_id);
+    let _enter = span.enter();
+    let mut live = match start(&run, enclave_id) {
+        Ok(live) => live,
+        Err(failure) => {
+            tracing::warn!(error = %failure.message, "enclave failed to start");
+            let _ = send(&mut ready, &MonitorMessage::Failed(failure));
+            run.remove_enclave(enclave_id);
+            drop(lock);
+            return 1;
+        }
+    };
+    let _ = send(&mut ready, &MonitorMessage::Ready(Box::new(live.record.clone())));
+    drop(ready);
+    live.supervise();
+    live.teardown(&run);
+    drop(lock);
+    0
+}
+
+fn send(out: &mut std::fs::File, msg: &MonitorMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)
+}
+
+/// A started enclave and everything the monitor holds for it.
+struct Live {
+    record: EnclaveRecord,
+    running: Box<dyn Running>,
+    broker: Option<cloister_vsock::Broker>,
+    allocator: Allocator,
+    console: Option<std::thread::JoinHandle<()>>,
+    console_path: PathBuf,
+}
+
+/// Resources taken so far, released in reverse on failure.
+struct Partial<'a> {
+    run: &'a RunDir,
+    id: &'a str,
+    allocator: Option<Allocator>,
+    running: Option<Box<dyn Running>>,
+    broker: Option<cloister_vsock::Broker>,
+}
+
+impl Partial<'_> {
+    fn unwind(mut self) {
+        if let Some(r) = self.running.as_mut() {
+            let _ = r.kill();
+            let _ = r.cleanup();
+        }
+        if let Some(mut b) = self.broker.take() {
+            b.shutdown();
+        }
+        if let Some(a) = &self.allocator {
+            let run = self.run.clone();
+            let _ = a.release(self.id, &|id| run.is_alive(id));
+        }
+    }
+}
+
+fn read_spec(run: &RunDir, id: &str) -> Result<MonitorSpec, StartFailure> {
+    let path = run.enclave_dir(id).join("spec.json");
+    let bytes = std::fs::read(&path).map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))
+}
+
+fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
+    let spec = read_spec(run, id)?;
+    let dir = run.enclave_dir(id);
+    let _ = std::fs::write(dir.join("monitor.pid"), std::process::id().to_string());
+    let backend = backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+
+    // The image: measurements, metadata, size rule.
+    let image_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::Image, e);
+    let mut eif = cloister_eif::EifReader::open(&spec.eif_path).map_err(|e| image_err(&e))?;
+    let measured = eif.measure().map_err(|e| image_err(&e))?;
+    let metadata = eif.metadata().ok().flatten();
+    let eif_len = eif.file_len();
+    drop(eif);
+    check_memory(spec.memory_mib, eif_len)?;
+
+    let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
+    let allocator = Allocator::new(run.root(), pool);
+    let alive = |other: &str| run.is_alive(other);
+    let alloc = allocator
+        .allocate(
+            &Request {
+                enclave_id: id.to_owned(),
+                cid: spec.cid,
+                cpus: spec.cpus.clone(),
+                memory_mib: spec.memory_mib,
+            },
+            &alive,
+        )
+        .map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
+    let mut partial = Partial {
+        run,
+        id,
+        allocator: Some(allocator.clone()),
+        running: None,
+        broker: None,
+    };
+    match launch(run, id, &spec, backend.as_ref(), &alloc, measured, metadata, &mut partial) {
+        Ok((record, console_thread)) => {
+            let running = partial.running.take().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
+            Ok(Live {
+                record,
+                running,
+                broker: partial.broker.take(),
+                allocator,
+                console: Some(console_thread),
+                console_path: run.console_path(id),
+            })
+        }
+        Err(f) => {
+            partial.unwind();
+            Err(f)
+        }
+    }
+}
+
+/// Memory rules: at least [`MIN_MEMORY_MIB`] and [`MEMORY_PER_EIF_FACTOR`] times the image.
+pub fn check_memory(memory_mib: u64, eif_len: u64) -> Result<(), StartFailure> {
+    let need = eif_len
+        .saturating_mul(MEMORY_PER_EIF_FACTOR)
+        .div_ceil(1024 * 1024)
+        .max(MIN_MEMORY_MIB);
+    if memory_mib < need {
+        return Err(StartFailure::new(
+            FailureKind::BadRequest,
+            format!(
+                "{memory_mib} MiB of memory is too little: the enclave needs at least {need} MiB \
+                 (64 MiB and 4 times the image size)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    run: &RunDir,
+    id: &str,
+    spec: &MonitorSpec,
+    backend: &dyn crate::backend::Backend,
+    alloc: &crate::allocator::Allocation,
+    measured: cloister_eif::Measurements,
+    metadata: Option<cloister_eif::Metadata>,
+    partial: &mut Partial<'_>,
+) -> Result<(EnclaveRecord, std::thread::JoinHandle<()>), StartFailure> {
+    let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
+    let instance = crate::ids::instance_id();
+    let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
+        .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+    let nsm = crate::nsm::enclave_nsm(&pki, id, spec.isolation, &measured, spec.debug_mode, &instance)
+        .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+
+    let dir = run.enclave_dir(id);
+    let root_mount = dir.join("root");
+    std::fs::create_dir_all(&root_mount).map_err(|e| sys_err(&e))?;
+    let enclave_socket = dir.join("vsock.sock");
+    let host_id = crate::sandbox::enclave_host_id(alloc.cid);
+    let launch = LaunchSpec {
+        enclave_id: id.to_owned(),
+        eif_path: spec.eif_path.clone(),
+        memory_mib: alloc.memory_mib,
+        cpus: alloc.cpus.clone(),
+        root_mount,
+        enclave_socket: enclave_socket.clone(),
+        host_uid: host_id,
+        host_gid: host_id,
+        pids_max: crate::cgroup::DEFAULT_PIDS_MAX,
+    };
+    let (console_r, console_w) = sys::pipe().map_err(|e| sys_err(&e))?;
+    // Still single-threaded here: the process backend clones.
+    let pending = backend.create(&launch, console_w).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    let pid = pending.pid();
+    sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
+
+    let console_path = run.console_path(id);
+    let mut log = ConsoleLog::create(&console_path).map_err(|e| sys_err(&e))?;
+    let console_thread = std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            let _ = log.pump(std::fs::File::from(console_r));
+        })
+        .map_err(|e| sys_err(&e))?;
+
+    let cid = u32::try_from(alloc.cid).map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
+    let broker_result = cloister_vsock::Broker::start(cloister_vsock::BrokerConfig::new(
+        cid,
+        run.root(),
+        &enclave_socket,
+        nsm,
+    ));
+    let broker = match broker_result {
+        Ok(b) => b,
+        Err(e) => {
+            // Let the child go so it can exit; it will find no "go" and leave.
+            drop(pending);
+            let _ = sys::wait_child(pid, false);
+            return Err(StartFailure::chain(FailureKind::System, &e));
+        }
+    };
+    sys::lchown_at(
+        sys::open_dir(&dir).map_err(|e| sys_err(&e))?.as_ref_fd(),
+        std::path::Path::new("vsock.sock"),
+        host_id,
+        host_id,
+    )
+    .map_err(|e| sys_err(&e))?;
+    partial.broker = Some(broker);
+
+    let running = pending.start().map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    partial.running = Some(running);
+
+    let (image_name, image_version, meta_json) = match &metadata {
+        Some(m) => (
+            Some(m.image_name.clone()),
+            Some(m.image_version.clone()),
+            Some(m.describe_json()),
+        ),
+        None => (None, None, None),
+    };
+    let mut record = EnclaveRecord {
+        enclave_id: id.to_owned(),
+        enclave_name: spec.enclave_name.clone(),
+        monitor_pid: std::process::id(),
+        init_pid: u32::try_from(pid).ok(),
+        cid: alloc.cid,
+        cpu_ids: alloc.cpus.clone(),
+        memory_mib: alloc.memory_mib,
+        debug_mode: spec.debug_mode,
+        isolation: spec.isolation.as_str().to_owned(),
+        state: EnclaveState::Booting,
+        measurements: Measurements {
+            pcr0: measured.pcr0_hex(),
+            pcr1: measured.pcr1_hex(),
+            pcr2: measured.pcr2_hex(),
+            pcr8: measured.pcr8_hex(),
+        },
+        metadata: ImageMetadata {
+            image_name,
+            image_version,
+            metadata: meta_json,
+        },
+        eif_path: spec.eif_path.clone(),
+        cgroup_dirs: partial.running.as_ref().map(|r| r.leftovers()).unwrap_or_default(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    run.write_record(&record).map_err(|e| sys_err(&e))?;
+
+    // Wait for the heartbeat, the enclave's end, a stop signal, or the deadline.
+    let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
+    loop {
+        let broker = partial.broker.as_ref().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the broker"))?;
+        if broker.wait_for_heartbeat(Duration::from_millis(20)) {
+            break;
+        }
+        let running = partial.running.as_mut().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
+        if let Some(status) = running.try_wait().map_err(|e| sys_err(&e))? {
+            std::thread::sleep(Duration::from_millis(50));
+            return Err(StartFailure::new(
+                FailureKind::Setup,
+                format!(
+                    "the enclave {status} before its heartbeat; console:\n{}",
+                    console::tail(&console_path, console::TAIL_BYTES)
+                ),
+            ));
+        }
+        if sys::wait_signal(&STOP_SIGNALS, 0).map_err(|e| sys_err(&e))?.is_some() {
+            return Err(StartFailure::new(FailureKind::Setup, "terminated while booting"));
+        }
+        if Instant::now() >= deadline {
+            return Err(StartFailure::new(
+                FailureKind::BootTimeout,
+                format!(
+                    "no heartbeat from the enclave within {} ms; last console lines:\n{}",
+                    spec.boot_timeout_ms,
+                    console::tail(&console_path, console::TAIL_BYTES)
+                ),
+            ));
+        }
+    }
+    record.state = EnclaveState::Running;
+    run.write_record(&record).map_err(|e| sys_err(&e))?;
+    Ok((record, console_thread))
+}
+
+/// Borrowing helper: `OwnedFd` as `BorrowedFd`.
+trait AsRefFd {
+    fn as_ref_fd(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl AsRefFd for OwnedFd {
+    fn as_ref_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+impl Live {
+    /// Waits until the enclave ends or a stop signal arrives.
+    fn supervise(&mut self) {
+        loop {
+            match sys::wait_signal(&STOP_SIGNALS, 100) {
+                Ok(Some(sig)) => {
+                    tracing::info!(signal = sig, "terminating on request");
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for signals failed");
+                    return;
+                }
+            }
+            match self.running.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::info!(%status, "enclave ended");
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for the enclave failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn teardown(&mut self, run: &RunDir) {
+        let mut rec = self.record.clone();
+        rec.state = EnclaveState::Terminating;
+        let _ = run.write_record(&rec);
+        let status = self.running.kill();
+        let ooms = self.running.oom_kills();
+        let summary = match &status {
+            Ok(s) => format!("enclave {} {s}; out-of-memory kills: {ooms}", rec.enclave_id),
+            Err(e) => format!("enclave {}: {e}; out-of-memory kills: {ooms}", rec.enclave_id),
+        };
+        if let Some(mut b) = self.broker.take() {
+            b.shutdown();
+        }
+        if let Some(t) = self.console.take() {
+            let _ = t.join();
+        }
+        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&self.console_path) {
+            let _ = writeln!(log, "[cloister] {summary}");
+        }
+        append_history(run, &summary);
+        if let Err(e) = self.running.cleanup() {
+            tracing::warn!(error = %e, "cgroup cleanup failed");
+        }
+        let _ = self.allocator.release(&rec.enclave_id, &|id| run.is_alive(id));
+        run.remove_enclave(&rec.enclave_id);
+    }
+}
+
+/// Appends one line to `<run>/history.log` (rotated at [`HISTORY_CAP`]).
+fn append_history(run: &RunDir, line: &str) {
+    let path = run.root().join("history.log");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > HISTORY_CAP) {
+        let _ = std::fs::rename(&path, run.root().join("history.log.1"));
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let _ = writeln!(f, "{now} {line}");
+    }
+}

@@ -1,0 +1,344 @@
+//! The `process` isolation backend: an enclave is a process tree in fresh namespaces.
+//!
+//! [`ProcessBackend::create`] makes a cgroup for the enclave (cpuset = its CPUs, memory cap with
+//! swap off, pids limit) and clones a child into new mount, PID, network, IPC and UTS namespaces.
+//! The child waits on a pipe; the monitor moves it into the cgroup, starts the vsock broker, then
+//! lets it go ([`Pending::start`]). The child, still host root inside its private namespaces:
+//! 1. enters a new cgroup namespace (rooted at its own cgroup) and makes every mount private;
+//! 2. mounts a tmpfs (size = the enclave's memory, owned by the enclave's host uid) on the run
+//!    directory's `root/` and unpacks every ramdisk of the image into it ([`crate::rootfs`]);
+//! 3. builds `/dev` (bind mounts of the host's null, zero, full, random, urandom, tty and the
+//!    broker socket as `/dev/vsock.sock`), a fresh `/proc`, and the same for `/rootfs` (a small
+//!    tmpfs on `/rootfs/dev`, fresh `/rootfs/proc`, a tmpfs `/rootfs/tmp`) when the image has a
+//!    `rootfs/`. Mount targets are opened with `O_PATH|O_NOFOLLOW` under the root and mounted
+//!    through `/proc/self/fd/N`, so a symlink in the image cannot redirect a mount to the host;
+//! 4. sets the hostname to the enclave id and brings `lo` up (the only interface there is);
+//! 5. `pivot_root`s into the tmpfs and detaches the old root;
+//! 6. becomes the enclave's host uid/gid (`UID_BASE + cid % UID_SPAN`), unshares a user
+//!    namespace and maps uid/gid 0 inside to it (so root in the enclave is an unprivileged,
+//!    per-enclave host uid, and the mount and network namespaces stay owned by the host's user
+//!    namespace: nothing inside can mount or configure interfaces even before init's seccomp);
+//! 7. sets no_new_privs and the parent-death signal (SIGKILL; set last because credential
+//!    changes clear it), marks every descriptor but stdio close-on-exec, and execs `/init` with
+//!    the environment `CLOISTER_ISOLATION=process` only. stdin is `/dev/null`; stdout and stderr
+//!    are the console pipe.
+//!
+//! Setup errors travel back through a close-on-exec pipe: EOF with no bytes means `/init` runs.
+
+use crate::backend::{Backend, BackendError, Isolation, LaunchSpec, Pending, Running};
+use crate::cgroup::{EnclaveCgroup, Layout, Limits};
+use crate::rootfs::Unpacker;
+use crate::sys::{self, ExitStatus, Forked};
+use nix::mount::MsFlags;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// First host uid (and gid) used for enclave roots.
+pub const UID_BASE: u32 = 1_000_000_000;
+/// Number of distinct enclave uids (the CID is reduced modulo this).
+pub const UID_SPAN: u32 = 1_000_000_000;
+/// Device nodes bind-mounted from the host into `/dev`.
+pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Name of the fabric socket inside `/dev`.
+pub const VSOCK_NODE: &str = "vsock.sock";
+/// Largest setup error message read back from the child.
+const MAX_SETUP_ERROR: u64 = 4096;
+
+/// The host uid/gid an enclave's root maps to.
+pub fn enclave_host_id(cid: u64) -> u32 {
+    UID_BASE + (cid % u64::from(UID_SPAN)) as u32
+}
+
+/// The process isolation backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessBackend;
+
+struct ProcessPending {
+    pid: i32,
+    go: OwnedFd,
+    errors: OwnedFd,
+    cgroup: EnclaveCgroup,
+}
+
+struct ProcessRunning {
+    pid: i32,
+    cgroup: EnclaveCgroup,
+    status: Option<ExitStatus>,
+}
+
+impl Backend for ProcessBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation::Process
+    }
+
+    fn create(&self, spec: &LaunchSpec, console: OwnedFd) -> Result<Box<dyn Pending>, BackendError> {
+        let cgroup = EnclaveCgroup::new(Layout::detect()?, &spec.enclave_id);
+        cgroup.create(&Limits {
+            cpus: spec.cpus.clone(),
+            memory_bytes: spec.memory_mib.saturating_mul(1024 * 1024),
+            pids_max: spec.pids_max,
+        })?;
+        let (go_r, go_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        let flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::NET | sys::ns::IPC | sys::ns::UTS;
+        // SAFETY: the monitor calls `create` before it starts any thread (see monitor.rs), so
+        // the child may allocate and run ordinary Rust code; it never returns (exit_now).
+        let forked = match unsafe { sys::clone_process(flags) } {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        match forked {
+            Forked::Child => {
+                drop(go_w);
+                drop(err_r);
+                let code = match child(spec, &go_r, &console) {
+                    Ok(never) => match never {},
+                    Err(msg) => {
+                        let mut f = std::fs::File::from(err_w);
+                        let _ = f.write_all(msg.as_bytes());
+                        1
+                    }
+                };
+                sys::exit_now(code)
+            }
+            Forked::Parent(pid) => {
+                drop(go_r);
+                drop(err_w);
+                drop(console);
+                if let Err(e) = cgroup.add(pid) {
+                    let _ = sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = sys::wait_child(pid, false);
+                    let _ = cgroup.remove();
+                    return Err(e.into());
+                }
+                Ok(Box::new(ProcessPending {
+                    pid,
+                    go: go_w,
+                    errors: err_r,
+                    cgroup,
+                }))
+            }
+        }
+    }
+}
+
+impl Pending for ProcessPending {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn start(self: Box<Self>) -> Result<Box<dyn Running>, BackendError> {
+        let ProcessPending {
+            pid,
+            go,
+            errors,
+            cgroup,
+        } = *self;
+        let mut running = ProcessRunning {
+            pid,
+            cgroup,
+            status: None,
+        };
+        let mut go = std::fs::File::from(go);
+        if let Err(e) = go.write_all(b"g") {
+            let _ = running.kill();
+            let _ = running.cleanup();
+            return Err(BackendError::Setup(format!("cannot signal the enclave: {e}")));
+        }
+        let mut msg = String::new();
+        let _ = std::fs::File::from(errors)
+            .take(MAX_SETUP_ERROR)
+            .read_to_string(&mut msg);
+        drop(go);
+        if !msg.is_empty() {
+            let _ = running.kill();
+            let _ = running.cleanup();
+            return Err(BackendError::Setup(msg));
+        }
+        Ok(Box::new(running))
+    }
+}
+
+impl Running for ProcessRunning {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, BackendError> {
+        if self.status.is_none() {
+            self.status = sys::wait_child(self.pid, true)?;
+        }
+        Ok(self.status)
+    }
+
+    fn kill(&mut self) -> Result<ExitStatus, BackendError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        // Killing PID 1 of the namespace takes every process of the enclave with it.
+        let _ = sys::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let status = sys::wait_child(self.pid, false)?.unwrap_or(ExitStatus::Signaled(9));
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        Ok(self.cgroup.remove()?)
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
+    fn leftovers(&self) -> Vec<PathBuf> {
+        self.cgroup.dirs().to_vec()
+    }
+}
+
+/// What the child does; returns only on error (as a message for the parent).
+fn child(spec: &LaunchSpec, go: &OwnedFd, console: &OwnedFd) -> Result<std::convert::Infallible, String> {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(go), &mut byte) {
+        Ok(1) => {}
+        _ => sys::exit_now(1), // the monitor went away before starting us
+    }
+    sys::unshare(sys::ns::CGROUP).map_err(s)?;
+    sys::mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None).map_err(s)?;
+    let (uid, gid) = (spec.host_uid, spec.host_gid);
+    let root_opts = format!("size={}m,mode=0755,uid={uid},gid={gid}", spec.memory_mib);
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    sys::mount(Some(Path::new("tmpfs")), &spec.root_mount, Some("tmpfs"), nosuid_nodev, Some(&root_opts))
+        .map_err(s)?;
+    let mut unpacker = Unpacker::new(sys::open_dir(&spec.root_mount).map_err(s)?, uid, gid);
+    fill_root(spec, &mut unpacker)?;
+    populate_dev(&mut unpacker, &[b"dev"], spec, false)?;
+    mount_proc(&mut unpacker, &[b"proc"])?;
+    if sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir) {
+        populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec, true)?;
+        mount_proc(&mut unpacker, &[b"rootfs", b"proc"])?;
+        let tmp = unpacker.ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp").map_err(s)?;
+        let opts = format!("size={}m,mode=1777,uid={uid},gid={gid}", spec.memory_mib);
+        sys::mount(Some(Path::new("tmpfs")), &sys::fd_path(tmp.as_fd()), Some("tmpfs"), nosuid_nodev, Some(&opts))
+            .map_err(s)?;
+    }
+    drop(unpacker);
+    sys::sethostname(&spec.enclave_id).map_err(s)?;
+    sys::loopback_up().map_err(s)?;
+
+    sys::chdir(&spec.root_mount).map_err(s)?;
+    sys::pivot_root(Path::new("."), Path::new(".")).map_err(s)?;
+    sys::umount_detach(Path::new(".")).map_err(s)?;
+    sys::chdir(Path::new("/")).map_err(s)?;
+
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    sys::dup_onto(null.as_fd(), 0).map_err(s)?;
+    sys::dup_onto(console.as_fd(), 1).map_err(s)?;
+    sys::dup_onto(console.as_fd(), 2).map_err(s)?;
+
+    sys::become_user(uid, gid).map_err(s)?;
+    sys::unshare(sys::ns::USER).map_err(s)?;
+    sys::set_dumpable().map_err(s)?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|e| format!("write {file}: {e}"))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
+
+    sys::set_no_new_privs().map_err(s)?;
+    sys::reset_signals().map_err(s)?;
+    sys::set_parent_death_kill().map_err(s)?;
+    // The monitor keeps its end of `go` open until we exec: a hang-up means it died before the
+    // death signal was armed.
+    if sys::poll_readable(go.as_fd(), 0).map_err(s)? {
+        sys::exit_now(1);
+    }
+    sys::cloexec_from(3).map_err(s)?;
+    Err(sys::exec(Path::new("/init"), &["/init"], &["CLOISTER_ISOLATION=process"]).to_string())
+}
+
+fn s(e: impl std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    msg
+}
+
+/// Unpacks every ramdisk of the image, in order.
+fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
+    let mut eif = cloister_eif::EifReader::open(&spec.eif_path).map_err(s)?;
+    for (n, index) in eif.ramdisks().into_iter().enumerate() {
+        let reader = eif.section_reader(index).map_err(s)?;
+        unpacker.unpack(n, reader).map_err(s)?;
+    }
+    Ok(())
+}
+
+/// Creates `<dir>/{null,...,vsock.sock}` as bind mounts (on a fresh small tmpfs if `own_fs`).
+fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec, own_fs: bool) -> Result<(), String> {
+    let shown = "dev";
+    let mut dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
+    if own_fs {
+        let opts = format!("size=1m,mode=0755,uid={},gid={}", spec.host_uid, spec.host_gid);
+        sys::mount(
+            Some(Path::new("tmpfs")),
+            &sys::fd_path(dev.as_fd()),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(&opts),
+        )
+        .map_err(s)?;
+        dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
+    }
+    let mut binds: Vec<(PathBuf, &str)> = DEV_NODES
+        .iter()
+        .map(|n| (Path::new("/dev").join(n), *n))
+        .collect();
+    binds.push((spec.enclave_socket.clone(), VSOCK_NODE));
+    for (source, name) in binds {
+        match sys::kind_at(dev.as_fd(), name.as_bytes()).map_err(s)? {
+            None | Some(sys::NodeKind::File) => {}
+            Some(_) => {
+                sys::unlink_at(dev.as_fd(), name.as_bytes(), false).map_err(s)?;
+            }
+        }
+        drop(sys::create_file_at(dev.as_fd(), name.as_bytes(), 0o666).map_err(s)?);
+        let target = sys::open_path_nofollow(dev.as_fd(), name.as_bytes()).map_err(s)?;
+        sys::mount(Some(&source), &sys::fd_path(target.as_fd()), None, MsFlags::MS_BIND, None)
+            .map_err(s)?;
+    }
+    Ok(())
+}
+
+/// Mounts a fresh proc (of the new PID namespace) on `dir`.
+fn mount_proc(unpacker: &mut Unpacker, dir: &[&[u8]]) -> Result<(), String> {
+    let d = unpacker.ensure_dir(dir, "proc").map_err(s)?;
+    sys::mount(
+        Some(Path::new("proc")),
+        &sys::fd_path(d.as_fd()),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+    .map_err(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_are_unprivileged_and_per_cid() {
+        assert_eq!(enclave_host_id(4), UID_BASE + 4);
+        assert_ne!(enclave_host_id(4), enclave_host_id(5));
+        assert!(enclave_host_id(u64::from(u32::MAX) - 1) < u32::MAX - 1);
+    }
+}

@@ -1,0 +1,300 @@
+//! The run directory: where every enclave's record lives, so that any later `cloister` call
+//! sees every enclave.
+//!
+//! Layout (root from `CLOISTER_RUN_DIR`, default `/run/cloister`):
+//! - `enclaves/<id>/state.json`: the [`EnclaveRecord`], written atomically (temp + rename) by
+//!   the enclave's monitor;
+//! - `enclaves/<id>/monitor.lock`: held with `flock` by the monitor for as long as it lives (the
+//!   CLI takes it when it creates the directory and hands the locked descriptor to the monitor).
+//!   A free lock means the monitor is gone; [`RunDir::list`] then prunes the entry (and its
+//!   leftover cgroup), so no stale enclave is ever reported;
+//! - `enclaves/<id>/monitor.pid`, `console.log`: the monitor's pid and the enclave console;
+//! - `vsock/`: the host side of the vsock fabric.
+
+use crate::sys;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Default run directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/cloister";
+/// Environment variable overriding [`DEFAULT_RUN_DIR`].
+pub const RUN_DIR_ENV: &str = "CLOISTER_RUN_DIR";
+/// Largest state file read.
+const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// Run-directory errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// File system error on a state path.
+    #[error("run directory entry {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// A record does not parse.
+    #[error("enclave record {0} is corrupt")]
+    Corrupt(PathBuf, #[source] serde_json::Error),
+    /// Locking failed.
+    #[error("cannot lock {0}")]
+    Lock(PathBuf, #[source] sys::SysError),
+}
+
+/// Lifecycle state of an enclave, as nitro-cli reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EnclaveState {
+    /// Started, waiting for the boot heartbeat.
+    Booting,
+    /// Heartbeat received.
+    Running,
+    /// Being torn down.
+    Terminating,
+}
+
+/// The image measurements of an enclave (hex SHA-384).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measurements {
+    /// PCR0.
+    pub pcr0: String,
+    /// PCR1.
+    pub pcr1: String,
+    /// PCR2.
+    pub pcr2: String,
+    /// PCR8, for signed images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr8: Option<String>,
+}
+
+/// Image metadata shown by `describe-enclaves --metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageMetadata {
+    /// Image name.
+    pub image_name: Option<String>,
+    /// Image version.
+    pub image_version: Option<String>,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Everything known about one enclave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnclaveRecord {
+    /// The enclave id.
+    pub enclave_id: String,
+    /// Its name.
+    pub enclave_name: String,
+    /// Pid of its monitor process.
+    pub monitor_pid: u32,
+    /// Host pid of its init (PID 1 of its PID namespace), once started.
+    pub init_pid: Option<u32>,
+    /// Its CID.
+    pub cid: u64,
+    /// Its CPUs.
+    pub cpu_ids: Vec<u32>,
+    /// Its memory.
+    pub memory_mib: u64,
+    /// Debug mode (console readable, PCR0-2 zero in attestation documents).
+    pub debug_mode: bool,
+    /// Isolation backend name.
+    pub isolation: String,
+    /// Lifecycle state.
+    pub state: EnclaveState,
+    /// Image measurements.
+    pub measurements: Measurements,
+    /// Image metadata.
+    pub metadata: ImageMetadata,
+    /// Path of the image it runs.
+    pub eif_path: PathBuf,
+    /// Cgroup directories to remove if the monitor dies without cleaning up.
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// Seconds since the epoch when it started.
+    pub started_at: u64,
+}
+
+/// The run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory from `CLOISTER_RUN_DIR` or the default.
+    pub fn from_env() -> Self {
+        Self::new(
+            std::env::var_os(RUN_DIR_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
+        )
+    }
+
+    /// A run directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<run>/enclaves`.
+    pub fn enclaves_dir(&self) -> PathBuf {
+        self.root.join("enclaves")
+    }
+
+    /// `<run>/enclaves/<id>`.
+    pub fn enclave_dir(&self, id: &str) -> PathBuf {
+        self.enclaves_dir().join(id)
+    }
+
+    /// `<run>/vsock`.
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.root.join("vsock")
+    }
+
+    /// `<run>/enclaves/<id>/console.log`.
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.enclave_dir(id).join("console.log")
+    }
+
+    fn lock_path(&self, id: &str) -> PathBuf {
+        self.enclave_dir(id).join("monitor.lock")
+    }
+
+    /// Creates `<run>/enclaves/<id>` and takes its monitor lock. The returned file holds the lock;
+    /// a child process that inherits it keeps the lock after the caller closes its copy.
+    pub fn create_enclave_dir(&self, id: &str) -> Result<File, StateError> {
+        let dir = self.enclave_dir(id);
+        std::fs::create_dir_all(self.enclaves_dir()).map_err(|e| StateError::Io(dir.clone(), e))?;
+        std::fs::create_dir(&dir).map_err(|e| StateError::Io(dir.clone(), e))?;
+        let path = self.lock_path(id);
+        let f = File::create(&path).map_err(|e| StateError::Io(path.clone(), e))?;
+        match sys::try_lock_exclusive(&f) {
+            Ok(true) => Ok(f),
+            Ok(false) => Err(StateError::Io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            )),
+            Err(e) => Err(StateError::Lock(path, e)),
+        }
+    }
+
+    /// True while the monitor of `id` holds its lock.
+    pub fn is_alive(&self, id: &str) -> bool {
+        let Ok(f) = File::open(self.lock_path(id)) else {
+            return false;
+        };
+        // Taking the lock proves nobody holds it; dropping `f` releases it again.
+        !matches!(sys::try_lock_exclusive(&f), Ok(true))
+    }
+
+    /// Writes a record atomically.
+    pub fn write_record(&self, rec: &EnclaveRecord) -> Result<(), StateError> {
+        let dir = self.enclave_dir(&rec.enclave_id);
+        let tmp = dir.join("state.json.tmp");
+        let path = dir.join("state.json");
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| StateError::Corrupt(path.clone(), e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| StateError::Io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| StateError::Io(path, e))
+    }
+
+    /// Reads one record (`None` when it has none yet).
+    pub fn read_record(&self, id: &str) -> Result<Option<EnclaveRecord>, StateError> {
+        use std::io::Read;
+        let path = self.enclave_dir(id).join("state.json");
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::Io(path, e)),
+        };
+        let mut buf = Vec::new();
+        f.take(MAX_RECORD_BYTES)
+            .read_to_end(&mut buf)
+            .map_err(|e| StateError::Io(path.clone(), e))?;
+        serde_json::from_slice(&buf)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(path, e))
+    }
+
+    /// Removes an enclave's directory (and the cgroups its record names).
+    pub fn remove_enclave(&self, id: &str) {
+        if let Ok(Some(rec)) = self.read_record(id) {
+            for dir in rec.cgroup_dirs {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.enclave_dir(id));
+    }
+
+    /// Every live enclave with a record, sorted by start time. Entries whose monitor is gone are
+    /// pruned on the way.
+    pub fn list(&self) -> Result<Vec<EnclaveRecord>, StateError> {
+        let dir = self.enclaves_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Io(dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !crate::ids::is_enclave_id(&id) {
+                continue;
+            }
+            if !self.is_alive(&id) {
+                self.remove_enclave(&id);
+                continue;
+            }
+            match self.read_record(&id) {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(enclave = %id, error = %e, "skipping unreadable record"),
+            }
+        }
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.enclave_id.cmp(&b.enclave_id)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_entries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let id = crate::ids::new_enclave_id();
+        let lock = run.create_enclave_dir(&id).unwrap();
+        assert!(run.is_alive(&id));
+        let rec = EnclaveRecord {
+            enclave_id: id.clone(),
+            enclave_name: "x".into(),
+            monitor_pid: 1,
+            init_pid: None,
+            cid: 4,
+            cpu_ids: vec![0],
+            memory_mib: 64,
+            debug_mode: false,
+            isolation: "process".into(),
+            state: EnclaveState::Running,
+            measurements: Measurements {
+                pcr0: "00".into(),
+                pcr1: "00".into(),
+                pcr2: "00".into(),
+                pcr8: None,
+            },
+            metadata: ImageMetadata::default(),
+            eif_path: "/x.eif".into(),
+            cgroup_dirs: vec![],
+            started_at: 0,
+        };
+        run.write_record(&rec).unwrap();
+        assert_eq!(run.list().unwrap().len(), 1);
+        drop(lock);
+        assert!(!run.is_alive(&id));
+        assert!(run.list().unwrap().is_empty());
+        assert!(!run.enclave_dir(&id).exists());
+    }
+}

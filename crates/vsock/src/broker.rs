@@ -1,0 +1,856 @@
+//! The per-enclave vsock broker, run by the enclave's monitor on the host.
+//!
+//! It binds two Unix sockets:
+//! - host-facing `<fabric>/<cid>.sock`: parent processes send `CONNECT <port>`; when the
+//!   enclave listens on `<port>` the broker answers `OK <host_port>` and passes the parent's
+//!   connection to the enclave's listener (`ACCEPT 3 <host_port>` + the descriptor); otherwise
+//!   it closes the connection without an answer;
+//! - enclave-facing (a path the runtime chooses and bind-mounts at `/dev/vsock.sock`): the
+//!   enclave sends `CONNECT <cid> <port>` or `LISTEN <port>`:
+//!   - `CONNECT 3 <port>`: the broker connects to `<fabric>/3_<port>.sock`, writes
+//!     `CONNECT-FROM <cid> <src_port>`, and passes that connection back with `OK <src_port>`;
+//!     the first `CONNECT 3 9000` is the boot heartbeat, answered by the broker itself
+//!     (`OK`, then 0xB7 echoed on the same connection);
+//!   - `CONNECT 0 1`: `OK <src_port>`, then the same connection carries NSM frames, served by the
+//!     [`NsmService`];
+//!   - any other cid: `ERR EACCES` (an enclave reaches the parent and the hypervisor only; the
+//!     broker never dials anything but `3_<port>.sock` and its own services, so
+//!     enclave-to-enclave traffic is impossible by construction); other cid-0 ports:
+//!     `ERR ECONNREFUSED`;
+//!   - `LISTEN <port>`: `OK` (or `ERR EADDRINUSE` / `ERR ENOBUFS` past the listener cap); the
+//!     connection then carries `ACCEPT` lines with descriptors until either side closes it.
+//!
+//! Data never flows through the broker: streams are connected Unix sockets handed over with
+//! SCM_RIGHTS, so their throughput is that of a Unix socket pair. What the ends can learn from
+//! the passed socket: `getsockname`/`getpeername` reveal Unix socket paths on the host (the
+//! fabric directory, e.g. `/run/cloister/vsock/3_5000.sock`), and `SO_PEERCRED` gives the
+//! credentials of the process that connected or listened (the monitor for the host, the host
+//! listener for the enclave, translated through the enclave's namespaces: pid 0 and the
+//! overflow uid when unmapped). Either end can send descriptors or credentials over the stream
+//! with `sendmsg`; a reader that uses plain `read` discards them. Neither end learns anything
+//! about the other's process or can reach anything but that one stream.
+//!
+//! Threat model: every byte from the enclave and from host clients is untrusted. Lines are at
+//! most [`MAX_LINE_LEN`](crate::proto::MAX_LINE_LEN) bytes and must arrive within the handshake
+//! timeout; the numbers of concurrent enclave connections, pending host handshakes and listeners
+//! are capped ([`BrokerLimits`]); NSM frames above the hard cap close the connection; log lines
+//! a peer can trigger are rate-limited; no input can panic a broker thread.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use socket2::Socket;
+
+use crate::addr::{
+    is_enclave_cid, VsockAddr, HEARTBEAT_BYTE, HEARTBEAT_PORT, NSM_PORT, PARENT_CID,
+    VMADDR_CID_HYPERVISOR,
+};
+use crate::fdpass::send_with_fd;
+use crate::nsm_frame::{read_frame, write_frame, FrameError, NSM_FRAME_HARD_CAP};
+use crate::proto::{self, EnclaveRequest, LineBuf};
+use crate::ratelimit::RateLimiter;
+use crate::stream::{
+    bind_unix_replacing_stale, connect_unix, ensure_fabric_dir, remove_if_same, BindError,
+};
+
+/// The NSM behind the broker's `(0, 1)` channel.
+pub trait NsmService: Send + Sync {
+    /// Answers one CBOR request with one CBOR response. `request` is at most
+    /// [`NSM_FRAME_HARD_CAP`] bytes; requests over
+    /// [`NSM_REQUEST_MAX`](crate::nsm_frame::NSM_REQUEST_MAX) must get the `InputTooLarge`
+    /// error response.
+    fn handle(&self, request: &[u8]) -> Vec<u8>;
+}
+
+/// Called once, from a broker thread, when init's heartbeat arrives.
+pub type HeartbeatCallback = Box<dyn Fn() + Send + Sync>;
+
+/// Caps on what one enclave (and the host clients dialling it) can make the broker hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerLimits {
+    /// Concurrent connections from the enclave (handshakes, NSM channels, listeners).
+    pub max_enclave_connections: usize,
+    /// Concurrent listening ports of the enclave.
+    pub max_listeners: usize,
+    /// Concurrent host connections still in their handshake.
+    pub max_host_pending: usize,
+    /// Longest time a peer may take to send its request line (and to read our answer).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        Self {
+            max_enclave_connections: 256,
+            max_listeners: 64,
+            max_host_pending: 128,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to run a broker.
+pub struct BrokerConfig {
+    /// The enclave's cid (4 ..= 2^32-2).
+    pub cid: u32,
+    /// The host fabric directory (`<run>/vsock`).
+    pub fabric_dir: PathBuf,
+    /// Where to bind the enclave-facing socket (its directory must exist).
+    pub enclave_socket: PathBuf,
+    /// The enclave's NSM.
+    pub nsm: Arc<dyn NsmService>,
+    /// Called when the boot heartbeat arrives.
+    pub on_heartbeat: Option<HeartbeatCallback>,
+    /// Resource caps.
+    pub limits: BrokerLimits,
+}
+
+impl BrokerConfig {
+    /// A configuration with the fabric in `<run_dir>/vsock`, no callback and default limits.
+    pub fn new(
+        cid: u32,
+        run_dir: &Path,
+        enclave_socket: impl Into<PathBuf>,
+        nsm: Arc<dyn NsmService>,
+    ) -> Self {
+        Self {
+            cid,
+            fabric_dir: run_dir.join(crate::stream::FABRIC_SUBDIR),
+            enclave_socket: enclave_socket.into(),
+            nsm,
+            on_heartbeat: None,
+            limits: BrokerLimits::default(),
+        }
+    }
+
+    /// Sets the heartbeat callback.
+    pub fn on_heartbeat(mut self, callback: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_heartbeat = Some(Box::new(callback));
+        self
+    }
+
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: BrokerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("cid", &self.cid)
+            .field("fabric_dir", &self.fabric_dir)
+            .field("enclave_socket", &self.enclave_socket)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors starting a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The cid cannot be an enclave's.
+    #[error("cid {0} is not an enclave cid (4 ..= 4294967294)")]
+    InvalidCid(u32),
+    /// Another live broker serves this cid.
+    #[error("cid {cid} is already served by a broker ({path})")]
+    CidInUse {
+        /// The cid.
+        cid: u32,
+        /// Its socket.
+        path: PathBuf,
+    },
+    /// The enclave-facing socket path is taken by a live socket.
+    #[error("enclave socket {0} is in use")]
+    EnclaveSocketInUse(PathBuf),
+    /// A system call failed.
+    #[error("vsock broker: {context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters for monitoring and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrokerStats {
+    /// Enclave connections being served now.
+    pub enclave_connections: usize,
+    /// Host connections in their handshake now.
+    pub host_pending: usize,
+    /// Ports the enclave listens on now.
+    pub listeners: usize,
+    /// Connections refused because a cap was reached, since start.
+    pub rejected: u64,
+    /// Streams handed over (both directions), since start.
+    pub streams: u64,
+}
+
+struct Listener {
+    id: u64,
+    ctl: Mutex<Socket>,
+}
+
+struct Shared {
+    cid: u32,
+    fabric_dir: PathBuf,
+    nsm: Arc<dyn NsmService>,
+    on_heartbeat: Option<HeartbeatCallback>,
+    limits: BrokerLimits,
+    stopping: AtomicBool,
+    listeners: Mutex<HashMap<u32, Arc<Listener>>>,
+    live: Mutex<HashMap<u64, Socket>>,
+    next_id: AtomicU64,
+    enclave_conns: AtomicUsize,
+    host_pending: AtomicUsize,
+    workers: AtomicUsize,
+    next_port: AtomicU32,
+    heartbeat_claimed: AtomicBool,
+    booted: Mutex<bool>,
+    booted_cv: Condvar,
+    rejected: AtomicU64,
+    streams: AtomicU64,
+    log: RateLimiter,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// First ephemeral port handed out (ports below are conventionally reserved).
+const FIRST_EPHEMERAL_PORT: u32 = 1024;
+/// Most new connections taken from one socket per wake-up, so neither side starves the other.
+const ACCEPT_BATCH: usize = 32;
+/// How long `shutdown` waits for worker threads to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+impl Shared {
+    fn ephemeral_port(&self) -> u32 {
+        self.next_port
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(if p >= u32::MAX - 2 {
+                    FIRST_EPHEMERAL_PORT
+                } else {
+                    p + 1
+                })
+            })
+            .unwrap_or(FIRST_EPHEMERAL_PORT)
+    }
+
+    fn warn(&self, what: &str, detail: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.log.check() {
+            tracing::warn!(cid = self.cid, suppressed, detail = %detail, "{what}");
+        }
+    }
+
+    /// Runs the callback, then wakes the waiters (so a waiter sees the callback's effects).
+    fn mark_booted(&self) {
+        tracing::info!(cid = self.cid, "enclave heartbeat received");
+        if let Some(cb) = &self.on_heartbeat {
+            cb();
+        }
+        {
+            let mut b = lock(&self.booted);
+            *b = true;
+        }
+        self.booted_cv.notify_all();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Host,
+    Enclave,
+}
+
+/// Releases a worker's slot (and its shutdown registration) when the worker ends.
+struct Slot {
+    shared: Arc<Shared>,
+    side: Side,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.live).remove(&self.id);
+        match self.side {
+            Side::Host => self.shared.host_pending.fetch_sub(1, Ordering::AcqRel),
+            Side::Enclave => self.shared.enclave_conns.fetch_sub(1, Ordering::AcqRel),
+        };
+        self.shared.workers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running broker. Dropping it shuts it down.
+pub struct Broker {
+    shared: Arc<Shared>,
+    host_path: PathBuf,
+    enclave_path: PathBuf,
+    host_id: (u64, u64),
+    enclave_id: (u64, u64),
+    wake: Option<OwnedFd>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("cid", &self.shared.cid)
+            .field("host_socket", &self.host_path)
+            .field("enclave_socket", &self.enclave_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_id(path: &Path) -> Result<(u64, u64), BrokerError> {
+    let meta = fs::metadata(path).map_err(|source| BrokerError::Io {
+        context: "inspecting a bound socket",
+        source,
+    })?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+impl Broker {
+    /// Binds both sockets and starts serving.
+    pub fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        if !is_enclave_cid(config.cid) {
+            return Err(BrokerError::InvalidCid(config.cid));
+        }
+        ensure_fabric_dir(&config.fabric_dir).map_err(|e| BrokerError::Io {
+            context: "creating the fabric directory",
+            source: io::Error::from(e),
+        })?;
+        let host_path = config.fabric_dir.join(format!("{}.sock", config.cid));
+        let host = bind_unix_replacing_stale(&host_path).map_err(|e| match e {
+            BindError::InUse => BrokerError::CidInUse {
+                cid: config.cid,
+                path: host_path.clone(),
+            },
+            BindError::Io(context, source) => BrokerError::Io { context, source },
+        })?;
+        let host_id = file_id(&host_path)?;
+        let enclave_path = config.enclave_socket.clone();
+        let enclave = match bind_unix_replacing_stale(&enclave_path) {
+            Ok(s) => s,
+            Err(e) => {
+                remove_if_same(&host_path, host_id);
+                return Err(match e {
+                    BindError::InUse => BrokerError::EnclaveSocketInUse(enclave_path),
+                    BindError::Io(context, source) => BrokerError::Io { context, source },
+                });
+            }
+        };
+        let enclave_id = file_id(&enclave_path)?;
+        let io_err = |context| move |source| BrokerError::Io { context, source };
+        host.set_nonblocking(true)
+            .map_err(io_err("making the host socket non-blocking"))?;
+        enclave
+            .set_nonblocking(true)
+            .map_err(io_err("making the enclave socket non-blocking"))?;
+        let (wake_rx, wake_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_err("creating the wake-up pipe")(io::Error::from(e)))?;
+        let shared = Arc::new(Shared {
+            cid: config.cid,
+            fabric_dir: config.fabric_dir,
+            nsm: config.nsm,
+            on_heartbeat: config.on_heartbeat,
+            limits: config.limits,
+            stopping: AtomicBool::new(false),
+            listeners: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            enclave_conns: AtomicUsize::new(0),
+            host_pending: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            next_port: AtomicU32::new(FIRST_EPHEMERAL_PORT),
+            heartbeat_claimed: AtomicBool::new(false),
+            booted: Mutex::new(false),
+            booted_cv: Condvar::new(),
+            rejected: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            log: RateLimiter::new(20, Duration::from_secs(60)),
+        });
+        let acceptor_shared = Arc::clone(&shared);
+        let acceptor = std::thread::Builder::new()
+            .name(format!("vsock-broker-{}", shared.cid))
+            .spawn(move || accept_loop(acceptor_shared, host, enclave, wake_rx))
+            .map_err(io_err("spawning the broker thread"))?;
+        tracing::debug!(cid = shared.cid, host = %host_path.display(), enclave = %enclave_path.display(), "vsock broker started");
+        Ok(Broker {
+            shared,
+            host_path,
+            enclave_path,
+            host_id,
+            enclave_id,
+            wake: Some(wake_tx),
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The enclave's cid.
+    pub fn cid(&self) -> u32 {
+        self.shared.cid
+    }
+
+    /// The host-facing socket, `<fabric>/<cid>.sock`.
+    pub fn host_socket(&self) -> &Path {
+        &self.host_path
+    }
+
+    /// The enclave-facing socket (to be bind-mounted at `/dev/vsock.sock`).
+    pub fn enclave_socket(&self) -> &Path {
+        &self.enclave_path
+    }
+
+    /// True once init's heartbeat arrived.
+    pub fn booted(&self) -> bool {
+        *lock(&self.shared.booted)
+    }
+
+    /// Waits up to `timeout` for the heartbeat; true when it arrived.
+    pub fn wait_for_heartbeat(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut booted = lock(&self.shared.booted);
+        while !*booted {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            booted = match self.shared.booted_cv.wait_timeout(booted, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            enclave_connections: self.shared.enclave_conns.load(Ordering::Acquire),
+            host_pending: self.shared.host_pending.load(Ordering::Acquire),
+            listeners: lock(&self.shared.listeners).len(),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+            streams: self.shared.streams.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, ends every connection the broker still serves (streams already handed
+    /// over are not affected) and removes both sockets. Idempotent; `Drop` calls it.
+    pub fn shutdown(&mut self) {
+        let Some(wake) = self.wake.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = nix::unistd::write(&wake, &[1u8]);
+        if let Some(handle) = self.acceptor.take() {
+            let _ = handle.join();
+        }
+        drop(wake);
+        for sock in lock(&self.shared.live).values() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        lock(&self.shared.listeners).clear();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.shared.workers.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        remove_if_same(&self.host_path, self.host_id);
+        remove_if_same(&self.enclave_path, self.enclave_id);
+        tracing::debug!(cid = self.shared.cid, "vsock broker stopped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(shared: Arc<Shared>, host: Socket, enclave: Socket, wake: OwnedFd) {
+    let span = tracing::info_span!("vsock_broker", cid = shared.cid);
+    let _enter = span.enter();
+    loop {
+        let (host_ready, enclave_ready, woken) = {
+            let mut fds = [
+                PollFd::new(host.as_fd(), PollFlags::POLLIN),
+                PollFd::new(enclave.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    shared.warn("broker poll failed", &e);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
+        };
+        if woken || shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if host_ready {
+            accept_batch(&shared, &host, Side::Host);
+        }
+        if enclave_ready {
+            accept_batch(&shared, &enclave, Side::Enclave);
+        }
+    }
+}
+
+fn accept_batch(shared: &Arc<Shared>, listener: &Socket, side: Side) {
+    for _ in 0..ACCEPT_BATCH {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                // Accepted sockets do not inherit O_NONBLOCK; keep them blocking.
+                dispatch(shared, conn, side);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                shared.warn("broker accept failed", &e);
+                std::thread::sleep(Duration::from_millis(50));
+                return;
+            }
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, conn: Socket, side: Side) {
+    let (counter, cap) = match side {
+        Side::Host => (&shared.host_pending, shared.limits.max_host_pending),
+        Side::Enclave => (&shared.enclave_conns, shared.limits.max_enclave_connections),
+    };
+    if counter.fetch_add(1, Ordering::AcqRel) >= cap {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Side::Enclave = side {
+            // Best effort: tell the enclave why, without ever blocking on it.
+            let _ = conn.send_with_flags(
+                proto::err_line(libc::EAGAIN).as_bytes(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+        shared.warn("connection cap reached; connection dropped", &cap);
+        return;
+    }
+    shared.workers.fetch_add(1, Ordering::AcqRel);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot {
+        shared: Arc::clone(shared),
+        side,
+        id,
+    };
+    match conn.try_clone() {
+        Ok(clone) => {
+            lock(&shared.live).insert(id, clone);
+        }
+        Err(e) => {
+            shared.warn("cannot track a connection", &e);
+            return;
+        }
+    }
+    let spawned = std::thread::Builder::new()
+        .name(format!("vsock-broker-{}-conn", shared.cid))
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let shared = Arc::clone(&slot.shared);
+            let span = tracing::info_span!("vsock_broker", cid = shared.cid);
+            let _enter = span.enter();
+            if shared.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match side {
+                Side::Host => serve_host(&shared, conn),
+                Side::Enclave => serve_enclave(&shared, conn),
+            }
+            drop(slot);
+        });
+    if let Err(e) = spawned {
+        shared.warn("cannot spawn a broker thread", &e);
+    }
+}
+
+fn set_timeouts(sock: &Socket, timeout: Option<Duration>) -> io::Result<()> {
+    sock.set_read_timeout(timeout)?;
+    sock.set_write_timeout(timeout)
+}
+
+/// A host client on `<cid>.sock`: `CONNECT <port>`, then hand its connection to the listener.
+fn serve_host(shared: &Arc<Shared>, conn: Socket) {
+    if let Err(e) = set_timeouts(&conn, Some(shared.limits.handshake_timeout)) {
+        shared.warn("host connection setup failed", &e);
+        return;
+    }
+    let mut line = LineBuf::new();
+    if let Err(e) = proto::read_line(&mut &conn, &mut line) {
+        shared.warn("bad host handshake", &e);
+        return;
+    }
+    let port = match proto::parse_host_connect(line.line()) {
+        Ok(p) => p,
+        Err(e) => {
+            shared.warn("bad host CONNECT line", &e);
+            return;
+        }
+    };
+    let Some(listener) = lock(&shared.listeners).get(&port).cloned() else {
+        tracing::debug!(port, "host connect to a port nobody listens on");
+        return;
+    };
+    let host_port = shared.ephemeral_port();
+    if let Err(e) = (&conn).write_all(proto::ok_line(Some(host_port)).as_bytes()) {
+        shared.warn("cannot answer a host client", &e);
+        return;
+    }
+    if let Err(e) = set_timeouts(&conn, None) {
+        shared.warn("host connection setup failed", &e);
+        return;
+    }
+    let ctl = lock(&listener.ctl);
+    let accept = proto::accept_line(VsockAddr::new(PARENT_CID, host_port));
+    match send_with_fd(ctl.as_fd(), accept.as_bytes(), Some(conn.as_fd())) {
+        Ok(()) => {
+            shared.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            drop(ctl);
+            shared.warn("cannot pass a connection to the enclave listener", &e);
+            remove_listener(shared, port, listener.id);
+        }
+    }
+}
+
+fn remove_listener(shared: &Shared, port: u32, id: u64) {
+    let mut listeners = lock(&shared.listeners);
+    if listeners.get(&port).is_some_and(|l| l.id == id) {
+        if let Some(l) = listeners.remove(&port) {
+            let _ = lock(&l.ctl).shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn reply(shared: &Shared, conn: &Socket, line: &str) -> bool {
+    match (&*conn).write_all(line.as_bytes()) {
+        Ok(()) => true,
+        Err(e) => {
+            shared.warn("cannot answer the enclave", &e);
+            false
+        }
+    }
+}
+
+/// An enclave connection on the enclave-facing socket.
+fn serve_enclave(shared: &Arc<Shared>, conn: Socket) {
+    if let Err(e) = set_timeouts(&conn, Some(shared.limits.handshake_timeout)) {
+        shared.warn("enclave connection setup failed", &e);
+        return;
+    }
+    let mut line = LineBuf::new();
+    if let Err(e) = proto::read_line(&mut &conn, &mut line) {
+        shared.warn("bad enclave request", &e);
+        return;
+    }
+    let request = match proto::parse_enclave_request(line.line()) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.warn("bad enclave request line", &e);
+            reply(shared, &conn, &proto::err_line(libc::EINVAL));
+            return;
+        }
+    };
+    match request {
+        EnclaveRequest::Connect(addr) if addr.cid == PARENT_CID => {
+            if addr.port == HEARTBEAT_PORT && !shared.heartbeat_claimed.swap(true, Ordering::AcqRel)
+            {
+                heartbeat(shared, &conn);
+            } else {
+                connect_parent(shared, &conn, addr.port);
+            }
+        }
+        EnclaveRequest::Connect(addr) if addr.cid == VMADDR_CID_HYPERVISOR => {
+            if addr.port == NSM_PORT {
+                let src = shared.ephemeral_port();
+                if reply(shared, &conn, &proto::ok_line(Some(src))) {
+                    serve_nsm(shared, &conn);
+                }
+            } else {
+                reply(shared, &conn, &proto::err_line(libc::ECONNREFUSED));
+            }
+        }
+        EnclaveRequest::Connect(addr) => {
+            tracing::debug!(%addr, "enclave tried to reach a cid other than 3 or 0");
+            reply(shared, &conn, &proto::err_line(libc::EACCES));
+        }
+        EnclaveRequest::Listen(port) => listen(shared, conn, port),
+    }
+}
+
+/// The boot heartbeat: `OK`, then 0xB7 in and out on this same connection.
+fn heartbeat(shared: &Arc<Shared>, conn: &Socket) {
+    let src = shared.ephemeral_port();
+    if !reply(shared, conn, &proto::ok_line(Some(src))) {
+        return;
+    }
+    let mut byte = [0u8; 1];
+    match (&*conn).read(&mut byte) {
+        Ok(1) if byte[0] == HEARTBEAT_BYTE => {
+            if let Err(e) = (&*conn).write_all(&[HEARTBEAT_BYTE]) {
+                shared.warn("cannot echo the heartbeat", &e);
+            }
+            shared.mark_booted();
+        }
+        Ok(1) => shared.warn("wrong heartbeat byte", &byte[0]),
+        Ok(_) => shared.warn("heartbeat connection closed", &"no byte"),
+        Err(e) => shared.warn("heartbeat read failed", &e),
+    }
+}
+
+/// `CONNECT 3 <port>`: dial `3_<port>.sock`, send the preamble, pass the socket back.
+fn connect_parent(shared: &Arc<Shared>, conn: &Socket, port: u32) {
+    let path = shared.fabric_dir.join(format!("{PARENT_CID}_{port}.sock"));
+    let timeout = shared.limits.handshake_timeout;
+    let host = match connect_unix(&path, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            let errno = match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTSOCK) => {
+                    libc::ECONNREFUSED
+                }
+                Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => libc::ETIMEDOUT,
+                _ => libc::EIO,
+            };
+            tracing::debug!(port, error = %e, "enclave connect to the parent failed");
+            reply(shared, conn, &proto::err_line(errno));
+            return;
+        }
+    };
+    let src = shared.ephemeral_port();
+    let preamble = proto::connect_from_line(VsockAddr::new(shared.cid, src));
+    let sent = set_timeouts(&host, Some(timeout))
+        .and_then(|()| (&host).write_all(preamble.as_bytes()))
+        .and_then(|()| set_timeouts(&host, None));
+    if let Err(e) = sent {
+        shared.warn("cannot send CONNECT-FROM to a host listener", &e);
+        reply(shared, conn, &proto::err_line(libc::ECONNRESET));
+        return;
+    }
+    match send_with_fd(
+        conn.as_fd(),
+        proto::ok_line(Some(src)).as_bytes(),
+        Some(host.as_fd()),
+    ) {
+        Ok(()) => {
+            shared.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => shared.warn("cannot pass a connection to the enclave", &e),
+    }
+}
+
+/// The NSM channel: frames until the enclave closes it.
+fn serve_nsm(shared: &Arc<Shared>, conn: &Socket) {
+    // Idle NSM channels may stay open (they count against the connection cap); a frame that
+    // has started must finish within the handshake timeout is not enforced separately: the
+    // whole frame is read with no timeout, which is bounded by the cap on connections.
+    if let Err(e) = conn.set_read_timeout(None) {
+        shared.warn("NSM channel setup failed", &e);
+        return;
+    }
+    loop {
+        let request = match read_frame(&mut &*conn, NSM_FRAME_HARD_CAP) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(FrameError::TooLarge { len, .. }) => {
+                shared.warn("NSM frame over the hard cap; closing", &len);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "NSM channel ended");
+                return;
+            }
+        };
+        let response = shared.nsm.handle(&request);
+        if let Err(e) = write_frame(&mut &*conn, &response) {
+            shared.warn("cannot send an NSM response", &e);
+            return;
+        }
+    }
+}
+
+/// `LISTEN <port>`: register the control connection, then hold it until it closes.
+fn listen(shared: &Arc<Shared>, conn: Socket, port: u32) {
+    let ctl = match conn.try_clone() {
+        Ok(c) => c,
+        Err(e) => {
+            shared.warn("cannot register a listener", &e);
+            return;
+        }
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let listener = Arc::new(Listener {
+        id,
+        ctl: Mutex::new(ctl),
+    });
+    {
+        // Hold the control lock until OK is written, so no ACCEPT can overtake it.
+        let guard = lock(&listener.ctl);
+        {
+            let mut listeners = lock(&shared.listeners);
+            if listeners.contains_key(&port) {
+                drop(listeners);
+                reply(shared, &conn, &proto::err_line(libc::EADDRINUSE));
+                return;
+            }
+            if listeners.len() >= shared.limits.max_listeners {
+                drop(listeners);
+                shared.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.warn("listener cap reached", &shared.limits.max_listeners);
+                reply(shared, &conn, &proto::err_line(libc::ENOBUFS));
+                return;
+            }
+            listeners.insert(port, Arc::clone(&listener));
+        }
+        if !reply(shared, &guard, &proto::ok_line(None)) {
+            drop(guard);
+            remove_listener(shared, port, id);
+            return;
+        }
+    }
+    tracing::debug!(port, "enclave listening");
+    // The enclave sends nothing more on a listener connection: any byte or the end of the
+    // stream ends the listener. A stalled enclave that stops reading makes the broker's
+    // `ACCEPT` sends time out, which also ends the listener.
+    let _ = conn.set_read_timeout(None);
+    let mut byte = [0u8; 1];
+    loop {
+        match (&conn).read(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) if n > 0 => shared.warn("unexpected bytes on a listener connection", &port),
+            _ => {}
+        }
+        break;
+    }
+    remove_listener(shared, port, id);
+    tracing::debug!(port, "enclave listener closed");
+}
