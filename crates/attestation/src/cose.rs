@@ -109,7 +109,9 @@ impl CoseSign1 {
             _ => return Err(malformed("unprotected header is not a map")),
         }
         let Value::Bytes(payload) = payload else {
-            return Err(malformed("payload is not a byte string (detached payloads are not accepted)"));
+            return Err(malformed(
+                "payload is not a byte string (detached payloads are not accepted)",
+            ));
         };
         let Value::Bytes(signature) = signature else {
             return Err(malformed("signature is not a byte string"));
@@ -151,11 +153,13 @@ impl CoseSign1 {
         match alg {
             None => Err(CoseError::MissingAlgorithm),
             Some(Value::Integer(i)) if i128::from(i) == i128::from(ALG_ES384) => Ok(()),
-            Some(Value::Integer(i)) => Err(CoseError::UnsupportedAlgorithm(
-                i128::from(i).to_string(),
-            )),
+            Some(Value::Integer(i)) => {
+                Err(CoseError::UnsupportedAlgorithm(i128::from(i).to_string()))
+            }
             Some(Value::Text(t)) => Err(CoseError::UnsupportedAlgorithm(format!("{t:?}"))),
-            Some(_) => Err(malformed("algorithm is neither an integer nor a text string")),
+            Some(_) => Err(malformed(
+                "algorithm is neither an integer nor a text string",
+            )),
         }
     }
 

@@ -405,10 +405,7 @@ mod tests {
             ErrorCode::InternalError,
             ErrorCode::InvalidOperation,
         ] {
-            assert_eq!(
-                encode_error(code),
-                Response::Error(code).to_cbor().unwrap()
-            );
+            assert_eq!(encode_error(code), Response::Error(code).to_cbor().unwrap());
         }
     }
 

@@ -196,7 +196,8 @@ impl PublicKeyData for SubjectKey<'_> {
 }
 
 fn to_offset(t: u64) -> Result<time::OffsetDateTime, PkiError> {
-    let secs = i64::try_from(t).map_err(|_| PkiError::InvalidValidity("time out of range".into()))?;
+    let secs =
+        i64::try_from(t).map_err(|_| PkiError::InvalidValidity("time out of range".into()))?;
     time::OffsetDateTime::from_unix_timestamp(secs)
         .map_err(|e| PkiError::InvalidValidity(e.to_string()))
 }
@@ -210,7 +211,12 @@ fn random_serial(rng: &SystemRandom) -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from(bytes.to_vec()))
 }
 
-fn ca_params(cn: &str, path_len: u8, not_before: u64, not_after: u64) -> Result<CertificateParams, PkiError> {
+fn ca_params(
+    cn: &str,
+    path_len: u8,
+    not_before: u64,
+    not_after: u64,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, ORG);
@@ -370,7 +376,10 @@ impl Pki {
                 });
             }
             let (key, pkcs8) = new_ca_key(&rng)?;
-            let signer = CertSigner { key: &key, rng: &rng };
+            let signer = CertSigner {
+                key: &key,
+                rng: &rng,
+            };
             let mut params = root_params(not_before, now + ROOT_LIFETIME.as_secs())?;
             params.serial_number = Some(random_serial(&rng)?);
             let cert = params
@@ -398,15 +407,17 @@ impl Pki {
                     reason: "does not match the root certificate".into(),
                 });
             }
-            let root_parsed = crate::cert::ParsedCert::parse(&root_der).map_err(|e| {
-                PkiError::BadFile {
+            let root_parsed =
+                crate::cert::ParsedCert::parse(&root_der).map_err(|e| PkiError::BadFile {
                     path: root_cert.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             let issuer = Issuer::new(
                 root_params(root_parsed.not_before, root_parsed.not_after)?,
-                CertSigner { key: &root, rng: &rng },
+                CertSigner {
+                    key: &root,
+                    rng: &rng,
+                },
             );
             let (key, pkcs8) = new_ca_key(&rng)?;
             let not_after = (now + HOST_CA_LIFETIME.as_secs()).min(root_parsed.not_after);
@@ -478,7 +489,10 @@ pub struct HostCa {
 impl fmt::Debug for HostCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HostCa")
-            .field("certificate_sha256", &fingerprint_sha256(&self.inner.cert_der))
+            .field(
+                "certificate_sha256",
+                &fingerprint_sha256(&self.inner.cert_der),
+            )
             .field("key", &"<redacted>")
             .finish()
     }
@@ -587,7 +601,9 @@ impl HostCa {
         not_after: u64,
     ) -> Result<Leaf, PkiError> {
         if not_after <= not_before {
-            return Err(PkiError::InvalidValidity("notAfter is not after notBefore".into()));
+            return Err(PkiError::InvalidValidity(
+                "notAfter is not after notBefore".into(),
+            ));
         }
         if not_before < self.inner.not_before || not_after > self.inner.not_after {
             return Err(PkiError::InvalidValidity(
@@ -733,7 +749,9 @@ impl DocumentSigner {
                 Ok(fresh)
             }
             Ok(_) | Err(_) if ts >= leaf.not_before && ts <= leaf.not_after => Ok(leaf),
-            Ok(_) => Err(SignError::LeafExpired { timestamp_ms: ts * 1000 }),
+            Ok(_) => Err(SignError::LeafExpired {
+                timestamp_ms: ts * 1000,
+            }),
             Err(e) => Err(SignError::Renewal(e)),
         }
     }
@@ -757,7 +775,9 @@ impl DocumentSigner {
             nonce: fields.nonce.map(ByteBuf::from),
         };
         doc.check_syntax()?;
-        let payload = doc.to_cbor().map_err(|e| SignError::Encode(e.to_string()))?;
+        let payload = doc
+            .to_cbor()
+            .map_err(|e| SignError::Encode(e.to_string()))?;
         Ok(cose::sign_es384(&payload, &leaf.key, &self.rng)?)
     }
 }
@@ -808,7 +828,11 @@ mod tests {
         Pki::init(dir.path()).unwrap();
         let ca = HostCa::load(dir.path()).unwrap();
         let signer = ca
-            .issue_enclave_signer("enc", Isolation::Process, SystemTime::now() + DEFAULT_LEAF_LIFETIME)
+            .issue_enclave_signer(
+                "enc",
+                Isolation::Process,
+                SystemTime::now() + DEFAULT_LEAF_LIFETIME,
+            )
             .unwrap();
         // A timestamp far in the future lies outside any leaf the CA may issue now.
         let fields = DocumentFields {

@@ -127,7 +127,9 @@ pub enum VerifyError {
     #[error("the document's nonce does not match")]
     NonceMismatch,
     /// The timestamp lies in the future beyond the allowed skew.
-    #[error("document timestamp {timestamp_ms} ms is in the future (verification time {at_ms} ms)")]
+    #[error(
+        "document timestamp {timestamp_ms} ms is in the future (verification time {at_ms} ms)"
+    )]
     TimestampInFuture {
         /// Document timestamp.
         timestamp_ms: u64,
@@ -149,7 +151,9 @@ pub enum VerifyError {
     #[error("PCR{0} does not match the expected value")]
     PcrMismatch(usize),
     /// An expected image PCR (0-2) was checked against a debug-mode document.
-    #[error("PCR{0} was expected but the document comes from a debug-mode enclave (PCR0-2 are zeros)")]
+    #[error(
+        "PCR{0} was expected but the document comes from a debug-mode enclave (PCR0-2 are zeros)"
+    )]
     DebugDocument(usize),
     /// The verification options are unusable (time before 1970, PCR index out of range).
     #[error("invalid verification options: {0}")]
@@ -474,7 +478,9 @@ impl Verifier {
         let leaf = ParsedCert::parse(&doc.certificate).map_err(cert_err("leaf".into()))?;
         chain.push(leaf);
         // chain = [cabundle[1], ..., leaf]; issuer of chain[k] is chain[k-1], or the anchor.
-        let all: Vec<&ParsedCert> = std::iter::once(&anchor.parsed).chain(chain.iter()).collect();
+        let all: Vec<&ParsedCert> = std::iter::once(&anchor.parsed)
+            .chain(chain.iter())
+            .collect();
         let count = all.len();
         // Structural checks for every certificate first; signatures after (they cost most).
         for (pos, cert) in all.iter().enumerate() {
@@ -563,10 +569,7 @@ impl Verifier {
                 return Err(VerifyError::Stale { age_ms, max_ms });
             }
         }
-        let is_debug = doc
-            .pcrs
-            .get(&0)
-            .is_some_and(|p| p.iter().all(|&b| b == 0));
+        let is_debug = doc.pcrs.get(&0).is_some_and(|p| p.iter().all(|&b| b == 0));
         for (index, expected) in &opts.expected_pcrs {
             if is_debug && *index <= 2 {
                 return Err(VerifyError::DebugDocument(*index));

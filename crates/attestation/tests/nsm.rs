@@ -84,7 +84,12 @@ fn describe(nsm: &Nsm, index: u16) -> (bool, Vec<u8>) {
     }
 }
 
-fn attest(nsm: &Nsm, user_data: Option<Vec<u8>>, nonce: Option<Vec<u8>>, pk: Option<Vec<u8>>) -> Response {
+fn attest(
+    nsm: &Nsm,
+    user_data: Option<Vec<u8>>,
+    nonce: Option<Vec<u8>>,
+    pk: Option<Vec<u8>>,
+) -> Response {
     nsm.process(Request::Attestation {
         user_data: user_data.map(ByteBuf::from),
         nonce: nonce.map(ByteBuf::from),
@@ -99,8 +104,14 @@ fn boot_pcrs() {
     assert_eq!(describe(&f.nsm, 0), (true, vec![0x10; 48]));
     assert_eq!(describe(&f.nsm, 1), (true, vec![0x11; 48]));
     assert_eq!(describe(&f.nsm, 2), (true, vec![0x12; 48]));
-    assert_eq!(describe(&f.nsm, 3), (true, extend(&zero, ROLE.as_bytes()).to_vec()));
-    assert_eq!(describe(&f.nsm, 4), (true, extend(&zero, INSTANCE.as_bytes()).to_vec()));
+    assert_eq!(
+        describe(&f.nsm, 3),
+        (true, extend(&zero, ROLE.as_bytes()).to_vec())
+    );
+    assert_eq!(
+        describe(&f.nsm, 4),
+        (true, extend(&zero, INSTANCE.as_bytes()).to_vec())
+    );
     assert_eq!(describe(&f.nsm, 8), (true, vec![0x18; 48]));
     for i in [5u16, 6, 7, 9, 10, 11, 12, 13, 14, 15] {
         assert_eq!(describe(&f.nsm, i), (true, vec![0; 48]), "PCR{i}");
@@ -124,7 +135,10 @@ fn debug_mode_zeroes_image_pcrs_and_documents_say_so() {
     let Response::Attestation { document } = attest(&f.nsm, None, None, None) else {
         panic!()
     };
-    let v = f.verifier.verify(&document, &VerifyOptions::default()).unwrap();
+    let v = f
+        .verifier
+        .verify(&document, &VerifyOptions::default())
+        .unwrap();
     assert!(v.is_debug());
     assert_eq!(
         f.verifier.verify(
@@ -141,29 +155,51 @@ fn extend_and_lock() {
     let zero = [0u8; 48];
     let once = extend(&zero, b"first");
     assert_eq!(
-        f.nsm.process(Request::ExtendPCR { index: 16, data: b"first".to_vec() }),
-        Response::ExtendPCR { data: once.to_vec() }
+        f.nsm.process(Request::ExtendPCR {
+            index: 16,
+            data: b"first".to_vec()
+        }),
+        Response::ExtendPCR {
+            data: once.to_vec()
+        }
     );
     let twice = extend(&once, b"second");
     assert_eq!(
-        f.nsm.process(Request::ExtendPCR { index: 16, data: b"second".to_vec() }),
-        Response::ExtendPCR { data: twice.to_vec() }
+        f.nsm.process(Request::ExtendPCR {
+            index: 16,
+            data: b"second".to_vec()
+        }),
+        Response::ExtendPCR {
+            data: twice.to_vec()
+        }
     );
     assert_eq!(describe(&f.nsm, 16), (false, twice.to_vec()));
     // Boot-locked PCRs are read-only; out-of-range indices are invalid.
     assert_eq!(
-        f.nsm.process(Request::ExtendPCR { index: 0, data: vec![1] }),
+        f.nsm.process(Request::ExtendPCR {
+            index: 0,
+            data: vec![1]
+        }),
         Response::Error(ErrorCode::ReadOnlyIndex)
     );
     assert_eq!(
-        f.nsm.process(Request::ExtendPCR { index: 32, data: vec![1] }),
+        f.nsm.process(Request::ExtendPCR {
+            index: 32,
+            data: vec![1]
+        }),
         Response::Error(ErrorCode::InvalidIndex)
     );
     // Lock 16: no more extension, no second lock.
-    assert_eq!(f.nsm.process(Request::LockPCR { index: 16 }), Response::LockPCR);
+    assert_eq!(
+        f.nsm.process(Request::LockPCR { index: 16 }),
+        Response::LockPCR
+    );
     assert_eq!(describe(&f.nsm, 16), (true, twice.to_vec()));
     assert_eq!(
-        f.nsm.process(Request::ExtendPCR { index: 16, data: vec![1] }),
+        f.nsm.process(Request::ExtendPCR {
+            index: 16,
+            data: vec![1]
+        }),
         Response::Error(ErrorCode::ReadOnlyIndex)
     );
     assert_eq!(
@@ -179,7 +215,10 @@ fn extend_and_lock() {
         Response::Error(ErrorCode::InvalidIndex)
     );
     // LockPCRs locks [0, range).
-    assert_eq!(f.nsm.process(Request::LockPCRs { range: 20 }), Response::LockPCRs);
+    assert_eq!(
+        f.nsm.process(Request::LockPCRs { range: 20 }),
+        Response::LockPCRs
+    );
     for i in 0..20 {
         assert!(describe(&f.nsm, i).0, "PCR{i}");
     }
@@ -188,7 +227,10 @@ fn extend_and_lock() {
         f.nsm.process(Request::LockPCRs { range: 33 }),
         Response::Error(ErrorCode::InvalidIndex)
     );
-    assert_eq!(f.nsm.process(Request::LockPCRs { range: 32 }), Response::LockPCRs);
+    assert_eq!(
+        f.nsm.process(Request::LockPCRs { range: 32 }),
+        Response::LockPCRs
+    );
     assert!(describe(&f.nsm, 31).0);
 }
 
@@ -231,7 +273,10 @@ fn get_random() {
 #[test]
 fn attestation_documents() {
     let f = fixture(false);
-    f.nsm.process(Request::ExtendPCR { index: 16, data: b"app".to_vec() });
+    f.nsm.process(Request::ExtendPCR {
+        index: 16,
+        data: b"app".to_vec(),
+    });
     f.nsm.process(Request::LockPCR { index: 16 });
     let Response::Attestation { document } = attest(
         &f.nsm,
@@ -259,7 +304,10 @@ fn attestation_documents() {
     assert_eq!(v.module_id(), f.nsm.module_id());
     assert_eq!(v.isolation(), Some(Isolation::Process));
     // No optional fields at all.
-    assert!(matches!(attest(&f.nsm, None, None, None), Response::Attestation { .. }));
+    assert!(matches!(
+        attest(&f.nsm, None, None, None),
+        Response::Attestation { .. }
+    ));
 }
 
 #[test]
@@ -299,12 +347,18 @@ fn leaf_is_renewed_near_the_end_of_its_life() {
     // 2h30 later: less than a third of the 3-hour leaf is left, so a fresh one is issued. Its
     // notBefore is the real now, so the document must still be stamped inside it: keep the
     // real clock, and check the leaf changes only when renewal is due.
-    assert!(matches!(attest(&f.nsm, None, None, None), Response::Attestation { .. }));
+    assert!(matches!(
+        attest(&f.nsm, None, None, None),
+        Response::Attestation { .. }
+    ));
     assert_eq!(f.nsm.signer().certificate_der(), first);
     f.clock
         .0
         .store(now_ms() + 150 * 60 * 1000, Ordering::Relaxed);
-    assert!(matches!(attest(&f.nsm, None, None, None), Response::Attestation { .. }));
+    assert!(matches!(
+        attest(&f.nsm, None, None, None),
+        Response::Attestation { .. }
+    ));
     assert_ne!(f.nsm.signer().certificate_der(), first);
 }
 
@@ -313,23 +367,41 @@ fn wire_level_errors() {
     let f = fixture(false);
     let decode = |bytes: &[u8]| Response::from_cbor(&f.nsm.process_bytes(bytes)).unwrap();
     // Too large.
-    let big = Request::ExtendPCR { index: 16, data: vec![0; NSM_REQUEST_MAX_SIZE] }
-        .to_cbor()
-        .unwrap();
+    let big = Request::ExtendPCR {
+        index: 16,
+        data: vec![0; NSM_REQUEST_MAX_SIZE],
+    }
+    .to_cbor()
+    .unwrap();
     assert_eq!(decode(&big), Response::Error(ErrorCode::InputTooLarge));
     // Not CBOR; unknown operation; known operation with bad arguments; trailing bytes.
-    assert_eq!(decode(&[0xff, 0x00]), Response::Error(ErrorCode::InvalidOperation));
-    assert_eq!(decode(b"\x66Reboot"), Response::Error(ErrorCode::InvalidOperation));
-    assert_eq!(decode(&[0x01]), Response::Error(ErrorCode::InvalidOperation));
+    assert_eq!(
+        decode(&[0xff, 0x00]),
+        Response::Error(ErrorCode::InvalidOperation)
+    );
+    assert_eq!(
+        decode(b"\x66Reboot"),
+        Response::Error(ErrorCode::InvalidOperation)
+    );
+    assert_eq!(
+        decode(&[0x01]),
+        Response::Error(ErrorCode::InvalidOperation)
+    );
     let mut bad_args = vec![0xa1, 0x68];
     bad_args.extend_from_slice(b"LockPCRs");
     bad_args.extend_from_slice(&[0xa1, 0x65]);
     bad_args.extend_from_slice(b"range");
     bad_args.extend_from_slice(&[0x3a, 0, 0, 0, 1]); // -2
-    assert_eq!(decode(&bad_args), Response::Error(ErrorCode::InvalidArgument));
+    assert_eq!(
+        decode(&bad_args),
+        Response::Error(ErrorCode::InvalidArgument)
+    );
     let mut trailing = Request::GetRandom.to_cbor().unwrap();
     trailing.push(0);
-    assert_eq!(decode(&trailing), Response::Error(ErrorCode::InvalidArgument));
+    assert_eq!(
+        decode(&trailing),
+        Response::Error(ErrorCode::InvalidArgument)
+    );
     // Valid bytes in, valid bytes out; the largest document fits the response buffer.
     let req = Request::Attestation {
         user_data: Some(ByteBuf::from(vec![1; 512])),
@@ -363,7 +435,10 @@ fn concurrent_use_from_many_threads() {
             let f = f.clone();
             std::thread::spawn(move || {
                 for _ in 0..4 {
-                    f.nsm.process(Request::ExtendPCR { index: 20, data: vec![t] });
+                    f.nsm.process(Request::ExtendPCR {
+                        index: 20,
+                        data: vec![t],
+                    });
                     let Response::Attestation { document } =
                         attest(&f.nsm, None, Some(vec![t]), None)
                     else {

@@ -10,7 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/verify_document.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/verify_document.py"
+);
 
 fn run_checker(doc: &Path, root: &Path, extra: &[&str]) -> std::process::Output {
     Command::new("python3")
@@ -80,7 +83,10 @@ fn python_verifies_a_cloister_document() {
     );
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["verified"], true);
-    assert_eq!(summary["module_id"], "i-0123456789abcdef0-enc00000000000000ff");
+    assert_eq!(
+        summary["module_id"],
+        "i-0123456789abcdef0-enc00000000000000ff"
+    );
     assert_eq!(summary["isolation"], "vm");
     assert_eq!(summary["pcrs"]["0"], hex::encode([0xaa; 48]));
 

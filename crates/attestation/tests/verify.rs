@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::*;
 use cloister_attestation::{
     HostCa, Isolation, Pki, Verifier, VerifyError, VerifyOptions, AWS_NITRO_ROOT_G1,
     VERIFY_ERROR_CODES,
 };
 use cloister_nsm_api::{SyntaxError, MAX_NONCE_LEN, MAX_PUBLIC_KEY_LEN, MAX_USER_DATA_LEN};
+use common::*;
 use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
 use serde_bytes::ByteBuf;
 use std::collections::HashSet;
@@ -111,7 +111,10 @@ fn aws_document_bit_flips_are_rejected() {
         for bit in [0u8, 3, 7] {
             let mut doc = AWS_DOC.to_vec();
             doc[pos] ^= 1 << bit;
-            assert!(v.verify(&doc, &opts).is_err(), "flip at {pos} bit {bit} accepted");
+            assert!(
+                v.verify(&doc, &opts).is_err(),
+                "flip at {pos} bit {bit} accepted"
+            );
         }
     }
 }
@@ -143,9 +146,8 @@ fn fields(nonce: Option<Vec<u8>>) -> cloister_attestation::DocumentFields {
 #[test]
 fn cloister_document_verifies_with_our_root_only() {
     let o = ours();
-    let signer = o
-        .ca
-        .issue_enclave_signer(
+    let signer =
+        o.ca.issue_enclave_signer(
             "i-0123456789abcdef0-enc0123456789abcdef",
             Isolation::Process,
             SystemTime::now() + Duration::from_secs(3 * 3600),
@@ -194,13 +196,18 @@ fn cloister_document_verifies_with_our_root_only() {
         Err(VerifyError::TrailingBytes(1))
     );
     // The VM isolation kind.
-    let vm = o
-        .ca
-        .issue_enclave_signer("vm-enclave", Isolation::Vm, SystemTime::now() + Duration::from_secs(600))
+    let vm =
+        o.ca.issue_enclave_signer(
+            "vm-enclave",
+            Isolation::Vm,
+            SystemTime::now() + Duration::from_secs(600),
+        )
         .unwrap();
     let doc = vm.sign(fields(None)).unwrap();
     assert_eq!(
-        ours.verify(&doc, &VerifyOptions::default()).unwrap().isolation(),
+        ours.verify(&doc, &VerifyOptions::default())
+            .unwrap()
+            .isolation(),
         Some(Isolation::Vm)
     );
 }
@@ -252,7 +259,10 @@ fn bit_flips_in_header_payload_signature_and_certificates_are_rejected() {
         for bit in 0..8 {
             let mut d = doc.clone();
             d[pos] ^= 1 << bit;
-            assert!(c.verifier.verify(&d, &now()).is_err(), "document flip {pos}/{bit}");
+            assert!(
+                c.verifier.verify(&d, &now()).is_err(),
+                "document flip {pos}/{bit}"
+            );
         }
     }
     // Flip bits inside each certificate and re-sign the document with the leaf key, so only
@@ -273,7 +283,10 @@ fn bit_flips_in_header_payload_signature_and_certificates_are_rejected() {
                 _ => p.certificate = ByteBuf::from(cert),
             }
             let d = sign(&p, &c.leaf);
-            assert!(c.verifier.verify(&d, &now()).is_err(), "cert {which} flip at {pos}");
+            assert!(
+                c.verifier.verify(&d, &now()).is_err(),
+                "cert {which} flip at {pos}"
+            );
         }
     }
 }
@@ -294,7 +307,10 @@ fn wrong_algorithm_is_rejected() {
         c.verifier.verify(&doc, &now()),
         Err(VerifyError::UnsupportedAlgorithm(_))
     ));
-    assert_eq!(VerifyError::UnsupportedAlgorithm(String::new()).code(), "E213");
+    assert_eq!(
+        VerifyError::UnsupportedAlgorithm(String::new()).code(),
+        "E213"
+    );
 }
 
 #[test]
@@ -324,7 +340,10 @@ fn missing_certificate_is_rejected() {
 fn syntax_violations_are_rejected() {
     let c = chain();
     let base = payload(&c.leaf, &[&c.root, &c.host]);
-    let cases: Vec<(Box<dyn Fn(&mut cloister_nsm_api::AttestationDoc)>, SyntaxError)> = vec![
+    let cases: Vec<(
+        Box<dyn Fn(&mut cloister_nsm_api::AttestationDoc)>,
+        SyntaxError,
+    )> = vec![
         (Box::new(|d| d.cabundle.clear()), SyntaxError::EmptyCabundle),
         (
             Box::new(|d| d.user_data = Some(ByteBuf::from(vec![1; MAX_USER_DATA_LEN + 1]))),
@@ -380,7 +399,10 @@ fn non_ca_intermediate_is_rejected() {
         params(
             dn("Test", "Not A CA"),
             IsCa::ExplicitNoCa,
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature],
+            vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ],
         ),
         &root,
     );
@@ -409,7 +431,10 @@ fn ca_without_key_cert_sign_is_rejected() {
     let doc = sign(&payload(&leaf, &[&root, &host]), &leaf);
     assert!(matches!(
         v.verify(&doc, &now()),
-        Err(VerifyError::KeyUsage { missing: "keyCertSign", .. })
+        Err(VerifyError::KeyUsage {
+            missing: "keyCertSign",
+            ..
+        })
     ));
 }
 
@@ -420,7 +445,10 @@ fn leaf_must_not_be_a_ca_and_must_sign() {
         params(
             dn("Test", "CA leaf"),
             IsCa::Ca(BasicConstraints::Unconstrained),
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign],
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+            ],
         ),
         &c.host,
     );
@@ -440,7 +468,10 @@ fn leaf_must_not_be_a_ca_and_must_sign() {
     let doc = sign(&payload(&no_sign, &[&c.root, &c.host]), &no_sign);
     assert!(matches!(
         c.verifier.verify(&doc, &now()),
-        Err(VerifyError::KeyUsage { missing: "digitalSignature", .. })
+        Err(VerifyError::KeyUsage {
+            missing: "digitalSignature",
+            ..
+        })
     ));
 }
 
@@ -483,7 +514,11 @@ fn issuer_name_mismatch_is_rejected() {
     let c = chain();
     // Signed by the host CA's key but naming another issuer.
     let renamed = TestCert {
-        params: params(dn("Test", "Someone Else"), IsCa::Ca(BasicConstraints::Constrained(0)), ca_usages()),
+        params: params(
+            dn("Test", "Someone Else"),
+            IsCa::Ca(BasicConstraints::Constrained(0)),
+            ca_usages(),
+        ),
         key: KeyPairClone::clone(&c.host.key),
         der: Vec::new(),
     };
@@ -550,7 +585,8 @@ fn nonce_checks() {
     let mut p = payload(&c.leaf, &[&c.root, &c.host]);
     let no_nonce = sign(&p, &c.leaf);
     assert_eq!(
-        c.verifier.verify(&no_nonce, &now().with_nonce(b"abc".to_vec())),
+        c.verifier
+            .verify(&no_nonce, &now().with_nonce(b"abc".to_vec())),
         Err(VerifyError::NonceMissing)
     );
     p.nonce = Some(ByteBuf::from(b"abd".to_vec()));
@@ -595,7 +631,10 @@ fn expected_pcr_checks() {
     let p = payload(&c.leaf, &[&c.root, &c.host]);
     let doc = sign(&p, &c.leaf);
     c.verifier
-        .verify(&doc, &now().with_pcr(0, vec![1; 48]).with_pcr(4, vec![5; 48]))
+        .verify(
+            &doc,
+            &now().with_pcr(0, vec![1; 48]).with_pcr(4, vec![5; 48]),
+        )
         .unwrap();
     assert_eq!(
         c.verifier.verify(&doc, &now().with_pcr(0, vec![2; 48])),

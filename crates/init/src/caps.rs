@@ -83,13 +83,7 @@ pub fn drop_all() -> Result<(), CapsError> {
     let data = [CapData::default(); 2];
     // SAFETY: header and data are valid repr(C) structures of the layout capset(2) expects for
     // version 3 (two data elements); the kernel only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            std::ptr::from_ref(&header),
-            data.as_ptr(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_capset, std::ptr::from_ref(&header), data.as_ptr()) };
     check("capset", rc)
 }
 

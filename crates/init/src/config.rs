@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(env.len(), 3);
         assert_eq!(search_path(&env), b"/bin:/x");
         assert_eq!(search_path(&[]), DEFAULT_PATH.as_bytes());
-        assert!(matches!(parse_env(b"NOEQUALS"), Err(ConfigError::BadEnv(1))));
+        assert!(matches!(
+            parse_env(b"NOEQUALS"),
+            Err(ConfigError::BadEnv(1))
+        ));
         assert!(matches!(parse_env(b"A=1\n=x"), Err(ConfigError::BadEnv(2))));
         assert!(parse_env(b"").unwrap().is_empty());
     }

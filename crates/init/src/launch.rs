@@ -88,7 +88,8 @@ pub fn resolve(program: &CStr, search_path: &[u8]) -> Result<CString, LaunchErro
     }
     for dir in search_path.split(|b| *b == b':') {
         let dir = if dir.is_empty() { b".".as_slice() } else { dir };
-        let candidate = Path::new(std::ffi::OsStr::from_bytes(dir)).join(std::ffi::OsStr::from_bytes(bytes));
+        let candidate =
+            Path::new(std::ffi::OsStr::from_bytes(dir)).join(std::ffi::OsStr::from_bytes(bytes));
         if is_executable(&candidate) {
             if let Ok(c) = CString::new(candidate.as_os_str().as_bytes()) {
                 return Ok(c);

@@ -66,7 +66,12 @@ pub fn mount_pseudo_filesystems() -> Result<(), VmError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", Path::new("/proc"), "proc", nosuid)?;
     mount_fs("sysfs", Path::new("/sys"), "sysfs", nosuid)?;
-    mount_fs("devtmpfs", Path::new("/dev"), "devtmpfs", MsFlags::MS_NOSUID)?;
+    mount_fs(
+        "devtmpfs",
+        Path::new("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+    )?;
     Ok(())
 }
 
@@ -120,14 +125,7 @@ pub fn load_module(path: &Path) -> Result<(), VmError> {
     let file = fs::File::open(path).map_err(|e| VmError::Module(path.to_owned(), e))?;
     let params = CString::default();
     // SAFETY: a valid open descriptor and a valid empty parameter string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            file.as_raw_fd(),
-            params.as_ptr(),
-            0,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EEXIST) {
@@ -142,8 +140,18 @@ pub fn prepare_rootfs() -> Result<(), VmError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", Path::new("/rootfs/proc"), "proc", nosuid)?;
     mount_fs("sysfs", Path::new("/rootfs/sys"), "sysfs", nosuid)?;
-    mount_fs("devtmpfs", Path::new("/rootfs/dev"), "devtmpfs", MsFlags::MS_NOSUID)?;
-    mount_fs("tmpfs", Path::new("/rootfs/tmp"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    mount_fs(
+        "devtmpfs",
+        Path::new("/rootfs/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+    )?;
+    mount_fs(
+        "tmpfs",
+        Path::new("/rootfs/tmp"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
     Ok(())
 }
 
@@ -180,6 +188,9 @@ mod tests {
         )
         .unwrap();
         let listed = module_paths(root.path()).unwrap();
-        assert_eq!(listed, vec![dir.join("b/virtio_vsock.ko"), dir.join("a.ko")]);
+        assert_eq!(
+            listed,
+            vec![dir.join("b/virtio_vsock.ko"), dir.join("a.ko")]
+        );
     }
 }

@@ -128,12 +128,8 @@ fn forwards_sigterm_to_the_command() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // init is the only child of `unshare --fork`.
-    let children = fs::read_to_string(format!(
-        "/proc/{}/task/{}/children",
-        child.id(),
-        child.id()
-    ))
-    .unwrap();
+    let children =
+        fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
     let init_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     // SAFETY: signalling a process this test started.
     assert_eq!(unsafe { libc::kill(init_pid, libc::SIGTERM) }, 0);
@@ -145,4 +141,38 @@ fn forwards_sigterm_to_the_command() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(143));
+}
+
+/// True when the ELF64 file has a PT_INTERP program header (a dynamic loader).
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "ELF64");
+    let phoff = u64_at(0x20) as usize;
+    let phentsize = u16_at(0x36) as usize;
+    let phnum = u16_at(0x38) as usize;
+    (0..phnum).any(|i| {
+        let p = phoff + i * phentsize;
+        u32::from_le_bytes(elf[p..p + 4].try_into().unwrap()) == 3
+    })
+}
+
+#[test]
+fn init_is_statically_linked() {
+    let init = cloister_init::build_static_init().unwrap();
+    let elf = fs::read(&init).unwrap();
+    assert!(
+        !has_interpreter(&elf),
+        "{} needs a dynamic loader",
+        init.display()
+    );
+    let ldd = Command::new("ldd").arg(&init).output().unwrap();
+    let text = String::from_utf8_lossy(&ldd.stdout) + String::from_utf8_lossy(&ldd.stderr);
+    assert!(
+        text.contains("statically linked") || text.contains("not a dynamic executable"),
+        "{text}"
+    );
+    // A dynamic binary for contrast, so the check above means something.
+    assert!(has_interpreter(&fs::read("/bin/sh").unwrap()));
 }

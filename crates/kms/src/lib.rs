@@ -19,7 +19,6 @@ pub mod cms;
 pub mod config;
 pub mod error;
 pub mod policy;
-#[path = "recipient_tmp.rs"]
 pub mod recipient;
 pub mod server;
 pub mod service;

@@ -8,9 +8,8 @@
 //!
 //! Verified documents are cached by the SHA-256 of their bytes, so an enclave that repeats calls
 //! with the same document pays for chain and signature checks once. A cached entry is used only
-//! for [`REVERIFY_INTERVAL`] after it was checked; after that the document is verified again at
-//! the current time, so expiry (the leaf's validity and the maximum document age) is enforced to
-//! within that interval.
+//! until the earlier of the document's expiry (timestamp + maximum age) and its signing leaf's
+//! notAfter; after that the document is verified again (and then refused as too old).
 
 use crate::cms::RecipientKey;
 use crate::error::{KmsError, KmsResult};
@@ -18,10 +17,7 @@ use crate::policy::RECIPIENT_PREFIX;
 use cloister_attestation::{VerifiedDocument, Verifier, VerifyOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-/// How long a verified document is trusted from the cache before it is checked again.
-pub const REVERIFY_INTERVAL: Duration = Duration::from_secs(1);
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Most cached documents.
 pub const CACHE_MAX: usize = 4096;
 
@@ -49,7 +45,7 @@ impl AttestedRecipient {
         let mut values = Vec::new();
         for (index, value) in doc.pcrs() {
             let hex = hex::encode(value);
-            if *index == 0 {
+            if index == 0 {
                 values.push((format!("{RECIPIENT_PREFIX}imagesha384"), hex.clone()));
             }
             values.push((format!("{RECIPIENT_PREFIX}pcr{index}"), hex));
@@ -69,8 +65,15 @@ impl AttestedRecipient {
 }
 
 struct Cached {
-    checked: Instant,
+    /// Milliseconds since the epoch after which the entry must not be used.
+    valid_until_ms: u64,
     recipient: Arc<AttestedRecipient>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Verifies documents (with a cache) and yields attested recipients.
@@ -103,9 +106,10 @@ impl RecipientGate {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, doc);
         let mut id = [0u8; 32];
         id.copy_from_slice(digest.as_ref());
+        let now = now_ms();
         if let Ok(cache) = self.cache.lock() {
             if let Some(c) = cache.get(&id) {
-                if c.checked.elapsed() < REVERIFY_INTERVAL {
+                if now < c.valid_until_ms {
                     return Ok(c.recipient.clone());
                 }
             }
@@ -120,9 +124,14 @@ impl RecipientGate {
             KmsError::Validation(format!("The attestation document is not valid: {e}"))
         })?;
         let recipient = Arc::new(AttestedRecipient::from_verified(&verified)?);
+        let max_age_ms = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        let valid_until_ms = verified
+            .timestamp_ms()
+            .saturating_add(max_age_ms)
+            .min(verified.leaf_not_after_secs().saturating_mul(1000));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
-                cache.retain(|_, c| c.checked.elapsed() < REVERIFY_INTERVAL);
+                cache.retain(|_, c| now < c.valid_until_ms);
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }
@@ -130,7 +139,7 @@ impl RecipientGate {
             cache.insert(
                 id,
                 Cached {
-                    checked: Instant::now(),
+                    valid_until_ms,
                     recipient: recipient.clone(),
                 },
             );

@@ -14,7 +14,7 @@ use crate::service::{is_blocking, Service};
 use crate::sigv4::{Credential, SignedRequest, Verifier};
 use crate::store::{write_private_file, AdminCredential, Store, StoreError};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -29,6 +29,8 @@ use zeroize::Zeroizing;
 
 /// Largest request body (an attestation document of 256 KiB is ~350 KB in base64).
 pub const MAX_BODY: usize = 512 * 1024;
+/// Most bytes of a too-large body read (and discarded) before answering.
+pub const MAX_DRAIN: usize = 8 * 1024 * 1024;
 /// Interval of the upkeep task (pending deletions, automatic rotation).
 pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Name of the administrator credential file in the data directory.
@@ -113,8 +115,9 @@ pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredenti
     let gate = if anchors.is_empty() {
         None
     } else {
-        // TMP
-        Some(RecipientGate)
+        let verifier = cloister_attestation::Verifier::new(anchors)
+            .map_err(|e| ServerError::TrustAnchors(e.to_string()))?;
+        Some(RecipientGate::new(verifier, config.attestation_max_age()))
     };
     let service = Service::new(store, config.region(), config.account_id(), gate);
     service
@@ -173,6 +176,20 @@ fn error_response(e: &KmsError) -> Response<Full<Bytes>> {
     respond(e.http_status(), e.to_json())
 }
 
+/// Reads and discards up to [`MAX_DRAIN`] more bytes of a refused body, so the client can read
+/// the error instead of seeing the connection reset under its upload.
+async fn drain(mut body: Incoming) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(d) = frame.into_data() {
+            seen += d.len();
+        }
+        if seen > MAX_DRAIN {
+            break;
+        }
+    }
+}
+
 /// Handles one HTTP request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match handle_inner(app, req).await {
@@ -200,14 +217,23 @@ async fn handle_inner(app: Arc<App>, req: Request<Incoming>) -> Result<Vec<u8>, 
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| KmsError::Serialization("Invalid Content-Length".into()))?;
         if len > MAX_BODY as u64 {
+            drain(body).await;
             return Err(too_large());
         }
     }
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| too_large())?
-        .to_bytes();
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| KmsError::Serialization(format!("reading body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                drain(body).await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    let body = buf;
     let headers: Vec<(&str, &[u8])> = parts
         .headers
         .iter()

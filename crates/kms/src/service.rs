@@ -591,7 +591,14 @@ impl Service {
     ) -> KmsResult<(Resolved, Zeroizing<Vec<u8>>)> {
         check_len("ciphertextBlob", ciphertext.len(), 1, blob::MAX_BLOB_LEN)?;
         let header = blob::parse_header(ciphertext)?;
-        let key = self.resolve(&format_key_id(&header.key_id))?;
+        // A blob naming no existing key is indistinguishable from garbage: AWS answers
+        // InvalidCiphertextException, not NotFoundException.
+        let key = self
+            .resolve(&format_key_id(&header.key_id))
+            .map_err(|e| match e {
+                KmsError::NotFound(_) => KmsError::InvalidCiphertext(String::new()),
+                other => other,
+            })?;
         if let Some(named) = key_id {
             let want = self.resolve(named)?;
             if want.id != key.id {

@@ -511,7 +511,10 @@ mod tests {
             assert_eq!(req.to_cbor().unwrap(), wire);
             assert_eq!(Request::from_cbor(&wire).unwrap(), req);
         }
-        for (resp, name) in [(Response::LockPCR, "LockPCR"), (Response::LockPCRs, "LockPCRs")] {
+        for (resp, name) in [
+            (Response::LockPCR, "LockPCR"),
+            (Response::LockPCRs, "LockPCRs"),
+        ] {
             let wire = text(name);
             assert_eq!(resp.to_cbor().unwrap(), wire);
             assert_eq!(Response::from_cbor(&wire).unwrap(), resp);
@@ -521,7 +524,13 @@ mod tests {
     #[test]
     fn struct_variants_are_one_entry_maps() {
         // {"DescribePCR": {"index": 5}}
-        let wire = cat(&[&[0xa1], &text("DescribePCR"), &[0xa1], &text("index"), &[0x05]]);
+        let wire = cat(&[
+            &[0xa1],
+            &text("DescribePCR"),
+            &[0xa1],
+            &text("index"),
+            &[0x05],
+        ]);
         let req = Request::DescribePCR { index: 5 };
         assert_eq!(req.to_cbor().unwrap(), wire);
         assert_eq!(Request::from_cbor(&wire).unwrap(), req);
@@ -544,7 +553,13 @@ mod tests {
         assert_eq!(Request::from_cbor(&wire).unwrap(), req);
 
         // {"LockPCRs": {"range": 300}}
-        let wire = cat(&[&[0xa1], &text("LockPCRs"), &[0xa1], &text("range"), &[0x19, 0x01, 0x2c]]);
+        let wire = cat(&[
+            &[0xa1],
+            &text("LockPCRs"),
+            &[0xa1],
+            &text("range"),
+            &[0x19, 0x01, 0x2c],
+        ]);
         let req = Request::LockPCRs { range: 300 };
         assert_eq!(req.to_cbor().unwrap(), wire);
         assert_eq!(Request::from_cbor(&wire).unwrap(), req);
@@ -685,7 +700,9 @@ mod tests {
             module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
             digest: Digest::SHA384,
             timestamp: 1_700_000_000_000,
-            pcrs: (0..16).map(|i| (i, ByteBuf::from(vec![i as u8; 48]))).collect(),
+            pcrs: (0..16)
+                .map(|i| (i, ByteBuf::from(vec![i as u8; 48])))
+                .collect(),
             certificate: ByteBuf::from(vec![0x30; 10]),
             cabundle: vec![ByteBuf::from(vec![0x30; 5])],
             public_key: None,

@@ -198,13 +198,19 @@ fn spawn_and_wait(
         .stdout(std::process::Stdio::null())
         .stderr(log);
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, dup2) on descriptors that are open in the child (inherited copies).
+    // functions (setsid, fcntl, dup2) on descriptors that are open in the child (inherited copies).
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::dup2(ready_raw, READY_FD) < 0 || libc::dup2(lock_raw, LOCK_FD) < 0 {
+            // Move both out of the way first: either may currently be fd 3 or 4.
+            let ready_tmp = libc::fcntl(ready_raw, libc::F_DUPFD_CLOEXEC, 10);
+            let lock_tmp = libc::fcntl(lock_raw, libc::F_DUPFD_CLOEXEC, 10);
+            if ready_tmp < 0 || lock_tmp < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(ready_tmp, READY_FD) < 0 || libc::dup2(lock_tmp, LOCK_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -13,3 +13,4 @@ pub use cloister_vsock::{
 };
 
 pub mod recipient;
+pub mod kms_client;

@@ -88,9 +88,7 @@ fn typed_client_over_the_fabric() {
     nsm.lock_pcr(16).unwrap();
     nsm.lock_pcrs(20).unwrap();
     assert_eq!(nsm.get_random().unwrap().len(), 256);
-    let doc = nsm
-        .attestation(Some(b"user"), None, Some(b"key"))
-        .unwrap();
+    let doc = nsm.attestation(Some(b"user"), None, Some(b"key")).unwrap();
     assert_eq!(doc, b"user|-|key|");
     assert_eq!(nsm.attest(None, Some(b"n"), None).unwrap(), b"-|n|-|");
 }

@@ -20,7 +20,11 @@ impl NsmService for NoNsm {
 const CHUNK: usize = 256 * 1024;
 
 /// Sends `total` bytes from `w` to `r` on two threads; returns the elapsed time.
-fn pump<W: Write + Send + 'static, R: Read + Send + 'static>(mut w: W, mut r: R, total: usize) -> Duration {
+fn pump<W: Write + Send + 'static, R: Read + Send + 'static>(
+    mut w: W,
+    mut r: R,
+    total: usize,
+) -> Duration {
     let start = Instant::now();
     let writer = std::thread::spawn(move || {
         let buf = vec![0x5au8; CHUNK];
@@ -64,6 +68,14 @@ fn main() {
     });
 
     let dir = tempfile::tempdir().unwrap();
+    // A second baseline: a raw Unix connection through a listening socket (what the fabric's
+    // passed sockets are).
+    let raw_listener = std::os::unix::net::UnixListener::bind(dir.path().join("raw.sock")).unwrap();
+    let raw_conn = best_of(runs, || {
+        let a = UnixStream::connect(dir.path().join("raw.sock")).unwrap();
+        let (b, _) = raw_listener.accept().unwrap();
+        pump(a, b, total)
+    });
     let broker = Broker::start(BrokerConfig::new(
         7,
         dir.path(),
@@ -82,17 +94,28 @@ fn main() {
 
     let host_listener = VsockListener::bind_fabric(&fabric, 6000).unwrap();
     let to_host = best_of(runs, || {
-        let enc = VsockStream::connect_enclave(broker.enclave_socket(), VsockAddr::new(3, 6000))
-            .unwrap();
+        let enc =
+            VsockStream::connect_enclave(broker.enclave_socket(), VsockAddr::new(3, 6000)).unwrap();
         let (host, _) = host_listener.accept().unwrap();
         pump(enc, host, total)
     });
 
     let base = mibps(total, raw);
+    let base_conn = mibps(total, raw_conn);
     let p2e = mibps(total, to_enclave);
     let e2p = mibps(total, to_host);
     println!("volume per run: {mib} MiB, best of {runs}");
     println!("raw unix socket pair : {base:>9.0} MiB/s");
-    println!("parent -> enclave    : {p2e:>9.0} MiB/s  ratio {:.2}", p2e / base);
-    println!("enclave -> parent    : {e2p:>9.0} MiB/s  ratio {:.2}", e2p / base);
+    println!(
+        "raw unix connection  : {base_conn:>9.0} MiB/s  ratio {:.2}",
+        base_conn / base
+    );
+    println!(
+        "parent -> enclave    : {p2e:>9.0} MiB/s  ratio {:.2}",
+        p2e / base
+    );
+    println!(
+        "enclave -> parent    : {e2p:>9.0} MiB/s  ratio {:.2}",
+        e2p / base
+    );
 }

@@ -29,13 +29,7 @@ pub(crate) fn send_with_fd(
         } else {
             &[]
         };
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => sent += n,
             Err(nix::errno::Errno::EINTR) => {}
@@ -95,7 +89,11 @@ impl FdLine {
     pub(crate) fn read(&mut self, sock: BorrowedFd<'_>, dontwait: bool) -> Result<(), ProtoError> {
         loop {
             match recv_byte(sock, dontwait) {
-                Ok(None) => return Err(ProtoError::Closed { got: self.line.len() }),
+                Ok(None) => {
+                    return Err(ProtoError::Closed {
+                        got: self.line.len(),
+                    })
+                }
                 Ok(Some((byte, fd))) => {
                     if let Some(fd) = fd {
                         if self.fd.is_some() {

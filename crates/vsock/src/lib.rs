@@ -44,8 +44,8 @@ pub mod tokio;
 
 pub use addr::{
     enclave_may_reach, is_enclave_cid, VsockAddr, FIRST_ENCLAVE_CID, HEARTBEAT_BYTE,
-    HEARTBEAT_PORT, LAST_ENCLAVE_CID, NSM_PORT, PARENT_CID, VMADDR_CID_ANY,
-    VMADDR_CID_HOST, VMADDR_CID_HYPERVISOR, VMADDR_CID_LOCAL, VMADDR_PORT_ANY,
+    HEARTBEAT_PORT, LAST_ENCLAVE_CID, NSM_PORT, PARENT_CID, VMADDR_CID_ANY, VMADDR_CID_HOST,
+    VMADDR_CID_HYPERVISOR, VMADDR_CID_LOCAL, VMADDR_PORT_ANY,
 };
 pub use broker::{Broker, BrokerConfig, BrokerError, BrokerLimits, BrokerStats, NsmService};
 pub use stream::{

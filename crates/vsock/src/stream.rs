@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::addr::{
-    is_enclave_cid, VsockAddr, PARENT_CID, VMADDR_CID_ANY, VMADDR_PORT_ANY,
-};
+use crate::addr::{is_enclave_cid, VsockAddr, PARENT_CID, VMADDR_CID_ANY, VMADDR_PORT_ANY};
 use crate::fdpass::FdLine;
 use crate::proto::{self, BrokerReply, LineBuf, ProtoError};
 use crate::ratelimit::RateLimiter;
@@ -281,7 +279,11 @@ impl VsockStream {
         let sock = match connect_unix(&path, HANDSHAKE_TIMEOUT) {
             Ok(s) => s,
             Err(e) if is_refusal(&e) => return Err(VsockError::Refused { addr }),
-            Err(e) => return Err(VsockError::io("connecting to the enclave's fabric socket")(e)),
+            Err(e) => {
+                return Err(VsockError::io("connecting to the enclave's fabric socket")(
+                    e,
+                ))
+            }
         };
         let uid = peer_uid(&sock).map_err(VsockError::io("reading the broker's credentials"))?;
         if !trusted_uid(uid) {
@@ -325,7 +327,11 @@ impl VsockStream {
     pub fn connect_enclave(socket: &Path, addr: VsockAddr) -> Result<Self, VsockError> {
         let ctl = match connect_unix(socket, HANDSHAKE_TIMEOUT) {
             Ok(s) => s,
-            Err(e) => return Err(VsockError::io("connecting to the enclave's broker socket")(e)),
+            Err(e) => {
+                return Err(VsockError::io("connecting to the enclave's broker socket")(
+                    e,
+                ))
+            }
         };
         ctl.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .and_then(|()| ctl.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
@@ -719,11 +725,13 @@ impl VsockListener {
                 let fd = pending.fd.take();
                 pending.reset();
                 match (parsed, fd) {
-                    (Ok(BrokerReply::Accept(peer)), Some(fd)) => Ok(RawAccept::Ready(VsockStream {
-                        sock: Socket::from(fd),
-                        local: self.local,
-                        peer,
-                    })),
+                    (Ok(BrokerReply::Accept(peer)), Some(fd)) => {
+                        Ok(RawAccept::Ready(VsockStream {
+                            sock: Socket::from(fd),
+                            local: self.local,
+                            peer,
+                        }))
+                    }
                     (Ok(_), _) => Err(VsockError::Protocol {
                         context: "reading an ACCEPT line",
                         source: ProtoError::Malformed("expected ACCEPT with a descriptor"),
@@ -748,8 +756,8 @@ pub(crate) fn fabric_handshake(sock: Socket, local: VsockAddr) -> Result<VsockSt
         .map_err(VsockError::io("setting handshake timeouts"))?;
     let mut line = LineBuf::new();
     proto::read_line(&mut &sock, &mut line).map_err(VsockError::proto("reading CONNECT-FROM"))?;
-    let peer =
-        proto::parse_connect_from(line.line()).map_err(VsockError::proto("reading CONNECT-FROM"))?;
+    let peer = proto::parse_connect_from(line.line())
+        .map_err(VsockError::proto("reading CONNECT-FROM"))?;
     sock.set_read_timeout(None)
         .map_err(VsockError::io("clearing handshake timeouts"))?;
     Ok(VsockStream { sock, local, peer })

@@ -16,7 +16,9 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use socket2::Socket;
 
 use crate::addr::VsockAddr;
-use crate::stream::{self as blocking, fabric_handshake, log_dropped, RawAccept, Transport, VsockError};
+use crate::stream::{
+    self as blocking, fabric_handshake, log_dropped, RawAccept, Transport, VsockError,
+};
 
 fn join_error(e: ::tokio::task::JoinError) -> VsockError {
     VsockError::Io {
@@ -74,11 +76,7 @@ impl VsockStream {
         // SAFETY: the `Socket` owns its descriptor, which stays open and unchanged until the
         // `AsyncFd` is dropped or `into_inner` returns the socket.
         let inner = unsafe { AsyncFd::register(sock) }.map_err(io::Error::from)?;
-        Ok(Self {
-            inner,
-            local,
-            peer,
-        })
+        Ok(Self { inner, local, peer })
     }
 
     /// Converts back into a blocking stream.

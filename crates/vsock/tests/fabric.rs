@@ -128,9 +128,12 @@ fn cid_rules() {
     let fx = Fixture::new(20);
     // The enclave reaches neither other enclaves nor reserved cids.
     for cid in [1, 2, 4, 20, 21, u32::MAX] {
-        let err = VsockStream::connect_enclave(fx.enclave_socket(), VsockAddr::new(cid, 80))
-            .unwrap_err();
-        assert!(matches!(err, VsockError::NotPermitted { .. }), "{cid}: {err:?}");
+        let err =
+            VsockStream::connect_enclave(fx.enclave_socket(), VsockAddr::new(cid, 80)).unwrap_err();
+        assert!(
+            matches!(err, VsockError::NotPermitted { .. }),
+            "{cid}: {err:?}"
+        );
     }
     // Another enclave's broker exists, and still cannot be reached from this one.
     let other = Fixture::new(21);
@@ -146,8 +149,16 @@ fn cid_rules() {
     // Brokers serve enclave cids only, one each.
     let nsm = Arc::new(FakeNsm::default());
     for cid in [0, 3, u32::MAX] {
-        let cfg = BrokerConfig::new(cid, fx.dir.path(), fx.dir.path().join("x.sock"), nsm.clone());
-        assert!(matches!(Broker::start(cfg), Err(BrokerError::InvalidCid(_))));
+        let cfg = BrokerConfig::new(
+            cid,
+            fx.dir.path(),
+            fx.dir.path().join("x.sock"),
+            nsm.clone(),
+        );
+        assert!(matches!(
+            Broker::start(cfg),
+            Err(BrokerError::InvalidCid(_))
+        ));
     }
     let cfg = BrokerConfig::new(20, fx.dir.path(), fx.dir.path().join("y.sock"), nsm);
     assert!(matches!(
@@ -161,13 +172,19 @@ fn address_in_use() {
     let fx = Fixture::new(22);
     let first = VsockListener::bind_enclave(fx.enclave_socket(), 7000).unwrap();
     let err = VsockListener::bind_enclave(fx.enclave_socket(), 7000).unwrap_err();
-    assert!(matches!(err, VsockError::AddrInUse { port: 7000 }), "{err:?}");
+    assert!(
+        matches!(err, VsockError::AddrInUse { port: 7000 }),
+        "{err:?}"
+    );
     drop(first);
     let _again = eventually(|| VsockListener::bind_enclave(fx.enclave_socket(), 7000).ok());
 
     let host = VsockListener::bind_fabric(&fx.fabric(), 7001).unwrap();
     let err = VsockListener::bind_fabric(&fx.fabric(), 7001).unwrap_err();
-    assert!(matches!(err, VsockError::AddrInUse { port: 7001 }), "{err:?}");
+    assert!(
+        matches!(err, VsockError::AddrInUse { port: 7001 }),
+        "{err:?}"
+    );
     drop(host);
     assert!(!fx.fabric().join("3_7001.sock").exists());
     // A stale socket file (its owner died without cleaning up) is replaced.
@@ -364,7 +381,9 @@ fn connection_and_listener_floods_are_capped() {
     let idle: Vec<UnixStream> = (0..8).map(|_| UnixStream::connect(&enc).unwrap()).collect();
     eventually(|| (fx.broker.stats().enclave_connections == 8).then_some(()));
     let mut extra = UnixStream::connect(&enc).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut answer = Vec::new();
     extra.read_to_end(&mut answer).unwrap();
     assert_eq!(answer, b"ERR EAGAIN\n");

@@ -36,7 +36,11 @@ pub fn dn(org: &str, cn: &str) -> DistinguishedName {
 }
 
 /// Parameters valid from an hour ago for a day.
-pub fn params(name: DistinguishedName, is_ca: IsCa, usages: Vec<KeyUsagePurpose>) -> CertificateParams {
+pub fn params(
+    name: DistinguishedName,
+    is_ca: IsCa,
+    usages: Vec<KeyUsagePurpose>,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = name;
     p.is_ca = is_ca;
@@ -109,9 +113,14 @@ pub fn payload(leaf: &TestCert, cabundle: &[&TestCert]) -> AttestationDoc {
         module_id: "test-enclave".into(),
         digest: Digest::SHA384,
         timestamp: now_ms(),
-        pcrs: (0..16).map(|i| (i, ByteBuf::from(vec![i as u8 + 1; 48]))).collect(),
+        pcrs: (0..16)
+            .map(|i| (i, ByteBuf::from(vec![i as u8 + 1; 48])))
+            .collect(),
         certificate: ByteBuf::from(leaf.der.clone()),
-        cabundle: cabundle.iter().map(|c| ByteBuf::from(c.der.clone())).collect(),
+        cabundle: cabundle
+            .iter()
+            .map(|c| ByteBuf::from(c.der.clone()))
+            .collect(),
         public_key: None,
         user_data: None,
         nonce: None,
@@ -137,7 +146,10 @@ pub fn sign(doc: &AttestationDoc, signer: &TestCert) -> Vec<u8> {
 pub fn sign_with_protected(protected: &[u8], payload: &[u8], signer: &TestCert) -> Vec<u8> {
     let key = cose_key(signer);
     let sig = key
-        .sign(&SystemRandom::new(), &cose::sig_structure(protected, payload))
+        .sign(
+            &SystemRandom::new(),
+            &cose::sig_structure(protected, payload),
+        )
         .unwrap();
     cose::encode_parts(protected, payload, sig.as_ref())
 }

@@ -6,9 +6,9 @@
 //! document needs `--root <operator root>`. `pki init` creates the operator root and host CA.
 
 use crate::errors::{print_json, CliError, CliResult, Coded, ErrorInfo, ExitKind};
+use clap::{Args, Subcommand};
 use cloister_attestation::pki::fingerprint_sha256;
 use cloister_attestation::{Pki, Verifier, VerifyOptions, AWS_NITRO_ROOT_G1};
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -178,8 +178,8 @@ fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
 /// The document bytes: raw COSE, or base64 text (a COSE_Sign1 never starts with ASCII).
 fn read_document(path: &Path) -> CliResult<Vec<u8>> {
     use base64::Engine;
-    let bytes = read_small(path)
-        .map_err(|e| CliError::msg("E201", format!("{}: {e}", path.display())))?;
+    let bytes =
+        read_small(path).map_err(|e| CliError::msg("E201", format!("{}: {e}", path.display())))?;
     let is_text = !bytes.is_empty()
         && bytes
             .iter()
@@ -199,8 +199,8 @@ fn read_document(path: &Path) -> CliResult<Vec<u8>> {
 /// A root certificate file: PEM (first CERTIFICATE block) or DER.
 fn read_root(path: &Path) -> CliResult<Vec<u8>> {
     use base64::Engine;
-    let bytes = read_small(path)
-        .map_err(|e| CliError::msg("E202", format!("{}: {e}", path.display())))?;
+    let bytes =
+        read_small(path).map_err(|e| CliError::msg("E202", format!("{}: {e}", path.display())))?;
     if bytes.first() == Some(&0x30) {
         return Ok(bytes);
     }
@@ -215,7 +215,10 @@ fn read_root(path: &Path) -> CliResult<Vec<u8>> {
     let stop = rest
         .find(end)
         .ok_or_else(|| CliError::msg("E202", format!("{}: unterminated PEM", path.display())))?;
-    let body: String = rest[..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let body: String = rest[..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .map_err(|e| CliError::msg("E202", format!("{}: bad PEM base64: {e}", path.display())))
@@ -247,7 +250,10 @@ fn options(args: &VerifyArgs) -> CliResult<VerifyOptions> {
         VerifyOptions::default()
     } else {
         let ms: u64 = args.at.parse().map_err(|_| {
-            CliError::msg("E204", format!("--at {:?}: expected `now` or milliseconds", args.at))
+            CliError::msg(
+                "E204",
+                format!("--at {:?}: expected `now` or milliseconds", args.at),
+            )
         })?;
         VerifyOptions::at_unix_ms(ms)
     };

@@ -120,10 +120,9 @@ pub struct TerminateArgs {
 
 /// `console` flags.
 #[derive(Debug, Clone, Args)]
-#[group(id = "console_target", required = true, multiple = false)]
 pub struct ConsoleArgs {
     /// Enclave id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "enclave_name", required_unless_present = "enclave_name")]
     pub enclave_id: Option<String>,
     /// Enclave name.
     #[arg(long, value_name = "NAME")]

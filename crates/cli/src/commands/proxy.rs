@@ -8,6 +8,10 @@ use cloister_proxy::allowlist::{self, Allowlist, AllowlistError};
 use cloister_proxy::relay::{RelayOptions, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CONNECTIONS};
 use cloister_proxy::vsock_io::VsockAddr;
 use cloister_proxy::{IpAddrType, ProxyConfig, ProxyError, TcpToVsock, VsockProxy, VsockToTcp};
+use cloister_sdk::kms_client::{
+    load_root_certificates, Credentials, Endpoint, KmsClient, KmsClientConfig, KmsClientError,
+    NsmAttester, Route,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +25,95 @@ pub enum ProxyCommand {
     /// Forward between TCP and vsock.
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Attested KMS calls from inside an enclave (AWS's kmstool-enclave-cli): the answer is
+    /// sealed to a fresh key whose public half the NSM attests.
+    #[command(subcommand)]
+    KmsClient(KmsClientCommand),
+}
+
+/// `cloister kms-client ...`.
+#[derive(Debug, Subcommand)]
+pub enum KmsClientCommand {
+    /// Decrypt a ciphertext blob; prints `PLAINTEXT: <base64>`.
+    Decrypt(KmsDecryptArgs),
+    /// Generate a data key; prints `CIPHERTEXT: <base64>` and `PLAINTEXT: <base64>`.
+    #[command(alias = "genkey")]
+    GenerateDataKey(KmsGenKeyArgs),
+    /// Generate random bytes; prints `RANDOM: <base64>`.
+    #[command(alias = "genrandom")]
+    GenerateRandom(KmsRandomArgs),
+}
+
+/// Options shared by every kms-client call.
+#[derive(Debug, Args)]
+pub struct KmsCommon {
+    /// AWS region (SigV4 scope; the endpoint is https://kms.<region>.amazonaws.com unless
+    /// --endpoint is given).
+    #[arg(long)]
+    pub region: String,
+    /// vsock port of the parent's vsock-proxy.
+    #[arg(long, default_value_t = 8000)]
+    pub proxy_port: u32,
+    /// vsock CID of the proxy (3: the parent).
+    #[arg(long, default_value_t = 3)]
+    pub proxy_cid: u32,
+    /// Endpoint URL (http:// or https://) instead of AWS's regional one.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Extra trusted root certificates (PEM or DER) for an https endpoint.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub aws_access_key_id: String,
+    /// Secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: String,
+    /// Session token of temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub aws_session_token: Option<String>,
+    /// Print JSON instead of kmstool's `NAME: value` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cloister kms-client decrypt`.
+#[derive(Debug, Args)]
+pub struct KmsDecryptArgs {
+    #[command(flatten)]
+    pub common: KmsCommon,
+    /// The ciphertext blob, base64.
+    #[arg(long)]
+    pub ciphertext: String,
+    /// The key the ciphertext must be under.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// SYMMETRIC_DEFAULT (default) or an RSA algorithm.
+    #[arg(long)]
+    pub encryption_algorithm: Option<String>,
+}
+
+/// `cloister kms-client generate-data-key`.
+#[derive(Debug, Args)]
+pub struct KmsGenKeyArgs {
+    #[command(flatten)]
+    pub common: KmsCommon,
+    /// The KMS key.
+    #[arg(long)]
+    pub key_id: String,
+    /// AES-256 or AES-128.
+    #[arg(long, default_value = "AES-256")]
+    pub key_spec: String,
+}
+
+/// `cloister kms-client generate-random`.
+#[derive(Debug, Args)]
+pub struct KmsRandomArgs {
+    #[command(flatten)]
+    pub common: KmsCommon,
+    /// Number of bytes (1..=1024).
+    #[arg(long)]
+    pub length: usize,
 }
 
 /// `cloister vsock-proxy`: AWS's command line.
@@ -153,6 +246,46 @@ pub const CODES: &[ErrorInfo] = &[
                       --max-connections and --num_workers at least 1.",
     },
     ErrorInfo {
+        code: "E510",
+        exit: ExitKind::Usage,
+        summary: "Invalid kms-client argument",
+        explanation: "An argument of `cloister kms-client` is malformed: the ciphertext is not \
+                      base64, the endpoint is not http(s)://host[:port], the region or key spec \
+                      is unknown, or the CA bundle cannot be read.",
+    },
+    ErrorInfo {
+        code: "E511",
+        exit: ExitKind::System,
+        summary: "Cannot get an attestation document",
+        explanation: "The NSM did not answer (no /dev/nsm and no Cloister enclave socket): \
+                      kms-client must run inside an enclave.",
+    },
+    ErrorInfo {
+        code: "E512",
+        exit: ExitKind::Unavailable,
+        summary: "Cannot reach KMS",
+        explanation: "The connection through the parent's vsock-proxy (--proxy-cid, \
+                      --proxy-port) failed, TLS with the endpoint failed, the answer was not \
+                      well-formed HTTP, or it did not come in time. Check that vsock-proxy runs \
+                      and allows the endpoint.",
+    },
+    ErrorInfo {
+        code: "E513",
+        exit: ExitKind::Failure,
+        summary: "KMS refused the request",
+        explanation: "KMS answered with an error (the message names its type, e.g. \
+                      AccessDeniedException when the key policy's attestation conditions do \
+                      not match this enclave's PCRs, or InvalidSignatureException for bad \
+                      credentials).",
+    },
+    ErrorInfo {
+        code: "E514",
+        exit: ExitKind::VerificationFailed,
+        summary: "Cannot open the KMS answer",
+        explanation: "CiphertextForRecipient was missing or could not be decrypted with this \
+                      call's private key.",
+    },
+    ErrorInfo {
         code: "E506",
         exit: ExitKind::System,
         summary: "Cannot start the I/O runtime",
@@ -167,6 +300,7 @@ pub fn run(command: ProxyCommand) -> CliResult<()> {
         ProxyCommand::VsockProxy(args) => run_vsock_proxy(args),
         ProxyCommand::Forward(ForwardCommand::TcpToVsock(args)) => run_tcp_to_vsock(args),
         ProxyCommand::Forward(ForwardCommand::VsockToTcp(args)) => run_vsock_to_tcp(args),
+        ProxyCommand::KmsClient(c) => run_kms_client(c),
     }
 }
 
@@ -344,5 +478,124 @@ mod tests {
             "localhost:80"
         ])
         .is_err());
+    }
+}
+
+fn kms_error(e: KmsClientError) -> CliError {
+    let code = match &e {
+        KmsClientError::InvalidArgument(_) | KmsClientError::BadEndpoint(_) => "E510",
+        KmsClientError::Attestation(_) | KmsClientError::KeyGeneration => "E511",
+        KmsClientError::Connect(_)
+        | KmsClientError::Tls { .. }
+        | KmsClientError::Timeout(_)
+        | KmsClientError::Http(_) => "E512",
+        KmsClientError::Service { .. } => "E513",
+        KmsClientError::BadResponse(_) | KmsClientError::Recipient(_) => "E514",
+    };
+    CliError::new(code, e)
+}
+
+/// Builds the client configuration from the command line.
+pub fn kms_client_config(c: &KmsCommon) -> CliResult<KmsClientConfig> {
+    let credentials = Credentials {
+        access_key_id: c.aws_access_key_id.clone(),
+        secret_access_key: zeroize::Zeroizing::new(c.aws_secret_access_key.clone()),
+        session_token: c.aws_session_token.clone().map(zeroize::Zeroizing::new),
+    };
+    let mut config =
+        KmsClientConfig::aws(&c.region, c.proxy_port, credentials).map_err(kms_error)?;
+    if let Some(url) = &c.endpoint {
+        config.endpoint = Endpoint::parse(url).map_err(kms_error)?;
+    }
+    config.route = Route::Vsock {
+        cid: c.proxy_cid,
+        port: c.proxy_port,
+        transport: None,
+    };
+    if let Some(path) = &c.ca_bundle {
+        config.extra_roots = load_root_certificates(path).map_err(kms_error)?;
+    }
+    Ok(config)
+}
+
+fn print_fields(json: bool, fields: &[(&str, &str)]) -> CliResult<()> {
+    use std::io::Write;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+            .collect();
+        return crate::errors::print_json(&map);
+    }
+    let mut out = std::io::stdout().lock();
+    for (k, v) in fields {
+        writeln!(out, "{}: {v}", k.to_ascii_uppercase()).code("E002")?;
+    }
+    Ok(())
+}
+
+fn run_kms_client(command: KmsClientCommand) -> CliResult<()> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let common = match &command {
+        KmsClientCommand::Decrypt(a) => &a.common,
+        KmsClientCommand::GenerateDataKey(a) => &a.common,
+        KmsClientCommand::GenerateRandom(a) => &a.common,
+    };
+    let config = kms_client_config(common)?;
+    let json = common.json;
+    let attester = NsmAttester::open().map_err(kms_error)?;
+    let client = KmsClient::new(config, std::sync::Arc::new(attester)).map_err(kms_error)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .code("E506")?;
+    let none = std::collections::BTreeMap::new();
+    match command {
+        KmsClientCommand::Decrypt(a) => {
+            let blob = b64
+                .decode(a.ciphertext.trim())
+                .map_err(|e| CliError::new("E510", anyhow::Error::new(e).context("--ciphertext is not base64")))?;
+            let plaintext = rt
+                .block_on(client.decrypt(
+                    &blob,
+                    a.key_id.as_deref(),
+                    a.encryption_algorithm.as_deref(),
+                    &none,
+                ))
+                .map_err(kms_error)?;
+            let text = zeroize::Zeroizing::new(b64.encode(&*plaintext));
+            print_fields(json, &[("Plaintext", text.as_str())])
+        }
+        KmsClientCommand::GenerateDataKey(a) => {
+            let spec = match a.key_spec.to_ascii_uppercase().replace('_', "-").as_str() {
+                "AES-256" => "AES_256",
+                "AES-128" => "AES_128",
+                other => {
+                    return Err(CliError::msg(
+                        "E510",
+                        format!("unknown key spec {other:?} (AES-256 or AES-128)"),
+                    ))
+                }
+            };
+            let key = rt
+                .block_on(client.generate_data_key(&a.key_id, spec, &none))
+                .map_err(kms_error)?;
+            let text = zeroize::Zeroizing::new(b64.encode(&*key.plaintext));
+            print_fields(
+                json,
+                &[
+                    ("Ciphertext", b64.encode(&key.ciphertext_blob).as_str()),
+                    ("Plaintext", text.as_str()),
+                ],
+            )
+        }
+        KmsClientCommand::GenerateRandom(a) => {
+            let random = rt
+                .block_on(client.generate_random(a.length))
+                .map_err(kms_error)?;
+            let text = zeroize::Zeroizing::new(b64.encode(&*random));
+            print_fields(json, &[("Random", text.as_str())])
+        }
     }
 }
