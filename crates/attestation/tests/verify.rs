@@ -336,14 +336,14 @@ fn missing_certificate_is_rejected() {
     ));
 }
 
+/// A change to a payload.
+type Mutation = Box<dyn Fn(&mut cloister_nsm_api::AttestationDoc)>;
+
 #[test]
 fn syntax_violations_are_rejected() {
     let c = chain();
     let base = payload(&c.leaf, &[&c.root, &c.host]);
-    let cases: Vec<(
-        Box<dyn Fn(&mut cloister_nsm_api::AttestationDoc)>,
-        SyntaxError,
-    )> = vec![
+    let cases: Vec<(Mutation, SyntaxError)> = vec![
         (Box::new(|d| d.cabundle.clear()), SyntaxError::EmptyCabundle),
         (
             Box::new(|d| d.user_data = Some(ByteBuf::from(vec![1; MAX_USER_DATA_LEN + 1]))),

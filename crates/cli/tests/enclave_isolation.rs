@@ -26,17 +26,41 @@ fn isolation_suite_from_inside() {
     let eif = build_eif(
         env.dir.path(),
         "suite",
-        &["isolation-suite", "7100", &other_cid, &tcp_port, &host_pid, "128"],
+        &[
+            "isolation-suite",
+            "7100",
+            &other_cid,
+            &tcp_port,
+            &host_pid,
+            "128",
+        ],
     );
     let out = env.run(&eif, &["--enclave-name", "suite", "--debug-mode"]);
     let (_, text) = accept_read(&report, 64 * 1024);
     eprintln!("{text}");
     for check in [
-        "fds", "caps", "no_new_privs", "seccomp", "interfaces", "route", "host_tcp", "mount",
-        "unshare", "ptrace", "af_vsock", "pid1", "host_proc", "host_pid", "pid_count",
-        "other_enclave", "fork_bomb", "memory",
+        "fds",
+        "caps",
+        "no_new_privs",
+        "seccomp",
+        "interfaces",
+        "route",
+        "host_tcp",
+        "mount",
+        "unshare",
+        "ptrace",
+        "af_vsock",
+        "pid1",
+        "host_proc",
+        "host_pid",
+        "pid_count",
+        "other_enclave",
+        "fork_bomb",
+        "memory",
     ] {
-        let line = text.lines().find(|l| l.split_whitespace().nth(1) == Some(check));
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(check));
         let line = line.unwrap_or_else(|| panic!("no result for {check}:\n{text}"));
         assert!(line.starts_with("ok "), "{line}");
     }
@@ -68,7 +92,11 @@ fn nothing_survives_an_enclave() {
     }
     env.json(&["terminate-enclave", "--enclave-id", &id]);
     let report = env.listen(7200);
-    let eif = build_eif(env.dir.path(), "checker", &["check-absent", "/tmp/persist", "7200"]);
+    let eif = build_eif(
+        env.dir.path(),
+        "checker",
+        &["check-absent", "/tmp/persist", "7200"],
+    );
     env.run(&eif, &["--enclave-name", "checker"]);
     let (_, text) = accept_read(&report, 1024);
     assert_eq!(text.trim(), "ok absent /tmp/persist");
@@ -101,7 +129,12 @@ fn attest(relay: &mut (impl Read + Write), nonce: &[u8]) -> Vec<u8> {
     }
 }
 
-fn relay_enclave(env: &Env, name: &str, port: u32, debug: bool) -> (serde_json::Value, cloister_vsock::VsockStream) {
+fn relay_enclave(
+    env: &Env,
+    name: &str,
+    port: u32,
+    debug: bool,
+) -> (serde_json::Value, cloister_vsock::VsockStream) {
     let listener = env.listen(port);
     let eif = build_eif(env.dir.path(), name, &["nsm-relay", &port.to_string()]);
     let mut extra = vec!["--enclave-name", name];
@@ -123,18 +156,30 @@ fn attestation_documents_verify_with_image_pcrs() {
     let root = std::fs::read(env.pki.join("root-ca.pem")).unwrap();
     let root_der = pem_to_der(&root);
     let verifier = Verifier::new(vec![root_der.clone()]).unwrap();
-    let verified = verifier.verify(&doc, &VerifyOptions::default()).expect("document verifies");
+    let verified = verifier
+        .verify(&doc, &VerifyOptions::default())
+        .expect("document verifies");
     let list = env.json(&["describe-enclaves"]);
     let m = &list[0]["Measurements"];
     for (i, key) in [(0, "PCR0"), (1, "PCR1"), (2, "PCR2")] {
-        assert_eq!(hex::encode(verified.pcr(i).unwrap()), m[key].as_str().unwrap(), "PCR{i}");
+        assert_eq!(
+            hex::encode(verified.pcr(i).unwrap()),
+            m[key].as_str().unwrap(),
+            "PCR{i}"
+        );
     }
     assert_eq!(verified.module_id(), out["EnclaveID"].as_str().unwrap());
-    assert_eq!(verified.document().nonce.as_ref().map(|n| n.to_vec()), Some(b"nonce-1".to_vec()));
+    assert_eq!(
+        verified.document().nonce.as_ref().map(|n| n.to_vec()),
+        Some(b"nonce-1".to_vec())
+    );
 
     // Hostile input on the NSM channel: garbage, an oversized request, a huge length prefix.
     relay.write_all(&frame(b"\xff\xff garbage")).unwrap();
-    assert!(matches!(Response::from_cbor(&read_frame(&mut relay)).unwrap(), Response::Error(_)));
+    assert!(matches!(
+        Response::from_cbor(&read_frame(&mut relay)).unwrap(),
+        Response::Error(_)
+    ));
     relay.write_all(&frame(&vec![0x41; 5000])).unwrap();
     let r = Response::from_cbor(&read_frame(&mut relay)).unwrap();
     assert!(format!("{r:?}").contains("InputTooLarge"), "{r:?}");
@@ -148,8 +193,18 @@ fn attestation_documents_verify_with_image_pcrs() {
     for _ in 0..300 {
         let _ = env.connect(cid, 9999);
     }
-    assert_eq!(env.json(&["describe-enclaves"]).as_array().unwrap().len(), 1);
-    let log = std::fs::metadata(env.run.join("enclaves").join(out["EnclaveID"].as_str().unwrap()).join("monitor.log")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(
+        env.json(&["describe-enclaves"]).as_array().unwrap().len(),
+        1
+    );
+    let log = std::fs::metadata(
+        env.run
+            .join("enclaves")
+            .join(out["EnclaveID"].as_str().unwrap())
+            .join("monitor.log"),
+    )
+    .map(|m| m.len())
+    .unwrap_or(0);
     assert!(log < 64 * 1024, "monitor log grew to {log} bytes");
     let _ = root_der;
 }
@@ -160,11 +215,18 @@ fn debug_mode_zeroes_image_pcrs() {
     let (_, mut relay) = relay_enclave(&env, "attestdbg", 7301, true);
     let doc = attest(&mut relay, b"n");
     let root = pem_to_der(&std::fs::read(env.pki.join("root-ca.pem")).unwrap());
-    let verified = Verifier::new(vec![root]).unwrap().verify(&doc, &VerifyOptions::default()).unwrap();
+    let verified = Verifier::new(vec![root])
+        .unwrap()
+        .verify(&doc, &VerifyOptions::default())
+        .unwrap();
     for i in 0..3 {
         assert_eq!(verified.pcr(i).unwrap(), &[0u8; 48][..], "PCR{i}");
     }
-    assert_ne!(verified.pcr(4).unwrap(), &[0u8; 48][..], "PCR4 carries the instance id");
+    assert_ne!(
+        verified.pcr(4).unwrap(),
+        &[0u8; 48][..],
+        "PCR4 carries the instance id"
+    );
 }
 
 #[test]
@@ -174,19 +236,33 @@ fn killed_monitor_takes_its_enclave_along() {
     let out = env.run(&eif, &[]);
     let monitor = out["ProcessID"].as_u64().unwrap() as i32;
     let id = out["EnclaveID"].as_str().unwrap().to_owned();
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.run.join("enclaves").join(&id).join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.run.join("enclaves").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
     let init = state["init_pid"].as_u64().unwrap() as i32;
     // SAFETY: signalling a process this test started (through the CLI).
     unsafe { libc_kill(monitor, 9) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{init}")).exists() {
-        assert!(std::time::Instant::now() < deadline, "enclave init {init} survived its monitor");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "enclave init {init} survived its monitor"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(env.json(&["describe-enclaves"]), serde_json::json!([]));
     assert!(!env.run.join("enclaves").join(&id).exists());
     // Its resources are free again.
-    let again = env.run(&eif, &["--cpu-count", "2"]);
+    let again = env.json(&[
+        "run-enclave",
+        "--eif-path",
+        eif.to_str().unwrap(),
+        "--cpu-count",
+        "2",
+        "--memory",
+        "128",
+    ]);
     assert_eq!(again["NumberOfCPUs"], 2);
 }
 
@@ -199,5 +275,7 @@ fn pem_to_der(pem: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(pem);
     let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .unwrap()
 }

@@ -38,7 +38,11 @@ fn enclave_boots_talks_both_ways_and_terminates() {
 
     // Console of a debug enclave.
     let console = env.cli(&["console", "--enclave-id", &id, "--disconnect-timeout", "1"]);
-    assert!(console.status.success(), "{}", String::from_utf8_lossy(&console.stderr));
+    assert!(
+        console.status.success(),
+        "{}",
+        String::from_utf8_lossy(&console.stderr)
+    );
     assert!(String::from_utf8_lossy(&console.stdout).contains("echo-server listening on 5000"));
 
     let t = env.json(&["terminate-enclave", "--enclave-id", &id]);
@@ -53,7 +57,11 @@ fn enclave_boots_talks_both_ways_and_terminates() {
 fn enclave_connects_to_parent() {
     let env = Env::new("0-1", 1024);
     let listener = env.listen(7001);
-    let eif = build_eif(env.dir.path(), "client", &["connect-parent", "7001", "ping-from-enclave"]);
+    let eif = build_eif(
+        env.dir.path(),
+        "client",
+        &["connect-parent", "7001", "ping-from-enclave"],
+    );
     let out = env.run(&eif, &[]);
     let cid = out["EnclaveCID"].as_u64().unwrap() as u32;
     listener.set_nonblocking(false).unwrap();
@@ -66,7 +74,12 @@ fn enclave_connects_to_parent() {
     // A non-debug enclave's console is refused.
     let id = out["EnclaveID"].as_str().unwrap();
     let c = env.cli(&["console", "--enclave-id", id]);
-    assert_eq!(c.status.code(), Some(5), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(
+        c.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
     assert!(String::from_utf8_lossy(&c.stderr).contains("E313"));
     let _ = accept_read; // shared helper used by other tests
 }
@@ -77,37 +90,115 @@ fn cid_and_allocator_rules() {
     let eif = build_eif(env.dir.path(), "sleep", &["sleep"]);
     let p = eif.to_str().unwrap();
     for bad in ["1", "2", "3", "4294967295"] {
-        let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "128", "--enclave-cid", bad]);
+        let o = env.cli(&[
+            "run-enclave",
+            "--eif-path",
+            p,
+            "--cpu-count",
+            "1",
+            "--memory",
+            "128",
+            "--enclave-cid",
+            bad,
+        ]);
         assert_eq!(o.status.code(), Some(2), "cid {bad}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("E302"));
     }
     let a = env.run(&eif, &["--enclave-cid", "42", "--enclave-name", "a"]);
     assert_eq!(a["EnclaveCID"], 42);
     // Same CID again.
-    let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "64", "--enclave-cid", "42", "--enclave-name", "b"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("E303"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.cli(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "64",
+        "--enclave-cid",
+        "42",
+        "--enclave-name",
+        "b",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("E303"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(5));
     // Memory: 128 of 256 used; 192 does not fit.
-    let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "192", "--enclave-name", "c"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("E305"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.cli(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "192",
+        "--enclave-name",
+        "c",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("E305"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // CPUs: the one left is taken by b; a third enclave gets none.
     let b = env.run(&eif, &["--enclave-name", "b"]);
     assert_eq!(b["EnclaveCID"], 4);
     assert_ne!(a["CPUIDs"], b["CPUIDs"]);
-    let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "64", "--enclave-name", "d"]);
+    let o = env.cli(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "64",
+        "--enclave-name",
+        "d",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("E304") || err.contains("E305"), "{err}");
     assert_eq!(o.status.code(), Some(5));
     // Too little memory for the rules.
-    let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "32"]);
+    let o = env.cli(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "32",
+    ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("E306"));
     // vm isolation is reserved.
-    let o = env.cli(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "64", "--isolation", "vm"]);
+    let o = env.cli(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "64",
+        "--isolation",
+        "vm",
+    ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("E701"));
     // Terminate returns the resources.
     let all = env.json(&["terminate-enclave", "--all"]);
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let c = env.json(&["run-enclave", "--eif-path", p, "--cpu-count", "1", "--memory", "192", "--enclave-name", "c"]);
+    let c = env.json(&[
+        "run-enclave",
+        "--eif-path",
+        p,
+        "--cpu-count",
+        "1",
+        "--memory",
+        "192",
+        "--enclave-name",
+        "c",
+    ]);
     assert_eq!(c["MemoryMiB"], 192);
 }
 
@@ -118,7 +209,8 @@ fn boot_timeout_tears_everything_down() {
     let (_, app) = enclave_support::static_bins();
     let bytes = std::fs::read(app).unwrap();
     let mut boot = cloister_cpio::CpioWriter::new(Vec::new());
-    boot.file("init", 0o755, 0, 0, bytes.len() as u64, &bytes[..]).unwrap();
+    boot.file("init", 0o755, 0, 0, bytes.len() as u64, &bytes[..])
+        .unwrap();
     let path = env.dir.path().join("noinit.eif");
     cloister_eif::EifBuilder::new()
         .kernel_bytes(b"k".to_vec())
@@ -129,7 +221,15 @@ fn boot_timeout_tears_everything_down() {
     let o = env
         .cmd()
         .env("CLOISTER_BOOT_TIMEOUT_MS", "1500")
-        .args(["run-enclave", "--eif-path", path.to_str().unwrap(), "--cpu-count", "1", "--memory", "64"])
+        .args([
+            "run-enclave",
+            "--eif-path",
+            path.to_str().unwrap(),
+            "--cpu-count",
+            "1",
+            "--memory",
+            "64",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -138,9 +238,12 @@ fn boot_timeout_tears_everything_down() {
     assert!(err.contains("E310") || err.contains("E309"), "{err}");
     assert!(err.contains("unknown subcommand"), "{err}");
     assert_eq!(env.json(&["describe-enclaves"]), serde_json::json!([]));
-    let left: Vec<_> = std::fs::read_dir(env.run.join("enclaves")).map(|d| d.flatten().collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(env.run.join("enclaves"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
     let mut s = String::new();
-    let _ = std::fs::File::open(env.run.join("allocations.json")).and_then(|mut f| f.read_to_string(&mut s));
+    let _ = std::fs::File::open(env.run.join("allocations.json"))
+        .and_then(|mut f| f.read_to_string(&mut s));
     assert!(!s.contains("-enc"), "{s}");
 }

@@ -54,7 +54,9 @@ fn start_kms(dir: &Path, root: &Path) -> (Server, SocketAddr) {
     let stdout = child.stdout.take().unwrap();
     let server = Server(child);
     let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
     let started: serde_json::Value = serde_json::from_str(&line).expect("kms serve output");
     let addr: SocketAddr = started["Listen"].as_str().unwrap().parse().unwrap();
     (server, addr)
@@ -266,5 +268,7 @@ fn b64(data: &[u8]) -> String {
 
 fn unb64(text: &str) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }

@@ -21,7 +21,9 @@ fn sha256_hex(b: &[u8]) -> String {
 fn fill(seed: &mut u64, out: &mut Vec<u8>, n: usize) {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789 _-./\n{}()=;:ABCDEFGHIJKLMNOP";
     for _ in 0..n {
-        *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         out.push(ALPHABET[((*seed >> 33) % ALPHABET.len() as u64) as usize]);
     }
 }
@@ -38,7 +40,12 @@ fn layer(seed: u64, small_files: usize, large_files: usize, large_size: usize) -
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("usr/share/l{seed}/d{}/f{i}", i % 64), &data[..]).unwrap();
+        b.append_data(
+            &mut h,
+            format!("usr/share/l{seed}/d{}/f{i}", i % 64),
+            &data[..],
+        )
+        .unwrap();
     }
     for i in 0..large_files {
         data.clear();
@@ -47,7 +54,8 @@ fn layer(seed: u64, small_files: usize, large_files: usize, large_size: usize) -
         h.set_size(data.len() as u64);
         h.set_mode(0o755);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("opt/l{seed}/big{i}"), &data[..]).unwrap();
+        b.append_data(&mut h, format!("opt/l{seed}/big{i}"), &data[..])
+            .unwrap();
     }
     b.into_inner().unwrap()
 }
@@ -116,7 +124,10 @@ fn baseline(layers: &[(std::path::PathBuf, usize)]) -> Duration {
 }
 
 fn main() {
-    let mib: usize = std::env::var("BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let t = tempfile::tempdir().unwrap();
     let oci = t.path().join("oci");
     let layers = make_image(&oci, mib);
@@ -127,7 +138,10 @@ fn main() {
     std::fs::write(blobs.join("nsm.ko"), vec![1u8; 64 << 10]).unwrap();
     std::fs::write(blobs.join("cmdline"), b"console=ttyS0\n").unwrap();
     let uncompressed: usize = layers.iter().map(|l| l.1).sum();
-    let compressed: u64 = layers.iter().map(|l| std::fs::metadata(&l.0).unwrap().len()).sum();
+    let compressed: u64 = layers
+        .iter()
+        .map(|l| std::fs::metadata(&l.0).unwrap().len())
+        .sum();
     println!(
         "image: {} layers, {:.1} MiB uncompressed, {:.1} MiB gzip",
         layers.len(),
@@ -141,7 +155,14 @@ fn main() {
     for _ in 0..runs {
         // Warm the page cache equally for both.
         best_base = best_base.min(baseline(&layers));
-        let req = BuildRequest::new(ImageInput::OciLayout { dir: oci.clone(), tag: None }, blobs.clone(), t.path().join("out.eif"));
+        let req = BuildRequest::new(
+            ImageInput::OciLayout {
+                dir: oci.clone(),
+                tag: None,
+            },
+            blobs.clone(),
+            t.path().join("out.eif"),
+        );
         let p = prepare(&req).unwrap();
         let te = Instant::now();
         write_eif(&p, &req.output, None).unwrap();
@@ -153,10 +174,28 @@ fn main() {
     }
     let (extract, ramdisks, eif, total) = best.unwrap();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("extraction (verify + gunzip + tar -> tree): {:8.1} ms", ms(extract));
-    println!("ramdisk writing (cpio):                     {:8.1} ms", ms(ramdisks));
-    println!("EIF writing + measuring (PCR0/1/2, CRC):    {:8.1} ms", ms(eif));
-    println!("total build:                                {:8.1} ms", ms(total));
-    println!("baseline (read + gunzip + SHA-384):         {:8.1} ms", ms(best_base));
-    println!("ratio build/baseline: {:.2}x (target <= 1.5x; best of {runs})", total.as_secs_f64() / best_base.as_secs_f64());
+    println!(
+        "extraction (verify + gunzip + tar -> tree): {:8.1} ms",
+        ms(extract)
+    );
+    println!(
+        "ramdisk writing (cpio):                     {:8.1} ms",
+        ms(ramdisks)
+    );
+    println!(
+        "EIF writing + measuring (PCR0/1/2, CRC):    {:8.1} ms",
+        ms(eif)
+    );
+    println!(
+        "total build:                                {:8.1} ms",
+        ms(total)
+    );
+    println!(
+        "baseline (read + gunzip + SHA-384):         {:8.1} ms",
+        ms(best_base)
+    );
+    println!(
+        "ratio build/baseline: {:.2}x (target <= 1.5x; best of {runs})",
+        total.as_secs_f64() / best_base.as_secs_f64()
+    );
 }

@@ -90,7 +90,10 @@ impl Blobs {
     /// Loads and checks a blobs directory.
     pub fn load(dir: &Path) -> Result<Self, BlobsError> {
         let d = dir.display().to_string();
-        let missing = |what| BlobsError::Missing { dir: d.clone(), what };
+        let missing = |what| BlobsError::Missing {
+            dir: d.clone(),
+            what,
+        };
         let kernel = ["bzImage", "vmlinuz", "Image"]
             .iter()
             .map(|n| dir.join(n))
@@ -130,13 +133,21 @@ impl Blobs {
             let order = mdir.join("load_order");
             if order.is_file() {
                 let text = fs::read_to_string(&order).map_err(io_err(&order))?;
-                for name in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                for name in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                {
                     if name.contains('/') || name.starts_with('.') {
-                        return Err(BlobsError::Package(format!("bad module name {name:?} in load_order")));
+                        return Err(BlobsError::Package(format!(
+                            "bad module name {name:?} in load_order"
+                        )));
                     }
                     let p = mdir.join(name);
                     if !p.is_file() {
-                        return Err(BlobsError::Package(format!("module {name} in load_order is missing")));
+                        return Err(BlobsError::Package(format!(
+                            "module {name} in load_order is missing"
+                        )));
                     }
                     modules.push(p);
                 }
@@ -227,7 +238,11 @@ fn run(tool: &'static str, cmd: &mut Command) -> Result<(), BlobsError> {
     if !out.status.success() {
         return Err(BlobsError::Tool {
             tool,
-            message: String::from_utf8_lossy(&out.stderr).trim().chars().take(2000).collect(),
+            message: String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .chars()
+                .take(2000)
+                .collect(),
         });
     }
     Ok(())
@@ -240,7 +255,11 @@ pub fn module_depends(ko: &[u8]) -> Vec<String> {
         .position(|w| w == key)
         .map(|i| {
             let rest = &ko[i + key.len()..];
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len()).min(4096);
+            let end = rest
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(rest.len())
+                .min(4096);
             String::from_utf8_lossy(&rest[..end])
                 .split(',')
                 .filter(|s| !s.is_empty())
@@ -261,10 +280,14 @@ fn read_module(path: &Path) -> Result<Vec<u8>, BlobsError> {
             .map_err(io_err(path))?;
         Ok(out)
     } else if name.ends_with(".xz") {
-        let out = Command::new("xz").arg("-dc").arg(path).output().map_err(|e| BlobsError::Tool {
-            tool: "xz",
-            message: e.to_string(),
-        })?;
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .map_err(|e| BlobsError::Tool {
+                tool: "xz",
+                message: e.to_string(),
+            })?;
         if !out.status.success() {
             return Err(BlobsError::Tool {
                 tool: "xz",
@@ -299,43 +322,72 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
     let deb = match (&opts.kernel_deb, &opts.kernel_version) {
         (Some(d), _) => d.clone(),
         (None, Some(v)) => {
-            if !v.chars().all(|c| c.is_ascii_alphanumeric() || ".-+~".contains(c)) {
+            if !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-+~".contains(c))
+            {
                 return Err(BlobsError::Package(format!("bad kernel version {v:?}")));
             }
             let pkg = format!("linux-image-{v}-cloud-amd64-unsigned");
-            run("apt-get download", Command::new("apt-get").arg("download").arg(&pkg).current_dir(work.path()))?;
+            run(
+                "apt-get download",
+                Command::new("apt-get")
+                    .arg("download")
+                    .arg(&pkg)
+                    .current_dir(work.path()),
+            )?;
             let mut found = Vec::new();
             find_files(work.path(), &mut found, 0).map_err(io_err(work.path()))?;
             found
                 .into_iter()
                 .find(|p| p.extension().is_some_and(|x| x == "deb"))
-                .ok_or_else(|| BlobsError::Package(format!("apt-get download {pkg} produced no .deb")))?
+                .ok_or_else(|| {
+                    BlobsError::Package(format!("apt-get download {pkg} produced no .deb"))
+                })?
         }
-        (None, None) => return Err(BlobsError::Package("give a kernel .deb or a kernel version".into())),
+        (None, None) => {
+            return Err(BlobsError::Package(
+                "give a kernel .deb or a kernel version".into(),
+            ))
+        }
     };
     let root = work.path().join("root");
-    run("dpkg -x", Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    run(
+        "dpkg -x",
+        Command::new("dpkg").arg("-x").arg(&deb).arg(&root),
+    )?;
     let mut files = Vec::new();
     find_files(&root, &mut files, 0).map_err(io_err(&root))?;
     let vmlinuz = files
         .iter()
         .find(|p| {
             p.parent().is_some_and(|d| d.ends_with("boot"))
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
         .ok_or_else(|| BlobsError::Package("no boot/vmlinuz-* in the package".into()))?;
     let kernel_version = vmlinuz
         .file_name()
-        .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_owned())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_owned()
+        })
         .unwrap_or_default();
     // Index the modules by their base name (without .ko[.xz|.zst]).
     let module_name = |p: &Path| -> Option<String> {
         let n = p.file_name()?.to_string_lossy().into_owned();
-        let stem = n.strip_suffix(".xz").or_else(|| n.strip_suffix(".zst")).unwrap_or(&n).to_owned();
+        let stem = n
+            .strip_suffix(".xz")
+            .or_else(|| n.strip_suffix(".zst"))
+            .unwrap_or(&n)
+            .to_owned();
         stem.strip_suffix(".ko").map(|s| s.replace('-', "_"))
     };
-    let by_name: std::collections::HashMap<String, &PathBuf> =
-        files.iter().filter_map(|p| module_name(p).map(|n| (n, p))).collect();
+    let by_name: std::collections::HashMap<String, &PathBuf> = files
+        .iter()
+        .filter_map(|p| module_name(p).map(|n| (n, p)))
+        .collect();
     let mut order: Vec<String> = Vec::new();
     let mut contents: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
     fn visit(
@@ -362,7 +414,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
         Ok(())
     }
     for m in VSOCK_MODULES {
-        visit(m.trim_end_matches(".ko"), &by_name, &mut order, &mut contents, 0)?;
+        visit(
+            m.trim_end_matches(".ko"),
+            &by_name,
+            &mut order,
+            &mut contents,
+            0,
+        )?;
     }
 
     let out = &opts.output;
@@ -410,7 +468,10 @@ mod tests {
         assert!(b.is_aws_layout());
         assert!(b.modules.is_empty());
         fs::remove_file(d.path().join("init")).unwrap();
-        assert!(matches!(Blobs::load(d.path()), Err(BlobsError::Missing { what: "init", .. })));
+        assert!(matches!(
+            Blobs::load(d.path()),
+            Err(BlobsError::Missing { what: "init", .. })
+        ));
     }
 
     #[test]

@@ -322,13 +322,19 @@ struct Resolved {
     _download: Option<tempfile::NamedTempFile>,
 }
 
-fn resolve(input: &ImageInput, temp: &Path, limits: &Limits) -> Result<Option<Resolved>, BuildError> {
+fn resolve(
+    input: &ImageInput,
+    temp: &Path,
+    limits: &Limits,
+) -> Result<Option<Resolved>, BuildError> {
     Ok(Some(match input {
         ImageInput::OciLayout { dir, tag } => {
             let store: Box<dyn BlobStore> = Box::new(DirStore(dir.clone()));
             let manifest = source::oci_manifest(store.as_ref(), tag.as_deref())?;
             let default_name = manifest.repo_tags.first().cloned().unwrap_or_else(|| {
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into())
             });
             Resolved {
                 manifest,
@@ -341,7 +347,9 @@ fn resolve(input: &ImageInput, temp: &Path, limits: &Limits) -> Result<Option<Re
             let store: Box<dyn BlobStore> = Box::new(TarStore::open(file)?);
             let manifest = source::docker_archive_manifest(store.as_ref(), tag.as_deref())?;
             let default_name = manifest.repo_tags.first().cloned().unwrap_or_else(|| {
-                file.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+                file.file_stem()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into())
             });
             Resolved {
                 manifest,
@@ -475,7 +483,9 @@ pub fn write_customer_ramdisk<W: Write>(
                 w.symlink_owned(&name, target, node.meta.mode, node.meta.uid, node.meta.gid)?
             }
             NodeKind::File(id) => {
-                let Some(inode) = tree.inode(*id) else { continue };
+                let Some(inode) = tree.inode(*id) else {
+                    continue;
+                };
                 let names: Vec<Vec<u8>> = match groups.get(id) {
                     // Emit the whole group at its last name, so every parent exists already.
                     Some(g) if g.last() != Some(&key) => continue,
@@ -485,15 +495,27 @@ pub fn write_customer_ramdisk<W: Write>(
                 let m = inode.meta;
                 let len = inode.content.len();
                 match &inode.content {
-                    Content::Spill { offset, len } => {
-                        w.hardlinks(&names, m.mode, m.uid, m.gid, *len, tree.spill_reader(*offset, *len))?
-                    }
+                    Content::Spill { offset, len } => w.hardlinks(
+                        &names,
+                        m.mode,
+                        m.uid,
+                        m.gid,
+                        *len,
+                        tree.spill_reader(*offset, *len),
+                    )?,
                     Content::Host { path, len } => {
                         let f = File::open(path).map_err(|source| WriteError::Source {
                             path: path.display().to_string(),
                             source,
                         })?;
-                        w.hardlinks(&names, m.mode, m.uid, m.gid, *len, io::BufReader::with_capacity(1 << 20, f))?
+                        w.hardlinks(
+                            &names,
+                            m.mode,
+                            m.uid,
+                            m.gid,
+                            *len,
+                            io::BufReader::with_capacity(1 << 20, f),
+                        )?
                     }
                 }
                 bar.inc(len);
@@ -505,13 +527,20 @@ pub fn write_customer_ramdisk<W: Write>(
 
 /// Writes the bootstrap ramdisk: `dev/`, `init`, `nsm.ko` (AWS blobs) and
 /// `lib/modules/<name>.ko` plus `lib/modules/load_order` (VM blobs), in byte order.
-pub fn write_bootstrap_ramdisk<W: Write>(blobs: &Blobs, mtime: u32, out: W) -> Result<W, BuildError> {
+pub fn write_bootstrap_ramdisk<W: Write>(
+    blobs: &Blobs,
+    mtime: u32,
+    out: W,
+) -> Result<W, BuildError> {
     enum Item<'a> {
         Dir,
         File(&'a Path),
         Bytes(Vec<u8>),
     }
-    let mut items: Vec<(String, Item)> = vec![("dev".into(), Item::Dir), ("init".into(), Item::File(&blobs.init))];
+    let mut items: Vec<(String, Item)> = vec![
+        ("dev".into(), Item::Dir),
+        ("init".into(), Item::File(&blobs.init)),
+    ];
     if let Some(nsm) = &blobs.nsm_ko {
         items.push(("nsm.ko".into(), Item::File(nsm)));
     }
@@ -520,12 +549,18 @@ pub fn write_bootstrap_ramdisk<W: Write>(blobs: &Blobs, mtime: u32, out: W) -> R
         items.push(("lib/modules".into(), Item::Dir));
         let mut order = String::new();
         for m in &blobs.modules {
-            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = m
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             order.push_str(&name);
             order.push('\n');
             items.push((format!("lib/modules/{name}"), Item::File(m)));
         }
-        items.push(("lib/modules/load_order".into(), Item::Bytes(order.into_bytes())));
+        items.push((
+            "lib/modules/load_order".into(),
+            Item::Bytes(order.into_bytes()),
+        ));
     }
     items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let ramdisk = |source| BuildError::Ramdisk {
@@ -540,9 +575,12 @@ pub fn write_bootstrap_ramdisk<W: Write>(blobs: &Blobs, mtime: u32, out: W) -> R
             Item::File(p) => {
                 let f = File::open(p).map_err(io_err(p))?;
                 let len = f.metadata().map_err(io_err(p))?.len();
-                w.file(&name, 0o755, 0, 0, len, io::BufReader::new(f)).map_err(ramdisk)?;
+                w.file(&name, 0o755, 0, 0, len, io::BufReader::new(f))
+                    .map_err(ramdisk)?;
             }
-            Item::Bytes(b) => w.file(&name, 0o644, 0, 0, b.len() as u64, &b[..]).map_err(ramdisk)?,
+            Item::Bytes(b) => w
+                .file(&name, 0o644, 0, 0, b.len() as u64, &b[..])
+                .map_err(ramdisk)?,
         }
     }
     w.finish().map_err(ramdisk)
@@ -673,11 +711,19 @@ pub fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
         (None, Some(c)) if c.len() <= 64 && c.is_ascii() => c,
         _ => rfc3339(0),
     };
-    let image_name = req.image_name.clone().unwrap_or_else(|| match default_name.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => n.to_owned(),
-        _ => default_name.clone(),
-    });
-    let mut metadata = Metadata::new(image_name, "cloister", env!("CARGO_PKG_VERSION"), build_time);
+    let image_name =
+        req.image_name
+            .clone()
+            .unwrap_or_else(|| match default_name.rsplit_once(':') {
+                Some((n, t)) if !t.contains('/') => n.to_owned(),
+                _ => default_name.clone(),
+            });
+    let mut metadata = Metadata::new(
+        image_name,
+        "cloister",
+        env!("CARGO_PKG_VERSION"),
+        build_time,
+    );
     metadata.image_version = req.image_version.clone().unwrap_or(version);
     metadata.docker_info = docker_info;
     metadata.custom_metadata = req.custom_metadata.clone();
@@ -699,7 +745,11 @@ pub fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
 }
 
 /// Phase 3: writes (and measures) the EIF. The one place an image file is produced.
-pub fn write_eif(prepared: &Prepared, output: &Path, signer: Option<EifSigner>) -> Result<Measurements, BuildError> {
+pub fn write_eif(
+    prepared: &Prepared,
+    output: &Path,
+    signer: Option<EifSigner>,
+) -> Result<Measurements, BuildError> {
     let mut b = EifBuilder::new()
         .kernel_path(&prepared.kernel)
         .cmdline(prepared.cmdline.clone())

@@ -25,7 +25,9 @@ pub const MAX_CMD_ENV_SIZE: usize = 256 << 10;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// Neither a command nor an entrypoint.
-    #[error("the image has no command: it sets neither Cmd nor Entrypoint (give --cmd or --entrypoint)")]
+    #[error(
+        "the image has no command: it sets neither Cmd nor Entrypoint (give --cmd or --entrypoint)"
+    )]
     NoCommand,
     /// An argument or variable has a newline, which the one-per-line files cannot carry.
     #[error("{what} {value:?} contains a newline, which the enclave's {what} file cannot carry")]
@@ -128,7 +130,10 @@ impl CommandEnv {
         overrides: &CommandOverrides,
         style: CommandStyle,
     ) -> Result<Self, ConfigError> {
-        let entrypoint = overrides.entrypoint.clone().or_else(|| config.entrypoint.clone());
+        let entrypoint = overrides
+            .entrypoint
+            .clone()
+            .or_else(|| config.entrypoint.clone());
         // An explicit entrypoint override clears the image's Cmd, as `docker run --entrypoint`.
         let cmd = match (&overrides.cmd, &overrides.entrypoint) {
             (Some(c), _) => Some(c.clone()),
@@ -139,7 +144,10 @@ impl CommandEnv {
         if !overrides.env.is_empty() {
             let mut merged = env.take().unwrap_or_default();
             for e in &overrides.env {
-                let key = e.split_once('=').ok_or_else(|| ConfigError::BadEnv(e.clone()))?.0;
+                let key = e
+                    .split_once('=')
+                    .ok_or_else(|| ConfigError::BadEnv(e.clone()))?
+                    .0;
                 merged.retain(|old| old.split_once('=').map(|(k, _)| k) != Some(key));
                 merged.push(e.clone());
             }
@@ -216,7 +224,11 @@ mod tests {
         Some(items.iter().map(|s| s.to_string()).collect())
     }
 
-    fn cfg(ep: Option<Vec<String>>, cmd: Option<Vec<String>>, env: Option<Vec<String>>) -> ContainerConfig {
+    fn cfg(
+        ep: Option<Vec<String>>,
+        cmd: Option<Vec<String>>,
+        env: Option<Vec<String>>,
+    ) -> ContainerConfig {
         ContainerConfig {
             entrypoint: ep,
             cmd,
@@ -236,7 +248,10 @@ mod tests {
         assert_eq!(r.env_file(), b"PATH=/bin\n");
         // No Env: Entrypoint.
         let c = cfg(v(&["/ep", "x"]), v(&["/cmd"]), None);
-        assert_eq!(CommandEnv::derive(&c, &none, st).unwrap().argv, ["/ep", "x"]);
+        assert_eq!(
+            CommandEnv::derive(&c, &none, st).unwrap().argv,
+            ["/ep", "x"]
+        );
         // Nothing: refused.
         assert_eq!(
             CommandEnv::derive(&cfg(None, None, v(&["A=1"])), &none, st),

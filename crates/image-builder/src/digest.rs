@@ -128,7 +128,10 @@ impl<R: Read> Read for Metered<R> {
         let mut st = self.state.borrow_mut();
         st.bytes += n as u64;
         if st.bytes > self.max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, OverLimit(self.max)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                OverLimit(self.max),
+            ));
         }
         if let Some(h) = st.hasher.as_mut() {
             h.update(&buf[..n]);
@@ -154,8 +157,14 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Sha256Digest::parse(&s), Ok(d));
-        assert!(matches!(Sha256Digest::parse("sha256:00"), Err(DigestError::Malformed(_))));
-        assert!(matches!(Sha256Digest::parse("nocolon"), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            Sha256Digest::parse("sha256:00"),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            Sha256Digest::parse("nocolon"),
+            Err(DigestError::Malformed(_))
+        ));
         assert!(matches!(
             Sha256Digest::parse("sha512:00"),
             Err(DigestError::Unsupported(_))

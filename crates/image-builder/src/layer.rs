@@ -78,7 +78,9 @@ pub enum LayerError {
         max: u64,
     },
     /// The layer decompresses far more than its size suggests.
-    #[error("layer {layer}: decompresses more than {max_ratio} times its size (decompression bomb?)")]
+    #[error(
+        "layer {layer}: decompresses more than {max_ratio} times its size (decompression bomb?)"
+    )]
     Bomb {
         /// Layer name.
         layer: String,
@@ -86,7 +88,9 @@ pub enum LayerError {
         max_ratio: u64,
     },
     /// The compression is not one of gzip, zstd, none.
-    #[error("layer {layer}: compressed with {format}, which is not supported (gzip, zstd or none)")]
+    #[error(
+        "layer {layer}: compressed with {format}, which is not supported (gzip, zstd or none)"
+    )]
     UnsupportedCompression {
         /// Layer name.
         layer: String,
@@ -399,8 +403,18 @@ fn apply_entry<R: Read>(
     let header = entry.header();
     let kind = header.entry_type();
     let mode = header.mode().map_err(|e| bad(format!("bad mode: {e}")))? & 0o7777;
-    let mut uid = header.uid().map_err(|e| bad(format!("bad uid: {e}")))?;
-    let mut gid = header.gid().map_err(|e| bad(format!("bad gid: {e}")))?;
+    // An empty numeric field (all NULs or spaces) means 0, as GNU tar reads it.
+    let blank = |f: &[u8]| f.iter().all(|&b| b == 0 || b == b' ');
+    let mut uid = match header.uid() {
+        Ok(u) => u,
+        Err(_) if blank(&header.as_old().uid) => 0,
+        Err(e) => return Err(bad(format!("bad uid: {e}"))),
+    };
+    let mut gid = match header.gid() {
+        Ok(g) => g,
+        Err(_) if blank(&header.as_old().gid) => 0,
+        Err(e) => return Err(bad(format!("bad gid: {e}"))),
+    };
     let link = header.link_name_bytes().map(|l| l.into_owned());
     let sparse_size = header.as_gnu().and_then(|g| g.real_size().ok());
     if let Some(u) = pax_id(entry, "uid") {
@@ -454,7 +468,8 @@ fn apply_entry<R: Read>(
             if target.is_empty() {
                 return Err(bad("symlink with an empty target".into()));
             }
-            tree.add_symlink(&path, &target, meta, index).map_err(tree_err)?;
+            tree.add_symlink(&path, &target, meta, index)
+                .map_err(tree_err)?;
         }
         tar::EntryType::Link => {
             let target = link.ok_or_else(|| bad("hard link without a target".into()))?;

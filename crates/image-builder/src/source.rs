@@ -161,7 +161,10 @@ impl BlobStore for DirStore {
         let f = File::open(&full).map_err(io_err(full.display().to_string()))?;
         let meta = f.metadata().map_err(io_err(full.display().to_string()))?;
         if !meta.is_file() {
-            return Err(SourceError::Invalid(format!("{} is not a file", full.display())));
+            return Err(SourceError::Invalid(format!(
+                "{} is not a file",
+                full.display()
+            )));
         }
         Ok((Box::new(f), meta.len()))
     }
@@ -185,7 +188,9 @@ impl TarStore {
         let name = path.display().to_string();
         let file = File::open(path).map_err(io_err(name.clone()))?;
         let mut members = HashMap::new();
-        let mut archive = tar::Archive::new(BufReader::new(file.try_clone().map_err(io_err(name.clone()))?));
+        let mut archive = tar::Archive::new(BufReader::new(
+            file.try_clone().map_err(io_err(name.clone()))?,
+        ));
         for entry in archive.entries().map_err(io_err(name.clone()))? {
             let entry = entry.map_err(io_err(name.clone()))?;
             let kind = entry.header().entry_type();
@@ -201,17 +206,28 @@ impl TarStore {
             }
             members.insert(rel, (entry.raw_file_position(), entry.size()));
         }
-        Ok(Self { file, name, members })
+        Ok(Self {
+            file,
+            name,
+            members,
+        })
     }
 }
 
 impl BlobStore for TarStore {
     fn open(&self, path: &str) -> Result<(Box<dyn Read + '_>, u64), SourceError> {
         let rel = safe_relative(path)?;
-        let &(offset, size) = self.members.get(&rel).ok_or(SourceError::Missing(rel.clone()))?;
+        let &(offset, size) = self
+            .members
+            .get(&rel)
+            .ok_or(SourceError::Missing(rel.clone()))?;
         let mut f = self.file.try_clone().map_err(io_err(self.name.clone()))?;
-        f.seek(SeekFrom::Start(offset)).map_err(io_err(self.name.clone()))?;
-        Ok((Box::new(BufReader::with_capacity(1 << 20, f).take(size)), size))
+        f.seek(SeekFrom::Start(offset))
+            .map_err(io_err(self.name.clone()))?;
+        Ok((
+            Box::new(BufReader::with_capacity(1 << 20, f).take(size)),
+            size,
+        ))
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -223,12 +239,18 @@ impl BlobStore for TarStore {
 pub fn read_small(store: &dyn BlobStore, path: &str, what: &str) -> Result<Vec<u8>, SourceError> {
     let (r, size) = store.open(path)?;
     if size > MAX_JSON_SIZE {
-        return Err(SourceError::JsonTooLarge { what: what.to_owned() });
+        return Err(SourceError::JsonTooLarge {
+            what: what.to_owned(),
+        });
     }
     let mut buf = Vec::new();
-    r.take(MAX_JSON_SIZE + 1).read_to_end(&mut buf).map_err(io_err(what.to_owned()))?;
+    r.take(MAX_JSON_SIZE + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(what.to_owned()))?;
     if buf.len() as u64 > MAX_JSON_SIZE {
-        return Err(SourceError::JsonTooLarge { what: what.to_owned() });
+        return Err(SourceError::JsonTooLarge {
+            what: what.to_owned(),
+        });
     }
     Ok(buf)
 }
@@ -329,10 +351,16 @@ fn blob_path(d: &Sha256Digest) -> String {
 }
 
 /// Reads a small blob and checks its digest (and size).
-fn read_blob(store: &dyn BlobStore, desc: &Descriptor, what: &str) -> Result<(Vec<u8>, Sha256Digest), SourceError> {
+fn read_blob(
+    store: &dyn BlobStore,
+    desc: &Descriptor,
+    what: &str,
+) -> Result<(Vec<u8>, Sha256Digest), SourceError> {
     let digest = parse_digest(&desc.digest, what)?;
     if desc.size > MAX_JSON_SIZE {
-        return Err(SourceError::JsonTooLarge { what: what.to_owned() });
+        return Err(SourceError::JsonTooLarge {
+            what: what.to_owned(),
+        });
     }
     let bytes = read_small(store, &blob_path(&digest), what)?;
     let actual = Sha256Digest::of(&bytes);
@@ -373,16 +401,22 @@ fn tags_of(descs: &[Descriptor]) -> String {
 }
 
 /// Resolves the image in an OCI layout (a directory, or the root of an archive).
-pub fn oci_manifest(store: &dyn BlobStore, tag: Option<&str>) -> Result<ImageManifest, SourceError> {
-    let index: Index = parse_json(&read_small(store, "index.json", "index.json")?, "index.json")?;
+pub fn oci_manifest(
+    store: &dyn BlobStore,
+    tag: Option<&str>,
+) -> Result<ImageManifest, SourceError> {
+    let index: Index = parse_json(
+        &read_small(store, "index.json", "index.json")?,
+        "index.json",
+    )?;
     let chosen = match tag {
         Some(tag) => index
             .manifests
             .iter()
             .find(|d| {
-                d.annotations.get(REF_NAME_ANNOTATION).is_some_and(|r| {
-                    r == tag || r.rsplit_once(':').is_some_and(|(_, t)| t == tag)
-                })
+                d.annotations
+                    .get(REF_NAME_ANNOTATION)
+                    .is_some_and(|r| r == tag || r.rsplit_once(':').is_some_and(|(_, t)| t == tag))
             })
             .ok_or_else(|| SourceError::TagNotFound {
                 tag: tag.to_owned(),
@@ -399,7 +433,12 @@ pub fn oci_manifest(store: &dyn BlobStore, tag: Option<&str>) -> Result<ImageMan
             }
         },
     };
-    let tags: Vec<String> = chosen.annotations.get(REF_NAME_ANNOTATION).cloned().into_iter().collect();
+    let tags: Vec<String> = chosen
+        .annotations
+        .get(REF_NAME_ANNOTATION)
+        .cloned()
+        .into_iter()
+        .collect();
     resolve_manifest(store, chosen, tags, 0)
 }
 
@@ -410,7 +449,9 @@ fn resolve_manifest(
     depth: u32,
 ) -> Result<ImageManifest, SourceError> {
     if depth > MAX_INDEX_DEPTH {
-        return Err(SourceError::Invalid("image indexes nested too deeply".into()));
+        return Err(SourceError::Invalid(
+            "image indexes nested too deeply".into(),
+        ));
     }
     let (bytes, digest) = read_blob(store, desc, "manifest")?;
     let m: Manifest = parse_json(&bytes, "manifest")?;
@@ -424,8 +465,14 @@ fn resolve_manifest(
         let arch = host_arch();
         let pick = list
             .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-            .ok_or_else(|| SourceError::Invalid(format!("the image index has no linux/{arch} image")))?;
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            })
+            .ok_or_else(|| {
+                SourceError::Invalid(format!("the image index has no linux/{arch} image"))
+            })?;
         return resolve_manifest(store, pick, repo_tags, depth + 1);
     }
     let config_desc = m
@@ -466,7 +513,12 @@ fn diff_ids(config: &ImageConfig) -> Result<Vec<Sha256Digest>, SourceError> {
     config
         .rootfs
         .as_ref()
-        .map(|r| r.diff_ids.iter().map(|d| parse_digest(d, "diff_id")).collect())
+        .map(|r| {
+            r.diff_ids
+                .iter()
+                .map(|d| parse_digest(d, "diff_id"))
+                .collect()
+        })
         .unwrap_or(Ok(Vec::new()))
 }
 
@@ -494,27 +546,41 @@ fn digest_in_name(path: &str) -> Option<Sha256Digest> {
 
 /// Resolves the image in a `docker save` archive (old layout with `manifest.json`, or the
 /// OCI-style layout docker 25+ writes, or a plain OCI archive with only `index.json`).
-pub fn docker_archive_manifest(store: &dyn BlobStore, tag: Option<&str>) -> Result<ImageManifest, SourceError> {
+pub fn docker_archive_manifest(
+    store: &dyn BlobStore,
+    tag: Option<&str>,
+) -> Result<ImageManifest, SourceError> {
     if !store.exists("manifest.json") {
         if store.exists("index.json") {
             return oci_manifest(store, tag);
         }
         return Err(SourceError::Invalid(
-            "the archive has neither manifest.json nor index.json: not a docker save archive".into(),
+            "the archive has neither manifest.json nor index.json: not a docker save archive"
+                .into(),
         ));
     }
-    let entries: Vec<DockerManifestEntry> =
-        parse_json(&read_small(store, "manifest.json", "manifest.json")?, "manifest.json")?;
+    let entries: Vec<DockerManifestEntry> = parse_json(
+        &read_small(store, "manifest.json", "manifest.json")?,
+        "manifest.json",
+    )?;
     let all_tags = || {
-        let t: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
-        if t.is_empty() { "none tagged".to_string() } else { t.join(", ") }
+        let t: Vec<String> = entries
+            .iter()
+            .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
+            .collect();
+        if t.is_empty() {
+            "none tagged".to_string()
+        } else {
+            t.join(", ")
+        }
     };
     let entry = match tag {
         Some(tag) => entries
             .iter()
             .find(|e| {
                 e.repo_tags.as_ref().is_some_and(|ts| {
-                    ts.iter().any(|t| t == tag || t.rsplit_once(':').is_some_and(|(_, x)| x == tag))
+                    ts.iter()
+                        .any(|t| t == tag || t.rsplit_once(':').is_some_and(|(_, x)| x == tag))
                 })
             })
             .ok_or_else(|| SourceError::TagNotFound {
@@ -555,7 +621,11 @@ pub fn docker_archive_manifest(store: &dyn BlobStore, tag: Option<&str>) -> Resu
     let mut layers = Vec::new();
     for (i, p) in entry.layers.iter().enumerate() {
         let path = safe_relative(p)?;
-        let digest = if path.starts_with("blobs/sha256/") { digest_in_name(&path) } else { None };
+        let digest = if path.starts_with("blobs/sha256/") {
+            digest_in_name(&path)
+        } else {
+            None
+        };
         layers.push(LayerRef {
             path,
             media_type: None,
@@ -588,7 +658,9 @@ pub fn split_tag(spec: &str) -> (PathBuf, Option<String>) {
 /// Percent-encodes an image reference for the engine's URL path.
 fn encode_ref(name: &str) -> Result<String, SourceError> {
     if name.is_empty() || name.len() > 512 {
-        return Err(SourceError::Invalid("empty or overlong image reference".into()));
+        return Err(SourceError::Invalid(
+            "empty or overlong image reference".into(),
+        ));
     }
     let mut out = String::new();
     for b in name.bytes() {
@@ -612,26 +684,38 @@ pub fn docker_socket_from_env() -> PathBuf {
 
 /// Downloads `docker save <image>` from the engine at `socket` (`GET /images/<name>/get`) into
 /// `out`, at most `max_bytes`. Returns the number of bytes written.
-pub fn docker_engine_save(socket: &Path, image: &str, out: &mut dyn Write, max_bytes: u64) -> Result<u64, SourceError> {
+pub fn docker_engine_save(
+    socket: &Path,
+    image: &str,
+    out: &mut dyn Write,
+    max_bytes: u64,
+) -> Result<u64, SourceError> {
     let sock_name = socket.display().to_string();
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| SourceError::NoEngine {
-        socket: sock_name.clone(),
-        reason: e.to_string(),
-    })?;
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| SourceError::NoEngine {
+            socket: sock_name.clone(),
+            reason: e.to_string(),
+        })?;
     let request = format!(
         "GET /images/{}/get HTTP/1.1\r\nHost: docker\r\nUser-Agent: cloister\r\nConnection: close\r\n\r\n",
         encode_ref(image)?
     );
-    stream.write_all(request.as_bytes()).map_err(io_err(sock_name.clone()))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(io_err(sock_name.clone()))?;
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader)?;
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
     let length = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.trim().parse::<u64>().map_err(|_| SourceError::Http("bad Content-Length".into())))
+        .map(|(_, v)| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| SourceError::Http("bad Content-Length".into()))
+        })
         .transpose()?;
     if status != 200 {
         let mut body = Vec::new();
@@ -655,11 +739,15 @@ pub fn docker_engine_save(socket: &Path, image: &str, out: &mut dyn Write, max_b
     let mut limited = body.take(max_bytes + 1);
     let n = io::copy(&mut limited, out).map_err(io_err("the Docker engine's response"))?;
     if n > max_bytes {
-        return Err(SourceError::Invalid(format!("the image archive is larger than {max_bytes} bytes")));
+        return Err(SourceError::Invalid(format!(
+            "the image archive is larger than {max_bytes} bytes"
+        )));
     }
     if let Some(expected) = length {
         if n != expected {
-            return Err(SourceError::Http(format!("body ended after {n} of {expected} bytes")));
+            return Err(SourceError::Http(format!(
+                "body ended after {n} of {expected} bytes"
+            )));
         }
     }
     Ok(n)
@@ -676,7 +764,9 @@ fn read_line(r: &mut dyn BufRead, budget: &mut usize) -> Result<String, SourceEr
     }
     *budget -= n;
     if !line.ends_with(b"\n") {
-        return Err(SourceError::Http("connection closed in the response head".into()));
+        return Err(SourceError::Http(
+            "connection closed in the response head".into(),
+        ));
     }
     while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         line.pop();
@@ -692,7 +782,10 @@ fn read_head(r: &mut dyn BufRead) -> Result<(u16, Headers), SourceError> {
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(SourceError::Http(format!("bad status line {:?}", status_line.chars().take(80).collect::<String>())));
+        return Err(SourceError::Http(format!(
+            "bad status line {:?}",
+            status_line.chars().take(80).collect::<String>()
+        )));
     }
     let status = parts
         .next()
@@ -740,14 +833,16 @@ impl Read for Chunked<'_> {
         }
         if self.left == 0 {
             let mut budget = 1024usize;
-            let line = read_line(self.inner, &mut budget).map_err(|_| invalid("bad chunk header"))?;
+            let line =
+                read_line(self.inner, &mut budget).map_err(|_| invalid("bad chunk header"))?;
             let size_part = line.split(';').next().unwrap_or_default().trim();
             let size = u64::from_str_radix(size_part, 16).map_err(|_| invalid("bad chunk size"))?;
             if size == 0 {
                 // Trailers, then the final empty line.
                 let mut budget = MAX_HTTP_HEAD;
                 loop {
-                    let l = read_line(self.inner, &mut budget).map_err(|_| invalid("bad chunk trailer"))?;
+                    let l = read_line(self.inner, &mut budget)
+                        .map_err(|_| invalid("bad chunk trailer"))?;
                     if l.is_empty() {
                         break;
                     }
@@ -760,7 +855,10 @@ impl Read for Chunked<'_> {
         let want = self.left.min(buf.len() as u64) as usize;
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body truncated"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "chunked body truncated",
+            ));
         }
         self.left -= n as u64;
         if self.left == 0 {
@@ -790,7 +888,10 @@ mod tests {
     #[test]
     fn tags_split() {
         let (p, t) = split_tag("/nonexistent/dir:v1");
-        assert_eq!((p.to_str().unwrap(), t.as_deref()), ("/nonexistent/dir", Some("v1")));
+        assert_eq!(
+            (p.to_str().unwrap(), t.as_deref()),
+            ("/nonexistent/dir", Some("v1"))
+        );
         let (p, t) = split_tag("/nonexistent/a:b/c");
         assert_eq!((p.to_str().unwrap(), t), ("/nonexistent/a:b/c", None));
     }
@@ -813,7 +914,10 @@ mod tests {
         let (s, h) = read_head(&mut r).unwrap();
         assert_eq!(s, 404);
         assert_eq!(h[0].1, "2");
-        let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HTTP_HEAD));
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HTTP_HEAD)
+        );
         let mut r = huge.as_bytes();
         assert!(matches!(read_head(&mut r), Err(SourceError::Http(_))));
         let mut r = &b"SSH-2.0\r\n"[..];

@@ -653,11 +653,18 @@ impl Tree {
     }
 
     /// Adds another name for the regular file (or symlink) at `target`.
-    pub fn add_hardlink(&mut self, path: &[u8], target: &[u8], layer: u32) -> Result<(), TreeError> {
-        let target_key = self.locate(target)?.ok_or_else(|| TreeError::LinkToDirectory {
-            path: show(path),
-            target: "/".into(),
-        })?;
+    pub fn add_hardlink(
+        &mut self,
+        path: &[u8],
+        target: &[u8],
+        layer: u32,
+    ) -> Result<(), TreeError> {
+        let target_key = self
+            .locate(target)?
+            .ok_or_else(|| TreeError::LinkToDirectory {
+                path: show(path),
+                target: "/".into(),
+            })?;
         let Some(node) = self.nodes.get(&target_key).cloned() else {
             return Err(TreeError::LinkTargetMissing {
                 path: show(path),
@@ -680,7 +687,11 @@ impl Tree {
     /// Adds a hard link to an inode created by [`Tree::add_host_file`].
     pub fn add_host_hardlink(&mut self, path: &[u8], id: InodeId) -> Result<(), TreeError> {
         let key = self.locate(path)?.ok_or(TreeError::RootReplaced)?;
-        let meta = self.inodes.get(id).map(|i| i.meta).unwrap_or(Meta::root(0o644));
+        let meta = self
+            .inodes
+            .get(id)
+            .map(|i| i.meta)
+            .unwrap_or(Meta::root(0o644));
         self.put(
             key,
             Node {
@@ -818,17 +829,24 @@ mod tests {
     fn symlinks_in_parents_are_followed_inside_and_refused_outside() {
         let mut t = tree();
         t.add_dir(b"usr/lib", Meta::root(0o755), 0).unwrap();
-        t.add_symlink(b"lib", b"usr/lib", Meta::root(0o777), 0).unwrap();
-        t.add_symlink(b"abs", b"/usr", Meta::root(0o777), 0).unwrap();
+        t.add_symlink(b"lib", b"usr/lib", Meta::root(0o777), 0)
+            .unwrap();
+        t.add_symlink(b"abs", b"/usr", Meta::root(0o777), 0)
+            .unwrap();
         file(&mut t, "lib/x", b"1", 1).unwrap();
         file(&mut t, "abs/y", b"2", 1).unwrap();
         assert_eq!(content(&mut t, "usr/lib/x"), b"1");
         assert_eq!(content(&mut t, "usr/y"), b"2");
-        t.add_symlink(b"out", b"../../../etc", Meta::root(0o777), 0).unwrap();
+        t.add_symlink(b"out", b"../../../etc", Meta::root(0o777), 0)
+            .unwrap();
         let e = file(&mut t, "out/passwd", b"pwn", 1).unwrap_err();
         assert!(matches!(e, TreeError::Escape { .. }), "{e}");
-        t.add_symlink(b"loop", b"loop", Meta::root(0o777), 0).unwrap();
-        assert!(matches!(file(&mut t, "loop/x", b"", 1), Err(TreeError::SymlinkLoop { .. })));
+        t.add_symlink(b"loop", b"loop", Meta::root(0o777), 0)
+            .unwrap();
+        assert!(matches!(
+            file(&mut t, "loop/x", b"", 1),
+            Err(TreeError::SymlinkLoop { .. })
+        ));
         // Replacing a symlink itself does not follow it.
         file(&mut t, "out", b"plain", 1).unwrap();
         assert_eq!(content(&mut t, "out"), b"plain");
@@ -838,7 +856,10 @@ mod tests {
     fn file_as_parent_is_an_error() {
         let mut t = tree();
         file(&mut t, "f", b"", 0).unwrap();
-        assert!(matches!(file(&mut t, "f/x", b"", 0), Err(TreeError::NotADirectory { .. })));
+        assert!(matches!(
+            file(&mut t, "f/x", b"", 0),
+            Err(TreeError::NotADirectory { .. })
+        ));
     }
 
     #[test]
@@ -863,7 +884,16 @@ mod tests {
     fn replacing_dir_with_file_drops_children_and_dir_over_dir_keeps_them() {
         let mut t = tree();
         file(&mut t, "d/a", b"", 0).unwrap();
-        t.add_dir(b"d", Meta { mode: 0o700, uid: 5, gid: 6 }, 1).unwrap();
+        t.add_dir(
+            b"d",
+            Meta {
+                mode: 0o700,
+                uid: 5,
+                gid: 6,
+            },
+            1,
+        )
+        .unwrap();
         assert!(t.get(b"d/a").is_some());
         assert_eq!(t.get(b"d").unwrap().meta.uid, 5);
         file(&mut t, "d", b"now a file", 2).unwrap();
@@ -879,10 +909,19 @@ mod tests {
         t.add_hardlink(b"/c", b"/a", 0).unwrap();
         let groups = t.link_groups();
         assert_eq!(groups.len(), 1);
-        assert_eq!(groups.values().next().unwrap(), &vec![&b"a"[..], b"b", b"c"]);
-        assert!(matches!(t.add_hardlink(b"x", b"nope", 0), Err(TreeError::LinkTargetMissing { .. })));
+        assert_eq!(
+            groups.values().next().unwrap(),
+            &vec![&b"a"[..], b"b", b"c"]
+        );
+        assert!(matches!(
+            t.add_hardlink(b"x", b"nope", 0),
+            Err(TreeError::LinkTargetMissing { .. })
+        ));
         t.add_dir(b"dir", Meta::root(0o755), 0).unwrap();
-        assert!(matches!(t.add_hardlink(b"x", b"dir", 0), Err(TreeError::LinkToDirectory { .. })));
+        assert!(matches!(
+            t.add_hardlink(b"x", b"dir", 0),
+            Err(TreeError::LinkToDirectory { .. })
+        ));
     }
 
     #[test]
@@ -894,12 +933,21 @@ mod tests {
             max_content_bytes: 8,
         };
         let mut t = Tree::new(&std::env::temp_dir(), limits).unwrap();
-        assert!(matches!(file(&mut t, "0123456789a", b"", 0), Err(TreeError::PathTooLong { .. })));
-        assert!(matches!(file(&mut t, "big", b"123456789", 0), Err(TreeError::ContentTooLarge { .. })));
+        assert!(matches!(
+            file(&mut t, "0123456789a", b"", 0),
+            Err(TreeError::PathTooLong { .. })
+        ));
+        assert!(matches!(
+            file(&mut t, "big", b"123456789", 0),
+            Err(TreeError::ContentTooLarge { .. })
+        ));
         file(&mut t, "a", b"", 0).unwrap();
         file(&mut t, "b", b"", 0).unwrap();
         file(&mut t, "c", b"", 0).unwrap();
-        assert!(matches!(file(&mut t, "d", b"", 0), Err(TreeError::TooManyEntries { max: 3 })));
+        assert!(matches!(
+            file(&mut t, "d", b"", 0),
+            Err(TreeError::TooManyEntries { max: 3 })
+        ));
     }
 
     #[test]

@@ -32,7 +32,12 @@ fn serve_once(listener: UnixListener, archive: Vec<u8>) -> std::thread::JoinHand
             s.write_all(b"0\r\n\r\n").unwrap();
         } else {
             let body = br#"{"message":"reference does not exist"}"#;
-            write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+            write!(
+                s,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
             s.write_all(body).unwrap();
         }
         request_line
@@ -52,12 +57,18 @@ fn builds_from_a_fake_engine_and_reports_its_errors() {
 
     let server = serve_once(UnixListener::bind(&socket).unwrap(), archive.clone());
     let p = prepare(&BuildRequest::new(
-        ImageInput::DockerEngine { image: "app:1.0".into(), socket: socket.clone() },
+        ImageInput::DockerEngine {
+            image: "app:1.0".into(),
+            socket: socket.clone(),
+        },
         blobs.clone(),
         t.path().join("o.eif"),
     ))
     .unwrap();
-    assert!(server.join().unwrap().starts_with("GET /images/app:1.0/get HTTP/1.1"));
+    assert!(server
+        .join()
+        .unwrap()
+        .starts_with("GET /images/app:1.0/get HTTP/1.1"));
     assert_eq!(p.metadata.image_name, "app");
     let c = read_cpio(p.customer.path());
     assert!(c.iter().any(|e| e.0 == "rootfs/hello" && e.6 == b"hi"));
@@ -65,20 +76,32 @@ fn builds_from_a_fake_engine_and_reports_its_errors() {
     std::fs::remove_file(&socket).unwrap();
     let server = serve_once(UnixListener::bind(&socket).unwrap(), archive);
     let e = prepare(&BuildRequest::new(
-        ImageInput::DockerEngine { image: "missing".into(), socket: socket.clone() },
+        ImageInput::DockerEngine {
+            image: "missing".into(),
+            socket: socket.clone(),
+        },
         blobs.clone(),
         t.path().join("o.eif"),
     ))
     .unwrap_err();
     server.join().unwrap();
-    assert!(e.to_string().contains("404") && e.to_string().contains("reference does not exist"), "{e}");
+    assert!(
+        e.to_string().contains("404") && e.to_string().contains("reference does not exist"),
+        "{e}"
+    );
 
     // No engine at all (the situation on this machine): a clear error pointing elsewhere.
     let e = prepare(&BuildRequest::new(
-        ImageInput::DockerEngine { image: "app".into(), socket: t.path().join("nothing.sock") },
+        ImageInput::DockerEngine {
+            image: "app".into(),
+            socket: t.path().join("nothing.sock"),
+        },
         blobs,
         t.path().join("o.eif"),
     ))
     .unwrap_err();
-    assert!(e.to_string().contains("no Docker engine") && e.to_string().contains("--docker-archive"), "{e}");
+    assert!(
+        e.to_string().contains("no Docker engine") && e.to_string().contains("--docker-archive"),
+        "{e}"
+    );
 }

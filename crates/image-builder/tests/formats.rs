@@ -3,7 +3,9 @@
 //! directory; the ramdisk layouts (AWS and VM blobs) and the written EIF.
 
 mod common;
-use cloister_image_builder::{build, prepare, write_eif, BuildRequest, CommandOverrides, ImageInput};
+use cloister_image_builder::{
+    build, prepare, write_eif, BuildRequest, CommandOverrides, ImageInput,
+};
 use common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -11,7 +13,10 @@ use std::collections::BTreeMap;
 type Entries = BTreeMap<String, (u32, u32, u32, u32, u32, Vec<u8>)>;
 
 fn entries(path: &std::path::Path) -> Entries {
-    read_cpio(path).into_iter().map(|(n, m, u, g, nl, ino, d)| (n, (m, u, g, nl, ino, d))).collect()
+    read_cpio(path)
+        .into_iter()
+        .map(|(n, m, u, g, nl, ino, d)| (n, (m, u, g, nl, ino, d)))
+        .collect()
 }
 
 fn sample_layers() -> Vec<Layer> {
@@ -55,7 +60,10 @@ fn oci_layout_to_ramdisks_and_eif() {
     oci_layout(&t.path().join("oci"), &layers, &cfg, "v1");
     let blobs = blobs_dir(&t.path().join("blobs"), true);
     let req = BuildRequest::new(
-        ImageInput::OciLayout { dir: t.path().join("oci"), tag: Some("v1".into()) },
+        ImageInput::OciLayout {
+            dir: t.path().join("oci"),
+            tag: Some("v1".into()),
+        },
         blobs,
         t.path().join("out.eif"),
     );
@@ -66,7 +74,10 @@ fn oci_layout_to_ramdisks_and_eif() {
     assert_eq!(c["cmd"].5, b"/bin/app\n--flag\ntwo words\n");
     assert_eq!(c["env"].5, b"PATH=/bin\nA=b=c\n");
     assert_eq!(c["rootfs/bin/app"].0, 0o100_000 | 0o4755, "setuid kept");
-    assert_eq!((c["rootfs/etc/conf"].1, c["rootfs/etc/conf"].2), (1000, 1001));
+    assert_eq!(
+        (c["rootfs/etc/conf"].1, c["rootfs/etc/conf"].2),
+        (1000, 1001)
+    );
     assert_eq!(c["rootfs/etc/conf"].0 & 0o7777, 0o640);
     assert!(!c.contains_key("rootfs/old"), "whiteout applied");
     assert!(!c.contains_key("rootfs/var/cache/a"), "opaque dir applied");
@@ -74,9 +85,16 @@ fn oci_layout_to_ramdisks_and_eif() {
     assert_eq!(c["rootfs/var/cache/new"].5, b"new");
     assert!(!c.contains_key("rootfs/dev/fifo"), "fifo skipped");
     assert_eq!(c["rootfs/lib"].5, b"usr/lib");
-    assert_eq!(c["rootfs/usr/lib/through-link"].5, b"via symlink", "written through an inside symlink");
+    assert_eq!(
+        c["rootfs/usr/lib/through-link"].5, b"via symlink",
+        "written through an inside symlink"
+    );
     // Hard links: one inode, nlink 3, data on the last name in order.
-    let (one, two, three) = (&c["rootfs/data/one"], &c["rootfs/data/two"], &c["rootfs/zz/three"]);
+    let (one, two, three) = (
+        &c["rootfs/data/one"],
+        &c["rootfs/data/two"],
+        &c["rootfs/zz/three"],
+    );
     assert_eq!((one.4, one.3), (two.4, 3));
     assert_eq!(one.4, three.4);
     assert!(one.5.is_empty() && two.5.is_empty());
@@ -86,7 +104,10 @@ fn oci_layout_to_ramdisks_and_eif() {
         assert!(c.contains_key(&format!("rootfs/{d}")), "rootfs/{d} present");
     }
     // Sorted, and directories precede their contents.
-    let order: Vec<String> = read_cpio(p.customer.path()).into_iter().map(|e| e.0).collect();
+    let order: Vec<String> = read_cpio(p.customer.path())
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     let mut sorted = order.clone();
     sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let is_link_group = |n: &str| n == "rootfs/data/one" || n == "rootfs/data/two";
@@ -105,7 +126,10 @@ fn oci_layout_to_ramdisks_and_eif() {
     assert_eq!(p.metadata.image_name, "v1");
     assert_eq!(p.metadata.build_metadata.build_time, "2024-05-01T12:00:00Z");
     assert_eq!(p.metadata.docker_info["Config"]["WorkingDir"], "/data");
-    assert_eq!(p.metadata.docker_info["Id"], format!("sha256:{}", sha256_hex(&cfg)));
+    assert_eq!(
+        p.metadata.docker_info["Id"],
+        format!("sha256:{}", sha256_hex(&cfg))
+    );
     assert_eq!(p.metadata.image_version, sha256_hex(&cfg));
     // The EIF reads back with the same measurements.
     let eif = std::fs::read(&req.output).unwrap();
@@ -125,11 +149,25 @@ fn docker_archives_old_and_oci_style_match_the_oci_layout() {
     let blobs = blobs_dir(&t.path().join("blobs"), false);
     let mut pcrs = Vec::new();
     for input in [
-        ImageInput::OciLayout { dir: t.path().join("oci"), tag: None },
-        ImageInput::DockerArchive { file: t.path().join("old.tar"), tag: Some("1.0".into()) },
-        ImageInput::DockerArchive { file: t.path().join("new.tar"), tag: None },
+        ImageInput::OciLayout {
+            dir: t.path().join("oci"),
+            tag: None,
+        },
+        ImageInput::DockerArchive {
+            file: t.path().join("old.tar"),
+            tag: Some("1.0".into()),
+        },
+        ImageInput::DockerArchive {
+            file: t.path().join("new.tar"),
+            tag: None,
+        },
     ] {
-        let r = build(BuildRequest::new(input, blobs.clone(), t.path().join("x.eif"))).unwrap();
+        let r = build(BuildRequest::new(
+            input,
+            blobs.clone(),
+            t.path().join("x.eif"),
+        ))
+        .unwrap();
         assert_eq!(r.metadata.image_name, "app");
         pcrs.push((r.measurements.pcr0, r.measurements.pcr2));
     }
@@ -137,7 +175,10 @@ fn docker_archives_old_and_oci_style_match_the_oci_layout() {
     assert_eq!(pcrs[1], pcrs[2]);
     // VM blobs: modules in the bootstrap ramdisk.
     let p = prepare(&BuildRequest::new(
-        ImageInput::DockerArchive { file: t.path().join("old.tar"), tag: None },
+        ImageInput::DockerArchive {
+            file: t.path().join("old.tar"),
+            tag: None,
+        },
         blobs,
         t.path().join("y.eif"),
     ))
@@ -145,9 +186,20 @@ fn docker_archives_old_and_oci_style_match_the_oci_layout() {
     let b = entries(p.bootstrap.path());
     assert_eq!(
         b.keys().collect::<Vec<_>>(),
-        ["dev", "init", "lib", "lib/modules", "lib/modules/load_order", "lib/modules/vmw_vsock_virtio_transport.ko", "lib/modules/vsock.ko"]
+        [
+            "dev",
+            "init",
+            "lib",
+            "lib/modules",
+            "lib/modules/load_order",
+            "lib/modules/vmw_vsock_virtio_transport.ko",
+            "lib/modules/vsock.ko"
+        ]
     );
-    assert_eq!(b["lib/modules/load_order"].5, b"vmw_vsock_virtio_transport.ko\nvsock.ko\n");
+    assert_eq!(
+        b["lib/modules/load_order"].5,
+        b"vmw_vsock_virtio_transport.ko\nvsock.ko\n"
+    );
 }
 
 #[test]
@@ -158,7 +210,10 @@ fn tags_select_and_missing_tags_are_clear() {
     oci_layout(&t.path().join("oci"), &layers, &cfg, "good");
     let blobs = blobs_dir(&t.path().join("blobs"), true);
     let e = prepare(&BuildRequest::new(
-        ImageInput::OciLayout { dir: t.path().join("oci"), tag: Some("bad".into()) },
+        ImageInput::OciLayout {
+            dir: t.path().join("oci"),
+            tag: Some("bad".into()),
+        },
         blobs,
         t.path().join("o.eif"),
     ))
@@ -174,12 +229,19 @@ fn rootfs_directory_with_flags() {
     let root = t.path().join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::write(root.join("bin/hello"), b"hello").unwrap();
-    std::fs::set_permissions(root.join("bin/hello"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        root.join("bin/hello"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::hard_link(root.join("bin/hello"), root.join("bin/hi")).unwrap();
     std::os::unix::fs::symlink("hello", root.join("bin/link")).unwrap();
     let blobs = blobs_dir(&t.path().join("blobs"), true);
     let mut req = BuildRequest::new(
-        ImageInput::Rootfs { dir: root.clone(), owner: Some((0, 0)) },
+        ImageInput::Rootfs {
+            dir: root.clone(),
+            owner: Some((0, 0)),
+        },
         blobs,
         t.path().join("o.eif"),
     );

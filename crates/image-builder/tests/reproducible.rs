@@ -23,12 +23,16 @@ fn touch_all(dir: &std::path::Path, t: SystemTime) {
             touch_all(&e.path(), t);
         } else {
             let f = std::fs::File::options().write(true).open(e.path()).unwrap();
-            f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+            f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
+                .unwrap();
         }
     }
 }
 
-fn make_inputs(root: &std::path::Path, mtime: SystemTime) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn make_inputs(
+    root: &std::path::Path,
+    mtime: SystemTime,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let layers = vec![
         gz_layer(&[
             E::Dir("etc/", 0o755),
@@ -36,7 +40,10 @@ fn make_inputs(root: &std::path::Path, mtime: SystemTime) -> (std::path::PathBuf
             E::File("bin/tool", 0o4711, 0, 0, &[9u8; 70_000]),
             E::Symlink("sbin", "bin"),
         ]),
-        zstd_layer(&[E::File("home/u/f", 0o600, 1000, 1000, b"u"), E::Hardlink("home/u/g", "home/u/f")]),
+        zstd_layer(&[
+            E::File("home/u/f", 0o600, 1000, 1000, b"u"),
+            E::Hardlink("home/u/g", "home/u/f"),
+        ]),
     ];
     let cfg = config(&layers, json!({"Cmd": ["/bin/tool"], "Env": ["X=1"]}));
     let oci = root.join("oci");
@@ -48,9 +55,18 @@ fn make_inputs(root: &std::path::Path, mtime: SystemTime) -> (std::path::PathBuf
     std::fs::write(rootfs.join("app/data"), vec![1u8; 5000]).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(rootfs.join("app/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(rootfs.join("app/data"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(rootfs.join("app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            rootfs.join("app/run"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            rootfs.join("app/data"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::set_permissions(rootfs.join("app"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     touch_all(root, mtime);
@@ -92,23 +108,57 @@ fn build_in(work: &std::path::Path, input: ImageInput, blobs: std::path::PathBuf
 #[test]
 fn same_bytes_under_different_conditions() {
     let a = tempfile::tempdir().unwrap();
-    let b = tempfile::Builder::new().prefix("other-place").tempdir().unwrap();
+    let b = tempfile::Builder::new()
+        .prefix("other-place")
+        .tempdir()
+        .unwrap();
 
     // Run 1: umask 022, TZ=UTC, cwd = a, inputs dated 2001.
     set_umask(0o022);
     std::env::set_var("TZ", "UTC");
     std::env::set_current_dir(a.path()).unwrap();
-    let (oci1, blobs1, rootfs1) = make_inputs(&a.path().join("in"), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000));
-    let r1 = build_in(&a.path().join("w"), ImageInput::OciLayout { dir: oci1, tag: None }, blobs1.clone());
-    let f1 = build_in(&a.path().join("w2"), ImageInput::Rootfs { dir: rootfs1, owner: Some((0, 0)) }, blobs1);
+    let (oci1, blobs1, rootfs1) = make_inputs(
+        &a.path().join("in"),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+    );
+    let r1 = build_in(
+        &a.path().join("w"),
+        ImageInput::OciLayout {
+            dir: oci1,
+            tag: None,
+        },
+        blobs1.clone(),
+    );
+    let f1 = build_in(
+        &a.path().join("w2"),
+        ImageInput::Rootfs {
+            dir: rootfs1,
+            owner: Some((0, 0)),
+        },
+        blobs1,
+    );
 
     // Run 2: umask 077, TZ far away, another cwd and temp dir, inputs dated now.
     set_umask(0o077);
     std::env::set_var("TZ", "Pacific/Kiritimati");
     std::env::set_current_dir(b.path()).unwrap();
     let (oci2, blobs2, rootfs2) = make_inputs(&b.path().join("deeper/in"), SystemTime::now());
-    let r2 = build_in(&b.path().join("x/y"), ImageInput::OciLayout { dir: oci2, tag: Some("r".into()) }, blobs2.clone());
-    let f2 = build_in(&b.path().join("z"), ImageInput::Rootfs { dir: rootfs2, owner: Some((0, 0)) }, blobs2);
+    let r2 = build_in(
+        &b.path().join("x/y"),
+        ImageInput::OciLayout {
+            dir: oci2,
+            tag: Some("r".into()),
+        },
+        blobs2.clone(),
+    );
+    let f2 = build_in(
+        &b.path().join("z"),
+        ImageInput::Rootfs {
+            dir: rootfs2,
+            owner: Some((0, 0)),
+        },
+        blobs2,
+    );
     set_umask(0o022);
 
     assert_eq!(r1.bootstrap, r2.bootstrap);

@@ -159,7 +159,7 @@ pub enum Digest {
 
 impl Digest {
     /// Length of one PCR with this digest.
-    pub fn len(self) -> usize {
+    pub fn pcr_len(self) -> usize {
         match self {
             Digest::SHA256 => 32,
             Digest::SHA384 => 48,

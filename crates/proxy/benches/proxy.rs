@@ -163,11 +163,17 @@ async fn main() {
     let direct = bulk(tokio::net::TcpStream::connect(target).await.unwrap()).await;
     let prox = bulk(via_proxy().await).await;
     println!("direct TCP      {direct:9.1} MiB/s");
-    println!("vsock-proxy     {prox:9.1} MiB/s   ratio to direct {:.2}", prox / direct);
+    println!(
+        "vsock-proxy     {prox:9.1} MiB/s   ratio to direct {:.2}",
+        prox / direct
+    );
     let mut socat_tp = None;
     if socat.is_some() {
         let s = bulk(tokio::net::UnixStream::connect(&socat_path).await.unwrap()).await;
-        println!("socat           {s:9.1} MiB/s   ratio to direct {:.2}", s / direct);
+        println!(
+            "socat           {s:9.1} MiB/s   ratio to direct {:.2}",
+            s / direct
+        );
         println!("vsock-proxy / socat throughput: {:.2}", prox / s);
         socat_tp = Some(s);
     }
@@ -178,7 +184,11 @@ async fn main() {
     let mut p = ping(via_proxy().await).await;
     let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
     let (p50, p99) = (pct(&mut p, 0.5), pct(&mut p, 0.99));
-    println!("direct TCP      p50 {:7.1} us  p99 {:7.1} us", us(d50), us(d99));
+    println!(
+        "direct TCP      p50 {:7.1} us  p99 {:7.1} us",
+        us(d50),
+        us(d99)
+    );
     println!(
         "vsock-proxy     p50 {:7.1} us  p99 {:7.1} us  added p50 {:.1} us",
         us(p50),
@@ -229,7 +239,12 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
     .unwrap();
     let (app, admin) = cloister_kms::server::open(&dir.join("kms"), &config).unwrap();
     let (listener, kms) = cloister_kms::server::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(cloister_kms::server::serve(listener, app, None, std::future::pending()));
+    tokio::spawn(cloister_kms::server::serve(
+        listener,
+        app,
+        None,
+        std::future::pending(),
+    ));
 
     let mut cfg = ProxyConfig::new(8001, "127.0.0.1", kms.port(), allow(kms.port()));
     cfg.transport = Some(Transport::Fabric(dir.join("vsock")));
@@ -300,7 +315,9 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
         transport: Some(enclave.clone()),
     });
 
-    println!("== {KMS_CALLS} concurrent attested Decrypt calls (RSA-2048 key generation included) ==");
+    println!(
+        "== {KMS_CALLS} concurrent attested Decrypt calls (RSA-2048 key generation included) =="
+    );
     let mut results = Vec::new();
     for (name, c) in [("direct TCP", &direct), ("vsock-proxy", &proxied)] {
         let start = Instant::now();
@@ -310,7 +327,10 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
             let blob = blob.clone();
             set.spawn(async move {
                 let t = Instant::now();
-                let p = c.decrypt(&blob, None, None, &BTreeMap::new()).await.unwrap();
+                let p = c
+                    .decrypt(&blob, None, None, &BTreeMap::new())
+                    .await
+                    .unwrap();
                 assert_eq!(&p[..], b"secret");
                 t.elapsed()
             });

@@ -258,7 +258,11 @@ mod tests {
             b"\xff\xfe",
             b"",
         ] {
-            assert!(Allowlist::from_yaml(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                Allowlist::from_yaml(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -278,13 +282,21 @@ mod tests {
 
     fn resolver() -> StaticResolver {
         let r = StaticResolver::new();
-        r.set("kms.example", &["10.0.0.1".parse().unwrap()], Duration::from_secs(60));
+        r.set(
+            "kms.example",
+            &["10.0.0.1".parse().unwrap()],
+            Duration::from_secs(60),
+        );
         r.set(
             "alias.example",
             &["10.0.0.1".parse().unwrap()],
             Duration::from_secs(60),
         );
-        r.set("other.example", &["10.0.0.2".parse().unwrap()], Duration::from_secs(60));
+        r.set(
+            "other.example",
+            &["10.0.0.2".parse().unwrap()],
+            Duration::from_secs(60),
+        );
         r
     }
 

@@ -301,7 +301,9 @@ mod tests {
             .unwrap();
         assert_eq!(v4.ip, IpAddr::from([127, 0, 0, 1]));
         assert!(!v4.is_expired(Instant::now()));
-        let v6 = resolve_single(&r, "[::1]", IpAddrType::V6Only).await.unwrap();
+        let v6 = resolve_single(&r, "[::1]", IpAddrType::V6Only)
+            .await
+            .unwrap();
         assert!(v6.ip.is_ipv6());
         assert!(matches!(
             resolve_single(&r, "::1", IpAddrType::V4Only).await,
@@ -315,7 +317,11 @@ mod tests {
         r.set("svc", &[IpAddr::from([10, 0, 0, 1])], Duration::ZERO);
         let a = resolve_single(&r, "SVC", IpAddrType::Mixed).await.unwrap();
         assert!(a.is_expired(Instant::now()));
-        r.set("svc", &[IpAddr::from([10, 0, 0, 2])], Duration::from_secs(5));
+        r.set(
+            "svc",
+            &[IpAddr::from([10, 0, 0, 2])],
+            Duration::from_secs(5),
+        );
         let b = resolve_single(&r, "svc", IpAddrType::Mixed).await.unwrap();
         assert_eq!(b.ip, IpAddr::from([10, 0, 0, 2]));
         r.remove("svc");

@@ -268,7 +268,10 @@ where
     if drained.is_err() {
         let left = tasks.len() as u64;
         stats.aborted.fetch_add(left, Ordering::Relaxed);
-        tracing::info!(connections = left, "drain deadline passed; closing connections");
+        tracing::info!(
+            connections = left,
+            "drain deadline passed; closing connections"
+        );
         tasks.shutdown().await;
     }
     Ok(stats.summary())
@@ -323,7 +326,10 @@ impl RateLimitedLog {
 
     fn warn(&mut self, log: impl FnOnce()) {
         let now = tokio::time::Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.interval) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
             self.suppressed += 1;
             return;
         }

@@ -26,7 +26,10 @@ pub async fn listen(transport: Option<Transport>, port: u32) -> io::Result<Async
 }
 
 /// Connects to `addr`.
-pub async fn connect(transport: Option<Transport>, addr: VsockAddr) -> io::Result<AsyncVsockStream> {
+pub async fn connect(
+    transport: Option<Transport>,
+    addr: VsockAddr,
+) -> io::Result<AsyncVsockStream> {
     match transport {
         Some(t) => cloister_vsock::tokio::VsockStream::connect_with(t, addr).await,
         None => cloister_vsock::tokio::VsockStream::connect(addr).await,

@@ -11,8 +11,8 @@
 
 use crate::allowlist::{self, AllowedDestination, Allowlist, AllowlistError, MatchKind};
 use crate::dns::{self, DnsError, IpAddrType, Resolution, Resolver, SystemResolver};
-use crate::vsock_io::Transport;
 use crate::relay::{self, Acceptor, Connector, RelayError, RelayOptions, RelayStats, RelaySummary};
+use crate::vsock_io::Transport;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

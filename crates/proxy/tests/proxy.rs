@@ -25,7 +25,13 @@ fn allow(entries: &[(&str, u16)]) -> Allowlist {
     }
 }
 
-fn config(fabric: &Fabric, port: u32, host: &str, remote_port: u16, list: Allowlist) -> ProxyConfig {
+fn config(
+    fabric: &Fabric,
+    port: u32,
+    host: &str,
+    remote_port: u16,
+    list: Allowlist,
+) -> ProxyConfig {
     let mut c = ProxyConfig::new(port, host, remote_port, list);
     c.transport = Some(fabric.host());
     c.relay.drain_timeout = Duration::from_secs(2);
@@ -53,7 +59,13 @@ async fn enclave_connect(fabric: &Fabric, port: u32) -> vsock_io::AsyncVsockStre
 async fn carries_bytes_to_an_allowed_destination_and_shuts_down() {
     let fabric = Fabric::start(16);
     let echo = echo_server("127.0.0.1", b"").await;
-    let cfg = config(&fabric, 8000, "127.0.0.1", echo.port(), allow(&[("127.0.0.1", echo.port())]));
+    let cfg = config(
+        &fabric,
+        8000,
+        "127.0.0.1",
+        echo.port(),
+        allow(&[("127.0.0.1", echo.port())]),
+    );
     let proxy = VsockProxy::new(cfg);
     let stats = proxy.stats();
     let (stop, shutdown) = shutdown_pair();
@@ -83,7 +95,10 @@ async fn carries_bytes_to_an_allowed_destination_and_shuts_down() {
     // Byte counters cover finished connections.
     assert_eq!(summary.bytes_up, data.len() as u64);
     assert_eq!(stats.summary().bytes_down, data.len() as u64);
-    assert!(!fabric.fabric_dir().join("3_8000.sock").exists(), "socket not removed");
+    assert!(
+        !fabric.fabric_dir().join("3_8000.sock").exists(),
+        "socket not removed"
+    );
     // The aborted connection is closed: the client sees EOF (or a reset).
     let mut rest = Vec::new();
     let _ = idle.read_to_end(&mut rest).await;
@@ -101,20 +116,35 @@ async fn refuses_to_start_for_a_destination_off_the_allowlist() {
     ];
     for list in cases {
         let cfg = config(&fabric, 8001, "127.0.0.1", echo.port(), list);
-        let err = VsockProxy::new(cfg).run(std::future::pending()).await.unwrap_err();
+        let err = VsockProxy::new(cfg)
+            .run(std::future::pending())
+            .await
+            .unwrap_err();
         assert!(
-            matches!(err, ProxyError::Allowlist(AllowlistError::NotAllowed { .. })),
+            matches!(
+                err,
+                ProxyError::Allowlist(AllowlistError::NotAllowed { .. })
+            ),
             "{err:?}"
         );
         assert!(!fabric.fabric_dir().join("3_8001.sock").exists());
     }
     // An unresolvable name is refused too.
-    let cfg = config(&fabric, 8001, "no-such-host.invalid", 443, allow(&[("no-such-host.invalid", 443)]));
+    let cfg = config(
+        &fabric,
+        8001,
+        "no-such-host.invalid",
+        443,
+        allow(&[("no-such-host.invalid", 443)]),
+    );
     let err = VsockProxy::with_resolver(cfg, Arc::new(StaticResolver::new()))
         .run(std::future::pending())
         .await
         .unwrap_err();
-    assert!(matches!(err, ProxyError::Allowlist(AllowlistError::Resolve { .. })), "{err:?}");
+    assert!(
+        matches!(err, ProxyError::Allowlist(AllowlistError::Resolve { .. })),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +152,13 @@ async fn localhost_by_name_matches_an_address_entry() {
     // "localhost" resolves without /etc/hosts edits; the entry names the address.
     let fabric = Fabric::start(18);
     let echo = echo_server("127.0.0.1", b"").await;
-    let mut cfg = config(&fabric, 8002, "localhost", echo.port(), allow(&[("127.0.0.1", echo.port())]));
+    let mut cfg = config(
+        &fabric,
+        8002,
+        "localhost",
+        echo.port(),
+        allow(&[("127.0.0.1", echo.port())]),
+    );
     cfg.ip_type = cloister_proxy::IpAddrType::V4Only;
     let proxy = VsockProxy::new(cfg);
     let allowed = proxy.check().await.unwrap();
@@ -156,14 +192,29 @@ async fn follows_dns_changes_when_the_ttl_runs_out() {
         }
     });
     let resolver = StaticResolver::new();
-    resolver.set("svc.test", &[IpAddr::from([127, 0, 0, 1])], Duration::from_millis(700));
-    let cfg = config(&fabric, 8003, "svc.test", a.port(), allow(&[("svc.test", a.port())]));
+    resolver.set(
+        "svc.test",
+        &[IpAddr::from([127, 0, 0, 1])],
+        Duration::from_millis(700),
+    );
+    let cfg = config(
+        &fabric,
+        8003,
+        "svc.test",
+        a.port(),
+        allow(&[("svc.test", a.port())]),
+    );
     let (stop, shutdown) = shutdown_pair();
-    let task = tokio::spawn(VsockProxy::with_resolver(cfg, Arc::new(resolver.clone())).run(shutdown));
+    let task =
+        tokio::spawn(VsockProxy::with_resolver(cfg, Arc::new(resolver.clone())).run(shutdown));
     wait_for_socket(&fabric, 8003).await;
 
     assert_eq!(tag_of(&fabric, 8003).await, b"A");
-    resolver.set("svc.test", &[IpAddr::from([127, 0, 0, 2])], Duration::from_secs(60));
+    resolver.set(
+        "svc.test",
+        &[IpAddr::from([127, 0, 0, 2])],
+        Duration::from_secs(60),
+    );
     // Until the old answer's TTL runs out, the old address is used.
     assert_eq!(tag_of(&fabric, 8003).await, b"A");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -177,18 +228,42 @@ async fn an_address_match_is_checked_again_after_a_dns_change() {
     let fabric = Fabric::start(20);
     let echo = echo_server("127.0.0.1", b"").await;
     let resolver = StaticResolver::new();
-    resolver.set("allowed.test", &[IpAddr::from([127, 0, 0, 1])], Duration::from_secs(60));
-    resolver.set("alias.test", &[IpAddr::from([127, 0, 0, 1])], Duration::ZERO);
-    let cfg = config(&fabric, 8004, "alias.test", echo.port(), allow(&[("allowed.test", echo.port())]));
+    resolver.set(
+        "allowed.test",
+        &[IpAddr::from([127, 0, 0, 1])],
+        Duration::from_secs(60),
+    );
+    resolver.set(
+        "alias.test",
+        &[IpAddr::from([127, 0, 0, 1])],
+        Duration::ZERO,
+    );
+    let cfg = config(
+        &fabric,
+        8004,
+        "alias.test",
+        echo.port(),
+        allow(&[("allowed.test", echo.port())]),
+    );
     let proxy = VsockProxy::with_resolver(cfg, Arc::new(resolver.clone()));
     let stats = proxy.stats();
     let (stop, shutdown) = shutdown_pair();
     let task = tokio::spawn(proxy.run(shutdown));
     wait_for_socket(&fabric, 8004).await;
-    assert_eq!(round_trip(enclave_connect(&fabric, 8004).await, b"x").await, b"x");
+    assert_eq!(
+        round_trip(enclave_connect(&fabric, 8004).await, b"x").await,
+        b"x"
+    );
     // alias.test now points elsewhere: the proxy must not follow it.
-    resolver.set("alias.test", &[IpAddr::from([127, 0, 0, 3])], Duration::ZERO);
-    assert_eq!(round_trip(enclave_connect(&fabric, 8004).await, b"x").await, b"");
+    resolver.set(
+        "alias.test",
+        &[IpAddr::from([127, 0, 0, 3])],
+        Duration::ZERO,
+    );
+    assert_eq!(
+        round_trip(enclave_connect(&fabric, 8004).await, b"x").await,
+        b""
+    );
     assert_eq!(stats.summary().connect_failed, 1);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -199,7 +274,13 @@ async fn a_thousand_concurrent_connections_keep_every_byte() {
     cloister_proxy::raise_fd_limit().unwrap();
     let fabric = Fabric::start(21);
     let echo = echo_server("127.0.0.1", b"").await;
-    let mut cfg = config(&fabric, 8005, "127.0.0.1", echo.port(), allow(&[("127.0.0.1", echo.port())]));
+    let mut cfg = config(
+        &fabric,
+        8005,
+        "127.0.0.1",
+        echo.port(),
+        allow(&[("127.0.0.1", echo.port())]),
+    );
     cfg.relay = RelayOptions {
         drain_timeout: Duration::from_secs(2),
         ..RelayOptions::default()

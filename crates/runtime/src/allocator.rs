@@ -148,7 +148,10 @@ impl Pool {
             .read_to_string(&mut text)
             .map_err(|e| AllocError::ConfigRead(path.into(), e))?;
         if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(AllocError::ConfigInvalid(path.into(), "file too large".into()));
+            return Err(AllocError::ConfigInvalid(
+                path.into(),
+                "file too large".into(),
+            ));
         }
         Self::parse(&text).map_err(|m| AllocError::ConfigInvalid(path.into(), m))
     }
@@ -352,7 +355,8 @@ impl Allocator {
         state.allocations.retain(|a| alive(&a.enclave_id));
         let out = f(&mut state.allocations)?;
         let tmp = self.run_dir.join("allocations.json.tmp");
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| AllocError::StateCorrupt(path.clone(), e))?;
+        let bytes = serde_json::to_vec_pretty(&state)
+            .map_err(|e| AllocError::StateCorrupt(path.clone(), e))?;
         std::fs::write(&tmp, bytes).map_err(|e| AllocError::State(tmp.clone(), e))?;
         std::fs::rename(&tmp, &path).map_err(|e| AllocError::State(path.clone(), e))?;
         drop(lock);
@@ -375,7 +379,11 @@ impl Allocator {
     }
 
     /// Returns an enclave's resources to the pool. Unknown ids are ignored.
-    pub fn release(&self, enclave_id: &str, alive: &dyn Fn(&str) -> bool) -> Result<(), AllocError> {
+    pub fn release(
+        &self,
+        enclave_id: &str,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Result<(), AllocError> {
         self.with_state(alive, |list| {
             list.retain(|a| a.enclave_id != enclave_id);
             Ok(())
@@ -410,7 +418,11 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
         .filter(|c| owner_of(*c).is_none())
         .collect();
     let cpus = match &req.cpus {
-        CpuRequest::Count(0) => return Err(AllocError::BadRequest("CPU count must be at least 1".into())),
+        CpuRequest::Count(0) => {
+            return Err(AllocError::BadRequest(
+                "CPU count must be at least 1".into(),
+            ))
+        }
         CpuRequest::Count(n) => {
             if (*n as usize) > free.len() {
                 return Err(AllocError::CpusExhausted {
@@ -483,7 +495,10 @@ mod tests {
     #[test]
     fn cid_rules_follow_aws() {
         for bad in [1, 2, 3, u64::from(u32::MAX), u64::MAX] {
-            assert!(matches!(validate_cid(bad), Err(AllocError::CidInvalid(_))), "{bad}");
+            assert!(
+                matches!(validate_cid(bad), Err(AllocError::CidInvalid(_))),
+                "{bad}"
+            );
         }
         validate_cid(0).unwrap();
         validate_cid(4).unwrap();
@@ -503,7 +518,11 @@ mod tests {
         assert_eq!((b.cid, b.cpus.clone()), (5, vec![2]));
         assert!(matches!(
             plan(&pool, &existing, &req("c", 0, CpuRequest::Count(2), 64)),
-            Err(AllocError::CpusExhausted { requested: 2, free: 1, pool: 3 })
+            Err(AllocError::CpusExhausted {
+                requested: 2,
+                free: 1,
+                pool: 3
+            })
         ));
         assert!(matches!(
             plan(&pool, &existing, &req("c", 0, CpuRequest::Ids(vec![1]), 64)),
@@ -545,7 +564,9 @@ mod tests {
             .is_err());
         // "a" died: its resources come back.
         let c = other
-            .allocate(&req("c", 0, CpuRequest::Count(1), 128), &|id: &str| id != "a")
+            .allocate(&req("c", 0, CpuRequest::Count(1), 128), &|id: &str| {
+                id != "a"
+            })
             .unwrap();
         assert_eq!((c.cid, c.cpus), (4, vec![0]));
         other.release("b", &all_alive).unwrap();
@@ -561,12 +582,24 @@ mod tests {
     #[test]
     fn config_parses_aws_format() {
         let p = Pool::parse("memory_mib: 512\ncpu_pool: \"0\"\n").unwrap();
-        assert_eq!(p, Pool { cpus: vec![0], memory_mib: 512 });
+        assert_eq!(
+            p,
+            Pool {
+                cpus: vec![0],
+                memory_mib: 512
+            }
+        );
         assert!(Pool::parse("memory_mib: 512\n").is_err());
         assert!(Pool::parse("memory_mib: 512\ncpu_count: 1\ncpu_pool: \"0\"\n").is_err());
         assert!(Pool::parse("memory_mib: 512\ncpu_count: 1\nbogus: 1\n").is_err());
         assert!(Pool::parse("memory_mib: 16\ncpu_count: 1\n").is_err());
         assert!(Pool::parse("memory_mib: 512\ncpu_pool: \"4000\"\n").is_err());
-        assert_eq!(Pool::parse("memory_mib: 512\ncpu_count: 1\n").unwrap().cpus.len(), 1);
+        assert_eq!(
+            Pool::parse("memory_mib: 512\ncpu_count: 1\n")
+                .unwrap()
+                .cpus
+                .len(),
+            1
+        );
     }
 }

@@ -34,7 +34,9 @@ impl std::str::FromStr for Isolation {
         match s {
             "process" => Ok(Isolation::Process),
             "vm" => Ok(Isolation::Vm),
-            other => Err(format!("unknown isolation {other:?} (expected process or vm)")),
+            other => Err(format!(
+                "unknown isolation {other:?} (expected process or vm)"
+            )),
         }
     }
 }

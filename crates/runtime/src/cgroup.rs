@@ -75,7 +75,9 @@ impl Layout {
         let mut v2 = None;
         for line in mounts.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let [_, target, fstype, opts, ..] = f[..] else { continue };
+            let [_, target, fstype, opts, ..] = f[..] else {
+                continue;
+            };
             match fstype {
                 "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(target)),
                 "cgroup" => {

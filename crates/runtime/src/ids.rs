@@ -40,9 +40,13 @@ pub fn is_enclave_id(id: &str) -> bool {
         return false;
     };
     let hex_ok = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    inst.strip_prefix("i-").is_some_and(|h| hex_ok(h, INSTANCE_HEX)) && hex_ok(suffix, 16)
+    inst.strip_prefix("i-")
+        .is_some_and(|h| hex_ok(h, INSTANCE_HEX))
+        && hex_ok(suffix, 16)
 }
 
 /// Two rounds of 64-bit FNV-1a with different offsets, as 32 hex digits (not a secret; only a

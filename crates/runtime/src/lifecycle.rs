@@ -105,11 +105,16 @@ pub struct MonitorCommand {
 /// The boot timeout for an image of `eif_len` bytes and `memory_mib` of memory, or the value of
 /// [`BOOT_TIMEOUT_ENV`] when set.
 pub fn boot_timeout_ms(eif_len: u64, memory_mib: u64) -> u64 {
-    if let Some(ms) = std::env::var(BOOT_TIMEOUT_ENV).ok().and_then(|v| v.trim().parse().ok()) {
+    if let Some(ms) = std::env::var(BOOT_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
         return ms;
     }
     let eif_blocks = eif_len.div_ceil(6 << 30).max(1);
-    let mem_blocks = (memory_mib.saturating_mul(1 << 20)).div_ceil(100 << 30).max(1);
+    let mem_blocks = (memory_mib.saturating_mul(1 << 20))
+        .div_ceil(100 << 30)
+        .max(1);
     TIMEOUT_UNIT_MS * (eif_blocks + mem_blocks)
 }
 
@@ -127,11 +132,18 @@ pub fn run_enclave(
     monitor: &MonitorCommand,
 ) -> Result<EnclaveRecord, LifecycleError> {
     if opts.isolation == Isolation::Vm {
-        return Err(invalid(FailureKind::Unsupported, "isolation vm is not supported yet; use --isolation process"));
+        return Err(invalid(
+            FailureKind::Unsupported,
+            "isolation vm is not supported yet; use --isolation process",
+        ));
     }
     allocator::validate_cid(opts.cid).map_err(|e| invalid(FailureKind::CidInvalid, e))?;
-    let meta = std::fs::metadata(&opts.eif_path)
-        .map_err(|e| invalid(FailureKind::Image, format!("cannot read {}: {e}", opts.eif_path.display())))?;
+    let meta = std::fs::metadata(&opts.eif_path).map_err(|e| {
+        invalid(
+            FailureKind::Image,
+            format!("cannot read {}: {e}", opts.eif_path.display()),
+        )
+    })?;
     crate::monitor::check_memory(opts.memory_mib, meta.len()).map_err(LifecycleError::Invalid)?;
     let name = match &opts.name {
         Some(n) => n.clone(),
@@ -143,13 +155,23 @@ pub fn run_enclave(
             .to_owned(),
     };
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(invalid(FailureKind::BadRequest, format!("enclave name must be 1..={MAX_NAME_LEN} printable characters")));
+        return Err(invalid(
+            FailureKind::BadRequest,
+            format!("enclave name must be 1..={MAX_NAME_LEN} printable characters"),
+        ));
     }
     if run.list()?.iter().any(|r| r.enclave_name == name) {
-        return Err(invalid(FailureKind::BadRequest, format!("an enclave named {name:?} is already running")));
+        return Err(invalid(
+            FailureKind::BadRequest,
+            format!("an enclave named {name:?} is already running"),
+        ));
     }
-    let eif_path = std::fs::canonicalize(&opts.eif_path)
-        .map_err(|e| invalid(FailureKind::Image, format!("cannot read {}: {e}", opts.eif_path.display())))?;
+    let eif_path = std::fs::canonicalize(&opts.eif_path).map_err(|e| {
+        invalid(
+            FailureKind::Image,
+            format!("cannot read {}: {e}", opts.eif_path.display()),
+        )
+    })?;
 
     let id = crate::ids::new_enclave_id();
     let lock = run.create_enclave_dir(&id)?;
@@ -187,7 +209,8 @@ fn spawn_and_wait(
     monitor: &MonitorCommand,
 ) -> Result<EnclaveRecord, LifecycleError> {
     let (ready_r, ready_w) = sys::pipe().map_err(|e| LifecycleError::Spawn(e.errno.into()))?;
-    let log = std::fs::File::create(run.enclave_dir(id).join("monitor.log")).map_err(LifecycleError::Spawn)?;
+    let log = std::fs::File::create(run.enclave_dir(id).join("monitor.log"))
+        .map_err(LifecycleError::Spawn)?;
     let ready_raw = ready_w.as_raw_fd();
     let lock_raw = lock.as_raw_fd();
     let mut cmd = std::process::Command::new(&monitor.program);
@@ -253,7 +276,10 @@ fn read_answer(ready: OwnedFd, wait: Duration) -> Option<MonitorMessage> {
             _ => return None,
         }
         let mut chunk = [0u8; 4096];
-        let n = (&mut file).take(MAX_MONITOR_MESSAGE).read(&mut chunk).ok()?;
+        let n = (&mut file)
+            .take(MAX_MONITOR_MESSAGE)
+            .read(&mut chunk)
+            .ok()?;
         if n == 0 {
             break;
         }

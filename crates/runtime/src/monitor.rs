@@ -166,11 +166,17 @@ fn backend_kind(e: &BackendError) -> FailureKind {
 pub fn monitor_main(enclave_id: &str) -> i32 {
     // SAFETY: by contract with `lifecycle::spawn_monitor`, fds 3 and 4 are open in this process
     // and owned by nothing else (they were dup2'ed there just before exec).
-    let (ready, lock) = unsafe { (OwnedFd::from_raw_fd(READY_FD), OwnedFd::from_raw_fd(LOCK_FD)) };
+    let (ready, lock) = unsafe {
+        (
+            OwnedFd::from_raw_fd(READY_FD),
+            OwnedFd::from_raw_fd(LOCK_FD),
+        )
+    };
     let mut ready = std::fs::File::from(ready);
     let run = RunDir::from_env();
     if !crate::ids::is_enclave_id(enclave_id) {
-        let msg = MonitorMessage::Failed(StartFailure::new(FailureKind::System, "invalid enclave id"));
+        let msg =
+            MonitorMessage::Failed(StartFailure::new(FailureKind::System, "invalid enclave id"));
         let _ = send(&mut ready, &msg);
         return 1;
     }
@@ -186,7 +192,10 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
             return 1;
         }
     };
-    let _ = send(&mut ready, &MonitorMessage::Ready(Box::new(live.record.clone())));
+    let _ = send(
+        &mut ready,
+        &MonitorMessage::Ready(Box::new(live.record.clone())),
+    );
     drop(ready);
     live.supervise();
     live.teardown(&run);
@@ -237,15 +246,18 @@ impl Partial<'_> {
 
 fn read_spec(run: &RunDir, id: &str) -> Result<MonitorSpec, StartFailure> {
     let path = run.enclave_dir(id).join("spec.json");
-    let bytes = std::fs::read(&path).map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))
+    let bytes = std::fs::read(&path)
+        .map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StartFailure::new(FailureKind::System, format!("{}: {e}", path.display())))
 }
 
 fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     let spec = read_spec(run, id)?;
     let dir = run.enclave_dir(id);
     let _ = std::fs::write(dir.join("monitor.pid"), std::process::id().to_string());
-    let backend = backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    let backend =
+        backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
 
     // The image: measurements, metadata, size rule.
     let image_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::Image, e);
@@ -277,9 +289,21 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         running: None,
         broker: None,
     };
-    match launch(run, id, &spec, backend.as_ref(), &alloc, measured, metadata, &mut partial) {
+    match launch(
+        run,
+        id,
+        &spec,
+        backend.as_ref(),
+        &alloc,
+        measured,
+        metadata,
+        &mut partial,
+    ) {
         Ok((record, console_thread)) => {
-            let running = partial.running.take().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
+            let running = partial
+                .running
+                .take()
+                .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
             Ok(Live {
                 record,
                 running,
@@ -329,8 +353,15 @@ fn launch(
     let instance = crate::ids::instance_id();
     let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
         .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
-    let nsm = crate::nsm::enclave_nsm(&pki, id, spec.isolation, &measured, spec.debug_mode, &instance)
-        .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+    let nsm = crate::nsm::enclave_nsm(
+        &pki,
+        id,
+        spec.isolation,
+        &measured,
+        spec.debug_mode,
+        &instance,
+    )
+    .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
 
     let dir = run.enclave_dir(id);
     let root_mount = dir.join("root");
@@ -350,7 +381,9 @@ fn launch(
     };
     let (console_r, console_w) = sys::pipe().map_err(|e| sys_err(&e))?;
     // Still single-threaded here: the process backend clones.
-    let pending = backend.create(&launch, console_w).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    let pending = backend
+        .create(&launch, console_w)
+        .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     let pid = pending.pid();
     sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
 
@@ -363,7 +396,8 @@ fn launch(
         })
         .map_err(|e| sys_err(&e))?;
 
-    let cid = u32::try_from(alloc.cid).map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
+    let cid = u32::try_from(alloc.cid)
+        .map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
     let broker_result = cloister_vsock::Broker::start(cloister_vsock::BrokerConfig::new(
         cid,
         run.root(),
@@ -388,7 +422,9 @@ fn launch(
     .map_err(|e| sys_err(&e))?;
     partial.broker = Some(broker);
 
-    let running = pending.start().map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    let running = pending
+        .start()
+        .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     partial.running = Some(running);
 
     let (image_name, image_version, meta_json) = match &metadata {
@@ -422,7 +458,11 @@ fn launch(
             metadata: meta_json,
         },
         eif_path: spec.eif_path.clone(),
-        cgroup_dirs: partial.running.as_ref().map(|r| r.leftovers()).unwrap_or_default(),
+        cgroup_dirs: partial
+            .running
+            .as_ref()
+            .map(|r| r.leftovers())
+            .unwrap_or_default(),
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -432,11 +472,17 @@ fn launch(
     // Wait for the heartbeat, the enclave's end, a stop signal, or the deadline.
     let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
     loop {
-        let broker = partial.broker.as_ref().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the broker"))?;
+        let broker = partial
+            .broker
+            .as_ref()
+            .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the broker"))?;
         if broker.wait_for_heartbeat(Duration::from_millis(20)) {
             break;
         }
-        let running = partial.running.as_mut().ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
+        let running = partial
+            .running
+            .as_mut()
+            .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
         if let Some(status) = running.try_wait().map_err(|e| sys_err(&e))? {
             std::thread::sleep(Duration::from_millis(50));
             return Err(StartFailure::new(
@@ -447,8 +493,14 @@ fn launch(
                 ),
             ));
         }
-        if sys::wait_signal(&STOP_SIGNALS, 0).map_err(|e| sys_err(&e))?.is_some() {
-            return Err(StartFailure::new(FailureKind::Setup, "terminated while booting"));
+        if sys::wait_signal(&STOP_SIGNALS, 0)
+            .map_err(|e| sys_err(&e))?
+            .is_some()
+        {
+            return Err(StartFailure::new(
+                FailureKind::Setup,
+                "terminated while booting",
+            ));
         }
         if Instant::now() >= deadline {
             return Err(StartFailure::new(
@@ -513,8 +565,14 @@ impl Live {
         let status = self.running.kill();
         let ooms = self.running.oom_kills();
         let summary = match &status {
-            Ok(s) => format!("enclave {} {s}; out-of-memory kills: {ooms}", rec.enclave_id),
-            Err(e) => format!("enclave {}: {e}; out-of-memory kills: {ooms}", rec.enclave_id),
+            Ok(s) => format!(
+                "enclave {} {s}; out-of-memory kills: {ooms}",
+                rec.enclave_id
+            ),
+            Err(e) => format!(
+                "enclave {}: {e}; out-of-memory kills: {ooms}",
+                rec.enclave_id
+            ),
         };
         if let Some(mut b) = self.broker.take() {
             b.shutdown();
@@ -522,14 +580,19 @@ impl Live {
         if let Some(t) = self.console.take() {
             let _ = t.join();
         }
-        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&self.console_path) {
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.console_path)
+        {
             let _ = writeln!(log, "[cloister] {summary}");
         }
         append_history(run, &summary);
         if let Err(e) = self.running.cleanup() {
             tracing::warn!(error = %e, "cgroup cleanup failed");
         }
-        let _ = self.allocator.release(&rec.enclave_id, &|id| run.is_alive(id));
+        let _ = self
+            .allocator
+            .release(&rec.enclave_id, &|id| run.is_alive(id));
         run.remove_enclave(&rec.enclave_id);
     }
 }
@@ -540,7 +603,11 @@ fn append_history(run: &RunDir, line: &str) {
     if std::fs::metadata(&path).is_ok_and(|m| m.len() > HISTORY_CAP) {
         let _ = std::fs::rename(&path, run.root().join("history.log.1"));
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -59,7 +59,8 @@ impl NsmService for EnclaveNsm {
 pub fn open_pki(dir: &Path, run_dir: &Path) -> Result<Pki, NsmSetupError> {
     std::fs::create_dir_all(run_dir).map_err(NsmSetupError::Lock)?;
     let lock = std::fs::File::create(run_dir.join("pki.lock")).map_err(NsmSetupError::Lock)?;
-    crate::sys::lock_exclusive(&lock).map_err(|e| NsmSetupError::Lock(std::io::Error::from(e.errno)))?;
+    crate::sys::lock_exclusive(&lock)
+        .map_err(|e| NsmSetupError::Lock(std::io::Error::from(e.errno)))?;
     Pki::init(dir).map_err(|e| NsmSetupError::Pki(dir.to_owned(), e))
 }
 
@@ -72,7 +73,9 @@ pub fn enclave_nsm(
     debug_mode: bool,
     instance_id: &str,
 ) -> Result<Arc<EnclaveNsm>, NsmSetupError> {
-    let ca = pki.host_ca().map_err(|e| NsmSetupError::Pki(pki.dir().to_owned(), e))?;
+    let ca = pki
+        .host_ca()
+        .map_err(|e| NsmSetupError::Pki(pki.dir().to_owned(), e))?;
     let iso = match isolation {
         Isolation::Process => cloister_attestation::Isolation::Process,
         Isolation::Vm => cloister_attestation::Isolation::Vm,

@@ -109,12 +109,19 @@ impl Unpacker {
         let mut cur = sys::open_dir_at(self.root.as_fd(), b".")
             .map_err(|e| RootfsError::Create(shown.into(), e))?;
         for comp in comps {
-            match sys::kind_at(cur.as_fd(), comp).map_err(|e| RootfsError::Create(shown.into(), e))? {
+            match sys::kind_at(cur.as_fd(), comp)
+                .map_err(|e| RootfsError::Create(shown.into(), e))?
+            {
                 None => {
                     sys::mkdir_at(cur.as_fd(), comp, 0o755)
                         .map_err(|e| RootfsError::Create(shown.into(), e))?;
-                    sys::lchown_at(cur.as_fd(), std::path::Path::new(std::ffi::OsStr::from_bytes_compat(comp)), self.uid, self.gid)
-                        .map_err(|e| RootfsError::Create(shown.into(), e))?;
+                    sys::lchown_at(
+                        cur.as_fd(),
+                        std::path::Path::new(std::ffi::OsStr::from_bytes_compat(comp)),
+                        self.uid,
+                        self.gid,
+                    )
+                    .map_err(|e| RootfsError::Create(shown.into(), e))?;
                     self.stats.dirs += 1;
                 }
                 Some(NodeKind::Dir) => {}
@@ -135,7 +142,10 @@ impl Unpacker {
         let mut reader = CpioReader::new(input);
         // Hard links: inode -> names seen without data yet.
         let mut pending_links: HashMap<u32, Vec<Vec<Vec<u8>>>> = HashMap::new();
-        while let Some(entry) = reader.next_entry().map_err(|e| RootfsError::Archive(index, e))? {
+        while let Some(entry) = reader
+            .next_entry()
+            .map_err(|e| RootfsError::Archive(index, e))?
+        {
             let shown = String::from_utf8_lossy(&entry.name).into_owned();
             let comps = sanitize(&entry.name)?;
             let Some((last, parents)) = comps.split_last() else {
@@ -211,7 +221,10 @@ impl Unpacker {
                     .map_err(create)?;
                     self.stats.symlinks += 1;
                 }
-                FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo | FileKind::Socket => {
+                FileKind::CharDevice
+                | FileKind::BlockDevice
+                | FileKind::Fifo
+                | FileKind::Socket => {
                     self.stats.skipped += 1;
                 }
             }
@@ -273,10 +286,16 @@ mod tests {
     fn sanitize_refuses_escapes() {
         assert_eq!(sanitize(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
         assert_eq!(sanitize(b"/etc/x").unwrap(), vec![&b"etc"[..], b"x"]);
-        assert!(matches!(sanitize(b"a/../../x"), Err(RootfsError::Escape(_))));
+        assert!(matches!(
+            sanitize(b"a/../../x"),
+            Err(RootfsError::Escape(_))
+        ));
         assert!(sanitize(b".").unwrap().is_empty());
         let deep = "a/".repeat(MAX_DEPTH + 1);
-        assert!(matches!(sanitize(deep.as_bytes()), Err(RootfsError::TooDeep(_))));
+        assert!(matches!(
+            sanitize(deep.as_bytes()),
+            Err(RootfsError::TooDeep(_))
+        ));
     }
 
     #[test]
@@ -286,7 +305,8 @@ mod tests {
             w.dir("rootfs", 0o755, 0, 0).unwrap();
             w.file("rootfs/a", 0o644, 0, 0, 3, &b"one"[..]).unwrap();
             w.symlink("rootfs/l", "a").unwrap();
-            w.hardlinks(&["rootfs/h1", "rootfs/h2"], 0o755, 0, 0, 2, &b"hh"[..]).unwrap();
+            w.hardlinks(&["rootfs/h1", "rootfs/h2"], 0o755, 0, 0, 2, &b"hh"[..])
+                .unwrap();
         });
         let second = archive(|w| {
             w.file("rootfs/a", 0o600, 0, 0, 3, &b"two"[..]).unwrap();
@@ -297,12 +317,18 @@ mod tests {
         u.unpack(1, &second[..]).unwrap();
         let root = dir.path();
         assert_eq!(std::fs::read(root.join("rootfs/a")).unwrap(), b"two");
-        assert_eq!(std::fs::read_link(root.join("rootfs/l")).unwrap().to_str(), Some("a"));
+        assert_eq!(
+            std::fs::read_link(root.join("rootfs/l")).unwrap().to_str(),
+            Some("a")
+        );
         assert_eq!(std::fs::read(root.join("rootfs/h1")).unwrap(), b"hh");
         assert_eq!(std::fs::read(root.join("rootfs/h2")).unwrap(), b"hh");
         assert_eq!(std::fs::read(root.join("cmd")).unwrap(), b"/app\n");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(root.join("rootfs/a")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(root.join("rootfs/a"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o7777, 0o600);
     }
 

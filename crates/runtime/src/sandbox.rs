@@ -72,7 +72,11 @@ impl Backend for ProcessBackend {
         Isolation::Process
     }
 
-    fn create(&self, spec: &LaunchSpec, console: OwnedFd) -> Result<Box<dyn Pending>, BackendError> {
+    fn create(
+        &self,
+        spec: &LaunchSpec,
+        console: OwnedFd,
+    ) -> Result<Box<dyn Pending>, BackendError> {
         let cgroup = EnclaveCgroup::new(Layout::detect()?, &spec.enclave_id);
         cgroup.create(&Limits {
             cpus: spec.cpus.clone(),
@@ -147,7 +151,9 @@ impl Pending for ProcessPending {
         if let Err(e) = go.write_all(b"g") {
             let _ = running.kill();
             let _ = running.cleanup();
-            return Err(BackendError::Setup(format!("cannot signal the enclave: {e}")));
+            return Err(BackendError::Setup(format!(
+                "cannot signal the enclave: {e}"
+            )));
         }
         let mut msg = String::new();
         let _ = std::fs::File::from(errors)
@@ -200,19 +206,36 @@ impl Running for ProcessRunning {
 }
 
 /// What the child does; returns only on error (as a message for the parent).
-fn child(spec: &LaunchSpec, go: &OwnedFd, console: &OwnedFd) -> Result<std::convert::Infallible, String> {
+fn child(
+    spec: &LaunchSpec,
+    go: &OwnedFd,
+    console: &OwnedFd,
+) -> Result<std::convert::Infallible, String> {
     let mut byte = [0u8; 1];
     match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(go), &mut byte) {
         Ok(1) => {}
         _ => sys::exit_now(1), // the monitor went away before starting us
     }
     sys::unshare(sys::ns::CGROUP).map_err(s)?;
-    sys::mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None).map_err(s)?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+    .map_err(s)?;
     let (uid, gid) = (spec.host_uid, spec.host_gid);
     let root_opts = format!("size={}m,mode=0755,uid={uid},gid={gid}", spec.memory_mib);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    sys::mount(Some(Path::new("tmpfs")), &spec.root_mount, Some("tmpfs"), nosuid_nodev, Some(&root_opts))
-        .map_err(s)?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        &spec.root_mount,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(&root_opts),
+    )
+    .map_err(s)?;
     let mut unpacker = Unpacker::new(sys::open_dir(&spec.root_mount).map_err(s)?, uid, gid);
     fill_root(spec, &mut unpacker)?;
     populate_dev(&mut unpacker, &[b"dev"], spec, false)?;
@@ -220,10 +243,18 @@ fn child(spec: &LaunchSpec, go: &OwnedFd, console: &OwnedFd) -> Result<std::conv
     if sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir) {
         populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec, true)?;
         mount_proc(&mut unpacker, &[b"rootfs", b"proc"])?;
-        let tmp = unpacker.ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp").map_err(s)?;
-        let opts = format!("size={}m,mode=1777,uid={uid},gid={gid}", spec.memory_mib);
-        sys::mount(Some(Path::new("tmpfs")), &sys::fd_path(tmp.as_fd()), Some("tmpfs"), nosuid_nodev, Some(&opts))
+        let tmp = unpacker
+            .ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp")
             .map_err(s)?;
+        let opts = format!("size={}m,mode=1777,uid={uid},gid={gid}", spec.memory_mib);
+        sys::mount(
+            Some(Path::new("tmpfs")),
+            &sys::fd_path(tmp.as_fd()),
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(&opts),
+        )
+        .map_err(s)?;
     }
     drop(unpacker);
     sys::sethostname(&spec.enclave_id).map_err(s)?;
@@ -258,7 +289,12 @@ fn child(spec: &LaunchSpec, go: &OwnedFd, console: &OwnedFd) -> Result<std::conv
         sys::exit_now(1);
     }
     sys::cloexec_from(3).map_err(s)?;
-    Err(sys::exec(Path::new("/init"), &["/init"], &["CLOISTER_ISOLATION=process"]).to_string())
+    Err(sys::exec(
+        Path::new("/init"),
+        &["/init"],
+        &["CLOISTER_ISOLATION=process"],
+    )
+    .to_string())
 }
 
 fn s(e: impl std::error::Error) -> String {
@@ -283,11 +319,19 @@ fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
 }
 
 /// Creates `<dir>/{null,...,vsock.sock}` as bind mounts (on a fresh small tmpfs if `own_fs`).
-fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec, own_fs: bool) -> Result<(), String> {
+fn populate_dev(
+    unpacker: &mut Unpacker,
+    dir: &[&[u8]],
+    spec: &LaunchSpec,
+    own_fs: bool,
+) -> Result<(), String> {
     let shown = "dev";
     let mut dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
     if own_fs {
-        let opts = format!("size=1m,mode=0755,uid={},gid={}", spec.host_uid, spec.host_gid);
+        let opts = format!(
+            "size=1m,mode=0755,uid={},gid={}",
+            spec.host_uid, spec.host_gid
+        );
         sys::mount(
             Some(Path::new("tmpfs")),
             &sys::fd_path(dev.as_fd()),
@@ -312,8 +356,14 @@ fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec, own_f
         }
         drop(sys::create_file_at(dev.as_fd(), name.as_bytes(), 0o666).map_err(s)?);
         let target = sys::open_path_nofollow(dev.as_fd(), name.as_bytes()).map_err(s)?;
-        sys::mount(Some(&source), &sys::fd_path(target.as_fd()), None, MsFlags::MS_BIND, None)
-            .map_err(s)?;
+        sys::mount(
+            Some(&source),
+            &sys::fd_path(target.as_fd()),
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .map_err(s)?;
     }
     Ok(())
 }

@@ -192,7 +192,8 @@ impl RunDir {
         let dir = self.enclave_dir(&rec.enclave_id);
         let tmp = dir.join("state.json.tmp");
         let path = dir.join("state.json");
-        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| StateError::Corrupt(path.clone(), e))?;
+        let bytes =
+            serde_json::to_vec_pretty(rec).map_err(|e| StateError::Corrupt(path.clone(), e))?;
         std::fs::write(&tmp, bytes).map_err(|e| StateError::Io(tmp.clone(), e))?;
         std::fs::rename(&tmp, &path).map_err(|e| StateError::Io(path, e))
     }
@@ -252,7 +253,11 @@ impl RunDir {
                 Err(e) => tracing::warn!(enclave = %id, error = %e, "skipping unreadable record"),
             }
         }
-        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.enclave_id.cmp(&b.enclave_id)));
+        out.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then(a.enclave_id.cmp(&b.enclave_id))
+        });
         Ok(out)
     }
 }

@@ -180,7 +180,8 @@ pub fn set_parent_death_kill() -> SysResult<()> {
 
 /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
 pub fn set_no_new_privs() -> SysResult<()> {
-    nix::sys::prctl::set_no_new_privs().map_err(|e| SysError::new("prctl", "PR_SET_NO_NEW_PRIVS", e))
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(|e| SysError::new("prctl", "PR_SET_NO_NEW_PRIVS", e))
 }
 
 /// `setgroups(0, NULL)`, `setresgid(gid)`, `setresuid(uid)`: become `uid`/`gid` with no
@@ -211,7 +212,10 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> SysResult<()> {
     // (0/1/2) is intended: the standard streams are not owned by Rust objects we keep using.
     let ret = unsafe { libc::dup2(fd.as_raw_fd(), target) };
     if ret < 0 {
-        Err(SysError::last("dup2", format!("{} -> {target}", fd.as_raw_fd())))
+        Err(SysError::last(
+            "dup2",
+            format!("{} -> {target}", fd.as_raw_fd()),
+        ))
     } else {
         Ok(())
     }
@@ -333,9 +337,8 @@ pub fn exec(path: &Path, argv: &[&str], env: &[&str]) -> SysError {
     let Ok(p) = cpath("execve", path) else {
         return SysError::new("execve", path.display().to_string(), Errno::EINVAL);
     };
-    let to_c = |v: &[&str]| -> Option<Vec<CString>> {
-        v.iter().map(|s| CString::new(*s).ok()).collect()
-    };
+    let to_c =
+        |v: &[&str]| -> Option<Vec<CString>> { v.iter().map(|s| CString::new(*s).ok()).collect() };
     let (Some(a), Some(e)) = (to_c(argv), to_c(env)) else {
         return SysError::new("execve", path.display().to_string(), Errno::EINVAL);
     };
@@ -412,7 +415,13 @@ pub fn total_memory_mib() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kib| kib / 1024)
 }
 
@@ -431,13 +440,20 @@ pub enum NodeKind {
 
 fn cname(call: &'static str, name: &[u8]) -> SysResult<CString> {
     CString::new(name).map_err(|_| {
-        SysError::new(call, String::from_utf8_lossy(name).into_owned(), Errno::EINVAL)
+        SysError::new(
+            call,
+            String::from_utf8_lossy(name).into_owned(),
+            Errno::EINVAL,
+        )
     })
 }
 
 fn check(call: &'static str, name: &[u8], ret: libc::c_int) -> SysResult<libc::c_int> {
     if ret < 0 {
-        Err(SysError::last(call, String::from_utf8_lossy(name).into_owned()))
+        Err(SysError::last(
+            call,
+            String::from_utf8_lossy(name).into_owned(),
+        ))
     } else {
         Ok(ret)
     }
@@ -450,12 +466,21 @@ pub fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<Option<NodeKind>> 
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated string and `st` a valid out-pointer for the call.
     let ret = unsafe {
-        libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     if ret < 0 {
         return match Errno::last() {
             Errno::ENOENT => Ok(None),
-            e => Err(SysError::new("fstatat", String::from_utf8_lossy(name).into_owned(), e)),
+            e => Err(SysError::new(
+                "fstatat",
+                String::from_utf8_lossy(name).into_owned(),
+                e,
+            )),
         };
     }
     Ok(Some(match st.st_mode & libc::S_IFMT {
@@ -502,7 +527,12 @@ pub fn open_path_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<OwnedFd
 pub fn open_dir(path: &Path) -> SysResult<OwnedFd> {
     let c = cpath("open", path)?;
     // SAFETY: `c` is a valid NUL-terminated string; open returns a new descriptor or -1.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(SysError::last("open", path.display().to_string()));
     }
@@ -555,7 +585,13 @@ pub fn link_at(
     let n = cname("linkat", new)?;
     // SAFETY: both are valid NUL-terminated strings; flags 0 never follow symlinks.
     let ret = unsafe {
-        libc::linkat(old_dir.as_raw_fd(), o.as_ptr(), new_dir.as_raw_fd(), n.as_ptr(), 0)
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
     };
     check("linkat", new, ret).map(|_| ())
 }
@@ -633,7 +669,10 @@ pub fn block_signals(signals: &[nix::sys::signal::Signal]) -> SysResult<()> {
 }
 
 /// `sigtimedwait(2)`: waits up to `timeout_ms` for one of `signals` (which must be blocked).
-pub fn wait_signal(signals: &[nix::sys::signal::Signal], timeout_ms: u64) -> SysResult<Option<i32>> {
+pub fn wait_signal(
+    signals: &[nix::sys::signal::Signal],
+    timeout_ms: u64,
+) -> SysResult<Option<i32>> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t for these calls.

@@ -137,8 +137,8 @@ pub struct NsmAttester(std::sync::Mutex<crate::nsm::NsmClient>);
 impl NsmAttester {
     /// Opens the NSM.
     pub fn open() -> Result<Self, KmsClientError> {
-        let client =
-            crate::nsm::NsmClient::open().map_err(|e| KmsClientError::Attestation(e.to_string()))?;
+        let client = crate::nsm::NsmClient::open()
+            .map_err(|e| KmsClientError::Attestation(e.to_string()))?;
         Ok(Self(std::sync::Mutex::new(client)))
     }
 }
@@ -543,11 +543,12 @@ impl KmsClient {
         let stream = self.open().await?;
         let (status, body) = match &self.tls {
             Some(tls) => {
-                let name = rustls_pki_types::ServerName::try_from(self.config.endpoint.host.clone())
-                    .map_err(|e| KmsClientError::Tls {
-                        host: self.config.endpoint.host.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let name =
+                    rustls_pki_types::ServerName::try_from(self.config.endpoint.host.clone())
+                        .map_err(|e| KmsClientError::Tls {
+                            host: self.config.endpoint.host.clone(),
+                            reason: e.to_string(),
+                        })?;
                 let tls_stream =
                     tls.connect(name, stream)
                         .await
@@ -566,12 +567,7 @@ impl KmsClient {
             kind: String::new(),
             message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
         });
-        let kind = err
-            .kind
-            .rsplit('#')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let kind = err.kind.rsplit('#').next().unwrap_or_default().to_owned();
         Err(KmsClientError::Service {
             status,
             kind,
@@ -595,7 +591,9 @@ impl KmsClient {
             } => {
                 let addr = cloister_vsock::VsockAddr::new(*cid, *port);
                 let s = match transport {
-                    Some(t) => cloister_vsock::tokio::VsockStream::connect_with(t.clone(), addr).await,
+                    Some(t) => {
+                        cloister_vsock::tokio::VsockStream::connect_with(t.clone(), addr).await
+                    }
                     None => cloister_vsock::tokio::VsockStream::connect(addr).await,
                 }
                 .map_err(|e| KmsClientError::Connect(e.into()))?;
@@ -720,7 +718,11 @@ fn build_request(
     let date = amz_date(now);
     let host = config.endpoint.host_header();
     let target = format!("TrentService.{operation}");
-    let token = config.credentials.session_token.as_ref().map(|t| t.as_str());
+    let token = config
+        .credentials
+        .session_token
+        .as_ref()
+        .map(|t| t.as_str());
     let mut headers: Vec<(&str, &str)> = vec![
         ("content-type", "application/x-amz-json-1.1"),
         ("host", &host),
@@ -730,7 +732,13 @@ fn build_request(
         headers.push(("x-amz-security-token", t));
     }
     headers.push(("x-amz-target", &target));
-    let auth = sigv4_authorization(&config.credentials, &config.region, &date, &headers, payload);
+    let auth = sigv4_authorization(
+        &config.credentials,
+        &config.region,
+        &date,
+        &headers,
+        payload,
+    );
     let mut req = format!("POST / HTTP/1.1\r\n");
     for (name, value) in &headers {
         req.push_str(&format!("{name}: {value}\r\n"));
@@ -775,7 +783,9 @@ pub async fn read_response<S: AsyncRead + Unpin>(
             .await
             .map_err(KmsClientError::Connect)?;
         if n == 0 {
-            return Err(KmsClientError::Http("connection closed before the headers ended"));
+            return Err(KmsClientError::Http(
+                "connection closed before the headers ended",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -838,7 +848,8 @@ pub async fn read_response<S: AsyncRead + Unpin>(
             }
         }
         None => {
-            let mut limited = stream.take((MAX_RESPONSE_BODY + 1 - rest.len().min(MAX_RESPONSE_BODY)) as u64);
+            let mut limited =
+                stream.take((MAX_RESPONSE_BODY + 1 - rest.len().min(MAX_RESPONSE_BODY)) as u64);
             limited
                 .read_to_end(&mut rest)
                 .await
@@ -900,7 +911,9 @@ async fn fill<S: AsyncRead + Unpin>(
         .await
         .map_err(KmsClientError::Connect)?;
     if n == 0 {
-        return Err(KmsClientError::Http("connection closed inside a chunked body"));
+        return Err(KmsClientError::Http(
+            "connection closed inside a chunked body",
+        ));
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
@@ -934,12 +947,24 @@ mod tests {
     #[test]
     fn endpoints_parse() {
         let e = Endpoint::parse("https://kms.us-east-1.amazonaws.com").unwrap();
-        assert_eq!((e.tls, e.port, e.host_header().as_str()), (true, 443, "kms.us-east-1.amazonaws.com"));
+        assert_eq!(
+            (e.tls, e.port, e.host_header().as_str()),
+            (true, 443, "kms.us-east-1.amazonaws.com")
+        );
         let e = Endpoint::parse("http://127.0.0.1:4000/").unwrap();
-        assert_eq!((e.tls, e.port, e.host_header().as_str()), (false, 4000, "127.0.0.1:4000"));
+        assert_eq!(
+            (e.tls, e.port, e.host_header().as_str()),
+            (false, 4000, "127.0.0.1:4000")
+        );
         let e = Endpoint::parse("http://[::1]:4000").unwrap();
         assert_eq!(e.host_header(), "[::1]:4000");
-        for bad in ["ftp://x", "http://", "http://a b", "http://h:99999", "https://[::1"] {
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://a b",
+            "http://h:99999",
+            "https://[::1",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
         assert!(Endpoint::for_region("us-east-1").is_ok());
@@ -974,10 +999,16 @@ mod tests {
     #[tokio::test]
     async fn responses_parse_within_caps() {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec();
-        assert_eq!(read_response(&mut &ok[..]).await.unwrap(), (200, b"hello".to_vec()));
+        assert_eq!(
+            read_response(&mut &ok[..]).await.unwrap(),
+            (200, b"hello".to_vec())
+        );
         let chunked =
             b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n".to_vec();
-        assert_eq!(read_response(&mut &chunked[..]).await.unwrap(), (400, b"abcde".to_vec()));
+        assert_eq!(
+            read_response(&mut &chunked[..]).await.unwrap(),
+            (400, b"abcde".to_vec())
+        );
         let eof = b"HTTP/1.0 200 OK\r\n\r\nuntil eof".to_vec();
         assert_eq!(read_response(&mut &eof[..]).await.unwrap().1, b"until eof");
         for bad in [
@@ -990,7 +1021,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
             b"HTTP/1.1 200",
         ] {
-            assert!(read_response(&mut &bad[..]).await.is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                read_response(&mut &bad[..]).await.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let huge = vec![b'a'; MAX_RESPONSE_HEADERS + 10];
         assert!(read_response(&mut &huge[..]).await.is_err());

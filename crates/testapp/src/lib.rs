@@ -5,6 +5,7 @@
 //! test can drive the NSM with any bytes), `isolation-suite PORT OTHER_CID HOST_TCP_PORT
 //! HOST_PID MEMORY_MIB` (tries to break out and reports every attempt's errno to the parent),
 //! `write-file PATH`, `check-absent PATH PORT`, `sink-server PORT` (throughput benchmark),
+//! `signal-unix PATH` (readiness signal of the bubblewrap baseline),
 //! `sleep`.
 //!
 //! This library half only builds the binary statically for tests ([`build_static_testapp`]),
@@ -59,7 +60,14 @@ pub fn build_static_testapp() -> Result<PathBuf, BuildError> {
         .map_err(|e| BuildError(e.to_string()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = err
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(BuildError(tail));
     }
     let path = root.join("target/static/release/cloister-testapp");

@@ -29,10 +29,21 @@ fn main() {
         },
         "check-absent" => {
             let present = std::path::Path::new(&arg(1)).exists();
-            let report = format!("{} {}\n", if present { "FAIL present" } else { "ok absent" }, arg(1));
+            let report = format!(
+                "{} {}\n",
+                if present { "FAIL present" } else { "ok absent" },
+                arg(1)
+            );
             send_report(num(2), &report)
         }
         "sleep" => sleep_forever(),
+        "signal-unix" => match std::os::unix::net::UnixStream::connect(arg(1)) {
+            Ok(mut s) => i32::from(s.write_all(b"R").is_err()),
+            Err(e) => {
+                eprintln!("signal-unix {}: {e}", arg(1));
+                1
+            }
+        },
         other => {
             eprintln!("unknown subcommand {other:?}");
             2
@@ -137,7 +148,9 @@ fn connect_parent(port: u32, message: &str) -> i32 {
     sleep_forever()
 }
 
-/// Connects to the parent on `port` and to the NSM, and copies bytes both ways.
+/// Connects to the parent on `port` and copies bytes between it and the NSM channel. When the
+/// NSM closes the channel (it does on a length prefix over its hard cap) the next bytes from
+/// the parent go to a fresh channel.
 fn nsm_relay(port: u32) -> i32 {
     let parent = match VsockStream::connect(VsockAddr::new(PARENT_CID, port)) {
         Ok(s) => s,
@@ -146,39 +159,40 @@ fn nsm_relay(port: u32) -> i32 {
             return 1;
         }
     };
+    let Ok(mut p_in) = parent.try_clone() else {
+        return 1;
+    };
+    let mut channel: Option<(VsockStream, std::thread::JoinHandle<()>)> = None;
+    let mut buf = [0u8; 16 * 1024];
     loop {
-        let nsm = match VsockStream::connect(VsockAddr::new(0, 1)) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("nsm-relay: nsm: {e}");
-                return 1;
-            }
+        let n = match p_in.read(&mut buf) {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => n,
         };
-        let (Ok(mut p_in), Ok(mut p_out), Ok(mut n_in), Ok(mut n_out)) =
-            (parent.try_clone(), parent.try_clone(), nsm.try_clone(), nsm.try_clone())
-        else {
-            return 1;
-        };
-        // NSM -> parent in a thread; parent -> NSM here. When the NSM closes the channel (it
-        // does on a bad length prefix) a new channel is opened for the next request.
-        let back = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut n_out, &mut p_out);
-        });
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match p_in.read(&mut buf) {
-                Ok(0) | Err(_) => return 0,
-                Ok(n) => {
-                    if n_in.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+        if channel.as_ref().is_some_and(|(_, back)| back.is_finished()) {
+            channel = None;
+        }
+        if channel.is_none() {
+            let nsm = match VsockStream::connect(VsockAddr::new(0, 1)) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("nsm-relay: nsm: {e}");
+                    return 1;
                 }
-            }
-            if back.is_finished() {
-                break;
+            };
+            let (Ok(mut n_out), Ok(mut p_out)) = (nsm.try_clone(), parent.try_clone()) else {
+                return 1;
+            };
+            let back = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut n_out, &mut p_out);
+            });
+            channel = Some((nsm, back));
+        }
+        if let Some((nsm, _)) = channel.as_mut() {
+            if nsm.write_all(&buf[..n]).is_err() {
+                channel = None;
             }
         }
-        let _ = back.join();
     }
 }
 
@@ -210,29 +224,56 @@ fn errno_name(e: i32) -> String {
 fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib: u64) -> String {
     let mut out = String::new();
     let mut line = |ok: bool, name: &str, detail: String| {
-        out.push_str(&format!("{} {name} {detail}\n", if ok { "ok" } else { "FAIL" }));
+        out.push_str(&format!(
+            "{} {name} {detail}\n",
+            if ok { "ok" } else { "FAIL" }
+        ));
     };
 
     // Host descriptors: only stdio may be open (enumerated first, before we open anything).
     let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    let extra: Vec<&String> = fds.iter().filter(|f| !["0", "1", "2"].contains(&f.as_str())).collect();
+    let extra: Vec<&String> = fds
+        .iter()
+        .filter(|f| !["0", "1", "2"].contains(&f.as_str()))
+        .collect();
     // One extra entry is the directory handle read_dir itself holds.
     line(extra.len() <= 1, "fds", format!("{fds:?}"));
 
     // Credentials: no capabilities, no_new_privs, seccomp filter mode.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |k: &str| {
-        status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_owned()).unwrap_or_default()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
     };
-    line(field("CapEff:") == "0000000000000000", "caps", format!("CapEff={} CapBnd={}", field("CapEff:"), field("CapBnd:")));
-    line(field("NoNewPrivs:") == "1", "no_new_privs", field("NoNewPrivs:"));
+    line(
+        field("CapEff:") == "0000000000000000",
+        "caps",
+        format!("CapEff={} CapBnd={}", field("CapEff:"), field("CapBnd:")),
+    );
+    line(
+        field("NoNewPrivs:") == "1",
+        "no_new_privs",
+        field("NoNewPrivs:"),
+    );
     line(field("Seccomp:") == "2", "seccomp", field("Seccomp:"));
 
     // Network: only lo, nothing routed, the host's TCP port unreachable.
     let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let ifaces: Vec<String> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_owned()).collect();
+    let ifaces: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|s| s.trim().to_owned())
+        .collect();
     line(ifaces == ["lo"], "interfaces", format!("{ifaces:?}"));
     let (r, e) = tcp_connect([10, 0, 0, 1], 80);
     line(r < 0 && e == libc::ENETUNREACH, "route", errno_name(e));
@@ -241,7 +282,15 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
 
     // Privileged operations.
     // SAFETY: valid NUL-terminated strings; mount fails (that is the point) or mounts a tmpfs.
-    let r = unsafe { libc::mount(c"none".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     let e = errno();
     line(r < 0 && e == libc::EPERM, "mount", errno_name(e));
     // SAFETY: unshare takes an integer.
@@ -249,29 +298,70 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
     let e = errno();
     line(r < 0 && e == libc::EPERM, "unshare", errno_name(e));
     // SAFETY: ptrace(PTRACE_ATTACH, 1) with null pointers; fails or attaches to init.
-    let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) };
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_ATTACH,
+            1,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
     let e = errno();
     line(r < 0 && e == libc::EPERM, "ptrace", errno_name(e));
     // SAFETY: socket takes integers.
     let r = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
     let e = errno();
-    line(r < 0 && (e == libc::EPERM || e == libc::EAFNOSUPPORT), "af_vsock", errno_name(e));
+    line(
+        r < 0 && (e == libc::EPERM || e == libc::EAFNOSUPPORT),
+        "af_vsock",
+        errno_name(e),
+    );
 
     // Host processes and /proc.
     let init_cmd = std::fs::read("/proc/1/cmdline").unwrap_or_default();
-    line(init_cmd.starts_with(b"/init"), "pid1", String::from_utf8_lossy(&init_cmd).replace('\0', " "));
+    line(
+        init_cmd.starts_with(b"/init"),
+        "pid1",
+        String::from_utf8_lossy(&init_cmd).replace('\0', " "),
+    );
     let r = std::fs::metadata(format!("/proc/{host_pid}/status"));
-    line(r.is_err(), "host_proc", format!("/proc/{host_pid}: {}", r.map(|_| "visible".to_owned()).unwrap_or_else(|e| e.to_string())));
+    line(
+        r.is_err(),
+        "host_proc",
+        format!(
+            "/proc/{host_pid}: {}",
+            r.map(|_| "visible".to_owned())
+                .unwrap_or_else(|e| e.to_string())
+        ),
+    );
     // SAFETY: kill with signal 0 only checks existence.
     let r = unsafe { libc::kill(host_pid, 0) };
     let e = errno();
     line(r < 0 && e == libc::ESRCH, "host_pid", errno_name(e));
-    let pids: Vec<String> = std::fs::read_dir("/proc").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect()).unwrap_or_default();
-    line(pids.len() < 10, "pid_count", format!("{} processes visible", pids.len()));
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .collect()
+        })
+        .unwrap_or_default();
+    line(
+        pids.len() < 10,
+        "pid_count",
+        format!("{} processes visible", pids.len()),
+    );
 
     // Another enclave over vsock.
     let r = VsockStream::connect(VsockAddr::new(other_cid, 5000));
-    line(r.is_err(), "other_enclave", match r { Ok(_) => "connected".into(), Err(e) => e.to_string() });
+    line(
+        r.is_err(),
+        "other_enclave",
+        match r {
+            Ok(_) => "connected".into(),
+            Err(e) => e.to_string(),
+        },
+    );
 
     // The pids limit holds against a fork bomb (in a child process group).
     line_fork_bomb(&mut line);
@@ -289,11 +379,19 @@ fn tcp_connect(ip: [u8; 4], port: u16) -> (i32, i32) {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: `addr` is a valid sockaddr_in for the call's duration.
-    let r = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) };
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
     let e = errno();
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(fd) };
@@ -348,7 +446,11 @@ fn line_fork_bomb(line: &mut dyn FnMut(bool, &str, String)) {
     let mut it = text.split_whitespace();
     let n: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let e: i32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    line(e == libc::EAGAIN && n < 2000, "fork_bomb", format!("{n} forks, then {}", errno_name(e)));
+    line(
+        e == libc::EAGAIN && n < 2000,
+        "fork_bomb",
+        format!("{n} forks, then {}", errno_name(e)),
+    );
     // Let init reap the killed group before the next check.
     std::thread::sleep(std::time::Duration::from_millis(300));
 }
@@ -370,7 +472,11 @@ fn line_memory(line: &mut dyn FnMut(bool, &str, String), memory_mib: u64) {
     // SAFETY: reaping our child.
     unsafe { libc::waitpid(child, &mut st, 0) };
     let killed = libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL;
-    let detail = if libc::WIFSIGNALED(st) { format!("hog killed by signal {}", libc::WTERMSIG(st)) } else { format!("hog exited {}", libc::WEXITSTATUS(st)) };
+    let detail = if libc::WIFSIGNALED(st) {
+        format!("hog killed by signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("hog exited {}", libc::WEXITSTATUS(st))
+    };
     line(killed, "memory", detail);
 }
 

@@ -24,6 +24,10 @@
 //!   (listener cap), `ERR EACCES` (cid other than 0 and 3), `ERR ECONNREFUSED`, `ERR EINVAL`
 //!   (malformed request), `ERR EAGAIN` (connection cap), `ERR ETIMEDOUT`, `ERR ECONNRESET`,
 //!   `ERR EIO`.
+//! - NSM frames: the broker reads frames up to 64 KiB (`nsm_frame::NSM_FRAME_HARD_CAP`; a
+//!   larger length prefix closes the channel) and hands every one to the `NsmService`, whose
+//!   job it is to answer `InputTooLarge` above 4096 bytes; the broker itself does not speak
+//!   CBOR.
 //! - Inside a process enclave the local cid is unknown; `local_addr().cid` is
 //!   `VMADDR_CID_ANY` there.
 //! - Fabric trust: a host client checks that `<cid>.sock` is held by root or by its own uid, and

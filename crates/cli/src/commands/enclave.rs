@@ -122,7 +122,12 @@ pub struct TerminateArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ConsoleArgs {
     /// Enclave id.
-    #[arg(long, value_name = "ID", conflicts_with = "enclave_name", required_unless_present = "enclave_name")]
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "enclave_name",
+        required_unless_present = "enclave_name"
+    )]
     pub enclave_id: Option<String>,
     /// Enclave name.
     #[arg(long, value_name = "NAME")]
@@ -199,12 +204,24 @@ pub fn run(command: EnclaveCommand) -> CliResult<()> {
             let sel = match (a.enclave_id, a.enclave_name) {
                 (Some(id), _) => Selector::Id(id),
                 (None, Some(n)) => Selector::Name(n),
-                (None, None) => return Err(CliError::msg("E301", "--enclave-id or --enclave-name is required")),
+                (None, None) => {
+                    return Err(CliError::msg(
+                        "E301",
+                        "--enclave-id or --enclave-name is required",
+                    ))
+                }
             };
-            let rec = lifecycle::select(&run_dir, &sel).map_err(map_err)?.remove(0);
+            let rec = lifecycle::select(&run_dir, &sel)
+                .map_err(map_err)?
+                .remove(0);
             let mut out = std::io::stdout().lock();
-            lifecycle::console(&run_dir, &rec, &mut out, a.disconnect_timeout.map(Duration::from_secs))
-                .map_err(map_err)
+            lifecycle::console(
+                &run_dir,
+                &rec,
+                &mut out,
+                a.disconnect_timeout.map(Duration::from_secs),
+            )
+            .map_err(map_err)
         }
         EnclaveCommand::Monitor(a) => {
             let code = cloister_runtime::monitor_main(&a.enclave_id);
@@ -301,17 +318,29 @@ fn read_config(path: &PathBuf) -> CliResult<RunConfigFile> {
     use std::io::Read;
     let f = std::fs::File::open(path).code("E316")?;
     let mut text = Vec::new();
-    f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut text).code("E316")?;
+    f.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut text)
+        .code("E316")?;
     if text.len() as u64 > MAX_CONFIG_FILE {
-        return Err(CliError::msg("E316", format!("{} is larger than {MAX_CONFIG_FILE} bytes", path.display())));
+        return Err(CliError::msg(
+            "E316",
+            format!("{} is larger than {MAX_CONFIG_FILE} bytes", path.display()),
+        ));
     }
-    serde_json::from_slice(&text)
-        .map_err(|e| CliError::new("E316", anyhow::Error::new(e).context(format!("invalid config {}", path.display()))))
+    serde_json::from_slice(&text).map_err(|e| {
+        CliError::new(
+            "E316",
+            anyhow::Error::new(e).context(format!("invalid config {}", path.display())),
+        )
+    })
 }
 
 /// Turns the flags (or the config file) into run options; returns them and whether to attach.
 pub fn run_options(a: RunEnclaveArgs) -> CliResult<(RunOptions, bool)> {
-    let isolation: Isolation = a.isolation.parse().map_err(|m: String| CliError::msg("E301", m))?;
+    let isolation: Isolation = a
+        .isolation
+        .parse()
+        .map_err(|m: String| CliError::msg("E301", m))?;
     let (eif_path, memory, cpu_count, cpu_ids, cid, debug, attach, name) = match &a.config {
         Some(path) => {
             let c = read_config(path)?;
@@ -328,9 +357,9 @@ pub fn run_options(a: RunEnclaveArgs) -> CliResult<(RunOptions, bool)> {
         }
         None => {
             let ids = match &a.cpu_ids {
-                Some(parts) => Some(
-                    parse_cpu_list(&parts.join(",")).map_err(|e| CliError::new("E301", e))?,
-                ),
+                Some(parts) => {
+                    Some(parse_cpu_list(&parts.join(",")).map_err(|e| CliError::new("E301", e))?)
+                }
                 None => None,
             };
             (
@@ -346,10 +375,20 @@ pub fn run_options(a: RunEnclaveArgs) -> CliResult<(RunOptions, bool)> {
         }
     };
     let cpus = match (cpu_count, cpu_ids) {
-        (Some(_), Some(_)) => return Err(CliError::msg("E301", "use either cpu_count or cpu_ids, not both")),
+        (Some(_), Some(_)) => {
+            return Err(CliError::msg(
+                "E301",
+                "use either cpu_count or cpu_ids, not both",
+            ))
+        }
         (Some(n), None) => CpuRequest::Count(n),
         (None, Some(ids)) => CpuRequest::Ids(ids),
-        (None, None) => return Err(CliError::msg("E301", "--cpu-count or --cpu-ids is required")),
+        (None, None) => {
+            return Err(CliError::msg(
+                "E301",
+                "--cpu-count or --cpu-ids is required",
+            ))
+        }
     };
     Ok((
         RunOptions {
@@ -370,7 +409,10 @@ fn run_enclave(run_dir: &RunDir, a: RunEnclaveArgs) -> CliResult<()> {
     let program = std::env::current_exe().code("E315")?;
     let monitor = MonitorCommand {
         program,
-        args: vec![cloister_runtime::MONITOR_SUBCOMMAND.to_owned(), "--enclave-id".to_owned()],
+        args: vec![
+            cloister_runtime::MONITOR_SUBCOMMAND.to_owned(),
+            "--enclave-id".to_owned(),
+        ],
     };
     let rec = lifecycle::run_enclave(run_dir, &opts, &monitor).map_err(map_err)?;
     print_json(&run_json(&rec))?;
@@ -398,15 +440,44 @@ mod tests {
 
     #[test]
     fn run_flags_map_to_options() {
-        let (o, attach) = run_options(parse(&["--eif-path", "x.eif", "--cpu-ids", "1,3-4", "--memory", "128", "--attach-console"])).unwrap();
+        let (o, attach) = run_options(parse(&[
+            "--eif-path",
+            "x.eif",
+            "--cpu-ids",
+            "1,3-4",
+            "--memory",
+            "128",
+            "--attach-console",
+        ]))
+        .unwrap();
         assert_eq!(o.cpus, CpuRequest::Ids(vec![1, 3, 4]));
         assert!(attach && o.debug_mode);
         assert_eq!(o.memory_mib, 128);
-        let (o, _) = run_options(parse(&["--eif-path", "x.eif", "--cpu-count", "2", "--memory", "64", "--enclave-cid", "9"])).unwrap();
+        let (o, _) = run_options(parse(&[
+            "--eif-path",
+            "x.eif",
+            "--cpu-count",
+            "2",
+            "--memory",
+            "64",
+            "--enclave-cid",
+            "9",
+        ]))
+        .unwrap();
         assert_eq!((o.cpus, o.cid), (CpuRequest::Count(2), 9));
         let err = run_options(parse(&["--eif-path", "x.eif", "--memory", "64"])).unwrap_err();
         assert_eq!(err.code, "E301");
-        let err = run_options(parse(&["--eif-path", "x.eif", "--memory", "64", "--cpu-count", "1", "--isolation", "lxc"])).unwrap_err();
+        let err = run_options(parse(&[
+            "--eif-path",
+            "x.eif",
+            "--memory",
+            "64",
+            "--cpu-count",
+            "1",
+            "--isolation",
+            "lxc",
+        ]))
+        .unwrap_err();
         assert_eq!(err.code, "E301");
     }
 
@@ -416,8 +487,20 @@ mod tests {
         let p = dir.path().join("c.json");
         std::fs::write(&p, r#"{"eif_path":"a.eif","memory_mib":256,"cpu_count":1,"enclave_cid":7,"debug_mode":true,"enclave_name":"n"}"#).unwrap();
         let (o, _) = run_options(parse(&["--config", p.to_str().unwrap()])).unwrap();
-        assert_eq!((o.memory_mib, o.cid, o.debug_mode, o.name.as_deref()), (256, 7, true, Some("n")));
-        std::fs::write(&p, r#"{"eif_path":"a.eif","memory_mib":256,"cpu_count":1,"bogus":1}"#).unwrap();
-        assert_eq!(run_options(parse(&["--config", p.to_str().unwrap()])).unwrap_err().code, "E316");
+        assert_eq!(
+            (o.memory_mib, o.cid, o.debug_mode, o.name.as_deref()),
+            (256, 7, true, Some("n"))
+        );
+        std::fs::write(
+            &p,
+            r#"{"eif_path":"a.eif","memory_mib":256,"cpu_count":1,"bogus":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            run_options(parse(&["--config", p.to_str().unwrap()]))
+                .unwrap_err()
+                .code,
+            "E316"
+        );
     }
 }

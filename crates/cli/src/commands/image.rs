@@ -240,7 +240,8 @@ fn tree_code(t: &TreeError) -> &'static str {
 
 fn argv(flag: &str, s: &str) -> CliResult<Vec<String>> {
     if s.trim_start().starts_with('[') {
-        serde_json::from_str(s).map_err(|e| CliError::msg("E003", format!("{flag}: not a JSON array of strings: {e}")))
+        serde_json::from_str(s)
+            .map_err(|e| CliError::msg("E003", format!("{flag}: not a JSON array of strings: {e}")))
     } else {
         Ok(s.split_whitespace().map(str::to_owned).collect())
     }
@@ -282,10 +283,16 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
                 let parsed = o
                     .split_once(':')
                     .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
-                Some(parsed.ok_or_else(|| CliError::msg("E003", "--rootfs-owner must be UID:GID"))?)
+                Some(
+                    parsed
+                        .ok_or_else(|| CliError::msg("E003", "--rootfs-owner must be UID:GID"))?,
+                )
             }
         };
-        Some(ImageInput::Rootfs { dir: dir.clone(), owner })
+        Some(ImageInput::Rootfs {
+            dir: dir.clone(),
+            owner,
+        })
     } else {
         None
     })
@@ -294,13 +301,20 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
 /// Builds an EIF from a container input when one was given (`Ok(None)` otherwise), honouring
 /// `build-enclave`'s output options. Mtimes and the build time come from `SOURCE_DATE_EPOCH`
 /// when it is set.
-pub fn build_from_container(c: &ContainerInputs, output: &OutputOptions) -> CliResult<Option<Measurements>> {
+pub fn build_from_container(
+    c: &ContainerInputs,
+    output: &OutputOptions,
+) -> CliResult<Option<Measurements>> {
     let Some(input) = container_input(c)? else {
         return Ok(None);
     };
     let mut req = BuildRequest::new(input, c.blobs.clone(), output.output_file.clone());
     req.overrides = CommandOverrides {
-        entrypoint: c.entrypoint.as_deref().map(|s| argv("--entrypoint", s)).transpose()?,
+        entrypoint: c
+            .entrypoint
+            .as_deref()
+            .map(|s| argv("--entrypoint", s))
+            .transpose()?,
         cmd: c.cmd.as_deref().map(|s| argv("--cmd", s)).transpose()?,
         env: c.env.clone(),
     };
@@ -312,18 +326,20 @@ pub fn build_from_container(c: &ContainerInputs, output: &OutputOptions) -> CliR
     req.temp_dir = c.temp_dir.clone();
     req.progress = true;
     if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
-        req.source_date_epoch = Some(
-            sde.trim()
-                .parse()
-                .map_err(|_| CliError::msg("E003", "SOURCE_DATE_EPOCH is not a number of seconds"))?,
-        );
+        req.source_date_epoch =
+            Some(sde.trim().parse().map_err(|_| {
+                CliError::msg("E003", "SOURCE_DATE_EPOCH is not a number of seconds")
+            })?);
     }
     if let Some(path) = &output.metadata {
         let bytes = std::fs::read(path).map_err(|e| CliError::new("E601", e))?;
-        req.custom_metadata = serde_json::from_slice(&bytes).map_err(|e| CliError::new("E601", e))?;
+        req.custom_metadata =
+            serde_json::from_slice(&bytes).map_err(|e| CliError::new("E601", e))?;
     }
     let signer = match (&output.signing_certificate, &output.private_key) {
-        (Some(cert), Some(key)) => Some(cloister_eif::EifSigner::from_files(cert, key).map_err(cli_error)?),
+        (Some(cert), Some(key)) => {
+            Some(cloister_eif::EifSigner::from_files(cert, key).map_err(cli_error)?)
+        }
         _ => None,
     };
     let code = |e: BuildError| CliError::new(build_error_code(&e), e);
@@ -358,8 +374,14 @@ mod tests {
 
     #[test]
     fn argv_forms() {
-        assert_eq!(argv("--cmd", "/bin/sh -c  x").unwrap(), ["/bin/sh", "-c", "x"]);
-        assert_eq!(argv("--cmd", r#"["/bin/sh", "-c", "echo a b"]"#).unwrap(), ["/bin/sh", "-c", "echo a b"]);
+        assert_eq!(
+            argv("--cmd", "/bin/sh -c  x").unwrap(),
+            ["/bin/sh", "-c", "x"]
+        );
+        assert_eq!(
+            argv("--cmd", r#"["/bin/sh", "-c", "echo a b"]"#).unwrap(),
+            ["/bin/sh", "-c", "echo a b"]
+        );
         assert!(argv("--cmd", "[1]").is_err());
     }
 
@@ -377,7 +399,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(container_input(&c).unwrap_err().code, "E612");
-        assert!(container_input(&ContainerInputs::default()).unwrap().is_none());
+        assert!(container_input(&ContainerInputs::default())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

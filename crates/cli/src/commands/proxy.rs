@@ -335,7 +335,11 @@ async fn termination() {
     tracing::info!("shutting down");
 }
 
-fn relay_options(max_connections: usize, buffer_size: usize, drain: u64) -> CliResult<RelayOptions> {
+fn relay_options(
+    max_connections: usize,
+    buffer_size: usize,
+    drain: u64,
+) -> CliResult<RelayOptions> {
     let options = RelayOptions {
         max_connections,
         buffer_size,
@@ -446,7 +450,9 @@ mod tests {
         assert_eq!(a.local_port, 8000);
         assert_eq!(a.remote_port, 443);
         assert_eq!(a.config, PathBuf::from("/tmp/a.yaml"));
-        assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "-4", "-6", "1", "h", "2"]).is_err());
+        assert!(
+            Cli::try_parse_from(["cloister", "vsock-proxy", "-4", "-6", "1", "h", "2"]).is_err()
+        );
         assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "1", "h", "70000"]).is_err());
     }
 
@@ -553,9 +559,12 @@ fn run_kms_client(command: KmsClientCommand) -> CliResult<()> {
     let none = std::collections::BTreeMap::new();
     match command {
         KmsClientCommand::Decrypt(a) => {
-            let blob = b64
-                .decode(a.ciphertext.trim())
-                .map_err(|e| CliError::new("E510", anyhow::Error::new(e).context("--ciphertext is not base64")))?;
+            let blob = b64.decode(a.ciphertext.trim()).map_err(|e| {
+                CliError::new(
+                    "E510",
+                    anyhow::Error::new(e).context("--ciphertext is not base64"),
+                )
+            })?;
             let plaintext = rt
                 .block_on(client.decrypt(
                     &blob,

@@ -27,16 +27,38 @@ pub fn build_eif(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let init_bytes = read(init);
     let app_bytes = read(app);
     let mut boot = CpioWriter::new(Vec::new());
-    boot.file("init", 0o755, 0, 0, init_bytes.len() as u64, &init_bytes[..]).unwrap();
+    boot.file(
+        "init",
+        0o755,
+        0,
+        0,
+        init_bytes.len() as u64,
+        &init_bytes[..],
+    )
+    .unwrap();
     let boot = boot.finish().unwrap();
-    let cmd = std::iter::once("/testapp").chain(args.iter().copied()).collect::<Vec<_>>().join("\n") + "\n";
+    let cmd = std::iter::once("/testapp")
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let env = "RUST_BACKTRACE=1\n";
     let mut user = CpioWriter::new(Vec::new());
-    user.file("cmd", 0o644, 0, 0, cmd.len() as u64, cmd.as_bytes()).unwrap();
-    user.file("env", 0o644, 0, 0, env.len() as u64, env.as_bytes()).unwrap();
+    user.file("cmd", 0o644, 0, 0, cmd.len() as u64, cmd.as_bytes())
+        .unwrap();
+    user.file("env", 0o644, 0, 0, env.len() as u64, env.as_bytes())
+        .unwrap();
     user.dir("rootfs", 0o755, 0, 0).unwrap();
     user.dir("rootfs/tmp", 0o1777, 0, 0).unwrap();
-    user.file("rootfs/testapp", 0o755, 0, 0, app_bytes.len() as u64, &app_bytes[..]).unwrap();
+    user.file(
+        "rootfs/testapp",
+        0o755,
+        0,
+        0,
+        app_bytes.len() as u64,
+        &app_bytes[..],
+    )
+    .unwrap();
     let user = user.finish().unwrap();
     let path = dir.join(format!("{name}.eif"));
     cloister_eif::EifBuilder::new()
@@ -59,12 +81,24 @@ pub struct Env {
 
 impl Env {
     pub fn new(pool_cpus: &str, pool_mib: u64) -> Self {
-        let dir = tempfile::Builder::new().prefix("cloister-enc").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cloister-enc")
+            .tempdir()
+            .unwrap();
         let run = dir.path().join("run");
         let pki = dir.path().join("pki");
         let alloc = dir.path().join("allocator.yaml");
-        std::fs::write(&alloc, format!("memory_mib: {pool_mib}\ncpu_pool: \"{pool_cpus}\"\n")).unwrap();
-        Env { dir, run, pki, alloc }
+        std::fs::write(
+            &alloc,
+            format!("memory_mib: {pool_mib}\ncpu_pool: \"{pool_cpus}\"\n"),
+        )
+        .unwrap();
+        Env {
+            dir,
+            run,
+            pki,
+            alloc,
+        }
     }
 
     pub fn cmd(&self) -> Command {
@@ -82,13 +116,25 @@ impl Env {
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "cloister {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cloister {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json output")
     }
 
     /// Runs an enclave (debug mode) and returns run-enclave's JSON.
     pub fn run(&self, eif: &Path, extra: &[&str]) -> Value {
-        let mut args = vec!["run-enclave", "--eif-path", eif.to_str().unwrap(), "--cpu-count", "1", "--memory", "128"];
+        let mut args = vec![
+            "run-enclave",
+            "--eif-path",
+            eif.to_str().unwrap(),
+            "--cpu-count",
+            "1",
+            "--memory",
+            "128",
+        ];
         args.extend_from_slice(extra);
         self.json(&args)
     }
@@ -111,7 +157,9 @@ impl Env {
         loop {
             match self.connect(cid, port) {
                 Ok(s) => return s,
-                Err(e) if std::time::Instant::now() > deadline => panic!("connect {cid}:{port}: {e}"),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("connect {cid}:{port}: {e}")
+                }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         }
@@ -122,7 +170,8 @@ impl Env {
     }
 
     pub fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.run.join("enclaves").join(id).join("console.log")).unwrap_or_default()
+        std::fs::read_to_string(self.run.join("enclaves").join(id).join("console.log"))
+            .unwrap_or_default()
     }
 }
 
@@ -140,7 +189,8 @@ pub fn accept_read(l: &VsockListener, max: usize) -> (VsockAddr, String) {
         match l.accept() {
             Ok((s, peer)) => {
                 s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                    .unwrap();
                 let mut out = Vec::new();
                 let mut s = s;
                 let _ = (&mut s).take(max as u64).read_to_end(&mut out);

@@ -20,7 +20,14 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(digest(&SHA256, b).as_ref())
 }
 
-fn raw_header(path: &str, kind: tar::EntryType, mode: u32, uid: u32, gid: u32, size: u64) -> tar::Header {
+fn raw_header(
+    path: &str,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     {
         let name = &mut h.as_old_mut().name;
@@ -48,7 +55,14 @@ pub fn tar(entries: &[E]) -> Vec<u8> {
     for e in entries {
         match e {
             E::File(p, mode, uid, gid, data) => {
-                let mut h = raw_header(p, tar::EntryType::Regular, *mode, *uid, *gid, data.len() as u64);
+                let mut h = raw_header(
+                    p,
+                    tar::EntryType::Regular,
+                    *mode,
+                    *uid,
+                    *gid,
+                    data.len() as u64,
+                );
                 h.set_cksum();
                 b.append(&h, *data).unwrap();
             }
@@ -98,21 +112,36 @@ pub struct Layer {
 
 pub fn gz_layer(entries: &[E]) -> Layer {
     let t = tar(entries);
-    Layer { blob: gzip(&t), media_type: "application/vnd.oci.image.layer.v1.tar+gzip", tar: t }
+    Layer {
+        blob: gzip(&t),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        tar: t,
+    }
 }
 
 pub fn zstd_layer(entries: &[E]) -> Layer {
     let t = tar(entries);
-    Layer { blob: zstd(&t), media_type: "application/vnd.oci.image.layer.v1.tar+zstd", tar: t }
+    Layer {
+        blob: zstd(&t),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+        tar: t,
+    }
 }
 
 pub fn plain_layer(entries: &[E]) -> Layer {
     let t = tar(entries);
-    Layer { blob: t.clone(), media_type: "application/vnd.oci.image.layer.v1.tar", tar: t }
+    Layer {
+        blob: t.clone(),
+        media_type: "application/vnd.oci.image.layer.v1.tar",
+        tar: t,
+    }
 }
 
 pub fn config(layers: &[Layer], container: serde_json::Value) -> Vec<u8> {
-    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(&l.tar))).collect();
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", sha256_hex(&l.tar)))
+        .collect();
     serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
@@ -177,7 +206,11 @@ pub fn docker_archive_old(path: &Path, layers: &[Layer], config_bytes: &[u8], ta
     }
     add(&mut b, &cfg_name, config_bytes);
     let manifest = json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": names}]);
-    add(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
     std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
@@ -200,8 +233,16 @@ pub fn docker_archive_oci(path: &Path, layers: &[Layer], config_bytes: &[u8], ta
         names.push(n);
     }
     let manifest = json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": names}]);
-    add(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
-    add(&mut b, "index.json", br#"{"schemaVersion":2,"manifests":[]}"#);
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    add(
+        &mut b,
+        "index.json",
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    );
     std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
@@ -232,7 +273,15 @@ pub fn read_cpio(path: &Path) -> Vec<(String, u32, u32, u32, u32, u32, Vec<u8>)>
         if let Some(t) = &e.symlink_target {
             data = t.clone();
         }
-        out.push((e.name_str().unwrap().to_owned(), e.mode, e.uid, e.gid, e.nlink, e.ino, data));
+        out.push((
+            e.name_str().unwrap().to_owned(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.nlink,
+            e.ino,
+            data,
+        ));
     }
     out
 }

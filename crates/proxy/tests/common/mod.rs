@@ -91,8 +91,8 @@ impl Fabric {
             max_host_pending: 4096,
             ..BrokerLimits::default()
         };
-        let config = BrokerConfig::new(cid, dir.path(), enclave_socket, Arc::new(NoNsm))
-            .with_limits(limits);
+        let config =
+            BrokerConfig::new(cid, dir.path(), enclave_socket, Arc::new(NoNsm)).with_limits(limits);
         let broker = Broker::start(config).unwrap();
         Fabric { dir, broker, cid }
     }
@@ -113,7 +113,10 @@ impl Fabric {
 }
 
 /// A shutdown signal for a server under test.
-pub fn shutdown_pair() -> (tokio::sync::oneshot::Sender<()>, impl std::future::Future<Output = ()>) {
+pub fn shutdown_pair() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl std::future::Future<Output = ()>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;

@@ -1,0 +1,284 @@
+//! Enclave benchmarks, each against its baseline in the same run:
+//! (a) `cloister run-enclave` until the boot heartbeat, against bubblewrap starting a
+//!     comparable sandbox (user, mount, PID, network, IPC, UTS and cgroup namespaces, a tmpfs
+//!     root holding the same static init and testapp, the testapp signalling readiness over a
+//!     Unix socket); medians of `BOOT_RUNS` runs;
+//! (b) parent-to-enclave vsock stream throughput and 1-byte round-trip latency, against a
+//!     Unix socket pair in this process.
+//!
+//! Run as root: `cargo bench -p cloister-runtime --bench enclave`. Set `CLOISTER_BIN` to use an
+//! existing `cloister` binary; otherwise it is built in release mode.
+
+use cloister_cpio::CpioWriter;
+use cloister_vsock::{VsockAddr, VsockStream};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT_RUNS: usize = 20;
+const STREAM_BYTES: u64 = 512 << 20;
+const CHUNK: usize = 256 * 1024;
+const PINGS: usize = 2000;
+
+fn cloister_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLOISTER_BIN") {
+        return p.into();
+    }
+    let root = cloister_testapp::workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["build", "--release", "-p", "cloister", "--bin", "cloister"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    target.join("release/cloister")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn build_eif(dir: &Path, init: &Path, app: &Path, args: &[&str]) -> PathBuf {
+    let init_b = std::fs::read(init).unwrap();
+    let app_b = std::fs::read(app).unwrap();
+    let mut boot = CpioWriter::new(Vec::new());
+    boot.file("init", 0o755, 0, 0, init_b.len() as u64, &init_b[..])
+        .unwrap();
+    let cmd = std::iter::once("/testapp")
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let mut user = CpioWriter::new(Vec::new());
+    user.file("cmd", 0o644, 0, 0, cmd.len() as u64, cmd.as_bytes())
+        .unwrap();
+    user.file("env", 0o644, 0, 0, 0, &b""[..]).unwrap();
+    user.dir("rootfs", 0o755, 0, 0).unwrap();
+    user.file(
+        "rootfs/testapp",
+        0o755,
+        0,
+        0,
+        app_b.len() as u64,
+        &app_b[..],
+    )
+    .unwrap();
+    let path = dir.join("bench.eif");
+    cloister_eif::EifBuilder::new()
+        .kernel_bytes(b"none".to_vec())
+        .cmdline("x")
+        .ramdisk_bytes(boot.finish().unwrap())
+        .ramdisk_bytes(user.finish().unwrap())
+        .write_to_path(&path)
+        .unwrap();
+    path
+}
+
+fn main() {
+    let init = cloister_init::build_static_init().expect("static init");
+    let app = cloister_testapp::build_static_testapp().expect("static testapp");
+    let bin = cloister_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let alloc = dir.path().join("allocator.yaml");
+    std::fs::write(&alloc, "memory_mib: 2048\ncpu_pool: \"0-1\"\n").unwrap();
+    let eif = build_eif(dir.path(), &init, &app, &["sink-server", "5000"]);
+    let cli = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .env("CLOISTER_RUN_DIR", &run)
+            .env("CLOISTER_PKI_DIR", dir.path().join("pki"))
+            .env("CLOISTER_ALLOCATOR_CONFIG", &alloc)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let run_args = [
+        "run-enclave",
+        "--eif-path",
+        eif.to_str().unwrap(),
+        "--cpu-count",
+        "1",
+        "--memory",
+        "256",
+    ];
+
+    // (a) boot to heartbeat.
+    cli(&run_args); // warm-up (creates the PKI)
+    cli(&["terminate-enclave", "--all"]);
+    let mut ours = Vec::new();
+    for _ in 0..BOOT_RUNS {
+        let t = Instant::now();
+        cli(&run_args);
+        ours.push(t.elapsed());
+        cli(&["terminate-enclave", "--all"]);
+    }
+    let bwrap = which_bwrap();
+    let mut theirs = Vec::new();
+    if let Some(bwrap) = &bwrap {
+        let sock = dir.path().join("ready.sock");
+        for _ in 0..BOOT_RUNS {
+            let _ = std::fs::remove_file(&sock);
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            let t = Instant::now();
+            let mut child = Command::new(bwrap)
+                .args([
+                    "--unshare-all",
+                    "--unshare-user",
+                    "--die-with-parent",
+                    "--tmpfs",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                ])
+                .args(["--ro-bind", init.to_str().unwrap(), "/init"])
+                .args(["--ro-bind", app.to_str().unwrap(), "/testapp"])
+                .args(["--bind", sock.to_str().unwrap(), "/ready.sock"])
+                .args(["/testapp", "signal-unix", "/ready.sock"])
+                .spawn()
+                .unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            theirs.push(t.elapsed());
+            let _ = child.wait();
+        }
+    }
+    let (m_ours, m_theirs) = (
+        median(ours),
+        theirs
+            .is_empty()
+            .then_some(Duration::ZERO)
+            .unwrap_or_else(|| median(theirs.clone())),
+    );
+    println!(
+        "boot: cloister run-enclave to heartbeat, median of {BOOT_RUNS}: {:.1} ms",
+        m_ours.as_secs_f64() * 1e3
+    );
+    if bwrap.is_some() {
+        println!(
+            "boot: bubblewrap sandbox to readiness, median of {BOOT_RUNS}: {:.1} ms",
+            m_theirs.as_secs_f64() * 1e3
+        );
+        println!(
+            "boot: ratio cloister/bwrap = {:.2}x (target <= 1.5x)",
+            m_ours.as_secs_f64() / m_theirs.as_secs_f64()
+        );
+    } else {
+        println!("boot: bwrap not installed; baseline skipped");
+    }
+
+    // (b) throughput and latency.
+    let rec = cli(&run_args);
+    let cid = rec["EnclaveCID"].as_u64().unwrap() as u32;
+    let fabric = run.join("vsock");
+    let connect = || loop {
+        if let Ok(s) = VsockStream::connect_fabric(&fabric, VsockAddr::new(cid, 5000)) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let buf = vec![7u8; CHUNK];
+    let mut s = connect();
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < STREAM_BYTES {
+        s.write_all(&buf).unwrap();
+        sent += CHUNK as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut total = [0u8; 8];
+    s.read_exact(&mut total).unwrap();
+    let vs = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+    assert_eq!(u64::from_be_bytes(total), sent);
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut r = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        loop {
+            match b.read(&mut r) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        n
+    });
+    let t = Instant::now();
+    let mut sent2 = 0u64;
+    while sent2 < STREAM_BYTES {
+        a.write_all(&buf).unwrap();
+        sent2 += CHUNK as u64;
+    }
+    drop(a);
+    assert_eq!(sink.join().unwrap(), sent2);
+    let us = sent2 as f64 / t.elapsed().as_secs_f64() / 1e6;
+    println!("throughput: parent->enclave vsock {vs:.0} MB/s, unix socket pair {us:.0} MB/s, ratio {:.2}x (target >= 0.8x)", vs / us);
+    cli(&["terminate-enclave", "--all"]);
+
+    // Latency: 1-byte round trips to an echo server in an enclave vs a Unix pair echo thread.
+    let eif = build_eif(dir.path(), &init, &app, &["echo-server", "5000"]);
+    let rec = cli(&[
+        "run-enclave",
+        "--eif-path",
+        eif.to_str().unwrap(),
+        "--cpu-count",
+        "1",
+        "--memory",
+        "256",
+    ]);
+    let cid = rec["EnclaveCID"].as_u64().unwrap() as u32;
+    let mut s = loop {
+        if let Ok(s) = VsockStream::connect_fabric(&fabric, VsockAddr::new(cid, 5000)) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let rt = |s: &mut dyn ReadWrite| {
+        let mut one = [0u8; 1];
+        let t = Instant::now();
+        for _ in 0..PINGS {
+            s.write_all(b"x").unwrap();
+            s.read_exact(&mut one).unwrap();
+        }
+        t.elapsed() / PINGS as u32
+    };
+    let v_rt = rt(&mut s);
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut one = [0u8; 1];
+        while b.read_exact(&mut one).is_ok() {
+            if b.write_all(&one).is_err() {
+                break;
+            }
+        }
+    });
+    let u_rt = rt(&mut a);
+    println!(
+        "latency: vsock round trip {:.1} us, unix pair {:.1} us",
+        v_rt.as_secs_f64() * 1e6,
+        u_rt.as_secs_f64() * 1e6
+    );
+    cli(&["terminate-enclave", "--all"]);
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn which_bwrap() -> Option<PathBuf> {
+    ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
