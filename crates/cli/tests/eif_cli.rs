@@ -87,12 +87,22 @@ fn code_and_status(out: &Output) -> (String, Option<i32>) {
 fn build_enclave_prints_the_reference_pcrs() {
     let dir = tempfile::tempdir().unwrap();
     let unsigned = dir.path().join("u.eif");
-    assert_eq!(json(&build(&unsigned, false))["Measurements"], expected("unsigned"));
+    assert_eq!(
+        json(&build(&unsigned, false))["Measurements"],
+        expected("unsigned")
+    );
     let signed = dir.path().join("s.eif");
-    assert_eq!(json(&build(&signed, true))["Measurements"], expected("signed"));
+    assert_eq!(
+        json(&build(&signed, true))["Measurements"],
+        expected("signed")
+    );
 
     // What we built describes like the reference images.
-    let d = json(&cloister(&["describe-eif", "--eif-path", &signed.to_string_lossy()]));
+    let d = json(&cloister(&[
+        "describe-eif",
+        "--eif-path",
+        &signed.to_string_lossy(),
+    ]));
     assert_eq!(d["Measurements"], expected("signed"));
     assert_eq!(d["CheckCRC"], true);
     assert_eq!(d["SignatureCheck"], true);
@@ -102,7 +112,11 @@ fn build_enclave_prints_the_reference_pcrs() {
 
 #[test]
 fn describe_eif_reports_the_reference_images() {
-    let u = json(&cloister(&["describe-eif", "--eif-path", &v("unsigned.eif")]));
+    let u = json(&cloister(&[
+        "describe-eif",
+        "--eif-path",
+        &v("unsigned.eif"),
+    ]));
     assert_eq!(u["EifVersion"], 4);
     assert_eq!(u["Measurements"], expected("unsigned"));
     assert_eq!(u["IsSigned"], false);
@@ -160,7 +174,11 @@ fn sign_eif_and_pcr_agree_with_the_reference() {
         &out.to_string_lossy(),
     ]));
     assert_eq!(r["Measurements"], expected("signed"));
-    let d = json(&cloister(&["describe-eif", "--eif-path", &out.to_string_lossy()]));
+    let d = json(&cloister(&[
+        "describe-eif",
+        "--eif-path",
+        &out.to_string_lossy(),
+    ]));
     assert_eq!(d["SignatureCheck"], true);
     assert_eq!(d["CheckCRC"], true);
 
@@ -190,7 +208,11 @@ fn damaged_images_fail_with_their_codes_and_exit_statuses() {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         let out = cloister(&["describe-eif", "--eif-path", &p.to_string_lossy()]);
-        assert_eq!(code_and_status(&out), (code.to_string(), Some(status)), "{name}");
+        assert_eq!(
+            code_and_status(&out),
+            (code.to_string(), Some(status)),
+            "{name}"
+        );
     }
     let out = cloister(&["describe-eif", "--eif-path", "/nonexistent/x.eif"]);
     assert_eq!(code_and_status(&out), ("E101".to_string(), Some(6)));
@@ -210,10 +232,18 @@ fn damaged_images_fail_with_their_codes_and_exit_statuses() {
         &v("key.pem"),
     ]);
     assert_eq!(code_and_status(&out), ("E117".to_string(), Some(4)));
-    assert_eq!(std::fs::read(&p).unwrap(), bad, "refused signing must not touch the file");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        bad,
+        "refused signing must not touch the file"
+    );
 
     // Missing raw inputs: usage error.
-    let out = cloister(&["build-enclave", "--output-file", &dir.path().join("o").to_string_lossy()]);
+    let out = cloister(&[
+        "build-enclave",
+        "--output-file",
+        &dir.path().join("o").to_string_lossy(),
+    ]);
     assert_eq!(code_and_status(&out), ("E130".to_string(), Some(2)));
 }
 

@@ -95,7 +95,12 @@ fn main() {
     let m = EifBuilder::new()
         .kernel_reader(noise(1, kernel))
         .cmdline("console=ttyS0 reboot=k panic=30 pci=off nomodules")
-        .metadata(Metadata::new("bench", "cloister", "bench", "2024-01-01T00:00:00Z"))
+        .metadata(Metadata::new(
+            "bench",
+            "cloister",
+            "bench",
+            "2024-01-01T00:00:00Z",
+        ))
         .ramdisk_reader(noise(2, boot))
         .ramdisk_reader(noise(3, customer))
         .write_to_path(&path)

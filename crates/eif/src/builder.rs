@@ -6,8 +6,8 @@
 
 use crate::error::{EifError, Result};
 use crate::format::{
-    EifHeader, SectionHeader, SectionKind, CRC_OFFSET, FLAG_AARCH64, HEADER_SIZE,
-    MAX_CMDLINE_SIZE, MAX_METADATA_SIZE, MAX_SECTIONS, SECTION_HEADER_SIZE,
+    EifHeader, SectionHeader, SectionKind, CRC_OFFSET, FLAG_AARCH64, HEADER_SIZE, MAX_CMDLINE_SIZE,
+    MAX_METADATA_SIZE, MAX_SECTIONS, SECTION_HEADER_SIZE,
 };
 use crate::measure::{Measurements, PcrHasher, STREAM_BUFFER_SIZE};
 use crate::metadata::{now_rfc3339, Metadata};
@@ -39,9 +39,9 @@ impl std::fmt::Debug for Input<'_> {
 impl<'a> Input<'a> {
     fn open(self) -> Result<Box<dyn Read + 'a>> {
         Ok(match self {
-            Input::Path(p) => Box::new(
-                File::open(&p).map_err(EifError::io("cannot open an image input file"))?,
-            ),
+            Input::Path(p) => {
+                Box::new(File::open(&p).map_err(EifError::io("cannot open an image input file"))?)
+            }
             Input::Bytes(b) => Box::new(io::Cursor::new(b)),
             Input::Reader(r) => r,
         })
@@ -182,12 +182,10 @@ impl<'a> EifBuilder<'a> {
             File::create(path.as_ref()).map_err(EifError::io("cannot create the image file"))?;
         let mut out = io::BufWriter::with_capacity(STREAM_BUFFER_SIZE, file);
         let m = self.write_to(&mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| EifError::Io {
-                context: "cannot write the image file",
-                source: e.into_error(),
-            })?;
+        let file = out.into_inner().map_err(|e| EifError::Io {
+            context: "cannot write the image file",
+            source: e.into_error(),
+        })?;
         file.sync_all()
             .map_err(EifError::io("cannot write the image file"))?;
         Ok(m)
@@ -323,7 +321,12 @@ struct SectionWriter<'w, W> {
 }
 
 impl<W: Write + Seek> SectionWriter<'_, W> {
-    fn section(&mut self, kind: SectionKind, role: Role, mut input: Box<dyn Read + '_>) -> Result<()> {
+    fn section(
+        &mut self,
+        kind: SectionKind,
+        role: Role,
+        mut input: Box<dyn Read + '_>,
+    ) -> Result<()> {
         let werr = "cannot write the image";
         let start = self.pos;
         self.out

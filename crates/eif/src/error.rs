@@ -83,7 +83,9 @@ pub enum EifError {
     },
 
     /// A section type this format version does not define.
-    #[error("section {index} has type {section_type}, which EIF version {version} does not define")]
+    #[error(
+        "section {index} has type {section_type}, which EIF version {version} does not define"
+    )]
     UnknownSectionType {
         /// Section index.
         index: usize,
@@ -94,7 +96,9 @@ pub enum EifError {
     },
 
     /// The section header and the header's section table disagree on the size.
-    #[error("section {index}: its header says {in_section} bytes, the section table says {in_table}")]
+    #[error(
+        "section {index}: its header says {in_section} bytes, the section table says {in_table}"
+    )]
     SectionSizeMismatch {
         /// Section index.
         index: usize,

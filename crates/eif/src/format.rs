@@ -305,7 +305,10 @@ mod tests {
     fn header_rejects_magic_and_versions() {
         let mut b = EifHeader::new(0).to_bytes();
         b[0] = b'x';
-        assert!(matches!(EifHeader::parse(&b), Err(EifError::BadMagic { .. })));
+        assert!(matches!(
+            EifHeader::parse(&b),
+            Err(EifError::BadMagic { .. })
+        ));
         for v in [0u16, 1, 5, 0xffff] {
             let mut h = EifHeader::new(0);
             h.version = v;
@@ -318,7 +321,11 @@ mod tests {
 
     #[test]
     fn section_header_round_trips_and_kinds() {
-        let s = SectionHeader { section_type: 3, flags: 0, size: 0x0102_0304_0506_0708 };
+        let s = SectionHeader {
+            section_type: 3,
+            flags: 0,
+            size: 0x0102_0304_0506_0708,
+        };
         assert_eq!(SectionHeader::parse(&s.to_bytes()), s);
         for v in 0..10u16 {
             match SectionKind::from_u16(v) {

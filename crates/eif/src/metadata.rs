@@ -46,7 +46,12 @@ pub struct Metadata {
 impl Metadata {
     /// Metadata for an image built by `build_tool` at `build_time` (RFC 3339), with AWS's
     /// defaults for the other fields (version "1.0", "Generic Linux", unknown kernel version).
-    pub fn new(image_name: impl Into<String>, build_tool: &str, build_tool_version: &str, build_time: impl Into<String>) -> Self {
+    pub fn new(
+        image_name: impl Into<String>,
+        build_tool: &str,
+        build_tool_version: &str,
+        build_time: impl Into<String>,
+    ) -> Self {
         Self {
             image_name: image_name.into(),
             image_version: "1.0".to_string(),
@@ -75,7 +80,10 @@ impl Metadata {
         let mut m = serde_json::Map::new();
         m.insert("BuildTime".into(), b.build_time.clone().into());
         m.insert("BuildTool".into(), b.build_tool.clone().into());
-        m.insert("BuildToolVersion".into(), b.build_tool_version.clone().into());
+        m.insert(
+            "BuildToolVersion".into(),
+            b.build_tool_version.clone().into(),
+        );
         m.insert("OperatingSystem".into(), b.operating_system.clone().into());
         m.insert("KernelVersion".into(), b.kernel_version.clone().into());
         m.insert("DockerInfo".into(), self.docker_info.clone());

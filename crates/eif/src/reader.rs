@@ -238,7 +238,13 @@ impl<R: Read + Seek> EifReader<R> {
                 .and_then(|x| x.checked_add(size));
             let end = match end {
                 Some(end) if offset >= HEADER_SIZE as u64 => end,
-                _ => return Err(EifError::SectionOutOfBounds { index, offset, size }),
+                _ => {
+                    return Err(EifError::SectionOutOfBounds {
+                        index,
+                        offset,
+                        size,
+                    })
+                }
             };
             if offset != expected {
                 return Err(EifError::BadLayout {
@@ -335,7 +341,10 @@ impl<R: Read + Seek> EifReader<R> {
     /// Index of the kernel section.
     pub fn kernel(&self) -> usize {
         // Validation guarantees exactly one kernel.
-        self.indices(SectionKind::Kernel).first().copied().unwrap_or(0)
+        self.indices(SectionKind::Kernel)
+            .first()
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The signature section, if any.
@@ -400,7 +409,12 @@ impl<R: Read + Seek> EifReader<R> {
 
     /// The kernel command line.
     pub fn cmdline(&mut self) -> Result<String> {
-        let s = self.section(self.indices(SectionKind::Cmdline).first().copied().unwrap_or(0))?;
+        let s = self.section(
+            self.indices(SectionKind::Cmdline)
+                .first()
+                .copied()
+                .unwrap_or(0),
+        )?;
         let bytes = self.read_small(s)?;
         cmdline_string(bytes)
     }
@@ -465,19 +479,22 @@ impl<R: Read + Seek> EifReader<R> {
             serde_json::from_slice::<Metadata>(bytes).map_err(EifError::InvalidMetadata)
         });
         let mut pcr8 = None;
-        let signature = scan.signature.as_ref().map(|bytes| match EifSignature::parse(bytes) {
-            Ok(sig) => {
-                pcr8 = Some(sig.certificate.pcr8());
-                SignatureStatus {
-                    certificate: Some(sig.certificate.info()),
-                    check: sig.verify(&scan.pcr0),
+        let signature = scan
+            .signature
+            .as_ref()
+            .map(|bytes| match EifSignature::parse(bytes) {
+                Ok(sig) => {
+                    pcr8 = Some(sig.certificate.pcr8());
+                    SignatureStatus {
+                        certificate: Some(sig.certificate.info()),
+                        check: sig.verify(&scan.pcr0),
+                    }
                 }
-            }
-            Err(e) => SignatureStatus {
-                certificate: None,
-                check: Err(e),
-            },
-        });
+                Err(e) => SignatureStatus {
+                    certificate: None,
+                    check: Err(e),
+                },
+            });
         Ok(Inspection {
             header: self.header.clone(),
             sections: self.sections.clone(),
@@ -498,7 +515,6 @@ impl<R: Read + Seek> EifReader<R> {
     pub fn into_inner(self) -> R {
         self.inner
     }
-
 
     /// One pass over the whole file: CRC, PCR0-2, and the small sections' bytes.
     pub(crate) fn scan(&mut self) -> Result<Scan> {
@@ -684,7 +700,11 @@ fn check_section_order(sections: &[Section]) -> Result<()> {
         }
         seen[k] += 1;
     }
-    for kind in [SectionKind::Kernel, SectionKind::Cmdline, SectionKind::Ramdisk] {
+    for kind in [
+        SectionKind::Kernel,
+        SectionKind::Cmdline,
+        SectionKind::Ramdisk,
+    ] {
         if seen[usize::from(kind.to_u16())] == 0 {
             return Err(EifError::MissingSection { kind: kind.name() });
         }

@@ -406,7 +406,8 @@ impl EifSigner {
 
     /// Reads the certificate and key from files (each capped at [`MAX_PEM_SIZE`]).
     pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
-        let cert_pem = crate::read_capped(cert, MAX_PEM_SIZE, "cannot read the signing certificate")?;
+        let cert_pem =
+            crate::read_capped(cert, MAX_PEM_SIZE, "cannot read the signing certificate")?;
         let key_pem = Zeroizing::new(crate::read_capped(
             key,
             MAX_PEM_SIZE,
@@ -433,10 +434,12 @@ impl EifSigner {
         )]))?;
         let payload = pcr0_payload(pcr0)?;
         let tbs = sig_structure(&protected, &payload)?;
-        let signature = self
-            .key
-            .sign(&SystemRandom::new(), &tbs)
-            .map_err(|_| EifError::Crypto { what: "ECDSA signing" })?;
+        let signature =
+            self.key
+                .sign(&SystemRandom::new(), &tbs)
+                .map_err(|_| EifError::Crypto {
+                    what: "ECDSA signing",
+                })?;
         cbor(&Value::Array(vec![
             Value::Bytes(protected),
             Value::Map(Vec::new()),

@@ -106,7 +106,10 @@ fn bad_crc_is_detected_but_the_image_still_reads() {
     let mut r = open(image).unwrap();
     let crc = r.check_crc().unwrap();
     assert!(!crc.ok());
-    assert!(matches!(crc.into_result(), Err(EifError::CrcMismatch { .. })));
+    assert!(matches!(
+        crc.into_result(),
+        Err(EifError::CrcMismatch { .. })
+    ));
     let i = r.inspect().unwrap();
     let (d, notes) = i.describe();
     assert!(!d.check_crc);
@@ -134,19 +137,31 @@ fn offsets_and_sizes_out_of_bounds_or_overflowing() {
     // Size so large that offset + 12 + size overflows.
     let mut image = base.clone();
     set_u64(&mut image, SIZES + 8 * 4, u64::MAX - 3);
-    assert!(matches!(open(image), Err(EifError::SectionOutOfBounds { index: 4, .. })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::SectionOutOfBounds { index: 4, .. })
+    ));
     // Offset near u64::MAX.
     let mut image = base.clone();
     set_u64(&mut image, OFFSETS + 8 * 2, u64::MAX - 4);
-    assert!(matches!(open(image), Err(EifError::SectionOutOfBounds { index: 2, .. })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::SectionOutOfBounds { index: 2, .. })
+    ));
     // Offset pointing into the header.
     let mut image = base.clone();
     set_u64(&mut image, OFFSETS, 100);
-    assert!(matches!(open(image), Err(EifError::SectionOutOfBounds { index: 0, .. })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::SectionOutOfBounds { index: 0, .. })
+    ));
     // Offset past the end of the file.
     let mut image = base.clone();
     set_u64(&mut image, OFFSETS + 8 * 4, 1 << 40);
-    assert!(matches!(open(image), Err(EifError::BadLayout { index: 4, .. })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::BadLayout { index: 4, .. })
+    ));
     // Last section's size (table and section header) past the end.
     let mut image = base.clone();
     let r = open(base.clone()).unwrap();
@@ -164,7 +179,10 @@ fn offsets_and_sizes_out_of_bounds_or_overflowing() {
     // Trailing bytes.
     let mut image = base;
     image.extend_from_slice(b"extra");
-    assert!(matches!(open(image), Err(EifError::TrailingData { extra: 5, .. })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::TrailingData { extra: 5, .. })
+    ));
 }
 
 #[test]
@@ -191,11 +209,17 @@ fn unknown_section_types_and_types_the_version_lacks() {
 #[test]
 fn section_order_and_multiplicity() {
     let image = assemble(4, &[(3, b"r"), (1, b"k"), (2, b"c")]);
-    assert!(matches!(open(image), Err(EifError::RamdiskBeforeKernel { index: 0 })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::RamdiskBeforeKernel { index: 0 })
+    ));
     let image = assemble(4, &[(1, b"k"), (1, b"k"), (2, b"c"), (3, b"r")]);
     assert!(matches!(
         open(image),
-        Err(EifError::DuplicateSection { kind: "kernel", index: 1 })
+        Err(EifError::DuplicateSection {
+            kind: "kernel",
+            index: 1
+        })
     ));
     let image = assemble(4, &[(1, b"k"), (2, b"c")]);
     assert!(matches!(
@@ -208,7 +232,10 @@ fn section_order_and_multiplicity() {
         Err(EifError::MissingSection { kind: "cmdline" })
     ));
     let image = assemble(4, &[]);
-    assert!(matches!(open(image), Err(EifError::MissingSection { kind: "kernel" })));
+    assert!(matches!(
+        open(image),
+        Err(EifError::MissingSection { kind: "kernel" })
+    ));
 }
 
 #[test]
@@ -217,7 +244,10 @@ fn oversized_small_sections_are_refused_before_reading_them() {
     let image = assemble(4, &[(1, b"k"), (2, b"c"), (3, b"r"), (4, &big)]);
     assert!(matches!(
         open(image),
-        Err(EifError::SectionTooLarge { kind: "signature", .. })
+        Err(EifError::SectionTooLarge {
+            kind: "signature",
+            ..
+        })
     ));
     // A huge declared metadata size is refused from the table alone (the file is not that big,
     // so nothing is allocated for it).
@@ -292,13 +322,26 @@ fn a_forged_signature_is_refused() {
 
 #[test]
 fn malformed_signature_sections_and_certificates() {
-    for bad in [&b"\xff\xff"[..], b"\x80", b"\xa0", b"\x81\xa0", b"\x81\xa1\x69signature\x41\x00"] {
+    for bad in [
+        &b"\xff\xff"[..],
+        b"\x80",
+        b"\xa0",
+        b"\x81\xa0",
+        b"\x81\xa1\x69signature\x41\x00",
+    ] {
         assert!(
-            matches!(EifSignature::parse(bad), Err(EifError::MalformedSignature { .. })),
+            matches!(
+                EifSignature::parse(bad),
+                Err(EifError::MalformedSignature { .. })
+            ),
             "{bad:?}"
         );
     }
-    let section = encode_signature_section(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", b"x").unwrap();
+    let section = encode_signature_section(
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        b"x",
+    )
+    .unwrap();
     assert!(matches!(
         EifSignature::parse(&section),
         Err(EifError::InvalidCertificate { .. })
@@ -306,7 +349,10 @@ fn malformed_signature_sections_and_certificates() {
     // An image whose signature section is garbage is still described.
     let image = assemble(4, &[(1, b"k"), (2, b"c"), (3, b"r"), (4, b"\x01\x02")]);
     let mut r = open(image).unwrap();
-    assert!(matches!(r.verify_signature(), Err(EifError::MalformedSignature { .. })));
+    assert!(matches!(
+        r.verify_signature(),
+        Err(EifError::MalformedSignature { .. })
+    ));
     let (d, _) = r.inspect().unwrap().describe();
     assert!(d.is_signed);
     assert_eq!(d.signature_check, Some(false));
@@ -317,10 +363,11 @@ fn malformed_signature_sections_and_certificates() {
 fn signer_refuses_a_key_of_another_certificate() {
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
-        .unwrap();
-    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8.as_ref())
-        .unwrap();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
+    let pem =
+        der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8.as_ref()).unwrap();
     assert!(matches!(
         EifSigner::from_pem(&read("cert.pem"), pem.as_bytes()),
         Err(EifError::KeyCertificateMismatch)
@@ -363,7 +410,11 @@ fn builder_refuses_bad_inputs() {
         Err(EifError::MissingSection { kind: "ramdisk" })
     ));
     assert!(matches!(
-        EifBuilder::new().kernel_bytes(vec![1]).cmdline("a\0").ramdisk_bytes(vec![1]).write_to(&mut out),
+        EifBuilder::new()
+            .kernel_bytes(vec![1])
+            .cmdline("a\0")
+            .ramdisk_bytes(vec![1])
+            .write_to(&mut out),
         Err(EifError::InvalidCmdline { .. })
     ));
     let mut many = b();
@@ -375,7 +426,10 @@ fn builder_refuses_bad_inputs() {
         Err(EifError::TooManySections { count: 33, .. })
     ));
     assert!(matches!(
-        EifBuilder::new().cmdline("c").ramdisk_bytes(vec![1]).write_to(&mut out),
+        EifBuilder::new()
+            .cmdline("c")
+            .ramdisk_bytes(vec![1])
+            .write_to(&mut out),
         Err(EifError::InvalidInput { .. })
     ));
 }

@@ -80,7 +80,9 @@ proptest! {
 #[test]
 fn large_customer_ramdisks_take_the_threaded_path_and_agree() {
     // Over the parallel threshold, PCR2 is hashed on a second thread.
-    let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..(9u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let mut out = Cursor::new(Vec::new());
     let written = EifBuilder::new()
         .kernel_bytes(vec![1u8; 1000])

@@ -97,7 +97,10 @@ fn reads_and_verifies_signed_vector() {
 #[test]
 fn building_from_the_same_inputs_reproduces_the_unsigned_vector_byte_for_byte() {
     let mut out = Cursor::new(Vec::new());
-    let m = builder().metadata(reference_metadata()).write_to(&mut out).unwrap();
+    let m = builder()
+        .metadata(reference_metadata())
+        .write_to(&mut out)
+        .unwrap();
     assert_pcrs(&m, "unsigned");
     assert_eq!(out.into_inner(), read("unsigned.eif"));
 }
@@ -117,7 +120,10 @@ fn signed_build_matches_the_vector_except_for_the_ecdsa_signature() {
     // signature's size (ECDSA is randomized, and each signature byte is a CBOR uint of one or
     // two bytes).
     let sig_offset = 109_230;
-    assert_eq!(ours[HEADER_SIZE..sig_offset], theirs[HEADER_SIZE..sig_offset]);
+    assert_eq!(
+        ours[HEADER_SIZE..sig_offset],
+        theirs[HEADER_SIZE..sig_offset]
+    );
     let mut r = EifReader::new(Cursor::new(ours)).unwrap();
     let t = EifReader::open(vectors().join("signed.eif")).unwrap();
     assert_eq!(r.header().section_offsets, t.header().section_offsets);
@@ -176,7 +182,13 @@ fn signature_section_encoding_matches_the_reference() {
         .pcr0;
     let ours = signer().sign_pcr0(&pcr0).unwrap();
     assert_eq!(ours.len(), parsed.cose_sign1.len());
-    assert_eq!(ours[..ours.len() - 96], parsed.cose_sign1[..ours.len() - 96]);
+    assert_eq!(
+        ours[..ours.len() - 96],
+        parsed.cose_sign1[..ours.len() - 96]
+    );
     let section = signer().signature_section(&pcr0).unwrap();
-    EifSignature::parse(&section).unwrap().verify(&pcr0).unwrap();
+    EifSignature::parse(&section)
+        .unwrap()
+        .verify(&pcr0)
+        .unwrap();
 }

@@ -1,6 +1,8 @@
 //! Hostile images: traversal, symlink escapes, digest and size mismatches, bombs, malformed
 //! documents, too many layers. Every one is a clear error and the host is untouched.
 
+#![allow(clippy::field_reassign_with_default)] // limits are tweaked one field at a time
+
 mod common;
 use cloister_image_builder::{prepare, BuildError, BuildRequest, ImageInput, Limits};
 use common::*;

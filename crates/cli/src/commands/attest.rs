@@ -361,6 +361,45 @@ mod tests {
         }
     }
 
+    const AWS_DOC: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../attestation/testdata/aws-debug-2023-09-07.cose"
+    );
+
+    fn status(args: &[&str]) -> i32 {
+        let mut argv = vec!["cloister", "verify-attestation", "--document", AWS_DOC];
+        argv.extend_from_slice(args);
+        crate::main_with_args(argv)
+    }
+
+    #[test]
+    fn verify_attestation_exit_statuses() {
+        assert_eq!(status(&["--at", "1694102161556"]), 0);
+        // Expired today; debug document against an image PCR; bad arguments.
+        assert_eq!(status(&[]), 4);
+        let zeros = "00".repeat(48);
+        let pcr0 = format!("0={zeros}");
+        assert_eq!(status(&["--at", "1694102161556", "--expect-pcr", &pcr0]), 4);
+        assert_eq!(status(&["--at", "yesterday"]), 2);
+        assert_eq!(status(&["--at", "1694102161556", "--nonce", "zz"]), 2);
+        // A root other than AWS's: untrusted, exit class verification failed.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = cloister_attestation::Pki::init(dir.path()).unwrap();
+        let root = pki.root_cert_path();
+        let root = root.to_str().unwrap();
+        assert_eq!(status(&["--at", "1694102161556", "--root", root]), 4);
+        assert_eq!(
+            crate::main_with_args([
+                "cloister",
+                "pki",
+                "init",
+                "--dir",
+                dir.path().to_str().unwrap()
+            ]),
+            0
+        );
+    }
+
     #[test]
     fn expect_pcr_parsing() {
         assert_eq!(parse_expect_pcr("3=00ff").unwrap(), (3, vec![0, 0xff]));

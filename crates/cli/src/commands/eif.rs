@@ -5,8 +5,8 @@
 use crate::errors::{print_json, CliError, CliResult, ErrorInfo, ExitKind};
 use clap::{Args, Subcommand};
 use cloister_eif::{
-    measure::pcr_hex, metadata::now_rfc3339, sign_path_in_place, BuildOutput, EifBuilder,
-    EifError, EifReader, EifSigner, Measurements, Metadata,
+    measure::pcr_hex, metadata::now_rfc3339, sign_path_in_place, BuildOutput, EifBuilder, EifError,
+    EifReader, EifSigner, Measurements, Metadata,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -398,7 +398,10 @@ pub fn build_enclave(args: &BuildEnclaveArgs) -> CliResult<()> {
         ));
     };
     if raw.ramdisks.is_empty() {
-        return Err(CliError::msg("E130", "build-enclave needs at least one --ramdisk"));
+        return Err(CliError::msg(
+            "E130",
+            "build-enclave needs at least one --ramdisk",
+        ));
     }
     let measurements = build_image(kernel, cmdline, &raw.ramdisks, &args.output)?;
     print_json(&BuildOutput { measurements })
@@ -441,7 +444,9 @@ pub fn build_image(
     )? {
         builder = builder.signer(signer);
     }
-    builder.write_to_path(&output.output_file).map_err(cli_error)
+    builder
+        .write_to_path(&output.output_file)
+        .map_err(cli_error)
 }
 
 fn read_custom_metadata(path: &Path) -> CliResult<serde_json::Value> {
@@ -451,8 +456,12 @@ fn read_custom_metadata(path: &Path) -> CliResult<serde_json::Value> {
         "cannot read the metadata file",
     )
     .map_err(cli_error)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CliError::new("E116", anyhow::Error::new(e).context("--metadata is not JSON")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        CliError::new(
+            "E116",
+            anyhow::Error::new(e).context("--metadata is not JSON"),
+        )
+    })
 }
 
 fn load_signer(cert: Option<&Path>, key: Option<&Path>) -> CliResult<Option<EifSigner>> {
@@ -481,8 +490,8 @@ pub fn describe_eif(args: &DescribeEifArgs) -> CliResult<()> {
 
 /// `sign-eif`: signs in place, or copies to `--output-file` and signs the copy.
 pub fn sign_eif(args: &SignEifArgs) -> CliResult<()> {
-    let signer = EifSigner::from_files(&args.signing_certificate, &args.private_key)
-        .map_err(cli_error)?;
+    let signer =
+        EifSigner::from_files(&args.signing_certificate, &args.private_key).map_err(cli_error)?;
     let target = match &args.output_file {
         Some(out) => {
             // Validate before copying so a bad input leaves no output behind.
@@ -528,7 +537,10 @@ pub fn pcr(args: &PcrArgs) -> CliResult<()> {
         let value = cloister_eif::certificate_pcr(&pem).map_err(cli_error)?;
         out.insert("PCR8", pcr_hex(&value));
     } else {
-        return Err(CliError::msg("E003", "pass --input or --signing-certificate"));
+        return Err(CliError::msg(
+            "E003",
+            "pass --input or --signing-certificate",
+        ));
     }
     print_json(&out)
 }
@@ -558,8 +570,8 @@ mod tests {
 
     #[test]
     fn raw_inputs_are_optional_for_the_parser_and_checked_by_the_handler() {
-        let cli = Cli::try_parse_from(["cloister", "build-enclave", "--output-file", "x.eif"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["cloister", "build-enclave", "--output-file", "x.eif"]).unwrap();
         let crate::Command::Eif(EifCommand::BuildEnclave(args)) = cli.command else {
             panic!("wrong command");
         };
@@ -579,8 +591,15 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["cloister", "pcr"]).is_err());
-        assert!(Cli::try_parse_from(["cloister", "pcr", "--input", "a", "--signing-certificate", "b"])
-            .is_err());
+        assert!(Cli::try_parse_from([
+            "cloister",
+            "pcr",
+            "--input",
+            "a",
+            "--signing-certificate",
+            "b"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["cloister", "pcr", "--input", "a"]).is_ok());
     }
 }

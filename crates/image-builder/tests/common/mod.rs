@@ -263,7 +263,10 @@ pub fn blobs_dir(dir: &Path, aws: bool) -> PathBuf {
 }
 
 /// Every entry of a (plain) cpio archive: name -> (mode, uid, gid, nlink, ino, data or target).
-pub fn read_cpio(path: &Path) -> Vec<(String, u32, u32, u32, u32, u32, Vec<u8>)> {
+/// (name, mode, uid, gid, nlink, ino, data or target).
+pub type CpioEntry = (String, u32, u32, u32, u32, u32, Vec<u8>);
+
+pub fn read_cpio(path: &Path) -> Vec<CpioEntry> {
     let f = std::fs::File::open(path).unwrap();
     let mut r = cloister_cpio::CpioReader::new(std::io::BufReader::new(f));
     let mut out = Vec::new();
