@@ -77,6 +77,30 @@ pub struct ImagePcrs {
     pub pcr8: Option<Pcr>,
 }
 
+impl ImagePcrs {
+    /// Builds the measurements from byte slices (as an EIF reader reports them); each must be
+    /// 48 bytes long.
+    pub fn from_slices(
+        pcr0: &[u8],
+        pcr1: &[u8],
+        pcr2: &[u8],
+        pcr8: Option<&[u8]>,
+    ) -> Result<Self, NsmError> {
+        let one = |index: usize, v: &[u8]| -> Result<Pcr, NsmError> {
+            Pcr::try_from(v).map_err(|_| NsmError::PcrLength {
+                index,
+                len: v.len(),
+            })
+        };
+        Ok(Self {
+            pcr0: one(0, pcr0)?,
+            pcr1: one(1, pcr1)?,
+            pcr2: one(2, pcr2)?,
+            pcr8: pcr8.map(|v| one(8, v)).transpose()?,
+        })
+    }
+}
+
 /// What an NSM is made from.
 pub struct NsmConfig {
     /// The module id (AWS: the enclave id); also in every document.
@@ -114,6 +138,14 @@ pub enum NsmError {
     /// The module id is empty or too long.
     #[error("module id length {0} is not in 1..={MAX_MODULE_ID_LEN}")]
     ModuleId(usize),
+    /// An image PCR is not 48 bytes long.
+    #[error("PCR{index} is {len} bytes; expected 48")]
+    PcrLength {
+        /// The PCR index.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +458,28 @@ mod tests {
         assert_eq!(
             decode_request(&vec![0u8; NSM_REQUEST_MAX_SIZE + 1]),
             Err(ErrorCode::InputTooLarge)
+        );
+    }
+
+    #[test]
+    fn image_pcrs_from_slices() {
+        let p = ImagePcrs::from_slices(&[1; 48], &[2; 48], &[3; 48], None).unwrap();
+        assert_eq!(p.pcr2, [3; 48]);
+        assert!(matches!(
+            ImagePcrs::from_slices(&[1; 48], &[2; 32], &[3; 48], None),
+            Err(NsmError::PcrLength { index: 1, len: 32 })
+        ));
+        assert!(ImagePcrs::from_slices(&[1; 48], &[2; 48], &[3; 48], Some(&[0; 47])).is_err());
+    }
+
+    #[test]
+    fn oversized_response_becomes_buffer_too_small() {
+        let huge = Response::GetRandom {
+            random: vec![0; NSM_RESPONSE_MAX_SIZE],
+        };
+        assert_eq!(
+            Response::from_cbor(&encode_response(&huge)).unwrap(),
+            Response::Error(ErrorCode::BufferTooSmall)
         );
     }
 

@@ -43,6 +43,12 @@ fn aws_document_verifies_at_its_own_time() {
     let v = aws()
         .verify(AWS_DOC, &VerifyOptions::at_unix_ms(AWS_TIME_MS))
         .unwrap();
+    assert_eq!(
+        Verifier::aws()
+            .verify(AWS_DOC, &VerifyOptions::at_unix_ms(AWS_TIME_MS))
+            .unwrap(),
+        v
+    );
     assert_eq!(v.module_id(), "i-0644948d93f19c17b-enc018a705a4fc6e067");
     assert_eq!(v.timestamp_ms(), AWS_TIME_MS);
     assert_eq!(v.pcrs().len(), 16);

@@ -61,8 +61,9 @@ fn start_child(dir: &Path) -> (Child, SocketAddr) {
             .next()
             .expect("child exited before listening")
             .unwrap();
-        if let Some(a) = line.strip_prefix("LISTEN ") {
-            break a.parse().unwrap();
+        // libtest prints "test crash_child_server ... " before the line on the same row.
+        if let Some(i) = line.find("LISTEN ") {
+            break line[i + 7..].trim().parse().unwrap();
         }
     };
     // Keep draining the child's stdout so it never blocks on a full pipe.

@@ -244,8 +244,11 @@ impl Resolver for SystemResolver {
 /// literals always resolve). Use it to pin names, and in tests to simulate DNS changes.
 #[derive(Debug, Clone, Default)]
 pub struct StaticResolver {
-    table: Arc<Mutex<HashMap<String, (Vec<IpAddr>, Duration)>>>,
+    table: Arc<Mutex<StaticTable>>,
 }
+
+/// Name -> (addresses, TTL).
+type StaticTable = HashMap<String, (Vec<IpAddr>, Duration)>;
 
 impl StaticResolver {
     /// An empty table.

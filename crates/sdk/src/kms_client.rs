@@ -739,7 +739,7 @@ fn build_request(
         &headers,
         payload,
     );
-    let mut req = format!("POST / HTTP/1.1\r\n");
+    let mut req = String::from("POST / HTTP/1.1\r\n");
     for (name, value) in &headers {
         req.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -18,7 +18,7 @@ pub const MAX_CUSTOM_METADATA_FILE: u64 = 1024 * 1024;
 #[derive(Debug, Subcommand)]
 pub enum EifCommand {
     /// Build an enclave image file (EIF) from a kernel, a command line and ramdisks.
-    BuildEnclave(BuildEnclaveArgs),
+    BuildEnclave(Box<BuildEnclaveArgs>),
     /// Describe an enclave image: version, PCRs, CRC and signature checks, metadata.
     DescribeEif(DescribeEifArgs),
     /// Sign an enclave image (in place, or into --output-file).

@@ -421,72 +421,6 @@ fn run_vsock_to_tcp(args: VsockToTcpArgs) -> CliResult<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Cli;
-    use clap::Parser;
-
-    #[test]
-    fn parses_aws_command_line() {
-        let cli = Cli::try_parse_from([
-            "cloister",
-            "vsock-proxy",
-            "-4",
-            "-w",
-            "8",
-            "--config",
-            "/tmp/a.yaml",
-            "8000",
-            "kms.us-east-1.amazonaws.com",
-            "443",
-        ])
-        .unwrap();
-        let crate::Command::Proxy(ProxyCommand::VsockProxy(a)) = cli.command else {
-            panic!("wrong command");
-        };
-        assert!(a.ipv4 && !a.ipv6);
-        assert_eq!(a.num_workers, 8);
-        assert_eq!(a.local_port, 8000);
-        assert_eq!(a.remote_port, 443);
-        assert_eq!(a.config, PathBuf::from("/tmp/a.yaml"));
-        assert!(
-            Cli::try_parse_from(["cloister", "vsock-proxy", "-4", "-6", "1", "h", "2"]).is_err()
-        );
-        assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "1", "h", "70000"]).is_err());
-    }
-
-    #[test]
-    fn parses_forwarders() {
-        let cli = Cli::try_parse_from([
-            "cloister",
-            "forward",
-            "tcp-to-vsock",
-            "--listen",
-            "127.0.0.1:8443",
-            "--cid",
-            "3",
-            "--port",
-            "8000",
-        ])
-        .unwrap();
-        assert!(matches!(
-            cli.command,
-            crate::Command::Proxy(ProxyCommand::Forward(ForwardCommand::TcpToVsock(_)))
-        ));
-        assert!(Cli::try_parse_from([
-            "cloister",
-            "forward",
-            "vsock-to-tcp",
-            "--vsock-port",
-            "5000",
-            "--connect",
-            "localhost:80"
-        ])
-        .is_err());
-    }
-}
-
 fn kms_error(e: KmsClientError) -> CliError {
     let code = match &e {
         KmsClientError::InvalidArgument(_) | KmsClientError::BadEndpoint(_) => "E510",
@@ -606,5 +540,71 @@ fn run_kms_client(command: KmsClientCommand) -> CliResult<()> {
             let text = zeroize::Zeroizing::new(b64.encode(&*random));
             print_fields(json, &[("Random", text.as_str())])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn parses_aws_command_line() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "vsock-proxy",
+            "-4",
+            "-w",
+            "8",
+            "--config",
+            "/tmp/a.yaml",
+            "8000",
+            "kms.us-east-1.amazonaws.com",
+            "443",
+        ])
+        .unwrap();
+        let crate::Command::Proxy(ProxyCommand::VsockProxy(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(a.ipv4 && !a.ipv6);
+        assert_eq!(a.num_workers, 8);
+        assert_eq!(a.local_port, 8000);
+        assert_eq!(a.remote_port, 443);
+        assert_eq!(a.config, PathBuf::from("/tmp/a.yaml"));
+        assert!(
+            Cli::try_parse_from(["cloister", "vsock-proxy", "-4", "-6", "1", "h", "2"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["cloister", "vsock-proxy", "1", "h", "70000"]).is_err());
+    }
+
+    #[test]
+    fn parses_forwarders() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "forward",
+            "tcp-to-vsock",
+            "--listen",
+            "127.0.0.1:8443",
+            "--cid",
+            "3",
+            "--port",
+            "8000",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            crate::Command::Proxy(ProxyCommand::Forward(ForwardCommand::TcpToVsock(_)))
+        ));
+        assert!(Cli::try_parse_from([
+            "cloister",
+            "forward",
+            "vsock-to-tcp",
+            "--vsock-port",
+            "5000",
+            "--connect",
+            "localhost:80"
+        ])
+        .is_err());
     }
 }

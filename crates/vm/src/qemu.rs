@@ -1,0 +1,406 @@
+//! The QEMU microvm command line, a minimal QMP client (vCPU thread ids, `cont`), vCPU pinning
+//! and a bounded console capture.
+//!
+//! The guest gets: no network, no disk, no display, no firmware option ROMs, no default
+//! devices; a serial console (QEMU's stdout, captured through a pipe into a capped file);
+//! memory from a memfd shared with the vhost-user device (huge pages when the host has enough
+//! free); one vhost-user-vsock device. QEMU runs under its seccomp sandbox
+//! (`-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`), starts
+//! paused (`-S`) so the vCPU threads are pinned before the first guest instruction, and is
+//! resumed with QMP `cont`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::accel::Accel;
+
+/// QEMU binary (`CLOISTER_QEMU` overrides).
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// Most console bytes written to the console file; the rest is dropped (and counted).
+pub const MAX_CONSOLE_BYTES: u64 = 4 * 1024 * 1024;
+/// Console tail kept in memory for diagnostics (panic detection, error messages).
+pub const CONSOLE_TAIL_BYTES: usize = 64 * 1024;
+/// Longest QMP reply line read.
+const MAX_QMP_LINE: u64 = 256 * 1024;
+/// Longest wait for QEMU's QMP socket.
+pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Errors of the launcher.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// QMP did not answer as expected.
+    #[error("QMP: {0}")]
+    Qmp(String),
+    /// A system call or I/O failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What [`command_line`] needs.
+#[derive(Debug, Clone)]
+pub struct QemuArgs<'a> {
+    /// Accelerator.
+    pub accel: Accel,
+    /// Kernel image.
+    pub kernel: &'a Path,
+    /// Initial ramdisk (all of the image's ramdisks, concatenated).
+    pub initrd: &'a Path,
+    /// Kernel command line (complete).
+    pub cmdline: &'a str,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: usize,
+    /// vhost-user socket of the vsock device.
+    pub vhost_socket: &'a Path,
+    /// QMP socket (QEMU binds it).
+    pub qmp_socket: &'a Path,
+    /// Back guest memory with 2 MiB huge pages.
+    pub hugepages: bool,
+    /// Apply `-sandbox` (off only for debugging).
+    pub sandbox: bool,
+}
+
+/// The arguments after the binary.
+pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| v.push(s.into());
+    let mem = format!("{}M", a.memory_mib);
+    push("-M");
+    push("microvm,x-option-roms=off,isa-serial=on,memory-backend=mem");
+    push("-accel");
+    push(a.accel.qemu_name());
+    if a.accel == Accel::Kvm {
+        push("-cpu");
+        push("host");
+    } else {
+        push("-cpu");
+        push("max");
+    }
+    push("-smp");
+    push(&a.vcpus.max(1).to_string());
+    push("-m");
+    push(&mem);
+    push("-object");
+    let mut backend = format!("memory-backend-memfd,id=mem,size={mem},share=on");
+    if a.hugepages {
+        backend.push_str(",hugetlb=on,hugetlbsize=2M");
+    }
+    push(&backend);
+    for s in [
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-S",
+        "-monitor",
+        "none",
+        "-chardev",
+        "stdio,id=con,signal=off",
+        "-serial",
+        "chardev:con",
+        "-chardev",
+    ] {
+        push(s);
+    }
+    let vsock = format!("socket,id=vsock,path={}", a.vhost_socket.display());
+    push(&vsock);
+    push("-device");
+    push("vhost-user-vsock-device,chardev=vsock");
+    push("-qmp");
+    let qmp = format!("unix:{},server=on,wait=off", a.qmp_socket.display());
+    push(&qmp);
+    if a.sandbox {
+        push("-sandbox");
+        push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    }
+    v.push("-kernel".into());
+    v.push(a.kernel.as_os_str().to_owned());
+    v.push("-initrd".into());
+    v.push(a.initrd.as_os_str().to_owned());
+    v.push("-append".into());
+    v.push(a.cmdline.into());
+    v
+}
+
+/// True when the host has enough free 2 MiB huge pages for `memory_mib`.
+pub fn hugepages_available(memory_mib: u64) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    matches!(
+        (field("HugePages_Free:"), field("Hugepagesize:")),
+        (Some(free), Some(2048)) if free * 2 >= memory_mib
+    )
+}
+
+/// The console: a capped file plus an in-memory tail.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleTail(Arc<Mutex<Vec<u8>>>);
+
+impl ConsoleTail {
+    /// The last bytes of console output, lossily decoded.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.extend_from_slice(bytes);
+        if t.len() > CONSOLE_TAIL_BYTES {
+            let cut = t.len() - CONSOLE_TAIL_BYTES;
+            t.drain(..cut);
+        }
+    }
+}
+
+/// Copies QEMU's stdout (the serial console) into `path`, at most [`MAX_CONSOLE_BYTES`].
+pub fn capture_console(
+    mut from: impl Read + Send + 'static,
+    path: &Path,
+    tail: ConsoleTail,
+) -> Result<std::thread::JoinHandle<()>, QemuError> {
+    let mut file = File::create(path).map_err(|source| QemuError::Io {
+        context: "creating the console file",
+        source,
+    })?;
+    std::thread::Builder::new()
+        .name("vm-console".into())
+        .spawn(move || {
+            let mut written = 0u64;
+            let mut dropped = 0u64;
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                tail.push(&buf[..n]);
+                let room = MAX_CONSOLE_BYTES.saturating_sub(written);
+                let take = (n as u64).min(room) as usize;
+                if take > 0 && file.write_all(&buf[..take]).is_ok() {
+                    written += take as u64;
+                }
+                dropped += (n - take) as u64;
+            }
+            if dropped > 0 {
+                let _ = writeln!(file, "\n[console capped: {dropped} bytes dropped]");
+            }
+        })
+        .map_err(|source| QemuError::Io {
+            context: "spawning the console thread",
+            source,
+        })
+}
+
+/// A QMP connection (capabilities negotiated).
+pub struct Qmp {
+    reader: BufReader<std::io::Take<UnixStream>>,
+    writer: UnixStream,
+}
+
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp").finish_non_exhaustive()
+    }
+}
+
+impl Qmp {
+    /// Connects (retrying until QEMU has bound the socket or `deadline`) and negotiates.
+    pub fn connect(path: &Path, deadline: Instant, alive: impl Fn() -> bool) -> Result<Qmp, QemuError> {
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) => {
+                    if Instant::now() >= deadline || !alive() {
+                        return Err(QemuError::Io {
+                            context: "connecting to QEMU's QMP socket",
+                            source: e,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        let io = |source| QemuError::Io {
+            context: "QMP socket",
+            source,
+        };
+        stream
+            .set_read_timeout(Some(QMP_CONNECT_TIMEOUT))
+            .map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream.take(u64::MAX)),
+            writer,
+        };
+        qmp.read_message()?; // greeting
+        qmp.execute("qmp_capabilities")?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<serde_json::Value, QemuError> {
+        let mut line = Vec::new();
+        self.reader.get_mut().set_limit(MAX_QMP_LINE);
+        self.reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| QemuError::Io {
+                context: "reading from QMP",
+                source,
+            })?;
+        if line.is_empty() {
+            return Err(QemuError::Qmp("connection closed".into()));
+        }
+        serde_json::from_slice(&line).map_err(|e| QemuError::Qmp(format!("bad reply: {e}")))
+    }
+
+    /// Runs a command and returns its `return` value (events in between are skipped).
+    pub fn execute(&mut self, command: &str) -> Result<serde_json::Value, QemuError> {
+        let req = serde_json::json!({ "execute": command });
+        let mut bytes = serde_json::to_vec(&req).map_err(|e| QemuError::Qmp(e.to_string()))?;
+        bytes.push(b'\n');
+        self.writer
+            .write_all(&bytes)
+            .map_err(|source| QemuError::Io {
+                context: "writing to QMP",
+                source,
+            })?;
+        for _ in 0..64 {
+            let mut msg = self.read_message()?;
+            if msg.get("event").is_some() {
+                continue;
+            }
+            if let Some(r) = msg.get_mut("return") {
+                return Ok(r.take());
+            }
+            if let Some(e) = msg.get("error") {
+                return Err(QemuError::Qmp(format!("{command}: {e}")));
+            }
+        }
+        Err(QemuError::Qmp(format!("{command}: no reply")))
+    }
+
+    /// The vCPU threads' host thread ids, by vCPU index.
+    pub fn vcpu_threads(&mut self) -> Result<Vec<i32>, QemuError> {
+        let r = self.execute("query-cpus-fast")?;
+        let cpus = r
+            .as_array()
+            .ok_or_else(|| QemuError::Qmp("query-cpus-fast: not a list".into()))?;
+        let mut out = vec![0; cpus.len()];
+        for c in cpus {
+            let idx = c.get("cpu-index").and_then(serde_json::Value::as_u64);
+            let tid = c.get("thread-id").and_then(serde_json::Value::as_i64);
+            match (idx, tid) {
+                (Some(i), Some(t)) if (i as usize) < out.len() => {
+                    out[i as usize] = i32::try_from(t)
+                        .map_err(|_| QemuError::Qmp("thread id out of range".into()))?;
+                }
+                _ => return Err(QemuError::Qmp("query-cpus-fast: malformed entry".into())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Pins thread `tid` to `cpus`.
+pub fn pin_thread(tid: i32, cpus: &[usize]) -> Result<(), QemuError> {
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpus {
+        set.set(c).map_err(|e| QemuError::Io {
+            context: "building a CPU set",
+            source: io::Error::from(e),
+        })?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(|e| {
+        QemuError::Io {
+            context: "sched_setaffinity on a QEMU thread",
+            source: io::Error::from(e),
+        }
+    })
+}
+
+/// Every thread of process `pid`.
+pub fn threads_of(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The QEMU binary to run.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("CLOISTER_QEMU").map_or_else(|| PathBuf::from(QEMU_BINARY), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_the_hardening() {
+        let args = QemuArgs {
+            accel: Accel::Tcg,
+            kernel: Path::new("/k"),
+            initrd: Path::new("/i"),
+            cmdline: "console=ttyS0",
+            memory_mib: 256,
+            vcpus: 2,
+            vhost_socket: Path::new("/run/v.sock"),
+            qmp_socket: Path::new("/run/q.sock"),
+            hugepages: false,
+            sandbox: true,
+        };
+        let line: Vec<String> = command_line(&args)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = line.join(" ");
+        for needle in [
+            "-nodefaults",
+            "-no-user-config",
+            "-accel tcg",
+            "memory-backend-memfd,id=mem,size=256M,share=on",
+            "vhost-user-vsock-device,chardev=vsock",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-smp 2",
+            "-append console=ttyS0",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing from {joined}");
+        }
+        assert!(!joined.contains("-netdev") && !joined.contains("-drive"));
+    }
+
+    #[test]
+    fn console_tail_is_bounded() {
+        let t = ConsoleTail::default();
+        for _ in 0..100 {
+            t.push(&[b'x'; 4096]);
+        }
+        t.push(b"Kernel panic");
+        let text = t.text();
+        assert_eq!(text.len(), CONSOLE_TAIL_BYTES);
+        assert!(text.ends_with("Kernel panic"));
+    }
+}

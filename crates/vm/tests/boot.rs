@@ -1,0 +1,190 @@
+//! Boots real guests (Debian's cloud kernel, Cloister's init, the static testapp) under QEMU
+//! with the vhost-user vsock device, and drives them over the host fabric. Run as root; the
+//! kernel is fetched by scripts/fetch-vm-kernel.sh when missing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloister_vm::{Accel, VmConfig, VmEnclave, VmError, VmExit};
+use cloister_vsock::nsm_frame::{read_frame, write_frame};
+use cloister_vsock::{VsockAddr, VsockListener, VsockStream};
+
+/// Generous: TCG on a shared two-core machine.
+const BOOT: Duration = Duration::from_secs(180);
+
+struct Run {
+    _img: common::Image,
+    run: tempfile::TempDir,
+    vm: VmEnclave,
+}
+
+fn boot(cid: u32, argv: &[&str], tweak: impl FnOnce(&mut VmConfig)) -> Run {
+    let img = common::image(argv);
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = VmConfig::new(&img.kernel, &img.initrd, cid, run.path(), common::fake_nsm());
+    cfg.debug = true;
+    cfg.boot_timeout = BOOT;
+    cfg.run_as = Some(common::VM_USER);
+    cfg.cpus = vec![0];
+    tweak(&mut cfg);
+    let vm = VmEnclave::start(cfg).expect("VM start");
+    Run { _img: img, run, vm }
+}
+
+fn fabric(run: &tempfile::TempDir) -> std::path::PathBuf {
+    run.path().join("vsock")
+}
+
+fn expect_boot(r: &Run) {
+    match r.vm.wait_heartbeat(BOOT) {
+        Ok(t) => eprintln!("heartbeat after {t:?} ({:?})", r.vm.accel()),
+        Err(e) => panic!("no heartbeat: {e}\nconsole:\n{}", r.vm.console_tail()),
+    }
+}
+
+#[test]
+fn picks_tcg_on_a_pvm_only_kvm() {
+    // On hosts whose /dev/kvm only runs PVM guests the probe must not choose KVM.
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(cloister_vm::accel::detect(), Accel::Tcg);
+    }
+}
+
+#[test]
+fn heartbeat_parent_echo_and_kill() {
+    let _g = common::serial();
+    let beats = Arc::new(AtomicUsize::new(0));
+    let b = beats.clone();
+    let mut r = boot(21, &["echo-server", "5000"], |c| {
+        c.on_heartbeat = Some(Box::new(move || {
+            b.fetch_add(1, Ordering::SeqCst);
+        }));
+    });
+    expect_boot(&r);
+    assert_eq!(beats.load(Ordering::SeqCst), 1);
+    // The echo server may need a moment after the heartbeat to listen.
+    let mut stream = None;
+    for _ in 0..200 {
+        match VsockStream::connect_fabric(&fabric(&r.run), VsockAddr::new(21, 5000)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let mut s = stream.unwrap_or_else(|| panic!("no listener:\n{}", r.vm.console_tail()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let m = msg.clone();
+        std::thread::spawn(move || w.write_all(&m).unwrap())
+    };
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == msg, "echo mismatch");
+    // A port nobody listens on: the connection is closed without an OK.
+    assert!(VsockStream::connect_fabric(&fabric(&r.run), VsockAddr::new(21, 5999)).is_err());
+    // Termination from the host.
+    let pid = r.vm.pid();
+    assert_eq!(r.vm.kill(), VmExit::Killed);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!fabric(&r.run).join("21.sock").exists() || {
+        // The host socket stays until the enclave handle is dropped.
+        true
+    });
+}
+
+#[test]
+fn guest_connects_to_a_parent_listener_then_powers_off() {
+    let _g = common::serial();
+    let img_cid = 22;
+    let run_dir = tempfile::tempdir().unwrap();
+    let listener = VsockListener::bind_fabric(&run_dir.path().join("vsock"), 6000).unwrap();
+    let img = common::image(&["connect-parent", "6000", "hello-from-the-vm"]);
+    let mut cfg = VmConfig::new(&img.kernel, &img.initrd, img_cid, run_dir.path(), common::fake_nsm());
+    cfg.debug = true;
+    cfg.boot_timeout = BOOT;
+    cfg.run_as = Some(common::VM_USER);
+    let vm = VmEnclave::start(cfg).unwrap();
+    let (mut s, peer) = listener.accept().unwrap();
+    assert_eq!(peer.cid, img_cid);
+    assert!(vm.booted());
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("hello-from-the-vm") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let exit = vm
+        .wait_timeout(BOOT)
+        .unwrap_or_else(|| panic!("VM did not power off:\n{}", vm.console_tail()));
+    assert_eq!(exit, VmExit::PoweredOff, "{}", vm.console_tail());
+    assert!(vm.console_tail().contains("Enclave command exited with status 0"));
+}
+
+#[test]
+fn nsm_requests_are_answered() {
+    let _g = common::serial();
+    let r = boot(23, &["nsm-relay", "7000"], |_| {});
+    expect_boot(&r);
+    let mut stream = None;
+    for _ in 0..200 {
+        if let Ok(s) = VsockStream::connect_fabric(&fabric(&r.run), VsockAddr::new(23, 7000)) {
+            stream = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut s = stream.expect("nsm relay listening");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    for req in [&b"\xa1\x00"[..], &[7u8; 3000][..]] {
+        write_frame(&mut s, req).unwrap();
+        let resp = read_frame(&mut s, 65536).unwrap().unwrap();
+        assert_eq!(&resp[..4], b"nsm:");
+        assert_eq!(&resp[4..], req);
+    }
+}
+
+#[test]
+fn bogus_init_panic_is_detected() {
+    let _g = common::serial();
+    let r = boot(24, &["sleep"], |c| {
+        c.cmdline = "rdinit=/does-not-exist".into();
+    });
+    let exit = r
+        .vm
+        .wait_timeout(BOOT)
+        .unwrap_or_else(|| panic!("VM still running:\n{}", r.vm.console_tail()));
+    match exit {
+        VmExit::Panicked(line) => assert!(line.contains("Kernel panic"), "{line}"),
+        other => panic!("expected a panic, got {other:?}\n{}", r.vm.console_tail()),
+    }
+    assert!(!r.vm.booted());
+}
+
+#[test]
+fn missing_heartbeat_times_out_cleanly() {
+    let _g = common::serial();
+    // init is replaced by the testapp sleeping forever: it never sends the heartbeat.
+    let r = boot(25, &["sleep"], |c| {
+        c.cmdline = "rdinit=/rootfs/bin/testapp -- sleep".into();
+        c.boot_timeout = Duration::from_secs(8);
+    });
+    match r.vm.wait_heartbeat(Duration::from_secs(2)) {
+        Err(VmError::HeartbeatTimeout(_)) => {}
+        other => panic!("expected a heartbeat timeout, got {other:?}"),
+    }
+    let exit = r.vm.wait_timeout(Duration::from_secs(60)).expect("watchdog kill");
+    assert_eq!(exit, VmExit::BootTimeout);
+    assert!(!r.vm.booted());
+}
