@@ -156,13 +156,12 @@ fn main() {
             let _ = child.wait();
         }
     }
-    let (m_ours, m_theirs) = (
-        median(ours),
-        theirs
-            .is_empty()
-            .then_some(Duration::ZERO)
-            .unwrap_or_else(|| median(theirs.clone())),
-    );
+    let m_ours = median(ours);
+    let m_theirs = if theirs.is_empty() {
+        Duration::ZERO
+    } else {
+        median(theirs.clone())
+    };
     println!(
         "boot: cloister run-enclave to heartbeat, median of {BOOT_RUNS}: {:.1} ms",
         m_ours.as_secs_f64() * 1e3
