@@ -36,7 +36,12 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-fn signed_request(addr: SocketAddr, creds: &Creds, op: &str, body: Bytes) -> hyper::Request<Full<Bytes>> {
+fn signed_request(
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: Bytes,
+) -> hyper::Request<Full<Bytes>> {
     let amz = format_amz_date(now_secs());
     let host = addr.to_string();
     let target = format!("TrentService.{op}");
@@ -90,8 +95,21 @@ async fn connect(addr: SocketAddr) -> Sender {
     sender
 }
 
-async fn call(sender: &mut Sender, addr: SocketAddr, creds: &Creds, op: &str, body: &Value) -> Value {
-    let req = signed_request(addr, creds, op, Bytes::from(serde_json::to_vec(body).expect("json")));
+async fn call(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: &Value,
+) -> Value {
+    let req = signed_request(
+        addr,
+        creds,
+        op,
+        Bytes::from(serde_json::to_vec(body).expect("json")),
+    );
+    // Setup calls use a fresh connection each: moto closes connections after each response.
+    *sender = connect(addr).await;
     let resp = sender.send_request(req).await.expect("send");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -101,7 +119,14 @@ async fn call(sender: &mut Sender, addr: SocketAddr, creds: &Creds, op: &str, bo
 }
 
 /// Runs `conns` connections sending `body` as `op` for `secs`; returns requests per second.
-async fn load(addr: SocketAddr, creds: &Creds, op: &str, body: Value, conns: usize, secs: Duration) -> f64 {
+async fn load(
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: Value,
+    conns: usize,
+    secs: Duration,
+) -> f64 {
     let body = Bytes::from(serde_json::to_vec(&body).expect("json"));
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,8 +144,19 @@ async fn load(addr: SocketAddr, creds: &Creds, op: &str, body: Value, conns: usi
         tasks.push(tokio::spawn(async move {
             let mut sender = connect(addr).await;
             while !stop.load(Ordering::Relaxed) {
+                // A server that closes after each response (moto's werkzeug does) gets a new
+                // connection; a keep-alive server keeps the one it has.
+                if sender.ready().await.is_err() {
+                    sender = connect(addr).await;
+                }
                 let req = signed_request(addr, &creds, &op, body.clone());
-                let resp = sender.send_request(req).await.expect("send");
+                let resp = match sender.send_request(req).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        sender = connect(addr).await;
+                        continue;
+                    }
+                };
                 let ok = resp.status().is_success();
                 let b = resp.into_body().collect().await.expect("body").to_bytes();
                 assert!(ok, "{op} failed: {}", String::from_utf8_lossy(&b));
@@ -150,7 +186,14 @@ fn start_moto() -> Option<(std::process::Child, SocketAddr)> {
         .ok()?
         .port();
     let child = std::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -199,8 +242,13 @@ fn main() {
     let doc = signer
         .sign(DocumentFields {
             module_id: "i-00000000000000000-enc0000000000000000".into(),
-            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_millis() as u64,
-            pcrs: [(0usize, pcr0.clone()), (1, vec![1; 48]), (2, vec![2; 48])].into_iter().collect(),
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("time")
+                .as_millis() as u64,
+            pcrs: [(0usize, pcr0.clone()), (1, vec![1; 48]), (2, vec![2; 48])]
+                .into_iter()
+                .collect(),
             public_key: Some(spki),
             user_data: None,
             nonce: None,
@@ -208,11 +256,14 @@ fn main() {
         .expect("document");
 
     // Raw verifier throughput (single thread).
-    let verifier = cloister_attestation::Verifier::new(vec![pki.root_der().to_vec()]).expect("verifier");
+    let verifier =
+        cloister_attestation::Verifier::new(vec![pki.root_der().to_vec()]).expect("verifier");
     let t = Instant::now();
     let mut verifies = 0u64;
     while t.elapsed() < secs {
-        verifier.verify(&doc, &VerifyOptions::default()).expect("verify");
+        verifier
+            .verify(&doc, &VerifyOptions::default())
+            .expect("verify");
         verifies += 1;
     }
     let verify_rate = verifies as f64 / t.elapsed().as_secs_f64();
@@ -246,9 +297,23 @@ fn main() {
          "Condition": {"StringEqualsIgnoreCaseIfExists": {"kms:RecipientAttestation:ImageSha384": hex::encode(&pcr0)}}}]});
     let (ours_1, ours_8, rec_1, rec_8) = client_rt.block_on(async {
         let mut s = connect(addr).await;
-        let k = call(&mut s, addr, &creds, "CreateKey", &json!({"Policy": policy.to_string()})).await;
+        let k = call(
+            &mut s,
+            addr,
+            &creds,
+            "CreateKey",
+            &json!({"Policy": policy.to_string()}),
+        )
+        .await;
         let id = k["KeyMetadata"]["KeyId"].as_str().expect("id").to_string();
-        let e = call(&mut s, addr, &creds, "Encrypt", &json!({"KeyId": id, "Plaintext": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})).await;
+        let e = call(
+            &mut s,
+            addr,
+            &creds,
+            "Encrypt",
+            &json!({"KeyId": id, "Plaintext": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}),
+        )
+        .await;
         let blob = e["CiphertextBlob"].clone();
         let plain = json!({"CiphertextBlob": blob});
         use base64::Engine as _;
@@ -266,12 +331,22 @@ fn main() {
     let moto = start_moto();
     let moto_rates = moto.as_ref().map(|(_, maddr)| {
         let maddr = *maddr;
-        let mcreds = Creds { akid: "AKIAMOTOEXAMPLE00001".into(), secret: "moto-secret".into() };
+        let mcreds = Creds {
+            akid: "AKIAMOTOEXAMPLE00001".into(),
+            secret: "moto-secret".into(),
+        };
         client_rt.block_on(async {
             let mut s = connect(maddr).await;
             let k = call(&mut s, maddr, &mcreds, "CreateKey", &json!({})).await;
             let id = k["KeyMetadata"]["KeyId"].as_str().expect("id").to_string();
-            let e = call(&mut s, maddr, &mcreds, "Encrypt", &json!({"KeyId": id, "Plaintext": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})).await;
+            let e = call(
+                &mut s,
+                maddr,
+                &mcreds,
+                "Encrypt",
+                &json!({"KeyId": id, "Plaintext": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}),
+            )
+            .await;
             let body = json!({"CiphertextBlob": e["CiphertextBlob"]});
             (
                 load(maddr, &mcreds, "Decrypt", body.clone(), 1, secs).await,
@@ -284,7 +359,13 @@ fn main() {
         let _ = child.wait();
     }
 
-    println!("Decrypt over loopback HTTP/1.1 keep-alive, SigV4-signed, {} s per run, {} CPUs", secs.as_secs(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "Decrypt over loopback HTTP/1.1 keep-alive, SigV4-signed, {} s per run, {} CPUs",
+        secs.as_secs(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!("{:<44} {:>12}", "workload", "requests/s");
     println!("{:<44} {:>12.0}", "cloister Decrypt, 1 connection", ours_1);
     println!("{:<44} {:>12.0}", "cloister Decrypt, 8 connections", ours_8);
@@ -296,9 +377,18 @@ fn main() {
         }
         None => println!("moto baseline skipped: `python3 -m moto.server` did not start (pip install 'moto[server]')"),
     }
-    println!("{:<44} {:>12.0}", "cloister Decrypt + Recipient, 1 connection", rec_1);
-    println!("{:<44} {:>12.0}", "cloister Decrypt + Recipient, 8 connections", rec_8);
-    println!("{:<44} {:>12.0}", "attestation Verifier::verify (1 thread)", verify_rate);
+    println!(
+        "{:<44} {:>12.0}",
+        "cloister Decrypt + Recipient, 1 connection", rec_1
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "cloister Decrypt + Recipient, 8 connections", rec_8
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "attestation Verifier::verify (1 thread)", verify_rate
+    );
     println!("ratio Recipient-Decrypt(8)/verifies: {:.1}x (the cache makes Recipient cost ~ Decrypt + RSA-OAEP)", rec_8 / verify_rate);
     drop(server_rt);
 }

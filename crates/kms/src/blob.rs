@@ -53,7 +53,12 @@ pub fn canonical_context(ctx: &EncryptionContext) -> KmsResult<Vec<u8>> {
             "EncryptionContext has more than {MAX_CONTEXT_PAIRS} pairs"
         )));
     }
-    let mut out = Vec::with_capacity(4 + ctx.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        4 + ctx
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>(),
+    );
     out.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
     for (k, v) in ctx {
         if k.is_empty() {
@@ -129,7 +134,11 @@ pub fn seal(
 }
 
 /// Decrypts a blob whose header was read with [`parse_header`]. Returns the plaintext.
-pub fn open(key: &LessSafeKey, blob: &[u8], context: &[u8]) -> KmsResult<zeroize::Zeroizing<Vec<u8>>> {
+pub fn open(
+    key: &LessSafeKey,
+    blob: &[u8],
+    context: &[u8],
+) -> KmsResult<zeroize::Zeroizing<Vec<u8>>> {
     if blob.len() < MIN_BLOB_LEN {
         return Err(KmsError::InvalidCiphertext("ciphertext too short".into()));
     }

@@ -131,8 +131,8 @@ impl RecipientKey {
                 "The attestation document's RSA key is shorter than 2048 bits".into(),
             ));
         }
-        let key = OaepPublicEncryptingKey::new(public)
-            .map_err(|e| KmsError::internal("oaep key", e))?;
+        let key =
+            OaepPublicEncryptingKey::new(public).map_err(|e| KmsError::internal("oaep key", e))?;
         let bits = spki_public_key_bits(spki).unwrap_or(spki);
         let key_id = aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
@@ -187,7 +187,10 @@ impl RecipientKey {
         let enveloped = der(0x30, &[&int(2), &recipient_infos, &eci]);
         Ok(der(
             0x30,
-            &[&der(0x06, &[oid::ENVELOPED_DATA]), &der(0xa0, &[&enveloped])],
+            &[
+                &der(0x06, &[oid::ENVELOPED_DATA]),
+                &der(0xa0, &[&enveloped]),
+            ],
         ))
     }
 }

@@ -177,7 +177,9 @@ fn parse_statement(v: &Value) -> KmsResult<Statement> {
         match k.as_str() {
             "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition" => {}
             "NotAction" | "NotResource" | "NotPrincipal" => {
-                return Err(malformed(format!("{k} is not supported by this key service")))
+                return Err(malformed(format!(
+                    "{k} is not supported by this key service"
+                )))
             }
             _ => return Err(malformed(format!("unknown statement field {k}"))),
         }
@@ -240,7 +242,8 @@ fn parse_statement(v: &Value) -> KmsResult<Statement> {
                 };
                 let lower = key.to_ascii_lowercase();
                 if let Some(rest) = lower.strip_prefix(RECIPIENT_PREFIX) {
-                    let ok = rest == "imagesha384" || rest.strip_prefix("pcr").is_some_and(pcr_index_ok);
+                    let ok =
+                        rest == "imagesha384" || rest.strip_prefix("pcr").is_some_and(pcr_index_ok);
                     if !ok {
                         return Err(malformed(format!("unknown condition key {key}")));
                     }
@@ -461,7 +464,11 @@ mod tests {
     fn default_policy_allows_account_principals() {
         let p = Policy::parse(&Policy::default_text(ACCT)).unwrap();
         assert!(p.allows(&ctx("arn:aws:iam::111122223333:root", "kms:Decrypt", &[])));
-        assert!(p.allows(&ctx("arn:aws:iam::111122223333:user/app", "kms:Encrypt", &[])));
+        assert!(p.allows(&ctx(
+            "arn:aws:iam::111122223333:user/app",
+            "kms:Encrypt",
+            &[]
+        )));
         assert!(!p.allows(&ctx("arn:aws:iam::999999999999:root", "kms:Decrypt", &[])));
     }
 
@@ -528,7 +535,10 @@ mod tests {
             r#"{"Version":"1999","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}}"#,
         ] {
             assert!(
-                matches!(Policy::parse(bad), Err(KmsError::MalformedPolicyDocument(_))),
+                matches!(
+                    Policy::parse(bad),
+                    Err(KmsError::MalformedPolicyDocument(_))
+                ),
                 "{bad}"
             );
         }

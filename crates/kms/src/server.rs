@@ -205,11 +205,8 @@ async fn handle_inner(app: Arc<App>, req: Request<Incoming>) -> Result<Vec<u8>, 
             "Only POST / is served (AWS KMS JSON 1.1 protocol)".into(),
         ));
     }
-    let too_large = || {
-        KmsError::RequestTooLarge(format!(
-            "Request body is larger than {MAX_BODY} bytes"
-        ))
-    };
+    let too_large =
+        || KmsError::RequestTooLarge(format!("Request body is larger than {MAX_BODY} bytes"));
     if let Some(len) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -331,7 +328,9 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> 
     let l = TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Listen(addr.into(), e))?;
-    let a = l.local_addr().map_err(|e| ServerError::Listen(addr.into(), e))?;
+    let a = l
+        .local_addr()
+        .map_err(|e| ServerError::Listen(addr.into(), e))?;
     Ok((l, a))
 }
 
@@ -366,10 +365,7 @@ pub struct Started {
 
 /// Runs the server on a multi-threaded runtime until SIGINT or SIGTERM; calls `ready` once it
 /// listens.
-pub fn serve_blocking(
-    opts: ServeOptions,
-    ready: impl FnOnce(&Started),
-) -> Result<(), ServerError> {
+pub fn serve_blocking(opts: ServeOptions, ready: impl FnOnce(&Started)) -> Result<(), ServerError> {
     let (app, _admin) = open(&opts.data_dir, &opts.config)?;
     let tls = match &opts.tls {
         Some((c, k)) => Some(tls_acceptor(c, k)?),

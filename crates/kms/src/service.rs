@@ -232,8 +232,9 @@ fn generate_key_pair(spec: &str) -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
     let rsa = |size: KeySize| -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
         let kp = aws_lc_rs::rsa::KeyPair::generate(size)
             .map_err(|e| KmsError::internal("rsa keygen", e))?;
-        let private: aws_lc_rs::encoding::Pkcs8V1Der<'_> =
-            kp.as_der().map_err(|e| KmsError::internal("rsa pkcs8", e))?;
+        let private: aws_lc_rs::encoding::Pkcs8V1Der<'_> = kp
+            .as_der()
+            .map_err(|e| KmsError::internal("rsa pkcs8", e))?;
         let public: aws_lc_rs::encoding::PublicKeyX509Der<'_> = kp
             .public_key()
             .as_der()
@@ -497,7 +498,11 @@ impl Service {
         if let Some(ctx) = context {
             for (k, v) in ctx {
                 values.insert(
-                    format!("{}{}", crate::policy::CONTEXT_PREFIX, k.to_ascii_lowercase()),
+                    format!(
+                        "{}{}",
+                        crate::policy::CONTEXT_PREFIX,
+                        k.to_ascii_lowercase()
+                    ),
                     v.clone(),
                 );
             }
@@ -538,7 +543,10 @@ impl Service {
 
     fn attested(&self, r: Option<RecipientParam>) -> KmsResult<Option<Arc<AttestedRecipient>>> {
         let Some(r) = r else { return Ok(None) };
-        let alg = required(r.key_encryption_algorithm, "recipient.keyEncryptionAlgorithm")?;
+        let alg = required(
+            r.key_encryption_algorithm,
+            "recipient.keyEncryptionAlgorithm",
+        )?;
         if alg != RECIPIENT_ALGORITHM {
             return Err(KmsError::Validation(format!(
                 "1 validation error detected: Value '{alg}' at 'recipient.keyEncryptionAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [RSAES_OAEP_SHA_256]"
@@ -576,7 +584,12 @@ impl Service {
             key_id: key.id,
             material: u32::try_from(version).map_err(|e| KmsError::internal("version", e))?,
         };
-        blob::seal(material, &header, &blob::canonical_context(context)?, plaintext)
+        blob::seal(
+            material,
+            &header,
+            &blob::canonical_context(context)?,
+            plaintext,
+        )
     }
 
     /// Resolves the key a ciphertext blob names and decrypts it (after authorization).
@@ -661,7 +674,12 @@ impl Service {
         }))
     }
 
-    fn generate_data_key(&self, principal: &str, req: Req, with_plaintext: bool) -> KmsResult<Value> {
+    fn generate_data_key(
+        &self,
+        principal: &str,
+        req: Req,
+        with_plaintext: bool,
+    ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let n = match (req.key_spec.as_deref(), req.number_of_bytes) {
             (Some(_), Some(_)) => {
@@ -739,9 +757,7 @@ impl Service {
         });
         if with_plaintext {
             match &recipient {
-                Some(r) => {
-                    out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&private)?))
-                }
+                Some(r) => out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&private)?)),
                 None => out["PrivateKeyPlaintext"] = Value::String(b64(&private)),
             }
         }
@@ -828,9 +844,12 @@ impl Service {
                 )));
             }
         }
-        for spec in [req.key_spec.as_deref(), req.customer_master_key_spec.as_deref()]
-            .into_iter()
-            .flatten()
+        for spec in [
+            req.key_spec.as_deref(),
+            req.customer_master_key_spec.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if spec != "SYMMETRIC_DEFAULT" {
                 return Err(KmsError::UnsupportedOperation(format!(
@@ -862,7 +881,9 @@ impl Service {
         };
         let tags = take_tags(req.tags.unwrap_or_default())?;
         if tags.len() > MAX_TAGS {
-            return Err(KmsError::Tag(format!("A key can have at most {MAX_TAGS} tags")));
+            return Err(KmsError::Tag(format!(
+                "A key can have at most {MAX_TAGS} tags"
+            )));
         }
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let material = random(MATERIAL_LEN)?;
@@ -926,12 +947,18 @@ impl Service {
 
     fn set_enabled(&self, principal: &str, req: Req, enable: bool) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
-        let action = if enable { "kms:EnableKey" } else { "kms:DisableKey" };
+        let action = if enable {
+            "kms:EnableKey"
+        } else {
+            "kms:DisableKey"
+        };
         self.authorize(&key, principal, action, None, None)?;
         let arn = key.arn.clone();
         self.store.update_key(&key.id, |r| {
             if r.state == KeyState::PendingDeletion {
-                return Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is pending deletion."
+                )));
             }
             r.state = if enable {
                 KeyState::Enabled
@@ -953,7 +980,9 @@ impl Service {
         let arn = key.arn.clone();
         let (entry, ()) = self.store.update_key(&key.id, |r| {
             if r.state == KeyState::PendingDeletion {
-                return Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is pending deletion."
+                )));
             }
             r.state = KeyState::PendingDeletion;
             r.deletion_date = Some(now() + (days as f64) * 86_400.0);
@@ -1127,7 +1156,9 @@ impl Service {
                 }
             }
             if r.tags.len() > MAX_TAGS {
-                return Err(KmsError::Tag(format!("A key can have at most {MAX_TAGS} tags")));
+                return Err(KmsError::Tag(format!(
+                    "A key can have at most {MAX_TAGS} tags"
+                )));
             }
             Ok(())
         })?;
@@ -1185,7 +1216,11 @@ impl Service {
         self.authorize(&key, principal, action, None, None)?;
         self.require_enabled(&key)?;
         self.store.update_key(&key.id, |r| {
-            r.rotation_period_days = if enable { u32::try_from(period).ok() } else { None };
+            r.rotation_period_days = if enable {
+                u32::try_from(period).ok()
+            } else {
+                None
+            };
             Ok(())
         })?;
         Ok(json!({}))
@@ -1315,7 +1350,11 @@ mod tests {
             Err(KmsError::InvalidCiphertext(_))
         ));
         assert!(matches!(
-            call(&s, "Encrypt", json!({"KeyId": id, "Plaintext": b64(&[0u8; 4097])})),
+            call(
+                &s,
+                "Encrypt",
+                json!({"KeyId": id, "Plaintext": b64(&[0u8; 4097])})
+            ),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(
@@ -1332,7 +1371,11 @@ mod tests {
         ));
         call(&s, "DisableKey", json!({"KeyId": id})).unwrap();
         assert!(matches!(
-            call(&s, "Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": ctx})),
+            call(
+                &s,
+                "Decrypt",
+                json!({"CiphertextBlob": blob, "EncryptionContext": ctx})
+            ),
             Err(KmsError::Disabled(_))
         ));
     }
@@ -1342,10 +1385,15 @@ mod tests {
         let (_d, s) = service();
         let k = call(&s, "CreateKey", json!({})).unwrap();
         let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
-        call(&s, "CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": id})).unwrap();
+        call(
+            &s,
+            "CreateAlias",
+            json!({"AliasName": "alias/app", "TargetKeyId": id}),
+        )
+        .unwrap();
         let d = call(&s, "DescribeKey", json!({"KeyId": "alias/app"})).unwrap();
         assert_eq!(d["KeyMetadata"]["KeyId"], id);
-        let arn = format!("arn:aws:kms:us-east-1:111122223333:alias/app");
+        let arn = "arn:aws:kms:us-east-1:111122223333:alias/app";
         assert!(call(&s, "DescribeKey", json!({"KeyId": arn})).is_ok());
         let deny_all = r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/other"},"Action":"kms:*","Resource":"*"}]}"#;
         call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": deny_all})).unwrap();

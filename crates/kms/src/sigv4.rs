@@ -59,11 +59,14 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
+/// Derived signing keys by (access key id, yyyymmdd).
+type SigningKeyCache = HashMap<(String, [u8; 8]), Zeroizing<[u8; 32]>>;
+
 /// SigV4 verifier with a credential table and a signing-key cache.
 pub struct Verifier {
     region: String,
     credentials: HashMap<String, Credential>,
-    cache: RwLock<HashMap<(String, [u8; 8]), Zeroizing<[u8; 32]>>>,
+    cache: RwLock<SigningKeyCache>,
 }
 
 impl fmt::Debug for Verifier {
@@ -102,12 +105,10 @@ fn parse_auth(value: &str) -> KmsResult<AuthHeader<'_>> {
             signature = Some(v);
         }
     }
-    let credential = credential.ok_or_else(|| {
-        incomplete("Authorization header requires 'Credential' parameter")
-    })?;
-    let signed_headers = signed.ok_or_else(|| {
-        incomplete("Authorization header requires 'SignedHeaders' parameter")
-    })?;
+    let credential = credential
+        .ok_or_else(|| incomplete("Authorization header requires 'Credential' parameter"))?;
+    let signed_headers = signed
+        .ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter"))?;
     let signature = signature
         .ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter"))?;
     let mut it = credential.split('/');
@@ -285,7 +286,7 @@ pub fn string_to_sign(
     amz_date: &str,
     scope: &str,
 ) -> KmsResult<String> {
-    let mut canonical = String::with_capacity(512 + req.body.len().min(0));
+    let mut canonical = String::with_capacity(512);
     canonical.push_str(req.method);
     canonical.push('\n');
     canonical.push_str(&canonical_path(req.path));

@@ -299,27 +299,36 @@ impl Store {
     }
 
     fn load(&self) -> KmsResult<()> {
-        let tx = self.db.begin_read().map_err(|e| KmsError::internal("read", e))?;
-        let keys = tx.open_table(KEYS).map_err(|e| KmsError::internal("read", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| KmsError::internal("read", e))?;
+        let keys = tx
+            .open_table(KEYS)
+            .map_err(|e| KmsError::internal("read", e))?;
         let mut state = State::default();
         for item in keys.iter().map_err(|e| KmsError::internal("read", e))? {
             let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
-            let record: KeyRecord = serde_json::from_slice(v.value()).map_err(|e| {
-                KmsError::Internal(format!("key {}: {e}", k.value()))
-            })?;
+            let record: KeyRecord = serde_json::from_slice(v.value())
+                .map_err(|e| KmsError::Internal(format!("key {}: {e}", k.value())))?;
             let id = parse_key_id(&record.id)
                 .ok_or_else(|| KmsError::Internal(format!("bad key id {}", record.id)))?;
             let entry = self.entry(record, None)?;
             state.keys.insert(id, Arc::new(entry));
         }
-        let aliases = tx.open_table(ALIASES).map_err(|e| KmsError::internal("read", e))?;
+        let aliases = tx
+            .open_table(ALIASES)
+            .map_err(|e| KmsError::internal("read", e))?;
         for item in aliases.iter().map_err(|e| KmsError::internal("read", e))? {
             let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
             let rec: AliasRecord = serde_json::from_slice(v.value())
                 .map_err(|e| KmsError::Internal(format!("alias {}: {e}", k.value())))?;
             state.aliases.insert(k.value().to_string(), rec);
         }
-        *self.state.write().map_err(|_| KmsError::Internal("lock".into()))? = state;
+        *self
+            .state
+            .write()
+            .map_err(|_| KmsError::Internal("lock".into()))? = state;
         Ok(())
     }
 
@@ -363,9 +372,7 @@ impl Store {
                 &mut buf[..],
             )
             .map_err(|_| {
-                KmsError::Internal(
-                    "sealed key material does not open under this master key".into(),
-                )
+                KmsError::Internal("sealed key material does not open under this master key".into())
             })?
             .len();
         buf.truncate(n);
@@ -373,7 +380,12 @@ impl Store {
     }
 
     /// Seals fresh material for `key_id` version `version` (returns the stored form).
-    pub fn seal_material(&self, key_id: &str, version: usize, material: &[u8]) -> KmsResult<String> {
+    pub fn seal_material(
+        &self,
+        key_id: &str,
+        version: usize,
+        material: &[u8],
+    ) -> KmsResult<String> {
         self.seal_bytes(&Self::material_aad(key_id, version), material)
     }
 
@@ -393,12 +405,13 @@ impl Store {
                 Arc::new(v)
             }
         };
-        let policy = match prev {
-            Some(p) if p.record.policy == record.policy => p.policy.clone(),
-            _ => Arc::new(Policy::parse(&record.policy).map_err(|e| {
-                KmsError::Internal(format!("stored policy of {}: {e}", record.id))
-            })?),
-        };
+        let policy =
+            match prev {
+                Some(p) if p.record.policy == record.policy => p.policy.clone(),
+                _ => Arc::new(Policy::parse(&record.policy).map_err(|e| {
+                    KmsError::Internal(format!("stored policy of {}: {e}", record.id))
+                })?),
+            };
         Ok(KeyEntry {
             record,
             materials,
@@ -406,10 +419,7 @@ impl Store {
         })
     }
 
-    fn write_tx<T>(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>,
-    ) -> KmsResult<T> {
+    fn write_tx<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>) -> KmsResult<T> {
         let tx = self
             .db
             .begin_write()
@@ -513,9 +523,9 @@ impl Store {
         f: impl FnOnce(&mut KeyRecord) -> KmsResult<T>,
     ) -> KmsResult<(Arc<KeyEntry>, T)> {
         let _w = self.lock_writer()?;
-        let prev = self
-            .key(id)?
-            .ok_or_else(|| KmsError::NotFound(format!("Key '{}' does not exist", format_key_id(id))))?;
+        let prev = self.key(id)?.ok_or_else(|| {
+            KmsError::NotFound(format!("Key '{}' does not exist", format_key_id(id)))
+        })?;
         let mut record = prev.record.clone();
         let out = f(&mut record)?;
         if record.materials.len() > MAX_MATERIALS {
@@ -634,8 +644,13 @@ impl Store {
     pub fn admin_credential(&self) -> KmsResult<AdminCredential> {
         const AAD: &[u8] = b"cloister-kms/admin-credential/v1";
         let _w = self.lock_writer()?;
-        let tx = self.db.begin_read().map_err(|e| KmsError::internal("read", e))?;
-        let t = tx.open_table(META).map_err(|e| KmsError::internal("read", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| KmsError::internal("read", e))?;
+        let t = tx
+            .open_table(META)
+            .map_err(|e| KmsError::internal("read", e))?;
         if let Some(v) = t.get("admin").map_err(|e| KmsError::internal("read", e))? {
             let sealed = std::str::from_utf8(v.value())
                 .map_err(|e| KmsError::internal("admin record", e))?
@@ -649,16 +664,19 @@ impl Store {
         aws_lc_rs::rand::fill(&mut raw).map_err(|e| KmsError::internal("random", e))?;
         const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
         let akid: String = std::iter::once("AKIA".to_string())
-            .chain(raw[..16].iter().map(|b| (ALNUM[(*b & 31) as usize] as char).to_string()))
+            .chain(
+                raw[..16]
+                    .iter()
+                    .map(|b| (ALNUM[(*b & 31) as usize] as char).to_string()),
+            )
             .collect();
         let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]));
         let cred = AdminCredential {
             access_key_id: akid,
             secret_access_key: secret,
         };
-        let json = Zeroizing::new(
-            serde_json::to_vec(&cred).map_err(|e| KmsError::internal("encode", e))?,
-        );
+        let json =
+            Zeroizing::new(serde_json::to_vec(&cred).map_err(|e| KmsError::internal("encode", e))?);
         let sealed = self.seal_bytes(AAD, &json)?;
         self.write_tx(|tx| {
             let mut t = tx
@@ -717,7 +735,10 @@ mod tests {
             let e = s.key(&id).unwrap().unwrap();
             assert_eq!(e.materials.len(), 1);
             assert_eq!(s.alias("alias/a").unwrap().unwrap().target, e.record.id);
-            assert_eq!(s.admin_credential().unwrap().access_key_id, admin.access_key_id);
+            assert_eq!(
+                s.admin_credential().unwrap().access_key_id,
+                admin.access_key_id
+            );
             s.update_key(&id, |r| {
                 r.state = KeyState::PendingDeletion;
                 r.deletion_date = Some(1.0);

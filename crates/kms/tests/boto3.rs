@@ -44,7 +44,10 @@ fn boto3_drives_every_operation() {
     // The data directory was initialised with private files.
     use std::os::unix::fs::PermissionsExt;
     for f in ["admin-credentials.json", "master.key"] {
-        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
     let creds: serde_json::Value =
@@ -52,7 +55,10 @@ fn boto3_drives_every_operation() {
             .unwrap();
     assert_eq!(creds["AccessKeyId"], server.admin.access_key_id.as_str());
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/test_kms_boto3.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/test_kms_boto3.py"
+    );
     let status = Command::new("python3")
         .arg(script)
         .env("KMS_ENDPOINT", server.endpoint())
@@ -74,11 +80,9 @@ fn boto3_drives_every_operation() {
     // The SDK opens what the server sealed for the enclave (DER) to the same bytes OpenSSL did.
     let cms = std::fs::read(out.join("datakey.cms")).unwrap();
     let plain = std::fs::read(out.join("datakey.plain")).unwrap();
-    let opened =
-        cloister_sdk::recipient::open_ciphertext_for_recipient(&cms, &key.pkcs8).unwrap();
+    let opened = cloister_sdk::recipient::open_ciphertext_for_recipient(&cms, &key.pkcs8).unwrap();
     assert_eq!(&opened[..], &plain[..]);
     let cms = std::fs::read(out.join("decrypt.cms")).unwrap();
-    let opened =
-        cloister_sdk::recipient::open_ciphertext_for_recipient(&cms, &key.pkcs8).unwrap();
+    let opened = cloister_sdk::recipient::open_ciphertext_for_recipient(&cms, &key.pkcs8).unwrap();
     assert_eq!(&opened[..], b"enclave secret");
 }

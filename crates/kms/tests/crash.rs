@@ -111,8 +111,11 @@ fn worker(addr: SocketAddr, akid: String, secret: String, tag: String) -> Vec<Ac
                 Err(_) => None,
             }
         };
-        let Some(k) = call(&mut c, "CreateKey", json!({"Description": format!("{tag}-{n}")}))
-        else {
+        let Some(k) = call(
+            &mut c,
+            "CreateKey",
+            json!({"Description": format!("{tag}-{n}")}),
+        ) else {
             break;
         };
         let mut a = Acked {
@@ -146,7 +149,7 @@ fn worker(addr: SocketAddr, akid: String, secret: String, tag: String) -> Vec<Ac
         }
         a.policy = Some(policy);
         *out.last_mut().unwrap() = a.clone();
-        let t = (format!("t{n}"), format!("{tag}"));
+        let t = (format!("t{n}"), tag.clone());
         if call(
             &mut c,
             "TagResource",
@@ -198,7 +201,11 @@ fn verify(c: &mut RawClient, acked: &[Acked]) {
             assert_eq!(d["KeyMetadata"]["KeyId"], a.key_id.as_str(), "{alias}");
         }
         if let Some(p) = &a.policy {
-            let g = ok(c, "GetKeyPolicy", json!({"KeyId": a.key_id, "PolicyName": "default"}));
+            let g = ok(
+                c,
+                "GetKeyPolicy",
+                json!({"KeyId": a.key_id, "PolicyName": "default"}),
+            );
             assert_eq!(g["Policy"], p.as_str());
         }
         if let Some((k, v)) = &a.tag {
@@ -214,7 +221,11 @@ fn verify(c: &mut RawClient, acked: &[Acked]) {
             );
         }
         if let Some((blob, plain, ctx)) = &a.ciphertext {
-            let d = ok(c, "Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": ctx}));
+            let d = ok(
+                c,
+                "Decrypt",
+                json!({"CiphertextBlob": blob, "EncryptionContext": ctx}),
+            );
             assert_eq!(d["Plaintext"], plain.as_str());
         }
     }
@@ -232,7 +243,11 @@ fn verify(c: &mut RawClient, acked: &[Acked]) {
             let e = ok(c, "Encrypt", json!({"KeyId": id, "Plaintext": "AQID"}));
             let d = ok(c, "Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"]}));
             assert_eq!(d["Plaintext"], "AQID");
-            ok(c, "GetKeyPolicy", json!({"KeyId": id, "PolicyName": "default"}));
+            ok(
+                c,
+                "GetKeyPolicy",
+                json!({"KeyId": id, "PolicyName": "default"}),
+            );
         }
         if page["Truncated"] != true {
             break;

@@ -24,7 +24,10 @@ fn write_pem(dir: &std::path::Path, pkcs8: &[u8]) -> std::path::PathBuf {
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("openssl");
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -61,7 +64,13 @@ fn kms_der_opens_with_sdk_and_openssl() {
     assert_eq!(out, secret);
     // The output is DER: OpenSSL's strict parser re-encodes it identically.
     let re = openssl(&[
-        "asn1parse", "-inform", "DER", "-in", f.to_str().unwrap(), "-out", "/dev/null",
+        "asn1parse",
+        "-inform",
+        "DER",
+        "-in",
+        f.to_str().unwrap(),
+        "-out",
+        "/dev/null",
     ]);
     assert!(!re.is_empty());
 }
@@ -73,16 +82,38 @@ fn openssl_streamed_ber_opens_with_sdk() {
     let pem = write_pem(dir.path(), &key.pkcs8);
     let cert = dir.path().join("cert.pem");
     openssl(&[
-        "req", "-x509", "-new", "-key", pem.to_str().unwrap(), "-subj", "/CN=enclave", "-days",
-        "1", "-out", cert.to_str().unwrap(),
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        pem.to_str().unwrap(),
+        "-subj",
+        "/CN=enclave",
+        "-days",
+        "1",
+        "-out",
+        cert.to_str().unwrap(),
     ]);
     let secret: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     let input = dir.path().join("secret.bin");
     std::fs::write(&input, &secret).unwrap();
     let ber = openssl(&[
-        "cms", "-encrypt", "-stream", "-binary", "-outform", "DER", "-aes256", "-in",
-        input.to_str().unwrap(), "-recip", cert.to_str().unwrap(), "-keyopt",
-        "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256", "-keyopt",
+        "cms",
+        "-encrypt",
+        "-stream",
+        "-binary",
+        "-outform",
+        "DER",
+        "-aes256",
+        "-in",
+        input.to_str().unwrap(),
+        "-recip",
+        cert.to_str().unwrap(),
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-keyopt",
+        "rsa_oaep_md:sha256",
+        "-keyopt",
         "rsa_mgf1_md:sha256",
     ]);
     // Indefinite-length ContentInfo: this really is BER, not DER.
@@ -97,8 +128,17 @@ fn openssl_streamed_ber_opens_with_sdk() {
     }
     // OAEP with SHA-1 (OpenSSL's default OAEP digest) is refused: KMS only uses SHA-256.
     let sha1 = openssl(&[
-        "cms", "-encrypt", "-binary", "-outform", "DER", "-aes256", "-in",
-        input.to_str().unwrap(), "-recip", cert.to_str().unwrap(), "-keyopt",
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-outform",
+        "DER",
+        "-aes256",
+        "-in",
+        input.to_str().unwrap(),
+        "-recip",
+        cert.to_str().unwrap(),
+        "-keyopt",
         "rsa_padding_mode:oaep",
     ]);
     assert!(matches!(parse(&sha1), Err(RecipientError::Algorithm(_))));

@@ -7,7 +7,13 @@
 //!     Unix socket pair in this process.
 //!
 //! Run as root: `cargo bench -p cloister-runtime --bench enclave`. Set `CLOISTER_BIN` to use an
-//! existing `cloister` binary; otherwise it is built in release mode.
+//! existing `cloister` binary; otherwise the release binary is built (a no-op when it is up to
+//! date) and used. The two boot measurements alternate run by run, so a load change on the host
+//! hits both alike. Environment knobs:
+//! - `CLOISTER_BENCH_BOOT_RUNS`: boot runs of each kind (default 20);
+//! - `CLOISTER_BENCH_ONLY=boot`: skip (b);
+//! - `CLOISTER_BENCH_TRACE=1`: first print one boot's step timings (the runtime's
+//!   `boottrace` events from the CLI and the monitor).
 
 use cloister_cpio::CpioWriter;
 use cloister_vsock::{VsockAddr, VsockStream};
@@ -17,6 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT_RUNS: usize = 20;
+/// The CLI's log filter that turns on the boot-step events.
+const TRACE_FILTER: &str = "warn,cloister_runtime::boottrace=debug";
 const STREAM_BYTES: u64 = 512 << 20;
 const CHUNK: usize = 256 * 1024;
 const PINGS: usize = 2000;
@@ -103,6 +111,11 @@ fn main() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    let boot_runs = std::env::var("CLOISTER_BENCH_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(BOOT_RUNS);
     let run_args = [
         "run-enclave",
         "--eif-path",
@@ -116,18 +129,20 @@ fn main() {
     // (a) boot to heartbeat.
     cli(&run_args); // warm-up (creates the PKI)
     cli(&["terminate-enclave", "--all"]);
+    if std::env::var_os("CLOISTER_BENCH_TRACE").is_some() {
+        trace_one_boot(&bin, &run, dir.path(), &alloc, &run_args);
+        cli(&["terminate-enclave", "--all"]);
+    }
+    let bwrap = which_bwrap();
     let mut ours = Vec::new();
-    for _ in 0..BOOT_RUNS {
+    let mut theirs = Vec::new();
+    let sock = dir.path().join("ready.sock");
+    for _ in 0..boot_runs {
         let t = Instant::now();
         cli(&run_args);
         ours.push(t.elapsed());
         cli(&["terminate-enclave", "--all"]);
-    }
-    let bwrap = which_bwrap();
-    let mut theirs = Vec::new();
-    if let Some(bwrap) = &bwrap {
-        let sock = dir.path().join("ready.sock");
-        for _ in 0..BOOT_RUNS {
+        if let Some(bwrap) = &bwrap {
             let _ = std::fs::remove_file(&sock);
             let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
             let t = Instant::now();
@@ -163,12 +178,12 @@ fn main() {
         median(theirs.clone())
     };
     println!(
-        "boot: cloister run-enclave to heartbeat, median of {BOOT_RUNS}: {:.1} ms",
+        "boot: cloister run-enclave to heartbeat, median of {boot_runs}: {:.1} ms",
         m_ours.as_secs_f64() * 1e3
     );
     if bwrap.is_some() {
         println!(
-            "boot: bubblewrap sandbox to readiness, median of {BOOT_RUNS}: {:.1} ms",
+            "boot: bubblewrap sandbox to readiness, median of {boot_runs}: {:.1} ms",
             m_theirs.as_secs_f64() * 1e3
         );
         println!(
@@ -177,6 +192,10 @@ fn main() {
         );
     } else {
         println!("boot: bwrap not installed; baseline skipped");
+    }
+
+    if std::env::var("CLOISTER_BENCH_ONLY").as_deref() == Ok("boot") {
+        return;
     }
 
     // (b) throughput and latency.
@@ -270,6 +289,35 @@ fn main() {
         u_rt.as_secs_f64() * 1e6
     );
     cli(&["terminate-enclave", "--all"]);
+}
+
+/// Boots once with the boot-step events on and prints them: the CLI's from its stderr, the
+/// monitor's (and its setup child's) from the monitor log, read before the enclave is
+/// terminated.
+fn trace_one_boot(bin: &Path, run: &Path, dir: &Path, alloc: &Path, args: &[&str]) {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .env("CLOISTER_RUN_DIR", run)
+        .env("CLOISTER_PKI_DIR", dir.join("pki"))
+        .env("CLOISTER_ALLOCATOR_CONFIG", alloc)
+        .env("CLOISTER_LOG", TRACE_FILTER)
+        .args(args)
+        .output()
+        .unwrap();
+    let total = t.elapsed();
+    assert!(out.status.success());
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = rec["EnclaveID"].as_str().unwrap();
+    let monitor_log = std::fs::read_to_string(run.join("enclaves").join(id).join("monitor.log"))
+        .unwrap_or_default();
+    println!("trace: CLI");
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("trace: monitor");
+    print!("{monitor_log}");
+    println!(
+        "trace: run-enclave took {:.1} ms as seen by the caller",
+        total.as_secs_f64() * 1e3
+    );
 }
 
 trait ReadWrite: Read + Write {}

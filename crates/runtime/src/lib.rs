@@ -8,10 +8,12 @@
 //! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
 //! - [`state`]: the run directory; [`console`]: the bounded console log;
 //! - [`nsm`]: the enclave's NSM behind the vsock broker; [`ids`]: instance and enclave ids;
+//! - [`boottrace`]: debug-level timing of the boot path;
 //! - [`sys`]: every system call the runtime makes, wrapped once with typed errors.
 
 pub mod allocator;
 pub mod backend;
+pub mod boottrace;
 pub mod cgroup;
 pub mod console;
 pub mod ids;

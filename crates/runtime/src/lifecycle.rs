@@ -131,6 +131,7 @@ pub fn run_enclave(
     opts: &RunOptions,
     monitor: &MonitorCommand,
 ) -> Result<EnclaveRecord, LifecycleError> {
+    crate::boottrace::mark("cli: run-enclave");
     if opts.isolation == Isolation::Vm {
         return Err(invalid(
             FailureKind::Unsupported,
@@ -239,11 +240,14 @@ fn spawn_and_wait(
             Ok(())
         });
     }
+    crate::boottrace::mark("cli: spawning the monitor");
     let mut child = cmd.spawn().map_err(LifecycleError::Spawn)?;
+    crate::boottrace::mark("cli: monitor spawned");
     drop(ready_w);
     drop(lock);
     let wait = Duration::from_millis(spec.boot_timeout_ms) + MONITOR_GRACE;
     let answer = read_answer(ready_r, wait);
+    crate::boottrace::mark("cli: monitor answered");
     // The monitor is a session leader of its own; reap it if it already exited so no zombie is
     // left while this process lives on (tests), otherwise leave it running.
     let _ = child.try_wait();

@@ -172,6 +172,7 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
             OwnedFd::from_raw_fd(LOCK_FD),
         )
     };
+    crate::boottrace::mark("monitor: start");
     let mut ready = std::fs::File::from(ready);
     let run = RunDir::from_env();
     if !crate::ids::is_enclave_id(enclave_id) {
@@ -197,6 +198,7 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
         &MonitorMessage::Ready(Box::new(live.record.clone())),
     );
     drop(ready);
+    crate::boottrace::mark("monitor: ready sent");
     live.supervise();
     live.teardown(&run);
     drop(lock);
@@ -266,6 +268,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     let metadata = eif.metadata().ok().flatten();
     let eif_len = eif.file_len();
     drop(eif);
+    crate::boottrace::mark("monitor: image measured");
     check_memory(spec.memory_mib, eif_len)?;
 
     let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
@@ -282,6 +285,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
             &alive,
         )
         .map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
+    crate::boottrace::mark("monitor: resources allocated");
     let mut partial = Partial {
         run,
         id,
@@ -353,6 +357,7 @@ fn launch(
     let instance = crate::ids::instance_id();
     let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
         .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+    crate::boottrace::mark("monitor: PKI opened");
     let nsm = crate::nsm::enclave_nsm(
         &pki,
         id,
@@ -362,6 +367,7 @@ fn launch(
         &instance,
     )
     .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+    crate::boottrace::mark("monitor: NSM ready (leaf issued)");
 
     let dir = run.enclave_dir(id);
     let root_mount = dir.join("root");
@@ -385,6 +391,7 @@ fn launch(
         .create(&launch, console_w)
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     let pid = pending.pid();
+    crate::boottrace::mark("monitor: enclave cloned");
     sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
 
     let console_path = run.console_path(id);
@@ -421,11 +428,13 @@ fn launch(
     )
     .map_err(|e| sys_err(&e))?;
     partial.broker = Some(broker);
+    crate::boottrace::mark("monitor: broker started");
 
     let running = pending
         .start()
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     partial.running = Some(running);
+    crate::boottrace::mark("monitor: init executing");
 
     let (image_name, image_version, meta_json) = match &metadata {
         Some(m) => (
@@ -513,6 +522,7 @@ fn launch(
             ));
         }
     }
+    crate::boottrace::mark("monitor: heartbeat received");
     record.state = EnclaveState::Running;
     run.write_record(&record).map_err(|e| sys_err(&e))?;
     Ok((record, console_thread))

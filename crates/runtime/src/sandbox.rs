@@ -83,6 +83,7 @@ impl Backend for ProcessBackend {
             memory_bytes: spec.memory_mib.saturating_mul(1024 * 1024),
             pids_max: spec.pids_max,
         })?;
+        crate::boottrace::mark("monitor: cgroup created");
         let (go_r, go_w) = sys::pipe()?;
         let (err_r, err_w) = sys::pipe()?;
         let flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::NET | sys::ns::IPC | sys::ns::UTS;
@@ -148,6 +149,7 @@ impl Pending for ProcessPending {
             status: None,
         };
         let mut go = std::fs::File::from(go);
+        crate::boottrace::mark("monitor: go sent");
         if let Err(e) = go.write_all(b"g") {
             let _ = running.kill();
             let _ = running.cleanup();
@@ -216,6 +218,7 @@ fn child(
         Ok(1) => {}
         _ => sys::exit_now(1), // the monitor went away before starting us
     }
+    crate::boottrace::mark("child: go");
     sys::unshare(sys::ns::CGROUP).map_err(s)?;
     sys::mount(
         None,
@@ -236,8 +239,10 @@ fn child(
         Some(&root_opts),
     )
     .map_err(s)?;
+    crate::boottrace::mark("child: tmpfs mounted");
     let mut unpacker = Unpacker::new(sys::open_dir(&spec.root_mount).map_err(s)?, uid, gid);
     fill_root(spec, &mut unpacker)?;
+    crate::boottrace::mark("child: ramdisks unpacked");
     populate_dev(&mut unpacker, &[b"dev"], spec, false)?;
     mount_proc(&mut unpacker, &[b"proc"])?;
     if sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir) {
@@ -260,10 +265,12 @@ fn child(
     sys::sethostname(&spec.enclave_id).map_err(s)?;
     sys::loopback_up().map_err(s)?;
 
+    crate::boottrace::mark("child: dev, proc, hostname, lo done");
     sys::chdir(&spec.root_mount).map_err(s)?;
     sys::pivot_root(Path::new("."), Path::new(".")).map_err(s)?;
     sys::umount_detach(Path::new(".")).map_err(s)?;
     sys::chdir(Path::new("/")).map_err(s)?;
+    crate::boottrace::mark("child: pivot_root done");
 
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     sys::dup_onto(null.as_fd(), 0).map_err(s)?;
@@ -289,6 +296,7 @@ fn child(
         sys::exit_now(1);
     }
     sys::cloexec_from(3).map_err(s)?;
+    crate::boottrace::mark("child: exec /init");
     Err(sys::exec(
         Path::new("/init"),
         &["/init"],

@@ -95,7 +95,10 @@ impl<'a> Reader<'a> {
     }
 
     fn byte(&mut self) -> Result<u8> {
-        let b = *self.data.get(self.pos).ok_or_else(|| self.err("truncated"))?;
+        let b = *self
+            .data
+            .get(self.pos)
+            .ok_or_else(|| self.err("truncated"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -300,7 +303,9 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
     let ci = top.expect(0x30, "ContentInfo")?;
     let mut ci_r = top.children(&ci)?;
     if oid(&mut ci_r, "contentType")? != OID_ENVELOPED_DATA {
-        return Err(RecipientError::Structure("content type is not envelopedData"));
+        return Err(RecipientError::Structure(
+            "content type is not envelopedData",
+        ));
     }
     let explicit = ci_r.expect(0xa0, "[0] content")?;
     let mut ex = ci_r.children(&explicit)?;
@@ -326,7 +331,9 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
             continue; // other RecipientInfo kinds ([1] kari, [2] kekri, ...)
         }
         if wrapped.is_some() {
-            return Err(RecipientError::Structure("more than one KeyTransRecipientInfo"));
+            return Err(RecipientError::Structure(
+                "more than one KeyTransRecipientInfo",
+            ));
         }
         let mut k = ris.children(&ri)?;
         k.expect(0x02, "KeyTransRecipientInfo version")?;
@@ -334,7 +341,9 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
         let alg = k.expect(0x30, "keyEncryptionAlgorithm")?;
         let mut a = k.children(&alg)?;
         if oid(&mut a, "keyEncryptionAlgorithm OID")? != OID_RSAES_OAEP {
-            return Err(RecipientError::Algorithm("key encryption is not RSAES-OAEP"));
+            return Err(RecipientError::Algorithm(
+                "key encryption is not RSAES-OAEP",
+            ));
         }
         if a.at_end() {
             return Err(RecipientError::Algorithm(
@@ -355,7 +364,9 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
     let cea = e.expect(0x30, "contentEncryptionAlgorithm")?;
     let mut c = e.children(&cea)?;
     if oid(&mut c, "content encryption OID")? != OID_AES256_CBC {
-        return Err(RecipientError::Algorithm("content encryption is not AES-256-CBC"));
+        return Err(RecipientError::Algorithm(
+            "content encryption is not AES-256-CBC",
+        ));
     }
     let iv_t = c.next()?;
     let mut iv_v = Vec::new();
@@ -476,7 +487,10 @@ mod tests {
         let eci = d(
             0x30,
             &[
-                &d(0x06, &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]]),
+                &d(
+                    0x06,
+                    &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]],
+                ),
                 &alg(OID_AES256_CBC, &[&d(0x04, &[&f.iv])]),
                 &d(0x80, &[&f.content]),
             ],
@@ -488,9 +502,8 @@ mod tests {
     /// AWS-style BER: indefinite lengths everywhere they are allowed, and the encrypted key and
     /// content as constructed strings in small chunks.
     fn build_ber(f: &Fixture, chunk: usize) -> Vec<u8> {
-        let chunks = |data: &[u8]| -> Vec<u8> {
-            data.chunks(chunk).flat_map(|c| d(0x04, &[c])).collect()
-        };
+        let chunks =
+            |data: &[u8]| -> Vec<u8> { data.chunks(chunk).flat_map(|c| d(0x04, &[c])).collect() };
         let ktri = i(
             0x30,
             &[
@@ -503,7 +516,10 @@ mod tests {
         let eci = i(
             0x30,
             &[
-                &d(0x06, &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]]),
+                &d(
+                    0x06,
+                    &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]],
+                ),
                 &alg(OID_AES256_CBC, &[&d(0x04, &[&f.iv])]),
                 &i(0xa0, &[&chunks(&f.content)]),
             ],
@@ -535,7 +551,10 @@ mod tests {
         let f = fixture();
         for blob in [build_der(&f), build_ber(&f, 7)] {
             for n in 0..blob.len() {
-                assert!(parse(&blob[..n]).is_err() || open_ciphertext_for_recipient(&blob[..n], &f.pkcs8).is_err());
+                assert!(
+                    parse(&blob[..n]).is_err()
+                        || open_ciphertext_for_recipient(&blob[..n], &f.pkcs8).is_err()
+                );
             }
             for idx in (0..blob.len()).step_by(3) {
                 let mut t = blob.clone();

@@ -245,7 +245,9 @@ pub fn host_tsc_khz() -> Option<u64> {
         }
         let khz = cycles * 1_000_000 / ns;
         // Round to 1 MHz: the measurement is not more precise than that.
-        return u64::try_from((khz + 500) / 1000 * 1000).ok().filter(|k| *k > 0);
+        return u64::try_from((khz + 500) / 1000 * 1000)
+            .ok()
+            .filter(|k| *k > 0);
     }
     #[allow(unreachable_code)]
     None

@@ -183,17 +183,19 @@ impl VsockBackend {
                 break;
             };
             let head = chain.head_index();
-            let mut pkt =
-                match VsockPacket::from_rx_virtq_chain(mem.deref(), &mut chain, MAX_PKT_DATA as u32)
-                {
-                    Ok(p) => p,
-                    Err(_) => {
-                        state.bad_chains += 1;
-                        let _ = queue.add_used(mem.deref(), head, 0);
-                        used = true;
-                        continue;
-                    }
-                };
+            let mut pkt = match VsockPacket::from_rx_virtq_chain(
+                mem.deref(),
+                &mut chain,
+                MAX_PKT_DATA as u32,
+            ) {
+                Ok(p) => p,
+                Err(_) => {
+                    state.bad_chains += 1;
+                    let _ = queue.add_used(mem.deref(), head, 0);
+                    used = true;
+                    continue;
+                }
+            };
             let cap = pkt.data_slice().map_or(0, |d| d.len()).min(MAX_PKT_DATA);
             let State { muxer, scratch, .. } = &mut *state;
             let Some((h, n)) = muxer.next_rx(&mut scratch[..cap]) else {
@@ -252,7 +254,10 @@ impl VhostUserBackend for VsockBackend {
         let config = self.cid.to_le_bytes();
         let start = offset as usize;
         let end = start.saturating_add(size as usize);
-        config.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+        config
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     fn reset_device(&self) {
@@ -371,7 +376,9 @@ impl VsockDevice {
     }
 
     fn lock_reset(&self) {
-        self.backend.lock().muxer.reset_all();
+        let mut state = self.backend.lock();
+        state.muxer.reset_all();
+        state.muxer.close_host_socket();
     }
 }
 

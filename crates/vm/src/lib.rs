@@ -285,7 +285,10 @@ impl VmEnclave {
     /// Starts the VM (returns once the vCPUs run; the heartbeat comes later).
     pub fn start(mut cfg: VmConfig) -> Result<VmEnclave, VmError> {
         if !cloister_vsock::is_enclave_cid(cfg.cid) {
-            return Err(VmError::Config(format!("cid {} is not an enclave cid", cfg.cid)));
+            return Err(VmError::Config(format!(
+                "cid {} is not an enclave cid",
+                cfg.cid
+            )));
         }
         if cfg.memory_mib < MIN_MEMORY_MIB {
             return Err(VmError::Config(format!(

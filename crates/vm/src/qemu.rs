@@ -226,7 +226,11 @@ impl std::fmt::Debug for Qmp {
 
 impl Qmp {
     /// Connects (retrying until QEMU has bound the socket or `deadline`) and negotiates.
-    pub fn connect(path: &Path, deadline: Instant, alive: impl Fn() -> bool) -> Result<Qmp, QemuError> {
+    pub fn connect(
+        path: &Path,
+        deadline: Instant,
+        alive: impl Fn() -> bool,
+    ) -> Result<Qmp, QemuError> {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,13 @@ struct Run {
 fn boot(cid: u32, argv: &[&str], tweak: impl FnOnce(&mut VmConfig)) -> Run {
     let img = common::image(argv);
     let run = tempfile::tempdir().unwrap();
-    let mut cfg = VmConfig::new(&img.kernel, &img.initrd, cid, run.path(), common::fake_nsm());
+    let mut cfg = VmConfig::new(
+        &img.kernel,
+        &img.initrd,
+        cid,
+        run.path(),
+        common::fake_nsm(),
+    );
     cfg.debug = true;
     cfg.boot_timeout = BOOT;
     cfg.run_as = Some(common::VM_USER);
@@ -66,6 +72,20 @@ fn heartbeat_parent_echo_and_kill() {
     });
     expect_boot(&r);
     assert_eq!(beats.load(Ordering::SeqCst), 1);
+    // QEMU runs as the unprivileged user, every thread pinned to CPU 0.
+    let pid = r.vm.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid_line}"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let st = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        if let Some(l) = st.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+            assert_eq!(l.split_whitespace().nth(1), Some("0"), "{l}");
+        }
+    }
     // The echo server may need a moment after the heartbeat to listen.
     let mut stream = None;
     for _ in 0..200 {
@@ -95,57 +115,71 @@ fn heartbeat_parent_echo_and_kill() {
     let pid = r.vm.pid();
     assert_eq!(r.vm.kill(), VmExit::Killed);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert!(!fabric(&r.run).join("21.sock").exists() || {
-        // The host socket stays until the enclave handle is dropped.
-        true
-    });
+    let sock = fabric(&r.run).join("21.sock");
+    drop(r.vm);
+    assert!(!sock.exists(), "the fabric socket outlived the enclave");
 }
 
 #[test]
-fn guest_connects_to_a_parent_listener_then_powers_off() {
+fn guest_connects_to_a_parent_listener() {
     let _g = common::serial();
-    let img_cid = 22;
+    let cid = 22;
     let run_dir = tempfile::tempdir().unwrap();
     let listener = VsockListener::bind_fabric(&run_dir.path().join("vsock"), 6000).unwrap();
     let img = common::image(&["connect-parent", "6000", "hello-from-the-vm"]);
-    let mut cfg = VmConfig::new(&img.kernel, &img.initrd, img_cid, run_dir.path(), common::fake_nsm());
+    let mut cfg = VmConfig::new(
+        &img.kernel,
+        &img.initrd,
+        cid,
+        run_dir.path(),
+        common::fake_nsm(),
+    );
+    cfg.debug = true;
+    cfg.boot_timeout = BOOT;
+    cfg.run_as = Some(common::VM_USER);
+    let mut vm = VmEnclave::start(cfg).unwrap();
+    let (mut s, peer) = listener.accept().unwrap();
+    assert_eq!(peer.cid, cid);
+    assert!(vm.booted());
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&mut s)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "hello-from-the-vm\n");
+    s.write_all(b"pong\n").unwrap();
+    let mut seen = false;
+    for _ in 0..600 {
+        if vm.console_tail().contains("parent answered: pong") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen, "{}", vm.console_tail());
+    assert_eq!(vm.kill(), VmExit::Killed);
+}
+
+#[test]
+fn nsm_requests_are_answered_then_the_vm_powers_off() {
+    let _g = common::serial();
+    let cid = 23;
+    let run_dir = tempfile::tempdir().unwrap();
+    let listener = VsockListener::bind_fabric(&run_dir.path().join("vsock"), 7000).unwrap();
+    let img = common::image(&["nsm-relay", "7000"]);
+    let mut cfg = VmConfig::new(
+        &img.kernel,
+        &img.initrd,
+        cid,
+        run_dir.path(),
+        common::fake_nsm(),
+    );
     cfg.debug = true;
     cfg.boot_timeout = BOOT;
     cfg.run_as = Some(common::VM_USER);
     let vm = VmEnclave::start(cfg).unwrap();
     let (mut s, peer) = listener.accept().unwrap();
-    assert_eq!(peer.cid, img_cid);
-    assert!(vm.booted());
-    let mut got = Vec::new();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&got).contains("hello-from-the-vm") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "stream ended early: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    drop(s);
-    let exit = vm
-        .wait_timeout(BOOT)
-        .unwrap_or_else(|| panic!("VM did not power off:\n{}", vm.console_tail()));
-    assert_eq!(exit, VmExit::PoweredOff, "{}", vm.console_tail());
-    assert!(vm.console_tail().contains("Enclave command exited with status 0"));
-}
-
-#[test]
-fn nsm_requests_are_answered() {
-    let _g = common::serial();
-    let r = boot(23, &["nsm-relay", "7000"], |_| {});
-    expect_boot(&r);
-    let mut stream = None;
-    for _ in 0..200 {
-        if let Ok(s) = VsockStream::connect_fabric(&fabric(&r.run), VsockAddr::new(23, 7000)) {
-            stream = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut s = stream.expect("nsm relay listening");
+    assert_eq!(peer.cid, cid);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     for req in [&b"\xa1\x00"[..], &[7u8; 3000][..]] {
         write_frame(&mut s, req).unwrap();
@@ -153,6 +187,15 @@ fn nsm_requests_are_answered() {
         assert_eq!(&resp[..4], b"nsm:");
         assert_eq!(&resp[4..], req);
     }
+    // Closing the parent side ends the relay; init reports and powers the VM off.
+    drop(s);
+    let exit = vm
+        .wait_timeout(BOOT)
+        .unwrap_or_else(|| panic!("VM did not power off:\n{}", vm.console_tail()));
+    assert_eq!(exit, VmExit::PoweredOff, "{}", vm.console_tail());
+    assert!(vm
+        .console_tail()
+        .contains("Enclave command exited with status 0"));
 }
 
 #[test]
@@ -161,10 +204,9 @@ fn bogus_init_panic_is_detected() {
     let r = boot(24, &["sleep"], |c| {
         c.cmdline = "rdinit=/does-not-exist".into();
     });
-    let exit = r
-        .vm
-        .wait_timeout(BOOT)
-        .unwrap_or_else(|| panic!("VM still running:\n{}", r.vm.console_tail()));
+    let exit =
+        r.vm.wait_timeout(BOOT)
+            .unwrap_or_else(|| panic!("VM still running:\n{}", r.vm.console_tail()));
     match exit {
         VmExit::Panicked(line) => assert!(line.contains("Kernel panic"), "{line}"),
         other => panic!("expected a panic, got {other:?}\n{}", r.vm.console_tail()),
@@ -184,7 +226,9 @@ fn missing_heartbeat_times_out_cleanly() {
         Err(VmError::HeartbeatTimeout(_)) => {}
         other => panic!("expected a heartbeat timeout, got {other:?}"),
     }
-    let exit = r.vm.wait_timeout(Duration::from_secs(60)).expect("watchdog kill");
+    let exit =
+        r.vm.wait_timeout(Duration::from_secs(60))
+            .expect("watchdog kill");
     assert_eq!(exit, VmExit::BootTimeout);
     assert!(!r.vm.booted());
 }

@@ -25,6 +25,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 over `data_dir`.
     pub fn start(data_dir: &Path, config: Config, workers: usize) -> TestServer {
+        Self::start_with_tls(data_dir, config, workers, None)
+    }
+
+    /// Starts a server, serving HTTPS when `tls` (certificate, key PEM paths) is given.
+    pub fn start_with_tls(
+        data_dir: &Path,
+        config: Config,
+        workers: usize,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> TestServer {
+        let tls = tls.map(|(c, k)| server::tls_acceptor(&c, &k).expect("tls"));
         let (app, admin) = server::open(data_dir, &config).expect("open data dir");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (atx, arx) = std::sync::mpsc::channel();
@@ -37,13 +48,15 @@ impl TestServer {
             rt.block_on(async move {
                 let (l, addr) = server::bind("127.0.0.1:0").await.expect("bind");
                 atx.send(addr).expect("send addr");
-                server::serve(l, app, None, async {
+                server::serve(l, app, tls, async {
                     let _ = rx.await;
                 })
                 .await;
             });
         });
-        let addr = arx.recv_timeout(Duration::from_secs(10)).expect("server address");
+        let addr = arx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server address");
         TestServer {
             addr,
             admin,
@@ -199,7 +212,10 @@ impl RawClient {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
         use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
         use std::io::{BufRead, Read, Write};
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let amz = format_amz_date(now);
         let target = format!("TrentService.{op}");
         let headers: Vec<(&str, &[u8])> = vec![
@@ -260,6 +276,9 @@ impl RawClient {
         }
         let mut buf = vec![0u8; len];
         self.stream.read_exact(&mut buf)?;
-        Ok((status, serde_json::from_slice(&buf).map_err(|_| bad("json"))?))
+        Ok((
+            status,
+            serde_json::from_slice(&buf).map_err(|_| bad("json"))?,
+        ))
     }
 }

@@ -30,9 +30,10 @@ pub fn kernel_dir() -> PathBuf {
     let dir = std::env::var_os("CLOISTER_VM_KERNEL_DIR")
         .map_or_else(|| workspace_root().join("target/vm-kernel"), PathBuf::from);
     if !dir.join("modules.order").is_file() {
-        let status = std::process::Command::new(workspace_root().join("scripts/fetch-vm-kernel.sh"))
-            .status()
-            .expect("running scripts/fetch-vm-kernel.sh");
+        let status =
+            std::process::Command::new(workspace_root().join("scripts/fetch-vm-kernel.sh"))
+                .status()
+                .expect("running scripts/fetch-vm-kernel.sh");
         assert!(status.success(), "scripts/fetch-vm-kernel.sh failed");
     }
     dir
