@@ -7,6 +7,7 @@
 //! - [`rootfs`]: safe unpacking of the image's ramdisks;
 //! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
 //! - [`state`]: the run directory; [`console`]: the bounded console log;
+//! - [`imagecache`]: image measurements cached per file version;
 //! - [`nsm`]: the enclave's NSM behind the vsock broker; [`ids`]: instance and enclave ids;
 //! - [`boottrace`]: debug-level timing of the boot path;
 //! - [`sys`]: every system call the runtime makes, wrapped once with typed errors.
@@ -17,6 +18,7 @@ pub mod boottrace;
 pub mod cgroup;
 pub mod console;
 pub mod ids;
+pub mod imagecache;
 pub mod lifecycle;
 pub mod monitor;
 pub mod nsm;

@@ -90,6 +90,8 @@ pub enum FailureKind {
     BootTimeout,
     /// The enclave exited or failed during setup.
     Setup,
+    /// A stop signal (`terminate-enclave`) arrived before the boot heartbeat.
+    Terminated,
     /// The attestation PKI or the NSM could not be set up.
     Nsm,
     /// The backend is not supported.
@@ -199,6 +201,8 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
     );
     drop(ready);
     crate::boottrace::mark("monitor: ready sent");
+    // The leaf certificate is issued now, off the boot path, unless a request came first.
+    live.nsm.prepare();
     live.supervise();
     live.teardown(&run);
     drop(lock);
@@ -219,6 +223,7 @@ struct Live {
     allocator: Allocator,
     console: Option<std::thread::JoinHandle<()>>,
     console_path: PathBuf,
+    nsm: std::sync::Arc<crate::nsm::EnclaveNsm>,
 }
 
 /// Resources taken so far, released in reverse on failure.
@@ -262,14 +267,15 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
 
     // The image: measurements, metadata, size rule.
-    let image_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::Image, e);
-    let mut eif = cloister_eif::EifReader::open(&spec.eif_path).map_err(|e| image_err(&e))?;
-    let measured = eif.measure().map_err(|e| image_err(&e))?;
-    let metadata = eif.metadata().ok().flatten();
-    let eif_len = eif.file_len();
-    drop(eif);
-    crate::boottrace::mark("monitor: image measured");
-    check_memory(spec.memory_mib, eif_len)?;
+    let image = crate::imagecache::measure(run, &spec.eif_path)
+        .map_err(|e| StartFailure::chain(FailureKind::Image, &e))?;
+    crate::boottrace::mark(if image.cached {
+        "monitor: image measurements from the cache"
+    } else {
+        "monitor: image measured"
+    });
+    let (measured, metadata) = (image.measurements, image.metadata);
+    check_memory(spec.memory_mib, image.len)?;
 
     let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
     let allocator = Allocator::new(run.root(), pool);
@@ -303,7 +309,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         metadata,
         &mut partial,
     ) {
-        Ok((record, console_thread)) => {
+        Ok((record, console_thread, nsm)) => {
             let running = partial
                 .running
                 .take()
@@ -315,6 +321,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
                 allocator,
                 console: Some(console_thread),
                 console_path: run.console_path(id),
+                nsm,
             })
         }
         Err(f) => {
@@ -352,7 +359,14 @@ fn launch(
     measured: cloister_eif::Measurements,
     metadata: Option<cloister_eif::Metadata>,
     partial: &mut Partial<'_>,
-) -> Result<(EnclaveRecord, std::thread::JoinHandle<()>), StartFailure> {
+) -> Result<
+    (
+        EnclaveRecord,
+        std::thread::JoinHandle<()>,
+        std::sync::Arc<crate::nsm::EnclaveNsm>,
+    ),
+    StartFailure,
+> {
     let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
     let instance = crate::ids::instance_id();
     let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
@@ -367,7 +381,7 @@ fn launch(
         &instance,
     )
     .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
-    crate::boottrace::mark("monitor: NSM ready (leaf issued)");
+    crate::boottrace::mark("monitor: NSM set up (leaf deferred)");
 
     let dir = run.enclave_dir(id);
     let root_mount = dir.join("root");
@@ -409,14 +423,13 @@ fn launch(
         cid,
         run.root(),
         &enclave_socket,
-        nsm,
+        nsm.clone(),
     ));
     let broker = match broker_result {
         Ok(b) => b,
         Err(e) => {
-            // Let the child go so it can exit; it will find no "go" and leave.
+            // Dropping the pending enclave kills and reaps the child and removes its cgroup.
             drop(pending);
-            let _ = sys::wait_child(pid, false);
             return Err(StartFailure::chain(FailureKind::System, &e));
         }
     };
@@ -507,8 +520,8 @@ fn launch(
             .is_some()
         {
             return Err(StartFailure::new(
-                FailureKind::Setup,
-                "terminated while booting",
+                FailureKind::Terminated,
+                "the enclave was terminated while it was booting",
             ));
         }
         if Instant::now() >= deadline {
@@ -525,7 +538,7 @@ fn launch(
     crate::boottrace::mark("monitor: heartbeat received");
     record.state = EnclaveState::Running;
     run.write_record(&record).map_err(|e| sys_err(&e))?;
-    Ok((record, console_thread))
+    Ok((record, console_thread, nsm))
 }
 
 /// Borrowing helper: `OwnedFd` as `BorrowedFd`.

@@ -7,12 +7,24 @@
 //! `CLOISTER_PKI_DIR` (default `/var/lib/cloister/pki`), created on first use under a lock in
 //! the run directory. Debug mode zeroes PCR0-2 (the `Nsm` does it). The service is reachable
 //! only through the enclave's own broker (channel `(0, 1)` of its socket).
+//!
+//! Leaves live [`LEAF_LIFETIME`] (3 hours, like AWS's), and the signer re-issues its leaf from
+//! the host CA when less than a third of that is left, so every document is signed by a leaf
+//! valid at the document's timestamp however long the enclave runs.
+//!
+//! Issuing the leaf (a P-384 key pair and a host CA signature) is kept off the boot path: the
+//! host CA is loaded (and so checked) before the enclave starts, but the leaf and the [`Nsm`]
+//! are made on first use, by [`EnclaveNsm::prepare`] (the monitor calls it once the enclave has
+//! booted) or by the first request, whichever comes first.
 
 use crate::backend::Isolation;
-use cloister_attestation::{ImagePcrs, Nsm, NsmConfig, Pki, PkiError, SystemClock};
+use cloister_attestation::{
+    Clock, HostCa, ImagePcrs, Nsm, NsmConfig, Pki, PkiError, SystemClock,
+};
+use cloister_nsm_api::{ErrorCode, Response};
 use cloister_vsock::NsmService;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Default PKI directory.
@@ -21,8 +33,9 @@ pub const DEFAULT_PKI_DIR: &str = "/var/lib/cloister/pki";
 pub const PKI_DIR_ENV: &str = "CLOISTER_PKI_DIR";
 /// Environment variable with the IAM role ARN measured into PCR3.
 pub const ROLE_ARN_ENV: &str = "CLOISTER_IAM_ROLE_ARN";
-/// Lifetime of an enclave's document-signing certificate.
-pub const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Lifetime of an enclave's document-signing certificate (AWS's enclave leaves last about three
+/// hours). The signer renews it when less than a third is left.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 3600);
 
 /// NSM setup errors.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +58,97 @@ pub fn pki_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PKI_DIR))
 }
 
-/// One enclave's NSM, as the broker sees it.
-#[derive(Debug)]
-pub struct EnclaveNsm(Nsm);
+/// What the NSM is made from, kept until it is made.
+struct Recipe {
+    ca: HostCa,
+    pki_dir: PathBuf,
+    enclave_id: String,
+    isolation: cloister_attestation::Isolation,
+    pcrs: ImagePcrs,
+    role_arn: Option<String>,
+    instance_id: String,
+    debug_mode: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl Recipe {
+    fn make(&self) -> Result<Nsm, NsmSetupError> {
+        let not_after = SystemTime::now() + LEAF_LIFETIME;
+        let signer = self
+            .ca
+            .issue_enclave_signer(&self.enclave_id, self.isolation, not_after)
+            .map_err(|e| NsmSetupError::Pki(self.pki_dir.clone(), e))?;
+        Ok(Nsm::new(NsmConfig {
+            module_id: self.enclave_id.clone(),
+            image_pcrs: self.pcrs.clone(),
+            role_arn: self.role_arn.clone(),
+            instance_id: self.instance_id.clone(),
+            debug_mode: self.debug_mode,
+            signer,
+            clock: Arc::clone(&self.clock),
+        })?)
+    }
+}
+
+/// One enclave's NSM, as the broker sees it. The NSM itself is made on first use.
+pub struct EnclaveNsm {
+    recipe: Recipe,
+    nsm: Mutex<Option<Arc<Nsm>>>,
+}
+
+impl std::fmt::Debug for EnclaveNsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnclaveNsm")
+            .field("enclave_id", &self.recipe.enclave_id)
+            .field("ready", &self.ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnclaveNsm {
+    /// True once the NSM (and its leaf certificate) exists.
+    pub fn ready(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Nsm>>> {
+        // The slot is only ever replaced whole, so a poisoned lock still holds a usable value.
+        match self.nsm.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The NSM, made now if it does not exist yet. A failure is retried on the next call.
+    pub fn get(&self) -> Result<Arc<Nsm>, NsmSetupError> {
+        let mut slot = self.lock();
+        if let Some(nsm) = slot.as_ref() {
+            return Ok(Arc::clone(nsm));
+        }
+        let nsm = Arc::new(self.recipe.make()?);
+        *slot = Some(Arc::clone(&nsm));
+        Ok(nsm)
+    }
+
+    /// Makes the NSM ahead of the first request (logging a failure; requests retry).
+    pub fn prepare(&self) {
+        if let Err(e) = self.get() {
+            tracing::warn!(error = %crate::sandbox::error_chain(&e), "cannot create the enclave's NSM");
+        }
+    }
+}
 
 impl NsmService for EnclaveNsm {
     fn handle(&self, request: &[u8]) -> Vec<u8> {
-        self.0.process_bytes(request)
+        match self.get() {
+            Ok(nsm) => nsm.process_bytes(request),
+            Err(e) => {
+                tracing::warn!(error = %crate::sandbox::error_chain(&e), "cannot create the enclave's NSM");
+                Response::Error(ErrorCode::InternalError)
+                    .to_cbor()
+                    .unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -64,7 +161,8 @@ pub fn open_pki(dir: &Path, run_dir: &Path) -> Result<Pki, NsmSetupError> {
     Pki::init(dir).map_err(|e| NsmSetupError::Pki(dir.to_owned(), e))
 }
 
-/// Builds the NSM of an enclave.
+/// Builds the NSM of an enclave: loads the host CA now (so a broken PKI fails the start) and
+/// defers the leaf certificate and the [`Nsm`] to first use.
 pub fn enclave_nsm(
     pki: &Pki,
     enclave_id: &str,
@@ -73,6 +171,26 @@ pub fn enclave_nsm(
     debug_mode: bool,
     instance_id: &str,
 ) -> Result<Arc<EnclaveNsm>, NsmSetupError> {
+    enclave_nsm_with_clock(
+        pki,
+        enclave_id,
+        isolation,
+        measurements,
+        debug_mode,
+        instance_id,
+        Arc::new(SystemClock),
+    )
+}
+
+fn enclave_nsm_with_clock(
+    pki: &Pki,
+    enclave_id: &str,
+    isolation: Isolation,
+    measurements: &cloister_eif::Measurements,
+    debug_mode: bool,
+    instance_id: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<EnclaveNsm>, NsmSetupError> {
     let ca = pki
         .host_ca()
         .map_err(|e| NsmSetupError::Pki(pki.dir().to_owned(), e))?;
@@ -80,23 +198,140 @@ pub fn enclave_nsm(
         Isolation::Process => cloister_attestation::Isolation::Process,
         Isolation::Vm => cloister_attestation::Isolation::Vm,
     };
-    let signer = ca
-        .issue_enclave_signer(enclave_id, iso, SystemTime::now() + LEAF_LIFETIME)
-        .map_err(|e| NsmSetupError::Pki(pki.dir().to_owned(), e))?;
     let role_arn = std::env::var(ROLE_ARN_ENV).ok().filter(|s| !s.is_empty());
-    let nsm = Nsm::new(NsmConfig {
-        module_id: enclave_id.to_owned(),
-        image_pcrs: ImagePcrs {
-            pcr0: measurements.pcr0,
-            pcr1: measurements.pcr1,
-            pcr2: measurements.pcr2,
-            pcr8: measurements.pcr8,
+    Ok(Arc::new(EnclaveNsm {
+        recipe: Recipe {
+            ca,
+            pki_dir: pki.dir().to_owned(),
+            enclave_id: enclave_id.to_owned(),
+            isolation: iso,
+            pcrs: ImagePcrs {
+                pcr0: measurements.pcr0,
+                pcr1: measurements.pcr1,
+                pcr2: measurements.pcr2,
+                pcr8: measurements.pcr8,
+            },
+            role_arn,
+            instance_id: instance_id.to_owned(),
+            debug_mode,
+            clock,
         },
-        role_arn,
-        instance_id: instance_id.to_owned(),
-        debug_mode,
-        signer,
-        clock: Arc::new(SystemClock),
-    })?;
-    Ok(Arc::new(EnclaveNsm(nsm)))
+        nsm: Mutex::new(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloister_attestation::{Verifier, VerifyOptions};
+    use cloister_nsm_api::Request;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A clock the test moves.
+    struct TestClock(AtomicU64);
+
+    impl Clock for TestClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn measurements() -> cloister_eif::Measurements {
+        cloister_eif::Measurements {
+            pcr0: [1; 48],
+            pcr1: [2; 48],
+            pcr2: [3; 48],
+            pcr8: None,
+        }
+    }
+
+    /// Asks for a document; returns it (COSE_Sign1 bytes).
+    fn attest(nsm: &EnclaveNsm, nonce: &[u8]) -> Vec<u8> {
+        let req = Request::Attestation {
+            user_data: None,
+            nonce: Some(serde_bytes::ByteBuf::from(nonce.to_vec())),
+            public_key: None,
+        };
+        let resp = nsm.handle(&req.to_cbor().unwrap());
+        match Response::from_cbor(&resp).unwrap() {
+            Response::Attestation { document } => document,
+            other => panic!("unexpected response {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leaves_last_three_hours_and_are_reissued_near_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = open_pki(&dir.path().join("pki"), &dir.path().join("run")).unwrap();
+        let start = now_ms();
+        let clock = Arc::new(TestClock(AtomicU64::new(start)));
+        let id = "i-0123456789abcdef0-enc0123456789abcdef";
+        let nsm = enclave_nsm_with_clock(
+            &pki,
+            id,
+            Isolation::Process,
+            &measurements(),
+            false,
+            "i-0123456789abcdef0",
+            clock.clone(),
+        )
+        .unwrap();
+        // Nothing is issued until the NSM is first used.
+        assert!(!nsm.ready());
+        let verifier = Verifier::new(vec![pki.root_der().to_vec()]).unwrap();
+        let verify = |doc: &[u8], at_ms: u64, nonce: &[u8]| {
+            verifier
+                .verify(doc, &VerifyOptions::at_unix_ms(at_ms).with_nonce(nonce))
+                .unwrap()
+        };
+
+        let first = verify(&attest(&nsm, b"n1"), start, b"n1");
+        assert!(nsm.ready());
+        let lifetime = first.leaf_not_after_secs() as i64 - (start / 1000) as i64;
+        assert!(
+            (3 * 3600 - 120..=3 * 3600 + 5).contains(&lifetime),
+            "leaf lifetime {lifetime} s"
+        );
+
+        // An hour later the leaf has two thirds left: it is kept.
+        clock.0.store(start + 3600 * 1000, Ordering::SeqCst);
+        let second = verify(&attest(&nsm, b"n2"), start + 3600 * 1000, b"n2");
+        assert_eq!(second.document().certificate, first.document().certificate);
+
+        // Two and a half hours in, less than a third is left: a fresh leaf signs, and the
+        // document verifies at its own timestamp.
+        let late = start + 9000 * 1000;
+        clock.0.store(late, Ordering::SeqCst);
+        let third = verify(&attest(&nsm, b"n3"), late, b"n3");
+        assert_ne!(third.document().certificate, first.document().certificate);
+        assert!(third.leaf_not_after_secs() > late / 1000);
+        assert_eq!(third.document().module_id, id);
+    }
+
+    #[test]
+    fn a_broken_pki_answers_internal_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = open_pki(&dir.path().join("pki"), &dir.path().join("run")).unwrap();
+        // An enclave id the CA refuses as a common name makes issuing fail.
+        let nsm = enclave_nsm(
+            &pki,
+            "bad,id",
+            Isolation::Process,
+            &measurements(),
+            false,
+            "i-0123456789abcdef0",
+        )
+        .unwrap();
+        let req = Request::DescribePCR { index: 0 };
+        let resp = Response::from_cbor(&nsm.handle(&req.to_cbor().unwrap())).unwrap();
+        assert!(matches!(resp, Response::Error(ErrorCode::InternalError)));
+        assert!(!nsm.ready());
+    }
 }

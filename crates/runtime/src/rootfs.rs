@@ -18,6 +18,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Deepest path accepted in a ramdisk.
 pub const MAX_DEPTH: usize = 128;
+/// Size of the buffer file data is copied through: large enough that a big file costs few
+/// system calls (reads this large bypass the archive reader's own buffer).
+pub const COPY_BUFFER: usize = 1 << 20;
 
 /// Unpacking errors.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,7 @@ pub struct Unpacker {
     uid: u32,
     gid: u32,
     stats: UnpackStats,
+    buf: Vec<u8>,
 }
 
 impl Unpacker {
@@ -91,6 +95,7 @@ impl Unpacker {
             uid,
             gid,
             stats: UnpackStats::default(),
+            buf: Vec::new(),
         }
     }
 
@@ -185,7 +190,7 @@ impl Unpacker {
                         None => {}
                     }
                     let mut f = sys::create_file_at(dir.as_fd(), last, 0o600).map_err(create)?;
-                    let n = std::io::copy(&mut reader.data(), &mut f)
+                    let n = copy_data(&mut reader.data(), &mut f, &mut self.buf)
                         .map_err(|e| RootfsError::Write(shown.clone(), e))?;
                     sys::fchown(f.as_fd(), self.uid, self.gid).map_err(create)?;
                     sys::fchmod(f.as_fd(), perms).map_err(create)?;
@@ -250,6 +255,29 @@ impl Unpacker {
             sys::unlink_at(odir.as_fd(), olast, false).map_err(create)?;
         }
         sys::link_at(dir.as_fd(), last, odir.as_fd(), olast).map_err(create)
+    }
+}
+
+/// Copies `from` to `to` through `buf` (grown to [`COPY_BUFFER`] on first use); returns the
+/// number of bytes copied.
+fn copy_data(
+    from: &mut impl Read,
+    to: &mut impl std::io::Write,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    if buf.len() < COPY_BUFFER {
+        buf.resize(COPY_BUFFER, 0);
+    }
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -330,6 +358,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn large_files_are_copied_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 * COPY_BUFFER + 7;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let a = archive(|w| {
+            w.file("big", 0o644, 0, 0, len as u64, &data[..]).unwrap();
+            w.file("small", 0o644, 0, 0, 2, &b"ok"[..]).unwrap();
+        });
+        let mut u = unpacker(dir.path());
+        u.unpack(0, &a[..]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("big")).unwrap(), data);
+        assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"ok");
+        assert_eq!(u.stats().bytes, len as u64 + 2);
     }
 
     #[test]

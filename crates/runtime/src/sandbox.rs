@@ -54,11 +54,30 @@ pub fn enclave_host_id(cid: u64) -> u32 {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessBackend;
 
+/// A cloned enclave child waiting for its go. Dropped without [`Pending::start`] (a failure
+/// between clone and start), it kills the child, reaps it and removes the cgroup.
 struct ProcessPending {
+    parts: Option<PendingParts>,
+}
+
+struct PendingParts {
     pid: i32,
     go: OwnedFd,
     errors: OwnedFd,
     cgroup: EnclaveCgroup,
+}
+
+impl Drop for ProcessPending {
+    fn drop(&mut self) {
+        if let Some(p) = self.parts.take() {
+            let _ = sys::kill(p.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = sys::wait_child(p.pid, false);
+            drop(p.go);
+            if let Err(e) = p.cgroup.remove() {
+                tracing::warn!(error = %error_chain(&e), "cannot remove the enclave's cgroup");
+            }
+        }
+    }
 }
 
 struct ProcessRunning {
@@ -121,10 +140,12 @@ impl Backend for ProcessBackend {
                     return Err(e.into());
                 }
                 Ok(Box::new(ProcessPending {
-                    pid,
-                    go: go_w,
-                    errors: err_r,
-                    cgroup,
+                    parts: Some(PendingParts {
+                        pid,
+                        go: go_w,
+                        errors: err_r,
+                        cgroup,
+                    }),
                 }))
             }
         }
@@ -133,16 +154,19 @@ impl Backend for ProcessBackend {
 
 impl Pending for ProcessPending {
     fn pid(&self) -> i32 {
-        self.pid
+        self.parts.as_ref().map_or(0, |p| p.pid)
     }
 
-    fn start(self: Box<Self>) -> Result<Box<dyn Running>, BackendError> {
-        let ProcessPending {
+    fn start(mut self: Box<Self>) -> Result<Box<dyn Running>, BackendError> {
+        let Some(PendingParts {
             pid,
             go,
             errors,
             cgroup,
-        } = *self;
+        }) = self.parts.take()
+        else {
+            return Err(BackendError::Setup("the enclave was already started".into()));
+        };
         let mut running = ProcessRunning {
             pid,
             cgroup,
@@ -306,6 +330,11 @@ fn child(
 }
 
 fn s(e: impl std::error::Error) -> String {
+    error_chain(&e)
+}
+
+/// An error and its causes, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {

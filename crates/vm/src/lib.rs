@@ -263,6 +263,25 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Writes the image's ramdisks into one initrd at `out`, in order, each padded with zeros to a
+/// 4-byte boundary (the kernel's initramfs unpacker takes concatenated cpio archives and skips
+/// zero padding between them; later files override earlier ones, as in the process backend).
+pub fn concat_ramdisks(parts: &[PathBuf], out: &Path) -> Result<u64, VmError> {
+    let mut file = std::fs::File::create(out).map_err(io_err("creating the initrd"))?;
+    let mut total = 0u64;
+    for part in parts {
+        let mut src = std::fs::File::open(part).map_err(io_err("opening a ramdisk"))?;
+        let n = io::copy(&mut src, &mut file).map_err(io_err("copying a ramdisk"))?;
+        total += n;
+        let pad = (4 - total % 4) % 4;
+        io::Write::write_all(&mut file, &[0u8; 3][..pad as usize])
+            .map_err(io_err("padding the initrd"))?;
+        total += pad;
+    }
+    file.sync_all().map_err(io_err("syncing the initrd"))?;
+    Ok(total)
+}
+
 /// The full kernel command line for `cfg` under `accel`.
 pub fn kernel_cmdline(cfg: &VmConfig, accel: Accel) -> String {
     let mut line = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux");
@@ -540,5 +559,41 @@ impl Drop for VmEnclave {
         let _ = self.kill();
         let _ = std::fs::remove_file(self.dir.join("qmp.sock"));
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ramdisks_concatenate_with_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"12345").unwrap();
+        std::fs::write(&b, b"678").unwrap();
+        let out = dir.path().join("initrd");
+        assert_eq!(concat_ramdisks(&[a, b], &out).unwrap(), 12);
+        assert_eq!(std::fs::read(&out).unwrap(), b"12345\0\0\0678\0");
+    }
+
+    #[test]
+    fn cmdline_gets_console_panic_and_tsc() {
+        let nsm: Arc<dyn NsmService> = Arc::new(NoNsm);
+        let mut cfg = VmConfig::new("/k", "/i", 5, "/run", nsm);
+        cfg.cmdline = " init_extra=1 ".into();
+        let tcg = kernel_cmdline(&cfg, Accel::Tcg);
+        assert!(tcg.starts_with("console=ttyS0 reboot=t panic=-1"));
+        assert!(tcg.contains(" tsc_early_khz="));
+        assert!(tcg.ends_with(" init_extra=1"));
+        assert!(!kernel_cmdline(&cfg, Accel::Kvm).contains("tsc_early_khz"));
+    }
+
+    struct NoNsm;
+    impl NsmService for NoNsm {
+        fn handle(&self, _request: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
     }
 }

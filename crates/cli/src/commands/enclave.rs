@@ -163,6 +163,7 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E314", exit: ExitKind::System, summary: "Enclave termination failed", explanation: "The enclave's monitor did not finish its teardown in time and was killed; the enclave is gone but its resources may be reclaimed only at the next command." },
     ErrorInfo { code: "E315", exit: ExitKind::System, summary: "Enclave runtime failure", explanation: "The runtime could not start the enclave's monitor, read or write its run directory (CLOISTER_RUN_DIR, default /run/cloister), set up cgroups or the vsock broker. Enclaves need root." },
     ErrorInfo { code: "E316", exit: ExitKind::InvalidInput, summary: "Invalid enclave config file", explanation: "The --config file must be nitro-cli's JSON: eif_path, memory_mib, and cpu_count or cpu_ids; optionally enclave_cid, debug_mode, attach_console, enclave_name; nothing else." },
+    ErrorInfo { code: "E317", exit: ExitKind::Failure, summary: "Enclave terminated while booting", explanation: "terminate-enclave (or a SIGTERM, SIGINT or SIGHUP to the enclave's monitor) arrived before the enclave's init sent its boot heartbeat. Everything started for the enclave was torn down; run it again if that was not intended." },
     ErrorInfo { code: "E701", exit: ExitKind::Unavailable, summary: "VM isolation not supported yet", explanation: "--isolation vm (QEMU microVM enclaves) is not implemented yet. Use --isolation process." },
 ];
 
@@ -299,6 +300,7 @@ fn map_err(e: LifecycleError) -> CliError {
             FailureKind::AllocatorConfig => "E308",
             FailureKind::BootTimeout => "E309",
             FailureKind::Setup => "E310",
+            FailureKind::Terminated => "E317",
             FailureKind::Nsm => "E311",
             FailureKind::Unsupported => "E701",
             FailureKind::System => "E315",
@@ -479,6 +481,22 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.code, "E301");
+    }
+
+    #[test]
+    fn start_failures_map_to_their_codes() {
+        let code = |kind, message: &str| {
+            map_err(LifecycleError::Start(cloister_runtime::monitor::StartFailure {
+                kind,
+                message: message.into(),
+            }))
+            .code
+        };
+        assert_eq!(code(FailureKind::Terminated, "terminated while booting"), "E317");
+        assert_eq!(code(FailureKind::Setup, "init missing"), "E310");
+        assert_eq!(code(FailureKind::BootTimeout, "no heartbeat"), "E309");
+        assert_eq!(code(FailureKind::System, "broker"), "E315");
+        assert!(CODES.iter().any(|c| c.code == "E317"));
     }
 
     #[test]

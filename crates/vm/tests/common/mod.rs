@@ -113,10 +113,12 @@ pub struct Image {
 pub fn image(argv: &[&str]) -> Image {
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut initrd = bootstrap_ramdisk();
-    initrd.extend(customer_ramdisk(argv));
+    let boot = dir.path().join("bootstrap.cpio");
+    let customer = dir.path().join("customer.cpio");
+    fs::write(&boot, bootstrap_ramdisk()).unwrap();
+    fs::write(&customer, customer_ramdisk(argv)).unwrap();
     let path = dir.path().join("initrd.cpio");
-    fs::write(&path, initrd).unwrap();
+    cloister_vm::concat_ramdisks(&[boot, customer], &path).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     Image {
         kernel: kernel_dir().join("vmlinuz"),
