@@ -526,7 +526,8 @@ pub fn write_customer_ramdisk<W: Write>(
 }
 
 /// Writes the bootstrap ramdisk: `dev/`, `init`, `nsm.ko` (AWS blobs) and
-/// `lib/modules/<name>.ko` plus `lib/modules/load_order` (VM blobs), in byte order.
+/// `lib/modules/<name>.ko` plus `modules.list` (VM blobs: the absolute paths of the modules in
+/// load order, which is what `init` reads), in byte order.
 pub fn write_bootstrap_ramdisk<W: Write>(
     blobs: &Blobs,
     mtime: u32,
@@ -553,14 +554,12 @@ pub fn write_bootstrap_ramdisk<W: Write>(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            order.push_str("/lib/modules/");
             order.push_str(&name);
             order.push('\n');
             items.push((format!("lib/modules/{name}"), Item::File(m)));
         }
-        items.push((
-            "lib/modules/load_order".into(),
-            Item::Bytes(order.into_bytes()),
-        ));
+        items.push(("modules.list".into(), Item::Bytes(order.into_bytes())));
     }
     items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let ramdisk = |source| BuildError::Ramdisk {

@@ -191,14 +191,14 @@ fn docker_archives_old_and_oci_style_match_the_oci_layout() {
             "init",
             "lib",
             "lib/modules",
-            "lib/modules/load_order",
             "lib/modules/vmw_vsock_virtio_transport.ko",
-            "lib/modules/vsock.ko"
+            "lib/modules/vsock.ko",
+            "modules.list"
         ]
     );
     assert_eq!(
-        b["lib/modules/load_order"].5,
-        b"vmw_vsock_virtio_transport.ko\nvsock.ko\n"
+        b["modules.list"].5,
+        b"/lib/modules/vmw_vsock_virtio_transport.ko\n/lib/modules/vsock.ko\n"
     );
 }
 
