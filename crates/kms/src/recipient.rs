@@ -147,3 +147,106 @@ impl RecipientGate {
         Ok(recipient)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloister_attestation::{DocumentFields, Isolation, Pki};
+    use std::collections::BTreeMap;
+
+    fn setup() -> (
+        tempfile::TempDir,
+        Pki,
+        cloister_attestation::DocumentSigner,
+        Vec<u8>,
+    ) {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(&dir.path().join("pki")).unwrap();
+        let signer = pki
+            .host_ca()
+            .unwrap()
+            .issue_enclave_signer(
+                "i-0-enc0",
+                Isolation::Process,
+                SystemTime::now() + Duration::from_secs(3600),
+            )
+            .unwrap();
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let spki: aws_lc_rs::encoding::PublicKeyX509Der<'_> = kp.public_key().as_der().unwrap();
+        (dir, pki, signer, spki.as_ref().to_vec())
+    }
+
+    fn doc(signer: &cloister_attestation::DocumentSigner, spki: &[u8], age: Duration) -> Vec<u8> {
+        let ms = u64::try_from(
+            (SystemTime::now() - age)
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let mut pcrs = BTreeMap::new();
+        pcrs.insert(0usize, vec![0xAB; 48]);
+        pcrs.insert(7usize, vec![0x07; 48]);
+        signer
+            .sign(DocumentFields {
+                module_id: "i-0-enc0".into(),
+                timestamp_ms: ms,
+                pcrs,
+                public_key: Some(spki.to_vec()),
+                user_data: None,
+                nonce: None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn verifies_once_then_serves_from_cache() {
+        let (_d, pki, signer, spki) = setup();
+        let gate = RecipientGate::new(
+            Verifier::new(vec![pki.root_der().to_vec()]).unwrap(),
+            Duration::from_secs(300),
+        );
+        let d = doc(&signer, &spki, Duration::ZERO);
+        let a = gate.resolve(&d).unwrap();
+        let b = gate.resolve(&d).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "second call must hit the cache");
+        let values: HashMap<_, _> = a.condition_values().cloned().collect();
+        assert_eq!(
+            values["kms:recipientattestation:imagesha384"],
+            hex::encode([0xAB; 48])
+        );
+        assert_eq!(
+            values["kms:recipientattestation:pcr7"],
+            hex::encode([0x07; 48])
+        );
+        assert!(a.seal(b"x").unwrap().starts_with(&[0x30]));
+    }
+
+    #[test]
+    fn refuses_stale_garbage_and_untrusted_documents() {
+        let (_d, pki, signer, spki) = setup();
+        let gate = RecipientGate::new(
+            Verifier::new(vec![pki.root_der().to_vec()]).unwrap(),
+            Duration::from_secs(10),
+        );
+        // (The leaf is backdated by a minute, so a 30-second-old document can be signed.)
+        let old = doc(&signer, &spki, Duration::from_secs(30));
+        assert!(matches!(gate.resolve(&old), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            gate.resolve(b"junk"),
+            Err(KmsError::Validation(_))
+        ));
+        let (_d2, other_pki, _, _) = setup();
+        let other = RecipientGate::new(
+            Verifier::new(vec![other_pki.root_der().to_vec()]).unwrap(),
+            Duration::from_secs(60),
+        );
+        let fresh = doc(&signer, &spki, Duration::ZERO);
+        assert!(matches!(
+            other.resolve(&fresh),
+            Err(KmsError::Validation(_))
+        ));
+    }
+}

@@ -127,8 +127,16 @@ fn write_entry(run: &RunDir, key: &FileKey, m: &Measurements) -> std::io::Result
         pcr8: m.pcr8_hex(),
     };
     let path = entry_path(run, key);
-    let tmp = dir.join(format!(".{}-{}.{}.tmp", key.dev, key.ino, std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(&entry).map_err(std::io::Error::other)?)?;
+    let tmp = dir.join(format!(
+        ".{}-{}.{}.tmp",
+        key.dev,
+        key.ino,
+        std::process::id()
+    ));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&entry).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(&tmp, &path)?;
     prune(&dir);
     Ok(())

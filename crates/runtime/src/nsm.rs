@@ -18,9 +18,7 @@
 //! booted) or by the first request, whichever comes first.
 
 use crate::backend::Isolation;
-use cloister_attestation::{
-    Clock, HostCa, ImagePcrs, Nsm, NsmConfig, Pki, PkiError, SystemClock,
-};
+use cloister_attestation::{Clock, HostCa, ImagePcrs, Nsm, NsmConfig, Pki, PkiError, SystemClock};
 use cloister_nsm_api::{ErrorCode, Response};
 use cloister_vsock::NsmService;
 use std::path::{Path, PathBuf};

@@ -165,7 +165,9 @@ impl Pending for ProcessPending {
             cgroup,
         }) = self.parts.take()
         else {
-            return Err(BackendError::Setup("the enclave was already started".into()));
+            return Err(BackendError::Setup(
+                "the enclave was already started".into(),
+            ));
         };
         let mut running = ProcessRunning {
             pid,

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -123,7 +123,7 @@ pub fn read_message<T: serde::de::DeserializeOwned>(
     reader: &mut impl BufRead,
 ) -> Result<T, WireError> {
     let mut line = Vec::new();
-    let mut limited = reader.take(MAX_MESSAGE_BYTES as u64 + 1);
+    let mut limited = Read::take(&mut *reader, MAX_MESSAGE_BYTES as u64 + 1);
     limited.read_until(b'\n', &mut line)?;
     if line.len() > MAX_MESSAGE_BYTES {
         return Err(WireError::TooLarge);

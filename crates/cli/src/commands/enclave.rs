@@ -486,13 +486,18 @@ mod tests {
     #[test]
     fn start_failures_map_to_their_codes() {
         let code = |kind, message: &str| {
-            map_err(LifecycleError::Start(cloister_runtime::monitor::StartFailure {
-                kind,
-                message: message.into(),
-            }))
+            map_err(LifecycleError::Start(
+                cloister_runtime::monitor::StartFailure {
+                    kind,
+                    message: message.into(),
+                },
+            ))
             .code
         };
-        assert_eq!(code(FailureKind::Terminated, "terminated while booting"), "E317");
+        assert_eq!(
+            code(FailureKind::Terminated, "terminated while booting"),
+            "E317"
+        );
         assert_eq!(code(FailureKind::Setup, "init missing"), "E310");
         assert_eq!(code(FailureKind::BootTimeout, "no heartbeat"), "E309");
         assert_eq!(code(FailureKind::System, "broker"), "E315");
