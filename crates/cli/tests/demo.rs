@@ -63,7 +63,10 @@ fn demo_releases_the_secret_only_to_the_attested_image() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("workspace: "))
         .expect("workspace line");
-    assert!(!std::path::Path::new(workspace).exists(), "{workspace} left behind");
+    assert!(
+        !std::path::Path::new(workspace).exists(),
+        "{workspace} left behind"
+    );
 }
 
 #[test]

@@ -551,14 +551,16 @@ fn with_services(
         .terminate_all()
         .map_err(|e| err("E811", format!("terminate: {e}")))?;
     let deadline = Instant::now() + TEARDOWN_DEADLINE;
-    while monitors
-        .iter()
-        .any(|p| Path::new(&format!("/proc/{p}")).exists())
-    {
+    let mut running = monitors;
+    loop {
+        running.retain(|pid| !monitor_gone(*pid));
+        if running.is_empty() {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(err(
                 "E811",
-                format!("enclave monitors still running: {monitors:?}"),
+                format!("enclave monitors still running: {running:?}"),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -568,6 +570,26 @@ fn with_services(
         ms(t)
     );
     Ok(enclaves)
+}
+
+/// True once a monitor has exited. Monitors are this process's children (run-enclave spawns
+/// them), so an exited one is reaped here; otherwise `/proc` says whether it still runs.
+fn monitor_gone(pid: u32) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(_) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name; Z is a zombie.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
+        },
+    }
 }
 
 /// Runs one enclave (not in debug mode: its documents carry the real PCRs).
