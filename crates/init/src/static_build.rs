@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! CARGO_TARGET_DIR=<workspace>/target/static \
-//!   cargo rustc -p cloister-init --release --bin cloister-init -- -C target-feature=+crt-static
+//!   cargo rustc -p cloister-init --release --bin cloister-init -- -C target-feature=+crt-static -C strip=debuginfo
 //! ```
 //!
 //! (glibc, statically linked: `file` reports "static-pie linked", `ldd` "statically linked").
@@ -71,6 +71,9 @@ pub fn build_static_init() -> Result<PathBuf, StaticBuildError> {
             "--",
             "-C",
             "target-feature=+crt-static",
+            // Enclave ramdisks carry these binaries: no debug info to copy at every boot.
+            "-C",
+            "strip=debuginfo",
         ])
         .output()
         .map_err(StaticBuildError::Spawn)?;

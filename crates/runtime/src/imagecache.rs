@@ -5,8 +5,8 @@
 //! in `<run>/measurements/<dev>-<inode>.json` together with the image's size, mtime and ctime
 //! (nanoseconds), and reused while all of them match the file the monitor has open. A changed
 //! file always gets a new ctime (which no system call can set back), so a stale entry is never
-//! used for a modified image. Entries are small, read with a size cap, written atomically (temp
-//! + rename) and at most [`MAX_ENTRIES`] are kept. Anything wrong with an entry (unreadable,
+//! used for a modified image. Entries are small, read with a size cap, written atomically
+//! (temp file and rename) and at most [`MAX_ENTRIES`] are kept. Anything wrong with an entry (unreadable,
 //! malformed) just means measuring again.
 
 use crate::state::RunDir;

@@ -3,8 +3,11 @@
 //! `run-enclave` creates the enclave's directory (holding its lock), writes `spec.json`, and
 //! starts the monitor detached (`setsid`) with the ready pipe as fd 3 and the locked
 //! `monitor.lock` as fd 4 ([`crate::lifecycle`]). The monitor ([`monitor_main`]):
-//! 1. reads the image (measurements, metadata), reserves CPUs, memory and a CID
-//!    ([`crate::allocator`]), and builds the enclave's NSM ([`crate::nsm`]);
+//! 1. reads the image (measurements, metadata; the measurements come from
+//!    [`crate::imagecache`] when this version of the file was measured before), reserves CPUs,
+//!    memory and a CID ([`crate::allocator`]), and sets up the enclave's NSM ([`crate::nsm`]:
+//!    the host CA is loaded now, the leaf certificate is issued once the enclave has booted or
+//!    at its first NSM request, off the boot path);
 //! 2. creates the enclave with its backend while still single-threaded (the process backend
 //!    clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the vsock broker and the console
 //!    pump, and lets the enclave run;

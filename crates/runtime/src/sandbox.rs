@@ -24,6 +24,8 @@
 //!    are the console pipe.
 //!
 //! Setup errors travel back through a close-on-exec pipe: EOF with no bytes means `/init` runs.
+//! A created enclave that is dropped before it is started (the monitor failed in between, e.g.
+//! the broker did not start) kills and reaps its child and removes its cgroup.
 
 use crate::backend::{Backend, BackendError, Isolation, LaunchSpec, Pending, Running};
 use crate::cgroup::{EnclaveCgroup, Layout, Limits};

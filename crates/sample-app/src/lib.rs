@@ -191,7 +191,7 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 ///
 /// ```text
 /// CARGO_TARGET_DIR=<workspace>/target/static cargo rustc -p cloister-sample-app --release \
-///   --bin cloister-sample-app -- -C target-feature=+crt-static
+///   --bin cloister-sample-app -- -C target-feature=+crt-static -C strip=debuginfo
 /// ```
 pub fn build_static_sample_app() -> Result<PathBuf, BuildError> {
     let _guard = match BUILD_LOCK.lock() {
@@ -216,6 +216,8 @@ pub fn build_static_sample_app() -> Result<PathBuf, BuildError> {
             "--",
             "-C",
             "target-feature=+crt-static",
+            "-C",
+            "strip=debuginfo",
         ])
         .output()
         .map_err(BuildError::Spawn)?;

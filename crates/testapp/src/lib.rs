@@ -55,6 +55,9 @@ pub fn build_static_testapp() -> Result<PathBuf, BuildError> {
             "--",
             "-C",
             "target-feature=+crt-static",
+            // Enclave ramdisks carry these binaries: no debug info to copy at every boot.
+            "-C",
+            "strip=debuginfo",
         ])
         .output()
         .map_err(|e| BuildError(e.to_string()))?;

@@ -1,7 +1,7 @@
 //! VM backend benchmarks, each beside its baseline in the same run:
 //! 1. boot to heartbeat of a QEMU microvm enclave (accelerator as detected: TCG on hosts
 //!    without a usable KVM) vs. a plain `unshare` (pid, mount, net, ipc, uts namespaces) start
-//!    of the static testapp to its first fabric connection. Median of N
+//!    of the static testapp until it listens on the host fabric. Median of N
 //!    (`CLOISTER_VM_BENCH_BOOTS`, default 5).
 //! 2. vsock stream throughput through the vhost-user device: the host sends
 //!    `CLOISTER_VM_BENCH_MIB` (default 64) MiB to the guest's echo server and reads it back, so
@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloister_vm::{VmConfig, VmEnclave};
-use cloister_vsock::{VsockAddr, VsockListener, VsockStream};
+use cloister_vsock::{VsockAddr, VsockStream};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -53,20 +53,33 @@ fn boot_vm(cid: u32, argv: &[&str]) -> (VmEnclave, tempfile::TempDir, common::Im
     (vm, run, img, t)
 }
 
+/// Baseline: the static testapp started in fresh namespaces with `unshare`, until it listens
+/// on the host fabric (`<run>/vsock/3_9000.sock` accepts a connection). A host-side process
+/// cannot dial cid 3 on the fabric, so readiness is "listening" rather than "connected".
 fn process_start(testapp: &std::path::Path) -> Duration {
     let run = tempfile::tempdir().unwrap();
-    let listener = VsockListener::bind_fabric(&run.path().join("vsock"), 9000).unwrap();
+    std::fs::create_dir_all(run.path().join("vsock")).unwrap();
+    let sock = run.path().join("vsock/3_9000.sock");
     let t0 = Instant::now();
     let mut child = Command::new("unshare")
         .args(["--fork", "--pid", "--mount-proc", "--net", "--ipc", "--uts"])
         .arg(testapp)
-        .args(["connect-parent", "9000", "x"])
+        .args(["echo-server", "9000"])
         .env_clear()
         .env("CLOISTER_RUN_DIR", run.path())
         .stdout(Stdio::null())
         .spawn()
         .expect("unshare");
-    let _ = listener.accept().expect("accept");
+    loop {
+        if UnixStream::connect(&sock).is_ok() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "baseline never listened"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
     let t = t0.elapsed();
     let _ = child.kill();
     let _ = child.wait();

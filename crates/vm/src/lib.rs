@@ -575,7 +575,7 @@ mod tests {
         std::fs::write(&b, b"678").unwrap();
         let out = dir.path().join("initrd");
         assert_eq!(concat_ramdisks(&[a, b], &out).unwrap(), 12);
-        assert_eq!(std::fs::read(&out).unwrap(), b"12345\0\0\0678\0");
+        assert_eq!(std::fs::read(&out).unwrap(), b"12345\x00\x00\x00678\x00");
     }
 
     #[test]
