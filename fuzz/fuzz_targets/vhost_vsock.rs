@@ -7,9 +7,9 @@
 #![no_main]
 
 use std::io::Read;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cloister_vm::muxer::{Heartbeat, Limits, Muxer, MuxerConfig, MAX_PKT_DATA};
 use cloister_vm::packet::{Header, HEADER_LEN};
@@ -24,31 +24,57 @@ impl cloister_vsock::NsmService for Nsm {
     }
 }
 
-/// A fabric directory with a parent listening on port 5000 that drains every connection.
-fn fabric() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// A parent listening on port 5000 in a private fabric directory. No threads (a thread still
+/// running at exit shows up as a leak): [`drain`] accepts and reads everything pending.
+struct Parent {
+    dir: PathBuf,
+    listener: UnixListener,
+    conns: Vec<UnixStream>,
+}
+
+fn parent() -> &'static Mutex<Parent> {
+    static PARENT: OnceLock<Mutex<Parent>> = OnceLock::new();
+    PARENT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("vhost-vsock-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.join("3_5000.sock"));
         let listener = UnixListener::bind(dir.join("3_5000.sock")).expect("bind");
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut c = conn;
-                    let mut sink = [0u8; 4096];
-                    while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
-                });
-            }
-        });
-        dir
+        listener.set_nonblocking(true).expect("nonblocking");
+        Mutex::new(Parent {
+            dir,
+            listener,
+            conns: Vec::new(),
+        })
     })
+}
+
+/// Accepts pending connections and reads what they sent; drops the closed ones.
+fn drain() {
+    let mut p = parent().lock().unwrap_or_else(|e| e.into_inner());
+    while let Ok((c, _)) = p.listener.accept() {
+        if c.set_nonblocking(true).is_ok() {
+            p.conns.push(c);
+        }
+    }
+    let mut sink = [0u8; 4096];
+    p.conns.retain_mut(|c| loop {
+        match c.read(&mut sink) {
+            Ok(0) => break false,
+            Ok(_) => {}
+            Err(e) => break e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    });
 }
 
 fuzz_target!(|data: &[u8]| {
     let _ = Header::parse(data);
     let Ok(mut muxer) = Muxer::new(MuxerConfig {
         cid: CID,
-        fabric_dir: fabric().clone(),
+        fabric_dir: parent()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dir
+            .clone(),
         nsm: Arc::new(Nsm),
         heartbeat: Arc::new(Heartbeat::new(None)),
         limits: Limits {
@@ -89,6 +115,7 @@ fuzz_target!(|data: &[u8]| {
             muxer.on_guest_packet(&h, payload);
         } else {
             let size = usize::from(step & 0x3F) * 1024;
+            drain();
             muxer.process_host_events();
             for _ in 0..4 {
                 if muxer.next_rx(&mut rx[..size.min(MAX_PKT_DATA)]).is_none() {
@@ -100,4 +127,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(stats.connections <= 8);
         assert!(stats.control_queued <= 64);
     }
+    drop(muxer);
+    drain();
 });
