@@ -1,8 +1,10 @@
 //! The attested KMS client for code inside an enclave (what AWS's `kmstool-enclave-cli` does).
 //!
-//! For each call it generates a fresh RSA-2048 key pair, asks the enclave's NSM (through an
-//! [`Attester`]) for an attestation document carrying the public key (DER
-//! SubjectPublicKeyInfo), and sends the request with
+//! A client generates one RSA-2048 key pair, on first use, and keeps it for its lifetime (as AWS's
+//! Nitro Enclaves SDK does): generating a key costs tens of milliseconds and would otherwise sit
+//! on every call's latency. For each call it asks the enclave's NSM (through an [`Attester`]) for
+//! a fresh attestation document carrying the public key (DER SubjectPublicKeyInfo), and sends the
+//! request with
 //! `Recipient = {RSAES_OAEP_SHA_256, document}`. KMS answers with `CiphertextForRecipient`,
 //! which only the private key, which never leaves this process, opens
 //! ([`crate::recipient::open_ciphertext_for_recipient`]).
@@ -354,6 +356,34 @@ pub struct KmsClient {
     config: Arc<KmsClientConfig>,
     attester: Arc<dyn Attester>,
     tls: Option<tokio_rustls::TlsConnector>,
+    keys: Arc<tokio::sync::OnceCell<RecipientKeys>>,
+}
+
+/// The client's recipient key pair: the private key (PKCS#8, zeroized on drop) and its public
+/// half as DER SubjectPublicKeyInfo, the form attestation documents carry.
+struct RecipientKeys {
+    pkcs8: Zeroizing<Vec<u8>>,
+    spki: Vec<u8>,
+}
+
+impl RecipientKeys {
+    fn generate() -> Result<Self, KmsClientError> {
+        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048)
+            .map_err(|_| KmsClientError::KeyGeneration)?;
+        let spki = key
+            .public_key()
+            .as_der()
+            .map_err(|_| KmsClientError::KeyGeneration)?
+            .as_ref()
+            .to_vec();
+        let pkcs8 = Zeroizing::new(
+            key.as_der()
+                .map_err(|_| KmsClientError::KeyGeneration)?
+                .as_ref()
+                .to_vec(),
+        );
+        Ok(Self { pkcs8, spki })
+    }
 }
 
 impl fmt::Debug for KmsClient {
@@ -405,6 +435,7 @@ impl KmsClient {
             config: Arc::new(config),
             attester,
             tls,
+            keys: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -486,24 +517,19 @@ impl KmsClient {
         operation: &str,
         mut body: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Zeroizing<Vec<u8>>, RecipientResponse), KmsClientError> {
-        // A fresh key pair per call, as kmstool does; generation runs off the async threads.
-        let key = tokio::task::spawn_blocking(|| PrivateDecryptingKey::generate(KeySize::Rsa2048))
-            .await
-            .map_err(|_| KmsClientError::KeyGeneration)?
-            .map_err(|_| KmsClientError::KeyGeneration)?;
-        let spki = key
-            .public_key()
-            .as_der()
-            .map_err(|_| KmsClientError::KeyGeneration)?;
-        let pkcs8 = Zeroizing::new(
-            key.as_der()
-                .map_err(|_| KmsClientError::KeyGeneration)?
-                .as_ref()
-                .to_vec(),
-        );
+        // One key pair per client, generated once off the async threads; a fresh document per
+        // call.
+        let keys = self
+            .keys
+            .get_or_try_init(|| async {
+                tokio::task::spawn_blocking(RecipientKeys::generate)
+                    .await
+                    .map_err(|_| KmsClientError::KeyGeneration)?
+            })
+            .await?;
         let document = self
             .attester
-            .attest(spki.as_ref())
+            .attest(&keys.spki)
             .map_err(KmsClientError::Attestation)?;
         body.insert(
             "Recipient".into(),
@@ -525,7 +551,7 @@ impl KmsClient {
         let cms = B64
             .decode(cms)
             .map_err(|e| KmsClientError::BadResponse(format!("CiphertextForRecipient: {e}")))?;
-        let plaintext = open_recipient(&cms, &pkcs8)?;
+        let plaintext = open_recipient(&cms, &keys.pkcs8)?;
         Ok((plaintext, parsed))
     }
 
