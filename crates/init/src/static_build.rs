@@ -1,4 +1,5 @@
-//! Building the static init binary that goes into enclave images, for tests and tools:
+//! Building the static binaries that go into enclave images (init, and the test and sample
+//! applications), for tests and tools; for init:
 //!
 //! ```text
 //! CARGO_TARGET_DIR=<workspace>/target/static \
@@ -39,16 +40,28 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Where [`build_static_binary`] puts binary `bin`.
+pub fn static_binary_path(bin: &str) -> PathBuf {
+    workspace_root().join("target/static/release").join(bin)
+}
+
 /// Where [`build_static_init`] puts the binary.
 pub fn static_init_path() -> PathBuf {
-    workspace_root().join("target/static/release/cloister-init")
+    static_binary_path("cloister-init")
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Builds (or brings up to date) the statically linked `cloister-init` and returns its path.
-/// Serialised within the process; cargo's own lock serialises across processes.
 pub fn build_static_init() -> Result<PathBuf, StaticBuildError> {
+    build_static_binary("cloister-init", "cloister-init")
+}
+
+/// Builds (or brings up to date) binary `bin` of workspace package `package`, statically linked
+/// and without debug info (enclave ramdisks carry these binaries, and every boot copies them),
+/// in `<workspace>/target/static`, and returns its path. Serialised within the process; cargo's
+/// own lock serialises across processes.
+pub fn build_static_binary(package: &str, bin: &str) -> Result<PathBuf, StaticBuildError> {
     let _guard = match BUILD_LOCK.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -61,20 +74,8 @@ pub fn build_static_init() -> Result<PathBuf, StaticBuildError> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        .args([
-            "rustc",
-            "-p",
-            "cloister-init",
-            "--release",
-            "--bin",
-            "cloister-init",
-            "--",
-            "-C",
-            "target-feature=+crt-static",
-            // Enclave ramdisks carry these binaries: no debug info to copy at every boot.
-            "-C",
-            "strip=debuginfo",
-        ])
+        .args(["rustc", "-p", package, "--release", "--bin", bin, "--"])
+        .args(["-C", "target-feature=+crt-static", "-C", "strip=debuginfo"])
         .output()
         .map_err(StaticBuildError::Spawn)?;
     if !output.status.success() {
@@ -92,7 +93,7 @@ pub fn build_static_init() -> Result<PathBuf, StaticBuildError> {
             stderr: tail,
         });
     }
-    let path = static_init_path();
+    let path = static_binary_path(bin);
     if !path.is_file() {
         return Err(StaticBuildError::Missing(path));
     }

@@ -319,7 +319,10 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
     let mut results = Vec::new();
     for (name, c) in [("direct TCP", &direct), ("vsock-proxy", &proxied)] {
         // One call first: the client generates its RSA-2048 recipient key once, on first use.
-        let warm = c.decrypt(&blob, None, None, &BTreeMap::new()).await.unwrap();
+        let warm = c
+            .decrypt(&blob, None, None, &BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(&warm[..], b"secret");
         let start = Instant::now();
         let mut set = tokio::task::JoinSet::new();

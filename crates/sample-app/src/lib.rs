@@ -15,9 +15,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, BufRead, Read};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::path::PathBuf;
 use zeroize::Zeroize;
 
 /// The vsock port the demo image listens on.
@@ -152,95 +150,22 @@ pub fn write_message<T: Serialize>(
     Ok(result?)
 }
 
-/// Errors building the static binary.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// cargo could not be started.
-    #[error("running cargo")]
-    Spawn(#[source] io::Error),
-    /// cargo failed.
-    #[error("cargo rustc failed with {status}: {stderr}")]
-    Failed {
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// The end of its error output.
-        stderr: String,
-    },
-    /// cargo succeeded but the binary is missing.
-    #[error("built binary missing at {0}")]
-    Missing(PathBuf),
-}
+pub use cloister_init::static_build::StaticBuildError as BuildError;
 
-/// The workspace root (two levels above this crate).
+/// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    cloister_init::static_build::workspace_root()
 }
 
 /// Where [`build_static_sample_app`] puts the binary.
 pub fn static_sample_app_path() -> PathBuf {
-    workspace_root().join("target/static/release/cloister-sample-app")
+    cloister_init::static_build::static_binary_path("cloister-sample-app")
 }
 
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
-
-/// Builds (or brings up to date) the statically linked sample app in `target/static` and
-/// returns its path:
-///
-/// ```text
-/// CARGO_TARGET_DIR=<workspace>/target/static cargo rustc -p cloister-sample-app --release \
-///   --bin cloister-sample-app -- -C target-feature=+crt-static -C strip=debuginfo
-/// ```
+/// Builds (or brings up to date) the statically linked sample app in `target/static` (glibc
+/// with `+crt-static`, no debug info) and returns its path.
 pub fn build_static_sample_app() -> Result<PathBuf, BuildError> {
-    let _guard = match BUILD_LOCK.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", root.join("target/static"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .args([
-            "rustc",
-            "-p",
-            "cloister-sample-app",
-            "--release",
-            "--bin",
-            "cloister-sample-app",
-            "--",
-            "-C",
-            "target-feature=+crt-static",
-            "-C",
-            "strip=debuginfo",
-        ])
-        .output()
-        .map_err(BuildError::Spawn)?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: String = stderr
-            .chars()
-            .rev()
-            .take(4000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(BuildError::Failed {
-            status: output.status,
-            stderr: tail,
-        });
-    }
-    let path = static_sample_app_path();
-    if !path.is_file() {
-        return Err(BuildError::Missing(path));
-    }
-    Ok(path)
+    cloister_init::static_build::build_static_binary("cloister-sample-app", "cloister-sample-app")
 }
 
 #[cfg(test)]

@@ -12,5 +12,5 @@ pub use cloister_vsock::{
     PARENT_CID, VMADDR_CID_ANY, VMADDR_CID_HYPERVISOR,
 };
 
-pub mod recipient;
 pub mod kms_client;
+pub mod recipient;

@@ -11,72 +11,22 @@
 //! This library half only builds the binary statically for tests ([`build_static_testapp`]),
 //! the same way `cloister-init` is built (glibc with `+crt-static`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
+
+pub use cloister_init::static_build::StaticBuildError as BuildError;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    cloister_init::static_build::workspace_root()
 }
-
-/// Errors building the static binary.
-#[derive(Debug)]
-pub struct BuildError(pub String);
-
-impl std::fmt::Display for BuildError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "building the static testapp failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for BuildError {}
 
 /// Builds (or brings up to date) the statically linked testapp in `target/static` and returns
 /// its path.
 pub fn build_static_testapp() -> Result<PathBuf, BuildError> {
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", root.join("target/static"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .args([
-            "rustc",
-            "-p",
-            "cloister-testapp",
-            "--release",
-            "--bin",
-            "cloister-testapp",
-            "--",
-            "-C",
-            "target-feature=+crt-static",
-            // Enclave ramdisks carry these binaries: no debug info to copy at every boot.
-            "-C",
-            "strip=debuginfo",
-        ])
-        .output()
-        .map_err(|e| BuildError(e.to_string()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .chars()
-            .rev()
-            .take(2000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(BuildError(tail));
-    }
-    let path = root.join("target/static/release/cloister-testapp");
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(BuildError(format!("missing {}", path.display())))
-    }
+    cloister_init::static_build::build_static_binary("cloister-testapp", "cloister-testapp")
+}
+
+/// Where [`build_static_testapp`] puts the binary.
+pub fn static_testapp_path() -> PathBuf {
+    cloister_init::static_build::static_binary_path("cloister-testapp")
 }
