@@ -3,6 +3,8 @@
 //! `eif_build` lays it out (kernel, cmdline, metadata, ramdisks, signature), computing the CRC
 //! and the PCRs while it streams the inputs once. Inputs may be of unknown length: section
 //! headers are patched after their data is written, which is why the output must be seekable.
+//! Customer ramdisk bytes go into both PCR0 and PCR2, so when there are customer ramdisks PCR2 is
+//! hashed on a second thread while this one writes, computes the CRC and hashes PCR0.
 
 use crate::error::{EifError, Result};
 use crate::format::{
@@ -15,6 +17,11 @@ use crate::signature::EifSigner;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Chunks in flight to the PCR2 thread.
+const PCR2_PIPELINE: usize = 4;
 
 /// Where a section's data comes from.
 pub enum Input<'a> {
@@ -69,14 +76,60 @@ enum Role {
     Unmeasured,
 }
 
+/// Where customer bytes go for PCR2: hashed inline, or sent to a hashing thread.
+enum Pcr2 {
+    Inline(PcrHasher),
+    Threaded {
+        tx: mpsc::SyncSender<Vec<u8>>,
+        worker: JoinHandle<PcrHasher>,
+    },
+}
+
+impl Pcr2 {
+    fn new(threaded: bool) -> Self {
+        if !threaded {
+            return Pcr2::Inline(PcrHasher::new());
+        }
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(PCR2_PIPELINE);
+        let worker = std::thread::spawn(move || {
+            let mut h = PcrHasher::new();
+            for chunk in rx {
+                h.update(&chunk);
+            }
+            h
+        });
+        Pcr2::Threaded { tx, worker }
+    }
+
+    fn update(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Pcr2::Inline(h) => {
+                h.update(data);
+                Ok(())
+            }
+            Pcr2::Threaded { tx, .. } => tx.send(data.to_vec()).map_err(|_| EifError::Internal),
+        }
+    }
+
+    fn finish(self) -> Result<crate::measure::Pcr> {
+        match self {
+            Pcr2::Inline(h) => Ok(h.finish()),
+            Pcr2::Threaded { tx, worker } => {
+                drop(tx);
+                Ok(worker.join().map_err(|_| EifError::Internal)?.finish())
+            }
+        }
+    }
+}
+
 struct Hashes {
     pcr0: PcrHasher,
     pcr1: Option<PcrHasher>,
-    pcr2: PcrHasher,
+    pcr2: Pcr2,
 }
 
 impl Hashes {
-    fn update(&mut self, role: Role, data: &[u8]) {
+    fn update(&mut self, role: Role, data: &[u8]) -> Result<()> {
         match role {
             Role::Boot => {
                 self.pcr0.update(data);
@@ -89,10 +142,11 @@ impl Hashes {
                     self.pcr1 = Some(self.pcr0.clone());
                 }
                 self.pcr0.update(data);
-                self.pcr2.update(data);
+                self.pcr2.update(data)?;
             }
             Role::Unmeasured => {}
         }
+        Ok(())
     }
 }
 
@@ -177,17 +231,18 @@ impl<'a> EifBuilder<'a> {
     }
 
     /// Writes the image to a new file at `path` (replacing it) and returns its measurements.
+    /// The data is written and closed but not forced to stable storage: an image is a build
+    /// artifact, rebuilt from its inputs, and (as with compilers and `eif_build`) a caller that
+    /// needs durability syncs the file itself.
     pub fn write_to_path(self, path: impl AsRef<Path>) -> Result<Measurements> {
         let file =
             File::create(path.as_ref()).map_err(EifError::io("cannot create the image file"))?;
         let mut out = io::BufWriter::with_capacity(STREAM_BUFFER_SIZE, file);
         let m = self.write_to(&mut out)?;
-        let file = out.into_inner().map_err(|e| EifError::Io {
+        out.into_inner().map_err(|e| EifError::Io {
             context: "cannot write the image file",
             source: e.into_error(),
         })?;
-        file.sync_all()
-            .map_err(EifError::io("cannot write the image file"))?;
         Ok(m)
     }
 
@@ -251,7 +306,7 @@ impl<'a> EifBuilder<'a> {
             hashes: Hashes {
                 pcr0: PcrHasher::new(),
                 pcr1: None,
-                pcr2: PcrHasher::new(),
+                pcr2: Pcr2::new(self.ramdisks.len() > 1),
             },
             buf: vec![0u8; STREAM_BUFFER_SIZE],
         };
@@ -277,7 +332,8 @@ impl<'a> EifBuilder<'a> {
             .unwrap_or_else(|| w.hashes.pcr0.clone())
             .finish();
         let pcr0 = w.hashes.pcr0.clone().finish();
-        let pcr2 = w.hashes.pcr2.clone().finish();
+        let pcr2 =
+            std::mem::replace(&mut w.hashes.pcr2, Pcr2::Inline(PcrHasher::new())).finish()?;
         let pcr8 = match &self.signer {
             Some(signer) => {
                 let section = signer.signature_section(&pcr0)?;
@@ -349,7 +405,7 @@ impl<W: Write + Seek> SectionWriter<'_, W> {
             let chunk = &self.buf[..n];
             self.out.write_all(chunk).map_err(EifError::io(werr))?;
             data_crc.update(chunk);
-            self.hashes.update(role, chunk);
+            self.hashes.update(role, chunk)?;
             size += n as u64;
         }
         let sh = SectionHeader {

@@ -16,6 +16,9 @@ use std::process::Command;
 pub const DEFAULT_BLOBS_DIR: &str = "/usr/share/nitro_enclaves/blobs";
 /// Largest `cmdline` file.
 pub const MAX_CMDLINE_FILE: u64 = 4096;
+/// The virtio transport of QEMU's microvm machine. Debian builds it as a module; a kernel that
+/// has it built in simply does not ship it, so it is taken only when the package has it.
+pub const TRANSPORT_MODULES: &[&str] = &["virtio_mmio.ko"];
 /// The vsock modules a VM enclave needs, in load order (dependencies are added before them).
 pub const VSOCK_MODULES: &[&str] = &[
     "vsock.ko",
@@ -412,6 +415,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
             contents.insert(name.to_owned(), bytes);
         }
         Ok(())
+    }
+    for m in TRANSPORT_MODULES {
+        let name = m.trim_end_matches(".ko");
+        if by_name.contains_key(name) {
+            visit(name, &by_name, &mut order, &mut contents, 0)?;
+        }
     }
     for m in VSOCK_MODULES {
         visit(

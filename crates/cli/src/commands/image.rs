@@ -32,16 +32,21 @@ pub enum BlobsCommand {
 
 /// `blobs prepare` arguments.
 #[derive(Debug, Clone, Args)]
-#[group(id = "kernel_source", required = true, multiple = false)]
+#[command(group(
+    clap::ArgGroup::new("kernel_source")
+        .required(true)
+        .multiple(false)
+        .args(["kernel_deb", "kernel_version"])
+))]
 pub struct PrepareArgs {
     /// Output directory (created).
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// A linux-image-*-cloud-amd64-unsigned .deb on disk.
-    #[arg(long, value_name = "FILE", group = "kernel_source")]
+    #[arg(long, value_name = "FILE")]
     pub kernel_deb: Option<PathBuf>,
     /// Kernel version to fetch with `apt-get download linux-image-<V>-cloud-amd64-unsigned`.
-    #[arg(long, value_name = "V", group = "kernel_source")]
+    #[arg(long, value_name = "V")]
     pub kernel_version: Option<String>,
     /// The static init binary to install as `init`.
     #[arg(long, value_name = "FILE")]
@@ -402,6 +407,39 @@ mod tests {
         assert!(container_input(&ContainerInputs::default())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn blobs_prepare_takes_one_kernel_source_with_its_other_flags() {
+        use clap::Parser;
+        let ok = crate::Cli::try_parse_from([
+            "cloister",
+            "blobs",
+            "prepare",
+            "--output",
+            "o",
+            "--kernel-deb",
+            "k.deb",
+            "--init",
+            "i",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [
+            &["--output", "o", "--init", "i"][..],
+            &[
+                "--output",
+                "o",
+                "--kernel-deb",
+                "k",
+                "--kernel-version",
+                "v",
+                "--init",
+                "i",
+            ],
+        ] {
+            let argv = ["cloister", "blobs", "prepare"].iter().chain(bad.iter());
+            assert!(crate::Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
