@@ -4,8 +4,9 @@ set -euo pipefail
 
 need_apt=()
 for pkg in "$@"; do need_apt+=("$pkg"); done
-# Tools used by tests: bwrap and socat (benchmark baselines), cpio (checks ramdisks independently).
-for bin_pkg in bwrap:bubblewrap socat:socat cpio:cpio; do
+# Tools used by tests: bwrap and socat (benchmark baselines), cpio (checks ramdisks
+# independently), openssl (an independent CMS and TLS peer for the key service).
+for bin_pkg in bwrap:bubblewrap socat:socat cpio:cpio openssl:openssl; do
   bin=${bin_pkg%%:*}; pkg=${bin_pkg##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
