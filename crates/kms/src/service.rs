@@ -718,10 +718,7 @@ impl Service {
         let blob = self.symmetric_encrypt(&key, &ctx, &dk)?;
         let mut out = json!({ "CiphertextBlob": b64(&blob), "KeyId": key.arn });
         if with_plaintext {
-            match &recipient {
-                Some(r) => out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&dk)?)),
-                None => out["Plaintext"] = Value::String(b64(&dk)),
-            }
+            release(&mut out, "Plaintext", &dk, recipient.as_deref())?;
         }
         Ok(out)
     }
@@ -756,10 +753,12 @@ impl Service {
             "KeyPairSpec": spec,
         });
         if with_plaintext {
-            match &recipient {
-                Some(r) => out["CiphertextForRecipient"] = Value::String(b64(&r.seal(&private)?)),
-                None => out["PrivateKeyPlaintext"] = Value::String(b64(&private)),
-            }
+            release(
+                &mut out,
+                "PrivateKeyPlaintext",
+                &private,
+                recipient.as_deref(),
+            )?;
         }
         Ok(out)
     }
@@ -773,10 +772,9 @@ impl Service {
         )?;
         let recipient = self.attested(req.recipient)?;
         let bytes = random(n)?;
-        Ok(match recipient {
-            Some(r) => json!({ "CiphertextForRecipient": b64(&r.seal(&bytes)?) }),
-            None => json!({ "Plaintext": b64(&bytes) }),
-        })
+        let mut out = json!({});
+        release(&mut out, "Plaintext", &bytes, recipient.as_deref())?;
+        Ok(out)
     }
 
     fn re_encrypt(&self, principal: &str, req: Req) -> KmsResult<Value> {
@@ -1305,6 +1303,22 @@ impl Service {
         }
         Ok((deleted, rotated))
     }
+}
+
+/// Puts a secret into a response: sealed to the attested recipient as `CiphertextForRecipient`
+/// (the plaintext field then left out, as AWS does), or in the clear under `plaintext_field`.
+fn release(
+    out: &mut Value,
+    plaintext_field: &str,
+    secret: &[u8],
+    recipient: Option<&AttestedRecipient>,
+) -> KmsResult<()> {
+    let (field, value) = match recipient {
+        Some(r) => ("CiphertextForRecipient", b64(&r.seal(secret)?)),
+        None => (plaintext_field, b64(secret)),
+    };
+    out[field] = Value::String(value);
+    Ok(())
 }
 
 #[cfg(test)]
