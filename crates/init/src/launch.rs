@@ -212,6 +212,7 @@ mod tests {
 
     #[test]
     fn exit_status_and_signal() {
+        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let sh = resolve(&c("sh"), b"/bin:/usr/bin").unwrap();
         let out = run(&sh, &[c("sh"), c("-c"), c("exit 3")], &[]).unwrap();
         assert_eq!(out, Outcome::Exited(3));

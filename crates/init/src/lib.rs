@@ -21,6 +21,11 @@ pub mod seccomp;
 pub mod static_build;
 pub mod vm;
 
+/// Serialises the unit tests that fork: `launch` reaps every child of the process (as PID 1
+/// must), so a concurrent test's child would otherwise vanish from under its `waitpid`.
+#[cfg(test)]
+pub(crate) static CHILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 

@@ -992,6 +992,7 @@ mod tests {
     /// Runs `check` in a forked child under the filters; returns the child's exit code.
     fn in_filtered_child(check: fn() -> i32) -> i32 {
         let filters = build().unwrap();
+        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child only makes raw syscalls (no allocation, no locks) before `_exit`,
         // which is sound after fork in a multi-threaded process.
         let pid = unsafe { libc::fork() };
