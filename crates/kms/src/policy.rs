@@ -21,6 +21,12 @@ pub const MAX_POLICY_BYTES: usize = 32 * 1024;
 pub const MAX_STATEMENTS: usize = 256;
 /// Condition-key prefix of attestation values.
 pub const RECIPIENT_PREFIX: &str = "kms:recipientattestation:";
+/// Condition key (lower case) of the enclave's isolation, a Cloister extension: `process`, `vm`
+/// or `nitro` (a document from AWS Nitro hardware). A policy that requires a hardware boundary
+/// names `["vm", "nitro"]`.
+pub const ISOLATION_KEY: &str = "cloister:recipientattestation:isolation";
+/// Condition-key prefix of Cloister's own keys.
+pub const CLOISTER_PREFIX: &str = "cloister:";
 /// Condition-key prefix of encryption-context values.
 pub const CONTEXT_PREFIX: &str = "kms:encryptioncontext:";
 
@@ -248,6 +254,9 @@ fn parse_statement(v: &Value) -> KmsResult<Statement> {
                         return Err(malformed(format!("unknown condition key {key}")));
                     }
                 }
+                if lower.starts_with(CLOISTER_PREFIX) && lower != ISOLATION_KEY {
+                    return Err(malformed(format!("unknown condition key {key}")));
+                }
                 conditions.push(Condition {
                     op,
                     qualifier,
@@ -330,7 +339,7 @@ impl Policy {
         self.statements.iter().any(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.key.starts_with(RECIPIENT_PREFIX))
+                .any(|c| c.key.starts_with(RECIPIENT_PREFIX) || c.key == ISOLATION_KEY)
         })
     }
 }
@@ -498,6 +507,26 @@ mod tests {
             ("kms:RecipientAttestation:PCR8", "00"),
         ];
         assert!(!p.allows(&ctx(root, "kms:Decrypt", &denied)));
+    }
+
+    #[test]
+    fn isolation_condition() {
+        let text = r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*",
+          "Condition":{"StringEquals":{"cloister:RecipientAttestation:Isolation":["vm","nitro"]}}}}"#;
+        let p = Policy::parse(text).unwrap();
+        assert!(p.mentions_attestation());
+        let root = "arn:aws:iam::1:root";
+        let key = "cloister:RecipientAttestation:Isolation";
+        assert!(p.allows(&ctx(root, "kms:Decrypt", &[(key, "vm")])));
+        assert!(p.allows(&ctx(root, "kms:Decrypt", &[(key, "nitro")])));
+        assert!(!p.allows(&ctx(root, "kms:Decrypt", &[(key, "process")])));
+        assert!(!p.allows(&ctx(root, "kms:Decrypt", &[])));
+        // Only the isolation key exists under the cloister: prefix.
+        let typo = text.replace("Isolation", "Isolaton");
+        assert!(matches!(
+            Policy::parse(&typo),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use crate::cms::RecipientKey;
 use crate::error::{KmsError, KmsResult};
-use crate::policy::RECIPIENT_PREFIX;
+use crate::policy::{ISOLATION_KEY, RECIPIENT_PREFIX};
 use cloister_attestation::{VerifiedDocument, Verifier, VerifyOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,13 @@ impl std::fmt::Debug for AttestedRecipient {
     }
 }
 
+/// The value of [`ISOLATION_KEY`] for a document's isolation mark: `process` or `vm` from a
+/// Cloister leaf certificate, `nitro` when the leaf carries no Cloister mark (a document from
+/// AWS Nitro hardware, which is a virtual machine too).
+pub fn isolation_value(isolation: Option<cloister_attestation::Isolation>) -> &'static str {
+    isolation.map_or("nitro", |i| i.as_str())
+}
+
 impl AttestedRecipient {
     /// Builds the recipient from a verified document: its PCRs and its RSA public key.
     pub fn from_verified(doc: &VerifiedDocument) -> KmsResult<Self> {
@@ -50,10 +57,15 @@ impl AttestedRecipient {
             }
             values.push((format!("{RECIPIENT_PREFIX}pcr{index}"), hex));
         }
+        values.push((
+            ISOLATION_KEY.to_owned(),
+            isolation_value(doc.isolation()).to_owned(),
+        ));
         Ok(Self { values, key })
     }
 
-    /// Condition values (lower-case keys).
+    /// Condition values (lower-case keys): `kms:recipientattestation:imagesha384` and
+    /// `...:pcrN` from the document's PCRs, and [`ISOLATION_KEY`].
     pub fn condition_values(&self) -> impl Iterator<Item = &(String, String)> {
         self.values.iter()
     }
@@ -221,7 +233,15 @@ mod tests {
             values["kms:recipientattestation:pcr7"],
             hex::encode([0x07; 48])
         );
+        assert_eq!(values[ISOLATION_KEY], "process");
         assert!(a.seal(b"x").unwrap().starts_with(&[0x30]));
+    }
+
+    #[test]
+    fn isolation_values() {
+        assert_eq!(isolation_value(Some(Isolation::Vm)), "vm");
+        assert_eq!(isolation_value(Some(Isolation::Process)), "process");
+        assert_eq!(isolation_value(None), "nitro");
     }
 
     #[test]

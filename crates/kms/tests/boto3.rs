@@ -33,6 +33,8 @@ fn boto3_drives_every_operation() {
     let doc_b = attestor.document(image_b, &key.spki);
     std::fs::write(tmp.path().join("doc-a.cbor"), &doc_a).unwrap();
     std::fs::write(tmp.path().join("doc-b.cbor"), &doc_b).unwrap();
+    let doc_a_vm = attestor.document_as(cloister_attestation::Isolation::Vm, image_a, &key.spki);
+    std::fs::write(tmp.path().join("doc-a-vm.cbor"), &doc_a_vm).unwrap();
     std::fs::write(tmp.path().join("enclave.pem"), pkcs8_pem(&key.pkcs8)).unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
@@ -68,6 +70,7 @@ fn boto3_drives_every_operation() {
         .env("APP_SECRET", "app-secret-app-secret")
         .env("DOC_A", tmp.path().join("doc-a.cbor"))
         .env("DOC_B", tmp.path().join("doc-b.cbor"))
+        .env("DOC_A_VM", tmp.path().join("doc-a-vm.cbor"))
         .env("IMAGE_A", hex::encode(image_a))
         .env("IMAGE_B", hex::encode(image_b))
         .env("ENCLAVE_KEY_PEM", tmp.path().join("enclave.pem"))

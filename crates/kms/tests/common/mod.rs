@@ -108,6 +108,7 @@ pub struct Attestor {
     /// The PKI.
     pub pki: Pki,
     signer: cloister_attestation::DocumentSigner,
+    vm_signer: cloister_attestation::DocumentSigner,
 }
 
 impl Attestor {
@@ -115,14 +116,21 @@ impl Attestor {
     pub fn new(dir: &Path) -> Attestor {
         let pki = Pki::init(dir).expect("pki");
         let ca = pki.host_ca().expect("host ca");
-        let signer = ca
-            .issue_enclave_signer(
+        let issue = |isolation| {
+            ca.issue_enclave_signer(
                 "i-0123456789abcdef0-enc0123456789abcdef",
-                Isolation::Process,
+                isolation,
                 SystemTime::now() + Duration::from_secs(3 * 3600),
             )
-            .expect("signer");
-        Attestor { pki, signer }
+            .expect("signer")
+        };
+        let signer = issue(Isolation::Process);
+        let vm_signer = issue(Isolation::Vm);
+        Attestor {
+            pki,
+            signer,
+            vm_signer,
+        }
     }
 
     /// Path of the root certificate (the trust anchor).
@@ -130,8 +138,17 @@ impl Attestor {
         self.pki.root_cert_path()
     }
 
-    /// Signs a document with `pcr0` (PCR1, PCR2 fixed) and `public_key`.
+    /// Signs a document of a process enclave with `pcr0` (PCR1, PCR2 fixed) and `public_key`.
     pub fn document(&self, pcr0: [u8; 48], public_key: &[u8]) -> Vec<u8> {
+        self.document_as(Isolation::Process, pcr0, public_key)
+    }
+
+    /// [`Attestor::document`] for an enclave under `isolation`.
+    pub fn document_as(&self, isolation: Isolation, pcr0: [u8; 48], public_key: &[u8]) -> Vec<u8> {
+        let signer = match isolation {
+            Isolation::Process => &self.signer,
+            Isolation::Vm => &self.vm_signer,
+        };
         let mut pcrs = BTreeMap::new();
         pcrs.insert(0usize, pcr0.to_vec());
         pcrs.insert(1usize, vec![0x11; 48]);
@@ -141,7 +158,7 @@ impl Attestor {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        self.signer
+        signer
             .sign(DocumentFields {
                 module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
                 timestamp_ms: ms,

@@ -2,7 +2,7 @@
 
 Run by crates/kms/tests/boto3.rs, which starts the server and passes, in the environment:
 KMS_ENDPOINT, ADMIN_AKID, ADMIN_SECRET, APP_AKID, APP_SECRET, DOC_A, DOC_B (attestation
-documents for images A and B, files), IMAGE_A, IMAGE_B (their PCR0, hex), ENCLAVE_KEY_PEM (the
+documents of process enclaves running images A and B, files), DOC_A_VM (image A in a VM enclave), IMAGE_A, IMAGE_B (their PCR0, hex), ENCLAVE_KEY_PEM (the
 enclave's RSA private key, PEM), OUT_DIR (where CiphertextForRecipient blobs are written for the
 Rust side to open with the SDK).
 
@@ -372,6 +372,7 @@ def read(path):
 
 DOC_A = read(os.environ["DOC_A"])
 DOC_B = read(os.environ["DOC_B"])
+DOC_A_VM = read(os.environ["DOC_A_VM"])
 IMAGE_A = os.environ["IMAGE_A"]
 IMAGE_B = os.environ["IMAGE_B"]
 
@@ -414,6 +415,25 @@ def recipient_decrypt_allowed_image_and_denied_image():
     e = expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob,
                      EncryptionContext={"app": "e"}, Recipient=recipient(DOC_B))
     assert "kms:Decrypt" in e.response["Error"]["Message"]
+
+
+@check
+def recipient_isolation_condition():
+    root = f"arn:aws:iam::{ACCOUNT}:root"
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": root}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "vm-only", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringNotEquals": {"cloister:RecipientAttestation:Isolation": ["vm", "nitro"]}}},
+    ]})
+    k = new_key(Policy=policy)["KeyId"]
+    blob = admin.encrypt(KeyId=k, Plaintext=b"vm secret")["CiphertextBlob"]
+    r = app.decrypt(CiphertextBlob=blob, Recipient=recipient(DOC_A_VM))
+    assert openssl_open(r["CiphertextForRecipient"]) == b"vm secret"
+    # The same image in a process enclave is refused by the Deny.
+    expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob, Recipient=recipient(DOC_A))
+    # A typo in a cloister: key is a malformed policy, not a silently dead condition.
+    bad = policy.replace("Isolation", "Isolaton")
+    expect_error("MalformedPolicyDocumentException", admin.put_key_policy, KeyId=k, PolicyName="default", Policy=bad)
 
 
 @check
