@@ -541,6 +541,34 @@ impl Service {
         }
     }
 
+    /// The common front of the GenerateDataKey* operations: the attestation (only when a
+    /// plaintext is released), the encryption context, the policy check for `actions[0]` (with
+    /// plaintext) or `actions[1]` (without), and the key's state.
+    fn authorize_generation(
+        &self,
+        key: &Resolved,
+        principal: &str,
+        recipient: Option<RecipientParam>,
+        context: Option<EncryptionContext>,
+        actions: [&str; 2],
+        with_plaintext: bool,
+    ) -> KmsResult<(EncryptionContext, Option<Arc<AttestedRecipient>>)> {
+        let recipient = if with_plaintext {
+            self.attested(recipient)?
+        } else {
+            None
+        };
+        let ctx = context.unwrap_or_default();
+        let action = if with_plaintext {
+            actions[0]
+        } else {
+            actions[1]
+        };
+        self.authorize(key, principal, action, Some(&ctx), recipient.as_deref())?;
+        self.require_enabled(key)?;
+        Ok((ctx, recipient))
+    }
+
     fn attested(&self, r: Option<RecipientParam>) -> KmsResult<Option<Arc<AttestedRecipient>>> {
         let Some(r) = r else { return Ok(None) };
         let alg = required(
@@ -701,19 +729,14 @@ impl Service {
                 ))
             }
         };
-        let recipient = if with_plaintext {
-            self.attested(req.recipient)?
-        } else {
-            None
-        };
-        let ctx = req.encryption_context.unwrap_or_default();
-        let action = if with_plaintext {
-            "kms:GenerateDataKey"
-        } else {
-            "kms:GenerateDataKeyWithoutPlaintext"
-        };
-        self.authorize(&key, principal, action, Some(&ctx), recipient.as_deref())?;
-        self.require_enabled(&key)?;
+        let (ctx, recipient) = self.authorize_generation(
+            &key,
+            principal,
+            req.recipient,
+            req.encryption_context,
+            ["kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext"],
+            with_plaintext,
+        )?;
         let dk = random(n)?;
         let blob = self.symmetric_encrypt(&key, &ctx, &dk)?;
         let mut out = json!({ "CiphertextBlob": b64(&blob), "KeyId": key.arn });
@@ -731,19 +754,17 @@ impl Service {
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let spec = required(req.key_pair_spec, "keyPairSpec")?;
-        let recipient = if with_plaintext {
-            self.attested(req.recipient)?
-        } else {
-            None
-        };
-        let ctx = req.encryption_context.unwrap_or_default();
-        let action = if with_plaintext {
-            "kms:GenerateDataKeyPair"
-        } else {
-            "kms:GenerateDataKeyPairWithoutPlaintext"
-        };
-        self.authorize(&key, principal, action, Some(&ctx), recipient.as_deref())?;
-        self.require_enabled(&key)?;
+        let (ctx, recipient) = self.authorize_generation(
+            &key,
+            principal,
+            req.recipient,
+            req.encryption_context,
+            [
+                "kms:GenerateDataKeyPair",
+                "kms:GenerateDataKeyPairWithoutPlaintext",
+            ],
+            with_plaintext,
+        )?;
         let (private, public) = generate_key_pair(&spec)?;
         let blob = self.symmetric_encrypt(&key, &ctx, &private)?;
         let mut out = json!({
