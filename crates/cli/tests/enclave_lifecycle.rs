@@ -172,7 +172,7 @@ fn cid_and_allocator_rules() {
         "32",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("E306"));
-    // vm isolation is reserved.
+    // vm isolation needs QEMU (E701 without it) and a bootable kernel, which this image lacks.
     let o = env.cli(&[
         "run-enclave",
         "--eif-path",
@@ -184,7 +184,8 @@ fn cid_and_allocator_rules() {
         "--isolation",
         "vm",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("E701"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("E701") || err.contains("E307"), "{err}");
     // Terminate returns the resources.
     let all = env.json(&["terminate-enclave", "--all"]);
     assert_eq!(all.as_array().unwrap().len(), 2);

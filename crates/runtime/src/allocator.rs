@@ -2,9 +2,14 @@
 //!
 //! The pool comes from `allocator.yaml` in AWS's format (`memory_mib` plus either `cpu_count`
 //! or `cpu_pool: "2,3,6-9"`), read from `CLOISTER_ALLOCATOR_CONFIG` or
-//! `/etc/cloister/allocator.yaml`. Without a file the default pool is: every online CPU but CPU 0
-//! when the host has more than two CPUs, otherwise every CPU (shared with the host, still
-//! exclusive between enclaves), and half of the host's memory.
+//! `/etc/cloister/allocator.yaml`. As with nitro-cli, enclaves get whole physical cores,
+//! exclusively: the host's SMT siblings ([`Topology`], from sysfs) are never split between an
+//! enclave and anything else. A `cpu_pool` that holds part of a core, or anything of CPU 0's
+//! core, is invalid; `cpu_count` and `--cpu-count` must be multiples of the threads per core;
+//! `--cpu-ids` must list whole cores. Without a file the default pool is every core but CPU
+//! 0's, and half of the host's memory. Hosts with at most [`SMALL_HOST_CPUS`] CPUs (or a
+//! single core) are the exception: there CPU 0's core is in the pool, since an enclave could
+//! get no CPU otherwise (shared with the host, still exclusive between enclaves).
 //!
 //! Allocations live in `<run>/allocations.json`, read and rewritten under an exclusive `flock`
 //! on `<run>/allocator.lock`, so concurrent `run-enclave` calls never hand out the same CPU, CID
@@ -26,6 +31,12 @@ const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
 /// Highest CPU id accepted in a CPU list.
 pub const MAX_CPU_ID: u32 = 4095;
+/// Where sysfs is mounted on a real host.
+pub const SYSFS_ROOT: &str = "/sys";
+/// Largest sysfs file read (CPU lists).
+const MAX_SYSFS_BYTES: u64 = 16 * 1024;
+/// Hosts with at most this many CPUs keep CPU 0's core in the enclave pool.
+pub const SMALL_HOST_CPUS: usize = 2;
 /// First CID handed out when the caller asks for CID 0.
 pub const FIRST_ENCLAVE_CID: u64 = 4;
 /// CIDs at or above this value are rejected (`u32::MAX` is VMADDR_CID_ANY).
@@ -103,6 +114,141 @@ struct ConfigFile {
     cpu_pool: Option<serde_yaml_ng::Value>,
 }
 
+/// The host's online CPUs grouped into physical cores (SMT siblings together).
+///
+/// Read from `<sysfs>/devices/system/cpu/online` and each CPU's
+/// `topology/thread_siblings_list`; the sysfs root is a parameter so tests can describe any
+/// host. A CPU whose siblings file cannot be read counts as a core of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Disjoint cores, each sorted, ordered by their lowest CPU id.
+    cores: Vec<Vec<u32>>,
+}
+
+impl Topology {
+    /// Reads the topology of the host whose sysfs is mounted at `sysfs_root` (normally
+    /// [`SYSFS_ROOT`]).
+    pub fn read(sysfs_root: &Path) -> Self {
+        let cpu_dir = sysfs_root.join("devices/system/cpu");
+        let online = read_small(&cpu_dir.join("online"))
+            .and_then(|t| parse_cpu_list(t.trim()).ok())
+            .unwrap_or_else(|| {
+                let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (0..(n as u32).min(MAX_CPU_ID + 1)).collect()
+            });
+        let online_set: BTreeSet<u32> = online.iter().copied().collect();
+        let mut assigned = BTreeSet::new();
+        let mut cores = Vec::new();
+        for &cpu in &online {
+            if assigned.contains(&cpu) {
+                continue;
+            }
+            let siblings = read_small(
+                &cpu_dir
+                    .join(format!("cpu{cpu}"))
+                    .join("topology/thread_siblings_list"),
+            )
+            .and_then(|t| parse_cpu_list(t.trim()).ok())
+            .unwrap_or_default();
+            let mut core: BTreeSet<u32> = siblings
+                .into_iter()
+                .filter(|c| online_set.contains(c) && !assigned.contains(c))
+                .collect();
+            core.insert(cpu);
+            assigned.extend(core.iter().copied());
+            cores.push(core.into_iter().collect());
+        }
+        Topology { cores }
+    }
+
+    /// The topology of the running host ([`SYSFS_ROOT`]).
+    pub fn host() -> Self {
+        Self::read(Path::new(SYSFS_ROOT))
+    }
+
+    /// A topology from explicit cores (each a list of sibling CPU ids). Fails when a core is
+    /// empty or a CPU appears twice.
+    pub fn from_cores(cores: Vec<Vec<u32>>) -> Result<Self, String> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(cores.len());
+        for core in cores {
+            let set: BTreeSet<u32> = core.iter().copied().collect();
+            if set.is_empty() {
+                return Err("a core has no CPU".into());
+            }
+            if set.len() != core.len() || set.iter().any(|c| !seen.insert(*c)) {
+                return Err("a CPU appears twice".into());
+            }
+            out.push(set.into_iter().collect::<Vec<u32>>());
+        }
+        out.sort();
+        Ok(Topology { cores: out })
+    }
+
+    /// Every CPU its own core (no SMT).
+    pub fn single_threaded(cpus: &[u32]) -> Self {
+        let set: BTreeSet<u32> = cpus.iter().copied().collect();
+        Topology {
+            cores: set.into_iter().map(|c| vec![c]).collect(),
+        }
+    }
+
+    /// The cores, ordered by their lowest CPU id.
+    pub fn cores(&self) -> &[Vec<u32>] {
+        &self.cores
+    }
+
+    /// Every online CPU, sorted.
+    pub fn online(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self.cores.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The core `cpu` belongs to.
+    pub fn core_of(&self, cpu: u32) -> Option<&[u32]> {
+        self.cores
+            .iter()
+            .find(|c| c.contains(&cpu))
+            .map(Vec::as_slice)
+    }
+
+    /// Threads per core when every core has the same number, else `None`.
+    pub fn threads_per_core(&self) -> Option<u32> {
+        let first = self.cores.first()?.len();
+        self.cores
+            .iter()
+            .all(|c| c.len() == first)
+            .then_some(first as u32)
+    }
+
+    /// Whether CPU 0's core stays with the host: nitro-cli's rule, applied when the host has
+    /// more than [`SMALL_HOST_CPUS`] CPUs and another core. On smaller hosts no enclave could
+    /// get a CPU otherwise, so CPU 0's core may be shared (still exclusive between enclaves).
+    pub fn reserves_cpu0_core(&self) -> bool {
+        self.cores.len() > 1 && self.cores.iter().map(Vec::len).sum::<usize>() > SMALL_HOST_CPUS
+    }
+
+    /// The cores enclaves may use by default: all but CPU 0's when [`Self::reserves_cpu0_core`].
+    pub fn enclave_cores(&self) -> Vec<Vec<u32>> {
+        let reserve = self.reserves_cpu0_core();
+        self.cores
+            .iter()
+            .filter(|c| !(reserve && c.contains(&0)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads a small sysfs file (at most [`MAX_SYSFS_BYTES`]).
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut text = String::new();
+    f.take(MAX_SYSFS_BYTES).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// The pool enclaves draw from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pool {
@@ -110,37 +256,60 @@ pub struct Pool {
     pub cpus: Vec<u32>,
     /// Memory available to enclaves, in MiB.
     pub memory_mib: u64,
+    /// The pool's CPUs grouped into whole cores; enclaves get whole cores only.
+    pub cores: Vec<Vec<u32>>,
 }
 
 impl Pool {
+    /// A pool of whole `cores` and `memory_mib`.
+    pub fn from_cores(cores: Vec<Vec<u32>>, memory_mib: u64) -> Self {
+        let mut cpus: Vec<u32> = cores.iter().flatten().copied().collect();
+        cpus.sort_unstable();
+        Pool {
+            cpus,
+            memory_mib,
+            cores,
+        }
+    }
+
+    /// A pool on a host without SMT: every CPU its own core.
+    pub fn single_threaded(cpus: &[u32], memory_mib: u64) -> Self {
+        Self::from_cores(Topology::single_threaded(cpus).cores, memory_mib)
+    }
+
     /// Loads the pool from `CLOISTER_ALLOCATOR_CONFIG`, the default path, or the host default.
     pub fn load() -> Result<Self, AllocError> {
         let path = std::env::var_os(CONFIG_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let topology = Topology::host();
         match std::fs::metadata(&path) {
-            Ok(_) => Self::from_file(&path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::host_default()),
+            Ok(_) => Self::from_file_with(&path, &topology),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Self::default_with(&topology, sys::total_memory_mib()))
+            }
             Err(e) => Err(AllocError::ConfigRead(path, e)),
         }
     }
 
-    /// The default pool: see the module docs.
+    /// The default pool of this host: see the module docs.
     pub fn host_default() -> Self {
-        let online = sys::online_cpus();
-        let cpus = if online.len() > 2 {
-            online.into_iter().filter(|c| *c != 0).collect()
-        } else {
-            online
-        };
-        Pool {
-            cpus,
-            memory_mib: (sys::total_memory_mib() / 2).max(64),
-        }
+        Self::default_with(&Topology::host(), sys::total_memory_mib())
     }
 
-    /// Parses an `allocator.yaml` file.
+    /// The default pool of a host with `topology` and `host_memory_mib` of memory: its
+    /// [`Topology::enclave_cores`] and half the memory (at least 64 MiB).
+    pub fn default_with(topology: &Topology, host_memory_mib: u64) -> Self {
+        Self::from_cores(topology.enclave_cores(), (host_memory_mib / 2).max(64))
+    }
+
+    /// Parses an `allocator.yaml` file against the running host's topology.
     pub fn from_file(path: &Path) -> Result<Self, AllocError> {
+        Self::from_file_with(path, &Topology::host())
+    }
+
+    /// Parses an `allocator.yaml` file against `topology`.
+    pub fn from_file_with(path: &Path, topology: &Topology) -> Result<Self, AllocError> {
         use std::io::Read;
         let file = std::fs::File::open(path).map_err(|e| AllocError::ConfigRead(path.into(), e))?;
         let mut text = String::new();
@@ -153,30 +322,25 @@ impl Pool {
                 "file too large".into(),
             ));
         }
-        Self::parse(&text).map_err(|m| AllocError::ConfigInvalid(path.into(), m))
+        Self::parse_with(&text, topology).map_err(|m| AllocError::ConfigInvalid(path.into(), m))
     }
 
-    /// Parses the YAML text of an allocator configuration.
+    /// Parses the YAML text of an allocator configuration against the running host.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_with(text, &Topology::host())
+    }
+
+    /// Parses the YAML text of an allocator configuration against `topology`.
+    ///
+    /// `cpu_pool` must name online CPUs as whole cores and, where the host keeps it
+    /// ([`Topology::reserves_cpu0_core`]), nothing of CPU 0's core; `cpu_count` takes that many
+    /// CPUs as whole cores from [`Topology::enclave_cores`].
+    pub fn parse_with(text: &str, topology: &Topology) -> Result<Self, String> {
         let cfg: ConfigFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-        let online = sys::online_cpus();
-        let cpus = match (cfg.cpu_count, cfg.cpu_pool) {
+        let cores = match (cfg.cpu_count, cfg.cpu_pool) {
             (Some(_), Some(_)) => return Err("set either cpu_count or cpu_pool, not both".into()),
             (None, None) => return Err("cpu_count or cpu_pool is required".into()),
-            (Some(n), None) => {
-                let candidates: Vec<u32> = if online.len() > 2 {
-                    online.iter().copied().filter(|c| *c != 0).collect()
-                } else {
-                    online.clone()
-                };
-                if n == 0 || n as usize > candidates.len() {
-                    return Err(format!(
-                        "cpu_count {n} does not fit the host's {} usable CPUs",
-                        candidates.len()
-                    ));
-                }
-                candidates.into_iter().take(n as usize).collect()
-            }
+            (Some(n), None) => count_cores(topology, n)?,
             (None, Some(v)) => {
                 let list = match v {
                     serde_yaml_ng::Value::String(s) => s,
@@ -184,20 +348,110 @@ impl Pool {
                     _ => return Err("cpu_pool must be a string like \"2,3,6-9\"".into()),
                 };
                 let cpus = parse_cpu_list(&list).map_err(|e| e.to_string())?;
-                if let Some(c) = cpus.iter().find(|c| !online.contains(c)) {
-                    return Err(format!("cpu_pool names CPU {c}, which is not online"));
-                }
-                cpus
+                pool_cores(topology, &cpus)?
             }
         };
         if cfg.memory_mib < 64 {
             return Err(format!("memory_mib {} is below 64", cfg.memory_mib));
         }
-        Ok(Pool {
-            cpus,
-            memory_mib: cfg.memory_mib,
-        })
+        Ok(Self::from_cores(cores, cfg.memory_mib))
     }
+}
+
+/// `cpu_count: n`: the first whole cores of the enclave cores that add up to `n` CPUs.
+fn count_cores(topology: &Topology, n: u32) -> Result<Vec<Vec<u32>>, String> {
+    let candidates = topology.enclave_cores();
+    let usable: usize = candidates.iter().map(Vec::len).sum();
+    if n == 0 || n as usize > usable {
+        return Err(format!(
+            "cpu_count {n} does not fit the host's {usable} usable CPUs{}",
+            if topology.reserves_cpu0_core() {
+                " (CPU 0's core stays with the host)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(t) = topology.threads_per_core() {
+        if n % t != 0 {
+            return Err(format!(
+                "cpu_count {n} is not a multiple of the host's {t} threads per core: enclaves \
+                 take whole cores"
+            ));
+        }
+    }
+    take_whole_cores(candidates.iter(), n as usize).ok_or_else(|| {
+        format!("cpu_count {n} cannot be made of whole cores of this host's enclave cores")
+    })
+}
+
+/// `cpu_pool`: checks that `cpus` are online, whole cores, and (where reserved) not CPU 0's
+/// core; returns them grouped into cores.
+fn pool_cores(topology: &Topology, cpus: &[u32]) -> Result<Vec<Vec<u32>>, String> {
+    let offline: Vec<u32> = cpus
+        .iter()
+        .copied()
+        .filter(|c| topology.core_of(*c).is_none())
+        .collect();
+    if !offline.is_empty() {
+        return Err(format!(
+            "cpu_pool names CPU(s) {}, which are not online",
+            format_cpu_list(&offline)
+        ));
+    }
+    let wanted: BTreeSet<u32> = cpus.iter().copied().collect();
+    let mut cores: Vec<Vec<u32>> = Vec::new();
+    for core in topology.cores() {
+        let held: Vec<u32> = core
+            .iter()
+            .copied()
+            .filter(|c| wanted.contains(c))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        if held.len() != core.len() {
+            let missing: Vec<u32> = core
+                .iter()
+                .copied()
+                .filter(|c| !wanted.contains(c))
+                .collect();
+            return Err(format!(
+                "cpu_pool holds CPU(s) {} but not their sibling(s) {} of the same core: enclaves \
+                 take whole cores, so list all of {} or none",
+                format_cpu_list(&held),
+                format_cpu_list(&missing),
+                format_cpu_list(core)
+            ));
+        }
+        if core.contains(&0) && topology.reserves_cpu0_core() {
+            return Err(format!(
+                "cpu_pool holds CPU(s) {} of CPU 0's core, which stays with the host",
+                format_cpu_list(&held)
+            ));
+        }
+        cores.push(core.clone());
+    }
+    Ok(cores)
+}
+
+/// Picks whole cores, in order, that add up to exactly `n` CPUs (`None` if they cannot).
+fn take_whole_cores<'a>(
+    cores: impl Iterator<Item = &'a Vec<u32>>,
+    n: usize,
+) -> Option<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    let mut left = n;
+    for core in cores {
+        if left == 0 {
+            break;
+        }
+        if core.len() <= left {
+            left -= core.len();
+            out.push(core.clone());
+        }
+    }
+    (left == 0).then_some(out)
 }
 
 /// Parses a Linux CPU list (`"0-3,6,8-9"`) into sorted unique ids.
@@ -396,6 +650,12 @@ impl Allocator {
     }
 }
 
+/// Threads per core when every core of `cores` has the same number.
+fn uniform_threads(cores: &[Vec<u32>]) -> Option<usize> {
+    let first = cores.first()?.len();
+    cores.iter().all(|c| c.len() == first).then_some(first)
+}
+
 /// Decides what `req` gets given the existing allocations (pure; no I/O).
 fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocation, AllocError> {
     validate_cid(req.cid)?;
@@ -411,12 +671,6 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
         req.cid
     };
     let owner_of = |cpu: u32| existing.iter().find(|a| a.cpus.contains(&cpu));
-    let free: Vec<u32> = pool
-        .cpus
-        .iter()
-        .copied()
-        .filter(|c| owner_of(*c).is_none())
-        .collect();
     let cpus = match &req.cpus {
         CpuRequest::Count(0) => {
             return Err(AllocError::BadRequest(
@@ -424,14 +678,30 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
             ))
         }
         CpuRequest::Count(n) => {
-            if (*n as usize) > free.len() {
-                return Err(AllocError::CpusExhausted {
-                    requested: *n as usize,
-                    free: free.len(),
-                    pool: pool.cpus.len(),
-                });
+            let n = *n as usize;
+            if let Some(t) = uniform_threads(&pool.cores) {
+                if n % t != 0 {
+                    return Err(AllocError::BadRequest(format!(
+                        "CPU count {n} is not a multiple of the host's {t} threads per core:                          enclaves take whole cores"
+                    )));
+                }
             }
-            free[..*n as usize].to_vec()
+            // A core is free only if none of its threads is held.
+            let free_cores: Vec<&Vec<u32>> = pool
+                .cores
+                .iter()
+                .filter(|core| core.iter().all(|c| owner_of(*c).is_none()))
+                .collect();
+            let free: usize = free_cores.iter().map(|c| c.len()).sum();
+            let picked =
+                take_whole_cores(free_cores.into_iter(), n).ok_or(AllocError::CpusExhausted {
+                    requested: n,
+                    free,
+                    pool: pool.cpus.len(),
+                })?;
+            let mut cpus: Vec<u32> = picked.into_iter().flatten().collect();
+            cpus.sort_unstable();
+            cpus
         }
         CpuRequest::Ids(ids) => {
             if ids.is_empty() {
@@ -445,6 +715,23 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
                 if !pool.cpus.contains(c) {
                     return Err(AllocError::CpuNotInPool(*c, pool.cpus.clone()));
                 }
+            }
+            for core in &pool.cores {
+                let held: Vec<u32> = core
+                    .iter()
+                    .copied()
+                    .filter(|c| unique.contains(c))
+                    .collect();
+                if !held.is_empty() && held.len() != core.len() {
+                    return Err(AllocError::BadRequest(format!(
+                        "CPU ids {} are part of the core {}: enclaves take whole cores, so the \
+                         CPU ids must list every thread of each core",
+                        format_cpu_list(&held),
+                        format_cpu_list(core)
+                    )));
+                }
+            }
+            for c in &unique {
                 if let Some(a) = owner_of(*c) {
                     return Err(AllocError::CpuBusy(*c, a.enclave_id.clone()));
                 }
@@ -507,10 +794,7 @@ mod tests {
 
     #[test]
     fn plan_is_exclusive_and_bounded() {
-        let pool = Pool {
-            cpus: vec![0, 1, 2],
-            memory_mib: 1024,
-        };
+        let pool = Pool::single_threaded(&[0, 1, 2], 1024);
         let a = plan(&pool, &[], &req("a", 0, CpuRequest::Count(2), 512)).unwrap();
         assert_eq!((a.cid, a.cpus.clone()), (4, vec![0, 1]));
         let existing = vec![a];
@@ -545,10 +829,7 @@ mod tests {
     #[test]
     fn state_is_shared_and_dead_owners_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool {
-            cpus: vec![0, 1],
-            memory_mib: 256,
-        };
+        let pool = Pool::single_threaded(&[0, 1], 256);
         let alloc = Allocator::new(dir.path(), pool.clone());
         let all_alive = |_: &str| true;
         alloc
@@ -581,25 +862,229 @@ mod tests {
 
     #[test]
     fn config_parses_aws_format() {
-        let p = Pool::parse("memory_mib: 512\ncpu_pool: \"0\"\n").unwrap();
+        let host = Topology::single_threaded(&[0, 1]);
+        let parse = |text: &str| Pool::parse_with(text, &host);
         assert_eq!(
-            p,
-            Pool {
-                cpus: vec![0],
-                memory_mib: 512
-            }
+            parse("memory_mib: 512\ncpu_pool: \"0\"\n").unwrap(),
+            Pool::single_threaded(&[0], 512)
         );
-        assert!(Pool::parse("memory_mib: 512\n").is_err());
-        assert!(Pool::parse("memory_mib: 512\ncpu_count: 1\ncpu_pool: \"0\"\n").is_err());
-        assert!(Pool::parse("memory_mib: 512\ncpu_count: 1\nbogus: 1\n").is_err());
-        assert!(Pool::parse("memory_mib: 16\ncpu_count: 1\n").is_err());
-        assert!(Pool::parse("memory_mib: 512\ncpu_pool: \"4000\"\n").is_err());
+        assert!(parse("memory_mib: 512\n").is_err());
+        assert!(parse("memory_mib: 512\ncpu_count: 1\ncpu_pool: \"0\"\n").is_err());
+        assert!(parse("memory_mib: 512\ncpu_count: 1\nbogus: 1\n").is_err());
+        assert!(parse("memory_mib: 16\ncpu_count: 1\n").is_err());
+        assert!(parse("memory_mib: 512\ncpu_pool: \"4000\"\n")
+            .unwrap_err()
+            .contains("4000"));
         assert_eq!(
-            Pool::parse("memory_mib: 512\ncpu_count: 1\n")
+            parse("memory_mib: 512\ncpu_count: 1\n").unwrap().cpus,
+            vec![0]
+        );
+        // The running host's topology reads and its default pool is made of whole cores.
+        let real = Topology::host();
+        assert!(!real.online().is_empty());
+        let default = Pool::default_with(&real, 4096);
+        for core in &default.cores {
+            assert_eq!(real.core_of(core[0]), Some(core.as_slice()));
+        }
+    }
+
+    /// Writes a fake sysfs: `online` and each CPU's `thread_siblings_list` (`None`: no file).
+    fn fake_sysfs(online: &str, siblings: &[(u32, Option<&str>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("devices/system/cpu");
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(cpu.join("online"), format!("{online}\n")).unwrap();
+        for (n, list) in siblings {
+            let topo = cpu.join(format!("cpu{n}/topology"));
+            std::fs::create_dir_all(&topo).unwrap();
+            if let Some(list) = list {
+                std::fs::write(topo.join("thread_siblings_list"), format!("{list}\n")).unwrap();
+            }
+        }
+        dir
+    }
+
+    /// An 8-CPU host with 2 threads per core, siblings `n` and `n + 4` (as Intel numbers them).
+    fn smt_host() -> (tempfile::TempDir, Topology) {
+        let sibs: Vec<(u32, String)> = (0..8)
+            .map(|n| (n, format!("{},{}", n % 4, n % 4 + 4)))
+            .collect();
+        let refs: Vec<(u32, Option<&str>)> =
+            sibs.iter().map(|(n, s)| (*n, Some(s.as_str()))).collect();
+        let dir = fake_sysfs("0-7", &refs);
+        let topo = Topology::read(dir.path());
+        (dir, topo)
+    }
+
+    #[test]
+    fn topology_groups_smt_siblings() {
+        let (_dir, topo) = smt_host();
+        assert_eq!(
+            topo.cores(),
+            &[vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]
+        );
+        assert_eq!(topo.threads_per_core(), Some(2));
+        assert!(topo.reserves_cpu0_core());
+        assert_eq!(topo.core_of(6), Some(&[2, 6][..]));
+        // The default pool: every core but CPU 0's.
+        let pool = Pool::default_with(&topo, 2048);
+        assert_eq!(pool.cpus, vec![1, 2, 3, 5, 6, 7]);
+        assert_eq!(pool.cores, vec![vec![1, 5], vec![2, 6], vec![3, 7]]);
+        assert_eq!(pool.memory_mib, 1024);
+
+        // Missing siblings files and offline siblings: such a CPU is a core of its own.
+        let dir = fake_sysfs("0-2", &[(0, Some("0,3")), (1, None), (2, Some("2"))]);
+        let topo = Topology::read(dir.path());
+        assert_eq!(topo.cores(), &[vec![0], vec![1], vec![2]]);
+        assert!(topo.reserves_cpu0_core());
+        // A siblings list that is garbage counts as no list.
+        let dir = fake_sysfs("0-1", &[(0, Some("zz")), (1, Some("0-1"))]);
+        assert_eq!(Topology::read(dir.path()).cores(), &[vec![0], vec![1]]);
+        assert!(Topology::from_cores(vec![vec![0, 1], vec![1]]).is_err());
+        assert!(Topology::from_cores(vec![vec![]]).is_err());
+    }
+
+    #[test]
+    fn cpu_pool_must_be_whole_cores_without_cpu0s() {
+        let (_dir, topo) = smt_host();
+        let parse = |pool: &str| {
+            Pool::parse_with(&format!("memory_mib: 512\ncpu_pool: \"{pool}\"\n"), &topo)
+        };
+        assert_eq!(
+            parse("1,5,2,6").unwrap().cores,
+            vec![vec![1, 5], vec![2, 6]]
+        );
+        assert_eq!(parse("1-3,5-7").unwrap().cpus, vec![1, 2, 3, 5, 6, 7]);
+        let half = parse("1,2").unwrap_err();
+        assert!(
+            half.contains("CPU(s) 1 but not their sibling(s) 5"),
+            "{half}"
+        );
+        assert!(half.contains("whole cores"), "{half}");
+        let cpu0 = parse("0,4").unwrap_err();
+        assert!(cpu0.contains("CPU(s) 0,4 of CPU 0's core"), "{cpu0}");
+        assert!(parse("0-7").unwrap_err().contains("CPU 0's core"));
+        assert!(parse("4,1,5").unwrap_err().contains("CPU(s) 4"));
+        assert!(parse("1,5,9")
+            .unwrap_err()
+            .contains("9, which are not online"));
+        // The file path maps to the config error.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allocator.yaml");
+        std::fs::write(&file, "memory_mib: 512\ncpu_pool: \"3\"\n").unwrap();
+        assert!(matches!(
+            Pool::from_file_with(&file, &topo),
+            Err(AllocError::ConfigInvalid(_, m)) if m.contains("sibling(s) 7")
+        ));
+    }
+
+    #[test]
+    fn cpu_count_config_takes_whole_cores() {
+        let (_dir, topo) = smt_host();
+        let parse = |n: u32| Pool::parse_with(&format!("memory_mib: 512\ncpu_count: {n}\n"), &topo);
+        assert_eq!(parse(4).unwrap().cores, vec![vec![1, 5], vec![2, 6]]);
+        assert!(parse(3)
+            .unwrap_err()
+            .contains("multiple of the host's 2 threads per core"));
+        assert!(parse(8)
+            .unwrap_err()
+            .contains("CPU 0's core stays with the host"));
+        assert!(parse(0).is_err());
+    }
+
+    #[test]
+    fn requests_take_whole_cores() {
+        let (_dir, topo) = smt_host();
+        let pool = Pool::default_with(&topo, 4096);
+        let a = plan(&pool, &[], &req("a", 0, CpuRequest::Count(2), 64)).unwrap();
+        assert_eq!(a.cpus, vec![1, 5]);
+        for odd in [1, 3] {
+            let e = plan(&pool, &[], &req("b", 0, CpuRequest::Count(odd), 64)).unwrap_err();
+            assert!(
+                matches!(&e, AllocError::BadRequest(m) if m.contains("multiple of the host's 2 threads per core")),
+                "{e}"
+            );
+        }
+        let existing = vec![a];
+        let b = plan(&pool, &existing, &req("b", 0, CpuRequest::Count(4), 64)).unwrap();
+        assert_eq!(b.cpus, vec![2, 3, 6, 7]);
+        assert!(matches!(
+            plan(&pool, &existing, &req("b", 0, CpuRequest::Count(6), 64)),
+            Err(AllocError::CpusExhausted {
+                requested: 6,
+                free: 4,
+                pool: 6
+            })
+        ));
+        // --cpu-ids: whole cores only, in the pool, free.
+        let c = plan(
+            &pool,
+            &existing,
+            &req("c", 0, CpuRequest::Ids(vec![6, 2]), 64),
+        )
+        .unwrap();
+        assert_eq!(c.cpus, vec![2, 6]);
+        let half = plan(&pool, &existing, &req("c", 0, CpuRequest::Ids(vec![2]), 64)).unwrap_err();
+        assert!(
+            matches!(&half, AllocError::BadRequest(m) if m.contains("CPU ids 2 are part of the core 2,6")),
+            "{half}"
+        );
+        assert!(matches!(
+            plan(
+                &pool,
+                &existing,
+                &req("c", 0, CpuRequest::Ids(vec![1, 5]), 64)
+            ),
+            Err(AllocError::CpuBusy(1, _))
+        ));
+        assert!(matches!(
+            plan(
+                &pool,
+                &existing,
+                &req("c", 0, CpuRequest::Ids(vec![0, 4]), 64)
+            ),
+            Err(AllocError::CpuNotInPool(0, _))
+        ));
+        // A core of which any thread is held (a state written before the whole-core rule) is
+        // not free.
+        let stale = vec![Allocation {
+            enclave_id: "old".into(),
+            cid: 4,
+            cpus: vec![5],
+            memory_mib: 64,
+        }];
+        let d = plan(&pool, &stale, &req("d", 0, CpuRequest::Count(2), 64)).unwrap();
+        assert_eq!(d.cpus, vec![2, 6]);
+    }
+
+    #[test]
+    fn small_hosts_keep_cpu0s_core_in_the_pool() {
+        // Two CPUs without SMT: no other way to run an enclave.
+        let two = Topology::single_threaded(&[0, 1]);
+        assert!(!two.reserves_cpu0_core());
+        assert_eq!(Pool::default_with(&two, 1024).cpus, vec![0, 1]);
+        // One core with two threads: the only core, taken whole.
+        let dir = fake_sysfs("0-1", &[(0, Some("0-1")), (1, Some("0-1"))]);
+        let one_core = Topology::read(dir.path());
+        assert_eq!(one_core.cores(), &[vec![0, 1]]);
+        let pool = Pool::default_with(&one_core, 1024);
+        assert!(matches!(
+            plan(&pool, &[], &req("a", 0, CpuRequest::Count(1), 64)),
+            Err(AllocError::BadRequest(_))
+        ));
+        assert_eq!(
+            plan(&pool, &[], &req("a", 0, CpuRequest::Count(2), 64))
                 .unwrap()
-                .cpus
-                .len(),
-            1
+                .cpus,
+            vec![0, 1]
+        );
+        // Three CPUs without SMT: CPU 0 stays with the host.
+        let three = Topology::single_threaded(&[0, 1, 2]);
+        assert_eq!(Pool::default_with(&three, 1024).cpus, vec![1, 2]);
+        assert!(
+            Pool::parse_with("memory_mib: 512\ncpu_pool: \"0-2\"\n", &three)
+                .unwrap_err()
+                .contains("CPU 0's core")
         );
     }
 }

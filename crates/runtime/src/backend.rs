@@ -1,8 +1,10 @@
 //! Isolation backends: the [`Backend`] trait and the choice between them.
 //!
-//! A backend turns a prepared [`LaunchSpec`] into a running enclave whose init talks to the
-//! broker's enclave socket. `process` ([`crate::sandbox::ProcessBackend`]) is implemented; `vm`
-//! (a QEMU microVM) is reserved: asking for it fails with [`BackendError::Unsupported`].
+//! A [`Backend`] turns a prepared [`LaunchSpec`] into a cloned enclave whose init talks to the
+//! broker's enclave socket: that is `process` ([`crate::sandbox::ProcessBackend`]). `vm` (a QEMU
+//! microVM, [`crate::vmbackend`]) needs no clone and no broker (its vsock device joins the
+//! fabric itself), so the monitor starts it through [`crate::vmbackend::start`]; both hand back
+//! a [`Running`] enclave that the monitor supervises and tears down the same way.
 
 use crate::sys::{ExitStatus, SysError};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use std::path::PathBuf;
 pub enum Isolation {
     /// Namespaces, cgroups, seccomp (this host's kernel).
     Process,
-    /// A microVM (not implemented yet).
+    /// A QEMU microVM.
     Vm,
 }
 
@@ -56,6 +58,15 @@ pub enum BackendError {
     /// Cgroup setup failed.
     #[error("cannot set up the enclave's cgroup")]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The image cannot run under this backend (e.g. no bootable kernel for a VM).
+    #[error("{0}")]
+    Image(String),
+    /// VM isolation is unavailable on this host (QEMU missing).
+    #[error("VM isolation is unavailable on this host: {0}")]
+    VmUnavailable(String),
+    /// The VM could not be started.
+    #[error("cannot start the VM")]
+    Vm(#[from] cloister_vm::VmError),
 }
 
 /// Everything a backend needs to start one enclave.
@@ -104,6 +115,20 @@ pub trait Running: Send {
     fn oom_kills(&self) -> u64;
     /// Host directories to remove if the monitor dies without cleaning up.
     fn leftovers(&self) -> Vec<PathBuf>;
+    /// How it ended, in words, when the backend knows more than the exit status (a VM: a
+    /// guest kernel panic, a power-off).
+    fn exit_detail(&self) -> Option<String> {
+        None
+    }
+    /// The console's last bytes when the backend keeps them itself (a VM); `None` when the
+    /// console is the monitor's console file.
+    fn console_tail(&self) -> Option<String> {
+        None
+    }
+    /// The accelerator, for a VM (`kvm` or `tcg`).
+    fn accelerator(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// An isolation backend.
@@ -119,10 +144,13 @@ pub trait Backend {
     ) -> Result<Box<dyn Pending>, BackendError>;
 }
 
-/// The backend for `isolation`.
+/// The clone-style backend for `isolation`: `process`. `vm` has none (see the module docs):
+/// asking for it is [`BackendError::Unsupported`].
 pub fn backend_for(isolation: Isolation) -> Result<Box<dyn Backend>, BackendError> {
     match isolation {
         Isolation::Process => Ok(Box::new(crate::sandbox::ProcessBackend)),
-        Isolation::Vm => Err(BackendError::Unsupported("vm")),
+        Isolation::Vm => Err(BackendError::Unsupported(
+            "vm (started by vmbackend::start)",
+        )),
     }
 }

@@ -233,6 +233,26 @@ impl EnclaveCgroup {
         self.dirs[0].file_name().unwrap_or_default()
     }
 
+    /// True when a process can move itself in with [`EnclaveCgroup::join_self`] (v1).
+    pub fn can_join_self(&self) -> bool {
+        matches!(self.layout, Layout::V1 { .. })
+    }
+
+    /// Moves the calling thread (all of a single-threaded process) into the cgroup by writing
+    /// `0` to each v1 hierarchy's `tasks`. A thread moving itself skips the kernel's global
+    /// thread-group lock, whose write side waits for an RCU grace period (about 10 ms) on every
+    /// move through `cgroup.procs`. Fails on v2, where a thread cannot leave its domain that
+    /// way; use [`EnclaveCgroup::add`] there.
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        if !self.can_join_self() {
+            return Err(CgroupError::NoController("v1 tasks"));
+        }
+        for dir in &self.dirs {
+            write(&dir.join("tasks"), "0")?;
+        }
+        Ok(())
+    }
+
     /// Moves process `pid` (and its future children) into the cgroup.
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         for dir in &self.dirs {

@@ -8,14 +8,29 @@
 //! used for a modified image. Entries are small, read with a size cap, written atomically
 //! (temp file and rename) and at most [`MAX_ENTRIES`] are kept. Anything wrong with an entry (unreadable,
 //! malformed) just means measuring again.
+//!
+//! The same key names the image's *unpacked root* ([`unpacked_root`]): its ramdisks unpacked
+//! once, in order, into `<run>/image-roots/<dev>-<ino>-<size>-<mtime>-<ctime>/tree`, every file
+//! owned by root. The process backend mounts that tree read-only, idmapped to the enclave's
+//! host uid, as the lower layer of an overlay whose upper layer lives on the enclave's own
+//! tmpfs, instead of copying the ramdisks into a tmpfs on every boot. The directory is
+//! root-only (mode 0700), an entry appears only complete (unpacked in a temporary directory,
+//! then renamed into place; of concurrent first boots the first rename wins and the others use
+//! its tree), a changed file gets a new name (its ctime moved), and an entry is removed only
+//! under an exclusive lock on its `lock` file, while every enclave using it holds a shared one:
+//! older versions of the same file, and the least recently created entries beyond
+//! [`MAX_ROOTS`], go when nothing runs from them.
 
+use crate::rootfs::{RootfsError, Unpacker};
 use crate::state::RunDir;
+use crate::sys::{self, SysError};
 use cloister_eif::{EifError, EifReader, Measurements, Metadata, Pcr};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Largest cache entry read.
 const MAX_ENTRY_BYTES: u64 = 4096;
@@ -197,6 +212,283 @@ pub fn measure(run: &RunDir, path: &Path) -> Result<MeasuredImage, EifError> {
     })
 }
 
+/// Directory of unpacked image roots, under the run directory.
+pub const ROOTS_DIR: &str = "image-roots";
+/// Most unpacked roots kept (unused ones beyond this are removed, oldest first).
+pub const MAX_ROOTS: usize = 16;
+/// The lock file of a root entry (shared while an enclave runs from it).
+const ROOT_LOCK: &str = "lock";
+/// The unpacked tree of a root entry.
+const ROOT_TREE: &str = "tree";
+/// Times a root is looked up again when a concurrent pruner removed it under us.
+const ROOT_ATTEMPTS: usize = 4;
+/// Age after which a temporary directory without a lock is considered abandoned.
+const STALE_TEMP: Duration = Duration::from_secs(600);
+/// Age before which a temporary directory is never touched (its creator may not have locked it
+/// yet).
+const TEMP_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors of the unpacked-root cache.
+#[derive(Debug, thiserror::Error)]
+pub enum RootCacheError {
+    /// The image file cannot be opened or examined.
+    #[error("cannot read the image {0}")]
+    Image(PathBuf, #[source] std::io::Error),
+    /// The image is not a valid EIF.
+    #[error("cannot read the image's ramdisks")]
+    Eif(#[source] EifError),
+    /// A ramdisk cannot be unpacked.
+    #[error("cannot unpack the image")]
+    Unpack(#[source] RootfsError),
+    /// A cache directory or file cannot be created or examined.
+    #[error("cannot prepare {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The cache directory is not a root-only directory owned by this user.
+    #[error("{0} is not a private directory owned by this user; refusing to use it")]
+    NotPrivate(PathBuf),
+    /// Locking an entry failed.
+    #[error("cannot lock {0}")]
+    Lock(PathBuf, #[source] SysError),
+    /// The file changed while it was being unpacked (nothing was cached).
+    #[error("the image {0} changed while it was being unpacked")]
+    Changed(PathBuf),
+    /// Concurrent pruning kept removing the entry.
+    #[error("the unpacked root of {0} kept being removed concurrently")]
+    Contended(PathBuf),
+}
+
+/// An unpacked image root in use: the shared lock keeps it from being removed until this is
+/// dropped.
+#[derive(Debug)]
+pub struct CachedRoot {
+    tree: PathBuf,
+    _lock: File,
+    created: bool,
+}
+
+impl CachedRoot {
+    /// The unpacked tree (owned by root, to be mounted read-only).
+    pub fn tree(&self) -> &Path {
+        &self.tree
+    }
+
+    /// True when this call unpacked it (a cache miss).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+}
+
+fn root_name(key: &FileKey) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns
+    )
+}
+
+/// Creates `dir` (mode 0700) if needed and checks that it is a real directory owned by the
+/// effective user and closed to everyone else.
+fn ensure_private_dir(dir: &Path) -> Result<(), RootCacheError> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| RootCacheError::Io(parent.into(), e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(RootCacheError::Io(dir.into(), e)),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| RootCacheError::Io(dir.into(), e))?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o077 != 0 {
+        return Err(RootCacheError::NotPrivate(dir.into()));
+    }
+    Ok(())
+}
+
+/// Returns the unpacked root of the image at `eif_path`, unpacking it first when this version
+/// of the file has none yet. The result holds a shared lock on the entry.
+pub fn unpacked_root(run: &RunDir, eif_path: &Path) -> Result<CachedRoot, RootCacheError> {
+    let roots = run.root().join(ROOTS_DIR);
+    ensure_private_dir(&roots)?;
+    let file = File::open(eif_path).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
+    let key = FileKey::of(&file).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
+    let name = root_name(&key);
+    let mut created = false;
+    for _ in 0..ROOT_ATTEMPTS {
+        if let Some(mut root) = take(&roots, &name)? {
+            root.created = created;
+            return Ok(root);
+        }
+        created = build(&roots, &name, &file, &key, eif_path)?;
+        if created {
+            prune_roots(&roots, &name, &key);
+        }
+    }
+    Err(RootCacheError::Contended(eif_path.into()))
+}
+
+/// Takes a shared lock on entry `name`; `None` when there is no (complete) entry.
+fn take(roots: &Path, name: &str) -> Result<Option<CachedRoot>, RootCacheError> {
+    let entry = roots.join(name);
+    let lock_path = entry.join(ROOT_LOCK);
+    let lock = match File::open(&lock_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RootCacheError::Io(lock_path, e)),
+    };
+    sys::lock_shared(&lock).map_err(|e| RootCacheError::Lock(lock_path.clone(), e))?;
+    // A pruner may have removed the entry between our open and our lock: the lock file at the
+    // path must still be the one we hold.
+    let held = lock
+        .metadata()
+        .map_err(|e| RootCacheError::Io(lock_path.clone(), e))?;
+    match std::fs::symlink_metadata(&lock_path) {
+        Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(Some(CachedRoot {
+            tree: entry.join(ROOT_TREE),
+            _lock: lock,
+            created: false,
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RootCacheError::Io(lock_path, e)),
+    }
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Unpacks `file` into a temporary directory and renames it to `name`. Returns `true` when
+/// this call published the entry, `false` when a concurrent call did first.
+fn build(
+    roots: &Path,
+    name: &str,
+    file: &File,
+    key: &FileKey,
+    eif_path: &Path,
+) -> Result<bool, RootCacheError> {
+    let tmp = roots.join(format!(".tmp-{}", unique_suffix()));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| RootCacheError::Io(p, e)
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(io(&tmp))?;
+    let result = (|| {
+        // Held exclusively while unpacking, so a pruner never removes a live temporary.
+        let lock_path = tmp.join(ROOT_LOCK);
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        let _ = sys::try_lock_exclusive(&lock);
+        let tree = tmp.join(ROOT_TREE);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&tree)
+            .map_err(io(&tree))?;
+        std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(&tree))?;
+        let dir = sys::open_dir(&tree)
+            .map_err(|e| RootCacheError::Io(tree.clone(), std::io::Error::from(e.errno)))?;
+        let mut unpacker = Unpacker::new(dir, 0, 0);
+        let mut eif = EifReader::new(file).map_err(RootCacheError::Eif)?;
+        for (n, index) in eif.ramdisks().into_iter().enumerate() {
+            let reader = eif.section_reader(index).map_err(RootCacheError::Eif)?;
+            unpacker.unpack(n, reader).map_err(RootCacheError::Unpack)?;
+        }
+        let now = FileKey::of(file).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
+        if now != *key {
+            return Err(RootCacheError::Changed(eif_path.into()));
+        }
+        match std::fs::rename(&tmp, roots.join(name)) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(RootCacheError::Io(roots.join(name), e)),
+        }
+    })();
+    if !matches!(result, Ok(true)) {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Removes, when no enclave holds them: other versions of the same file, entries beyond
+/// [`MAX_ROOTS`] (oldest first), abandoned temporaries and leftovers of interrupted removals.
+fn prune_roots(roots: &Path, keep: &str, key: &FileKey) {
+    let Ok(rd) = std::fs::read_dir(roots) else {
+        return;
+    };
+    let same_file = format!("{}-{}-", key.dev, key.ino);
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    let mut doomed: Vec<PathBuf> = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let Ok(meta) = e.metadata() else { continue };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        if name.starts_with(".trash-") {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if name.starts_with(".tmp-") {
+            if age > STALE_TEMP || (age > TEMP_GRACE && path.join(ROOT_LOCK).exists()) {
+                doomed.push(path);
+            }
+        } else if name == keep {
+        } else if name.starts_with(&same_file) {
+            doomed.push(path);
+        } else {
+            others.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), path));
+        }
+    }
+    for path in doomed {
+        remove_unused(roots, &path);
+    }
+    // Oldest first; entries in use are skipped (and counted against the limit).
+    others.sort();
+    let mut excess = (others.len() + 1).saturating_sub(MAX_ROOTS);
+    for (_, path) in others {
+        if excess == 0 {
+            break;
+        }
+        if remove_unused(roots, &path) {
+            excess -= 1;
+        }
+    }
+}
+
+/// Removes entry `path` if nobody holds its lock (renamed aside first, so nobody new takes it).
+/// Returns `true` when it was removed.
+fn remove_unused(roots: &Path, path: &Path) -> bool {
+    let lock = match File::open(path.join(ROOT_LOCK)) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => return false,
+    };
+    if let Some(l) = &lock {
+        if !matches!(sys::try_lock_exclusive(l), Ok(true)) {
+            return false;
+        }
+    }
+    let trash = roots.join(format!(".trash-{}", unique_suffix()));
+    let removed = std::fs::rename(path, &trash).is_ok();
+    if removed {
+        let _ = std::fs::remove_dir_all(&trash);
+    }
+    drop(lock);
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +561,185 @@ mod tests {
         let third = measure(&run, &eif).unwrap();
         assert!(!third.cached);
         assert_eq!(third.measurements, m.measurements);
+    }
+
+    /// An image whose second ramdisk holds `rootfs/a` with `content`.
+    fn rooted_image(path: &Path, content: &[u8]) {
+        let mut boot = cloister_cpio::CpioWriter::new(Vec::new());
+        boot.file("init", 0o755, 0, 0, 4, &b"init"[..]).unwrap();
+        let mut user = cloister_cpio::CpioWriter::new(Vec::new());
+        user.dir("rootfs", 0o755, 0, 0).unwrap();
+        user.file("rootfs/a", 0o644, 0, 0, content.len() as u64, content)
+            .unwrap();
+        cloister_eif::EifBuilder::new()
+            .kernel_bytes(b"kernel".to_vec())
+            .cmdline("x")
+            .ramdisk_bytes(boot.finish().unwrap())
+            .ramdisk_bytes(user.finish().unwrap())
+            .write_to_path(path)
+            .unwrap();
+    }
+
+    fn entries(run: &RunDir) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(run.root().join(ROOTS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unpacked_root_is_reused_and_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let eif = dir.path().join("a.eif");
+        rooted_image(&eif, b"one");
+
+        let first = unpacked_root(&run, &eif).unwrap();
+        assert!(first.created());
+        assert_eq!(
+            std::fs::read(first.tree().join("rootfs/a")).unwrap(),
+            b"one"
+        );
+        assert_eq!(std::fs::read(first.tree().join("init")).unwrap(), b"init");
+        let meta = std::fs::metadata(first.tree().join("rootfs/a")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        let roots = std::fs::metadata(run.root().join(ROOTS_DIR)).unwrap();
+        assert_eq!(roots.mode() & 0o777, 0o700, "the cache is root-only");
+        let again = unpacked_root(&run, &eif).unwrap();
+        assert!(!again.created());
+        assert_eq!(again.tree(), first.tree());
+
+        // Rewritten in place (same size, old mtime put back): a new entry, from the new bytes.
+        let mtime = std::fs::metadata(&eif).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let alt = dir.path().join("b.eif");
+        rooted_image(&alt, b"two");
+        let bytes = std::fs::read(&alt).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&eif).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let changed = unpacked_root(&run, &eif).unwrap();
+        assert!(changed.created());
+        assert_ne!(changed.tree(), first.tree());
+        assert_eq!(
+            std::fs::read(changed.tree().join("rootfs/a")).unwrap(),
+            b"two"
+        );
+        // The old version is still in use, so it stays ...
+        assert_eq!(
+            std::fs::read(first.tree().join("rootfs/a")).unwrap(),
+            b"one"
+        );
+        assert_eq!(entries(&run).len(), 2);
+        // ... until nothing uses it and the next new version is cached; the version still in
+        // use stays.
+        let first_tree = first.tree().to_path_buf();
+        drop((first, again));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(&eif).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes).unwrap();
+        drop(f);
+        let third = unpacked_root(&run, &eif).unwrap();
+        assert!(third.created());
+        assert!(!first_tree.exists());
+        assert_eq!(
+            std::fs::read(changed.tree().join("rootfs/a")).unwrap(),
+            b"two"
+        );
+        let key = FileKey::of(&File::open(&eif).unwrap()).unwrap();
+        let mut expected = vec![
+            root_name(&key),
+            changed
+                .tree()
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        expected.sort();
+        assert_eq!(entries(&run), expected);
+    }
+
+    #[test]
+    fn concurrent_first_boots_share_one_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let eif = dir.path().join("a.eif");
+        rooted_image(&eif, &vec![7u8; 1 << 20]);
+        let n = 6;
+        let barrier = std::sync::Barrier::new(n);
+        let roots: Vec<CachedRoot> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    sc.spawn(|| {
+                        barrier.wait();
+                        unpacked_root(&run, &eif).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(roots.iter().filter(|r| r.created()).count(), 1);
+        assert!(roots.iter().all(|r| r.tree() == roots[0].tree()));
+        assert_eq!(
+            std::fs::read(roots[0].tree().join("rootfs/a")).unwrap(),
+            vec![7u8; 1 << 20]
+        );
+        // The losers' temporary directories are gone.
+        assert_eq!(entries(&run).len(), 1, "{:?}", entries(&run));
+    }
+
+    #[test]
+    fn unused_and_abandoned_entries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held_eif = dir.path().join("held.eif");
+        rooted_image(&held_eif, b"held");
+        let held = unpacked_root(&run, &held_eif).unwrap();
+        // An abandoned temporary (its creator died: the lock is free).
+        let tmp = run.root().join(ROOTS_DIR).join(".tmp-1-1");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join(ROOT_LOCK), b"").unwrap();
+        let old = std::time::SystemTime::now() - TEMP_GRACE * 2;
+        File::open(&tmp).unwrap().set_modified(old).unwrap();
+        for i in 0..MAX_ROOTS + 2 {
+            let eif = dir.path().join(format!("{i}.eif"));
+            rooted_image(&eif, format!("image {i}").as_bytes());
+            drop(unpacked_root(&run, &eif).unwrap());
+        }
+        let names = entries(&run);
+        assert_eq!(names.len(), MAX_ROOTS, "{names:?}");
+        assert!(names.contains(&root_name(
+            &FileKey::of(&File::open(&held_eif).unwrap()).unwrap()
+        )));
+        assert!(!tmp.exists());
+        // The oldest entry survived because an enclave holds it.
+        assert_eq!(
+            std::fs::read(held.tree().join("rootfs/a")).unwrap(),
+            b"held"
+        );
+    }
+
+    #[test]
+    fn a_cache_directory_open_to_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let eif = dir.path().join("a.eif");
+        rooted_image(&eif, b"one");
+        std::fs::create_dir_all(run.root().join(ROOTS_DIR)).unwrap();
+        std::fs::set_permissions(
+            run.root().join(ROOTS_DIR),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(matches!(
+            unpacked_root(&run, &eif),
+            Err(RootCacheError::NotPrivate(_))
+        ));
     }
 }

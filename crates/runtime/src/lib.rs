@@ -3,7 +3,8 @@
 //! - [`lifecycle`]: run / describe / terminate / console, as the CLI calls them;
 //! - [`monitor`]: the per-enclave monitor process (heartbeat, supervision, teardown);
 //! - [`backend`]: the [`backend::Backend`] trait; [`sandbox`]: the `process` backend
-//!   (namespaces, tmpfs root, pivot_root, user namespace mapping);
+//!   (namespaces, tmpfs root, pivot_root, user namespace mapping); [`vmbackend`]: the `vm`
+//!   backend (a QEMU microVM, [`cloister_vm`]);
 //! - [`rootfs`]: safe unpacking of the image's ramdisks;
 //! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
 //! - [`state`]: the run directory; [`console`]: the bounded console log;
@@ -26,6 +27,7 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod state;
 pub mod sys;
+pub mod vmbackend;
 
 pub use backend::Isolation;
 pub use lifecycle::{LifecycleError, MonitorCommand, RunOptions, Selector};

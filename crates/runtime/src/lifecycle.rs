@@ -2,10 +2,17 @@
 //! `terminate-enclave` and `console` do, called by the CLI's thin handlers.
 //!
 //! [`run_enclave`] validates the request, creates the enclave's directory (taking its lock),
-//! writes `spec.json`, starts the monitor detached (`setsid`, a new session outliving the CLI)
-//! with the ready pipe on fd 3 and the lock on fd 4, and waits for the monitor's one-line
-//! answer. The monitor is the calling program re-executed with a hidden subcommand
-//! ([`crate::monitor::MONITOR_SUBCOMMAND`]); the caller says which program that is.
+//! writes `spec.json`, starts the monitor detached (a new session outliving the CLI) with the
+//! ready pipe on fd 3 and the lock on fd 4, and waits for the monitor's one-line answer.
+//!
+//! A single-threaded caller (the CLI) starts the monitor by forking without exec: a first
+//! child calls `setsid`, forks the monitor and exits at once, so the monitor is neither the
+//! caller's child (no zombie in a long-lived caller) nor a session leader; the monitor sets
+//! up its standard streams and descriptors exactly as an exec'd one would have them, closes
+//! every other descriptor and runs [`crate::monitor::monitor_main`] in place, which spares
+//! loading and relocating the program again. A multi-threaded caller (where a fork may only
+//! exec), or one with [`MONITOR_EXEC_ENV`] set, re-executes the program the caller names
+//! ([`MonitorCommand`]) with the hidden subcommand ([`crate::monitor::MONITOR_SUBCOMMAND`]).
 
 use crate::allocator::{self, CpuRequest};
 use crate::backend::Isolation;
@@ -18,6 +25,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Environment variable that, when set to anything, makes [`run_enclave`] start the monitor by
+/// exec'ing [`MonitorCommand`] even where a fork alone would do (for comparison and debugging).
+pub const MONITOR_EXEC_ENV: &str = "CLOISTER_MONITOR_EXEC";
 /// Environment variable overriding the boot timeout (milliseconds).
 pub const BOOT_TIMEOUT_ENV: &str = "CLOISTER_BOOT_TIMEOUT_MS";
 /// AWS's boot timeout unit: 90 s per started 6 GiB of image plus 90 s per started 100 GiB of
@@ -132,12 +142,6 @@ pub fn run_enclave(
     monitor: &MonitorCommand,
 ) -> Result<EnclaveRecord, LifecycleError> {
     crate::boottrace::mark("cli: run-enclave");
-    if opts.isolation == Isolation::Vm {
-        return Err(invalid(
-            FailureKind::Unsupported,
-            "isolation vm is not supported yet; use --isolation process",
-        ));
-    }
     allocator::validate_cid(opts.cid).map_err(|e| invalid(FailureKind::CidInvalid, e))?;
     let meta = std::fs::metadata(&opts.eif_path).map_err(|e| {
         invalid(
@@ -212,6 +216,9 @@ fn spawn_and_wait(
     let (ready_r, ready_w) = sys::pipe().map_err(|e| LifecycleError::Spawn(e.errno.into()))?;
     let log = std::fs::File::create(run.enclave_dir(id).join("monitor.log"))
         .map_err(LifecycleError::Spawn)?;
+    if std::env::var_os(MONITOR_EXEC_ENV).is_none() && sys::thread_count() == Some(1) {
+        return fork_and_wait(run, id, spec, lock, log, ready_r, ready_w);
+    }
     let ready_raw = ready_w.as_raw_fd();
     let lock_raw = lock.as_raw_fd();
     let mut cmd = std::process::Command::new(&monitor.program);
@@ -263,6 +270,115 @@ fn spawn_and_wait(
             Err(LifecycleError::MonitorVanished(status))
         }
     }
+}
+
+/// Starts the monitor by a double fork without exec (see the module docs) and waits for its
+/// answer. The caller must be single-threaded.
+fn fork_and_wait(
+    run: &RunDir,
+    id: &str,
+    spec: &MonitorSpec,
+    lock: std::fs::File,
+    log: std::fs::File,
+    ready_r: OwnedFd,
+    ready_w: OwnedFd,
+) -> Result<EnclaveRecord, LifecycleError> {
+    let spawn_err = |e: sys::SysError| LifecycleError::Spawn(e.errno.into());
+    let null = std::fs::File::open("/dev/null").map_err(LifecycleError::Spawn)?;
+    let (pid_r, pid_w) = sys::pipe().map_err(spawn_err)?;
+    crate::boottrace::mark("cli: forking the monitor");
+    // SAFETY: the caller checked that this process is single-threaded, so the children may
+    // run ordinary code; neither ever returns into the caller (both end in `exit_now`).
+    let first = match unsafe { sys::clone_process(0) }.map_err(spawn_err)? {
+        sys::Forked::Parent(pid) => pid,
+        sys::Forked::Child => {
+            drop(ready_r);
+            drop(pid_r);
+            if sys::setsid().is_err() {
+                sys::exit_now(1);
+            }
+            // SAFETY: as above; this intermediate child is single-threaded too.
+            match unsafe { sys::clone_process(0) } {
+                Ok(sys::Forked::Parent(monitor)) => {
+                    let mut f = std::fs::File::from(pid_w);
+                    let _ = std::io::Write::write_all(&mut f, &monitor.to_le_bytes());
+                    sys::exit_now(0)
+                }
+                Ok(sys::Forked::Child) => {
+                    drop(pid_w);
+                    let code = match become_monitor(run, &null, &log, &ready_w, &lock) {
+                        Ok(()) => crate::monitor::monitor_main(id),
+                        Err(_) => 1,
+                    };
+                    sys::exit_now(code)
+                }
+                Err(_) => sys::exit_now(1),
+            }
+        }
+    };
+    drop(pid_w);
+    drop(ready_w);
+    drop(lock);
+    drop(log);
+    let _ = sys::wait_child(first, false);
+    let mut pid_bytes = [0u8; 4];
+    let monitor_pid = std::io::Read::read_exact(&mut std::fs::File::from(pid_r), &mut pid_bytes)
+        .ok()
+        .map(|()| i32::from_le_bytes(pid_bytes));
+    crate::boottrace::mark("cli: monitor forked");
+    let wait = Duration::from_millis(spec.boot_timeout_ms) + MONITOR_GRACE;
+    let answer = read_answer(ready_r, wait);
+    crate::boottrace::mark("cli: monitor answered");
+    match answer {
+        Some(MonitorMessage::Ready(rec)) => Ok(*rec),
+        Some(MonitorMessage::Failed(f)) => Err(LifecycleError::Start(f)),
+        None => {
+            let Some(pid) = monitor_pid.filter(|p| *p > 0) else {
+                return Err(LifecycleError::MonitorVanished(
+                    "it could not be started".into(),
+                ));
+            };
+            // Not our child: it is reaped by init. Kill it only if it still holds the lock.
+            if run.is_alive(id) {
+                let _ = sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(LifecycleError::MonitorVanished(
+                    "it did not answer in time and was killed".into(),
+                ));
+            }
+            Err(LifecycleError::MonitorVanished(format!(
+                "monitor process {pid} ended"
+            )))
+        }
+    }
+}
+
+/// In the forked monitor: stdin and stdout on `/dev/null`, stderr on the log, the ready pipe on
+/// [`READY_FD`], the lock on [`LOCK_FD`], every other descriptor closed, the run directory in
+/// the environment: what an exec'd monitor starts with.
+fn become_monitor(
+    run: &RunDir,
+    null: &std::fs::File,
+    log: &std::fs::File,
+    ready: &OwnedFd,
+    lock: &std::fs::File,
+) -> Result<(), sys::SysError> {
+    use std::os::fd::AsFd;
+    // Move the ready pipe and the lock above the target numbers first: either may be 3 or 4.
+    let ready_tmp = sys::dup_above(ready.as_fd(), 10)?;
+    let lock_tmp = sys::dup_above(lock.as_fd(), 10)?;
+    sys::dup_onto(null.as_fd(), 0)?;
+    sys::dup_onto(null.as_fd(), 1)?;
+    sys::dup_onto(log.as_fd(), 2)?;
+    sys::dup_onto(ready_tmp.as_fd(), READY_FD)?;
+    sys::dup_onto(lock_tmp.as_fd(), LOCK_FD)?;
+    // Everything else the caller had open (its own copies of these included) is closed; the
+    // objects that owned them are never dropped, as this process never returns into the
+    // caller's code.
+    sys::close_from(LOCK_FD as u32 + 1)?;
+    std::mem::forget((ready_tmp, lock_tmp));
+    // Single-threaded (checked by the caller), so changing the environment is sound.
+    std::env::set_var(crate::state::RUN_DIR_ENV, run.root());
+    Ok(())
 }
 
 fn read_answer(ready: OwnedFd, wait: Duration) -> Option<MonitorMessage> {

@@ -8,16 +8,19 @@
 //!    memory and a CID ([`crate::allocator`]), and sets up the enclave's NSM ([`crate::nsm`]:
 //!    the host CA is loaded now, the leaf certificate is issued once the enclave has booted or
 //!    at its first NSM request, off the boot path);
-//! 2. creates the enclave with its backend while still single-threaded (the process backend
-//!    clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the vsock broker and the console
-//!    pump, and lets the enclave run;
-//! 3. waits for init's heartbeat (the broker reports it) up to the boot timeout, then writes
-//!    the record (RUNNING) and a [`MonitorMessage::Ready`] line on the ready pipe; on any failure
-//!    it writes [`MonitorMessage::Failed`] (with the console's last lines for a timeout), tears
-//!    everything down and exits;
+//! 2. `process`: creates the enclave with its backend while still single-threaded (the process
+//!    backend clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the vsock broker and the
+//!    console pump, and lets the enclave run. `vm`: blocks the signals and starts the microVM
+//!    ([`crate::vmbackend`]: kernel check, boot files, cgroup, QEMU); its vsock device joins the
+//!    fabric itself and reports the heartbeat, so there is no broker;
+//! 3. waits for init's heartbeat (the broker or the VM reports it) up to the boot timeout, then
+//!    writes the record (RUNNING) and a [`MonitorMessage::Ready`] line on the ready pipe; on any
+//!    failure it writes [`MonitorMessage::Failed`] (with the console's last lines for a timeout
+//!    or an early end; for a VM, a guest kernel panic is named), tears everything down and
+//!    exits;
 //! 4. supervises: SIGTERM (from `terminate-enclave`) or the enclave's end both lead to the same
-//!    teardown: kill the enclave's PID 1 (its PID namespace dies with it), stop the broker,
-//!    remove the cgroup, return the resources, remove the directory.
+//!    teardown: kill the enclave's PID 1 (its PID namespace dies with it) or QEMU, stop the
+//!    broker, remove the cgroup, return the resources, remove the directory.
 //!
 //! If the monitor itself is killed, the enclave's init gets SIGKILL (parent-death signal) and
 //! the next `describe-enclaves` prunes the directory (its lock is free).
@@ -160,8 +163,9 @@ fn alloc_kind(e: &AllocError) -> FailureKind {
 
 fn backend_kind(e: &BackendError) -> FailureKind {
     match e {
-        BackendError::Unsupported(_) => FailureKind::Unsupported,
-        BackendError::Setup(_) => FailureKind::Setup,
+        BackendError::Unsupported(_) | BackendError::VmUnavailable(_) => FailureKind::Unsupported,
+        BackendError::Setup(_) | BackendError::Vm(_) => FailureKind::Setup,
+        BackendError::Image(_) => FailureKind::Image,
         BackendError::Sys(_) | BackendError::Cgroup(_) => FailureKind::System,
     }
 }
@@ -266,8 +270,18 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     let spec = read_spec(run, id)?;
     let dir = run.enclave_dir(id);
     let _ = std::fs::write(dir.join("monitor.pid"), std::process::id().to_string());
-    let backend =
-        backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    // A clone-style backend for `process`; `vm` starts through `vmbackend` (QEMU checked now,
+    // before anything is allocated).
+    let backend = match spec.isolation {
+        Isolation::Process => Some(
+            backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?,
+        ),
+        Isolation::Vm => {
+            crate::vmbackend::check_host()
+                .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+            None
+        }
+    };
 
     // The image: measurements, metadata, size rule.
     let image = crate::imagecache::measure(run, &spec.eif_path)
@@ -279,6 +293,10 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     });
     let (measured, metadata) = (image.measurements, image.metadata);
     check_memory(spec.memory_mib, image.len)?;
+    if spec.isolation == Isolation::Vm {
+        crate::vmbackend::check_kernel(&spec.eif_path)
+            .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    }
 
     let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
     let allocator = Allocator::new(run.root(), pool);
@@ -306,7 +324,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         run,
         id,
         &spec,
-        backend.as_ref(),
+        backend.as_deref(),
         &alloc,
         measured,
         metadata,
@@ -322,7 +340,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
                 running,
                 broker: partial.broker.take(),
                 allocator,
-                console: Some(console_thread),
+                console: console_thread,
                 console_path: run.console_path(id),
                 nsm,
             })
@@ -352,24 +370,50 @@ pub fn check_memory(memory_mib: u64, eif_len: u64) -> Result<(), StartFailure> {
     Ok(())
 }
 
+/// What [`launch`] hands back: the record, the console pump (process enclaves) and the NSM.
+type Launched = (
+    EnclaveRecord,
+    Option<std::thread::JoinHandle<()>>,
+    std::sync::Arc<crate::nsm::EnclaveNsm>,
+);
+
+/// How the monitor learns of the heartbeat.
+enum Beat {
+    /// The process backend's broker reports it.
+    Broker,
+    /// The VM's vsock device sends on this channel.
+    Channel(std::sync::mpsc::Receiver<()>),
+}
+
+/// The last `max` bytes of `text` (at a character boundary).
+fn last_bytes(text: &str, max: u64) -> &str {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// The console's last bytes: the backend's own tail (a VM) or the console file.
+fn console_tail(running: &dyn Running, console_path: &std::path::Path) -> String {
+    match running.console_tail() {
+        Some(t) => last_bytes(&t, console::TAIL_BYTES).to_owned(),
+        None => console::tail(console_path, console::TAIL_BYTES),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(
     run: &RunDir,
     id: &str,
     spec: &MonitorSpec,
-    backend: &dyn crate::backend::Backend,
+    backend: Option<&dyn crate::backend::Backend>,
     alloc: &crate::allocator::Allocation,
     measured: cloister_eif::Measurements,
     metadata: Option<cloister_eif::Metadata>,
     partial: &mut Partial<'_>,
-) -> Result<
-    (
-        EnclaveRecord,
-        std::thread::JoinHandle<()>,
-        std::sync::Arc<crate::nsm::EnclaveNsm>,
-    ),
-    StartFailure,
-> {
+) -> Result<Launched, StartFailure> {
     let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
     let instance = crate::ids::instance_id();
     let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
@@ -387,10 +431,180 @@ fn launch(
     crate::boottrace::mark("monitor: NSM set up (leaf deferred)");
 
     let dir = run.enclave_dir(id);
+    let host_id = crate::sandbox::enclave_host_id(alloc.cid);
+    let cid = u32::try_from(alloc.cid)
+        .map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
+    let console_path = run.console_path(id);
+    let (pid, beat, console_thread) = match backend {
+        Some(backend) => {
+            let (pid, thread) =
+                launch_process(run, id, spec, backend, alloc, &nsm, cid, host_id, partial)?;
+            (pid, Beat::Broker, Some(thread))
+        }
+        None => {
+            // Blocked before any thread starts, so every thread inherits the mask and the
+            // stop signals stay pending for `wait_signal` (QEMU gets a clean mask from exec).
+            sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let vm = crate::vmbackend::start(crate::vmbackend::VmLaunch {
+                enclave_id: id.to_owned(),
+                eif_path: spec.eif_path.clone(),
+                enclave_dir: dir.clone(),
+                run_dir: run.root().to_owned(),
+                cid,
+                cpus: alloc.cpus.clone(),
+                memory_mib: alloc.memory_mib,
+                debug: spec.debug_mode,
+                console: console_path.clone(),
+                host_id: (host_id, host_id),
+                nsm: nsm.clone(),
+                boot_timeout: Duration::from_millis(spec.boot_timeout_ms),
+                on_heartbeat: Box::new(move || {
+                    let _ = tx.send(());
+                }),
+            })
+            .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+            let pid = vm.pid();
+            partial.running = Some(Box::new(vm));
+            crate::boottrace::mark("monitor: VM started");
+            (pid, Beat::Channel(rx), None)
+        }
+    };
+
+    let (image_name, image_version, meta_json) = match &metadata {
+        Some(m) => (
+            Some(m.image_name.clone()),
+            Some(m.image_version.clone()),
+            Some(m.describe_json()),
+        ),
+        None => (None, None, None),
+    };
+    let mut record = EnclaveRecord {
+        enclave_id: id.to_owned(),
+        enclave_name: spec.enclave_name.clone(),
+        monitor_pid: std::process::id(),
+        init_pid: u32::try_from(pid).ok(),
+        cid: alloc.cid,
+        cpu_ids: alloc.cpus.clone(),
+        memory_mib: alloc.memory_mib,
+        debug_mode: spec.debug_mode,
+        isolation: spec.isolation.as_str().to_owned(),
+        accelerator: partial
+            .running
+            .as_ref()
+            .and_then(|r| r.accelerator())
+            .map(str::to_owned),
+        state: EnclaveState::Booting,
+        measurements: Measurements {
+            pcr0: measured.pcr0_hex(),
+            pcr1: measured.pcr1_hex(),
+            pcr2: measured.pcr2_hex(),
+            pcr8: measured.pcr8_hex(),
+        },
+        metadata: ImageMetadata {
+            image_name,
+            image_version,
+            metadata: meta_json,
+        },
+        eif_path: spec.eif_path.clone(),
+        cgroup_dirs: partial
+            .running
+            .as_ref()
+            .map(|r| r.leftovers())
+            .unwrap_or_default(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    run.write_record(&record).map_err(|e| sys_err(&e))?;
+
+    // Wait for the heartbeat, the enclave's end, a stop signal, or the deadline.
+    let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
+    loop {
+        let beat_now = match &beat {
+            Beat::Broker => partial
+                .broker
+                .as_ref()
+                .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the broker"))?
+                .wait_for_heartbeat(Duration::from_millis(20)),
+            Beat::Channel(rx) => match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(()) => true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    false
+                }
+            },
+        };
+        if beat_now {
+            break;
+        }
+        let running = partial
+            .running
+            .as_mut()
+            .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
+        if let Some(status) = running.try_wait().map_err(|e| sys_err(&e))? {
+            std::thread::sleep(Duration::from_millis(50));
+            let what = running
+                .exit_detail()
+                .unwrap_or_else(|| format!("the enclave {status}"));
+            return Err(StartFailure::new(
+                FailureKind::Setup,
+                format!(
+                    "{what} before its heartbeat; console:\n{}",
+                    console_tail(running.as_ref(), &console_path)
+                ),
+            ));
+        }
+        if sys::wait_signal(&STOP_SIGNALS, 0)
+            .map_err(|e| sys_err(&e))?
+            .is_some()
+        {
+            return Err(StartFailure::new(
+                FailureKind::Terminated,
+                "the enclave was terminated while it was booting",
+            ));
+        }
+        if Instant::now() >= deadline {
+            let tail = match partial.running.as_deref() {
+                Some(r) => console_tail(r, &console_path),
+                None => console::tail(&console_path, console::TAIL_BYTES),
+            };
+            return Err(StartFailure::new(
+                FailureKind::BootTimeout,
+                format!(
+                    "no heartbeat from the enclave within {} ms; last console lines:\n{tail}",
+                    spec.boot_timeout_ms,
+                ),
+            ));
+        }
+    }
+    crate::boottrace::mark("monitor: heartbeat received");
+    record.state = EnclaveState::Running;
+    run.write_record(&record).map_err(|e| sys_err(&e))?;
+    Ok((record, console_thread, nsm))
+}
+
+/// The process path of [`launch`]: clone the enclave (still single-threaded), block the stop
+/// signals, start the console pump and the broker, let the enclave run. Returns init's pid and
+/// the console thread; the broker and the running enclave go into `partial`.
+#[allow(clippy::too_many_arguments)]
+fn launch_process(
+    run: &RunDir,
+    id: &str,
+    spec: &MonitorSpec,
+    backend: &dyn crate::backend::Backend,
+    alloc: &crate::allocator::Allocation,
+    nsm: &std::sync::Arc<crate::nsm::EnclaveNsm>,
+    cid: u32,
+    host_id: u32,
+    partial: &mut Partial<'_>,
+) -> Result<(i32, std::thread::JoinHandle<()>), StartFailure> {
+    let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
+    let dir = run.enclave_dir(id);
     let root_mount = dir.join("root");
     std::fs::create_dir_all(&root_mount).map_err(|e| sys_err(&e))?;
     let enclave_socket = dir.join("vsock.sock");
-    let host_id = crate::sandbox::enclave_host_id(alloc.cid);
     let launch = LaunchSpec {
         enclave_id: id.to_owned(),
         eif_path: spec.eif_path.clone(),
@@ -420,8 +634,6 @@ fn launch(
         })
         .map_err(|e| sys_err(&e))?;
 
-    let cid = u32::try_from(alloc.cid)
-        .map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
     let broker_result = cloister_vsock::Broker::start(cloister_vsock::BrokerConfig::new(
         cid,
         run.root(),
@@ -451,97 +663,7 @@ fn launch(
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     partial.running = Some(running);
     crate::boottrace::mark("monitor: init executing");
-
-    let (image_name, image_version, meta_json) = match &metadata {
-        Some(m) => (
-            Some(m.image_name.clone()),
-            Some(m.image_version.clone()),
-            Some(m.describe_json()),
-        ),
-        None => (None, None, None),
-    };
-    let mut record = EnclaveRecord {
-        enclave_id: id.to_owned(),
-        enclave_name: spec.enclave_name.clone(),
-        monitor_pid: std::process::id(),
-        init_pid: u32::try_from(pid).ok(),
-        cid: alloc.cid,
-        cpu_ids: alloc.cpus.clone(),
-        memory_mib: alloc.memory_mib,
-        debug_mode: spec.debug_mode,
-        isolation: spec.isolation.as_str().to_owned(),
-        state: EnclaveState::Booting,
-        measurements: Measurements {
-            pcr0: measured.pcr0_hex(),
-            pcr1: measured.pcr1_hex(),
-            pcr2: measured.pcr2_hex(),
-            pcr8: measured.pcr8_hex(),
-        },
-        metadata: ImageMetadata {
-            image_name,
-            image_version,
-            metadata: meta_json,
-        },
-        eif_path: spec.eif_path.clone(),
-        cgroup_dirs: partial
-            .running
-            .as_ref()
-            .map(|r| r.leftovers())
-            .unwrap_or_default(),
-        started_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    run.write_record(&record).map_err(|e| sys_err(&e))?;
-
-    // Wait for the heartbeat, the enclave's end, a stop signal, or the deadline.
-    let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
-    loop {
-        let broker = partial
-            .broker
-            .as_ref()
-            .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the broker"))?;
-        if broker.wait_for_heartbeat(Duration::from_millis(20)) {
-            break;
-        }
-        let running = partial
-            .running
-            .as_mut()
-            .ok_or_else(|| StartFailure::new(FailureKind::System, "lost the enclave"))?;
-        if let Some(status) = running.try_wait().map_err(|e| sys_err(&e))? {
-            std::thread::sleep(Duration::from_millis(50));
-            return Err(StartFailure::new(
-                FailureKind::Setup,
-                format!(
-                    "the enclave {status} before its heartbeat; console:\n{}",
-                    console::tail(&console_path, console::TAIL_BYTES)
-                ),
-            ));
-        }
-        if sys::wait_signal(&STOP_SIGNALS, 0)
-            .map_err(|e| sys_err(&e))?
-            .is_some()
-        {
-            return Err(StartFailure::new(
-                FailureKind::Terminated,
-                "the enclave was terminated while it was booting",
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(StartFailure::new(
-                FailureKind::BootTimeout,
-                format!(
-                    "no heartbeat from the enclave within {} ms; last console lines:\n{}",
-                    spec.boot_timeout_ms,
-                    console::tail(&console_path, console::TAIL_BYTES)
-                ),
-            ));
-        }
-    }
-    crate::boottrace::mark("monitor: heartbeat received");
-    record.state = EnclaveState::Running;
-    run.write_record(&record).map_err(|e| sys_err(&e))?;
-    Ok((record, console_thread, nsm))
+    Ok((pid, console_thread))
 }
 
 /// Borrowing helper: `OwnedFd` as `BorrowedFd`.
@@ -590,9 +712,14 @@ impl Live {
         let _ = run.write_record(&rec);
         let status = self.running.kill();
         let ooms = self.running.oom_kills();
+        let detail = self
+            .running
+            .exit_detail()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
         let summary = match &status {
             Ok(s) => format!(
-                "enclave {} {s}; out-of-memory kills: {ooms}",
+                "enclave {} {s}{detail}; out-of-memory kills: {ooms}",
                 rec.enclave_id
             ),
             Err(e) => format!(

@@ -1,19 +1,33 @@
 //! The `process` isolation backend: an enclave is a process tree in fresh namespaces.
 //!
 //! [`ProcessBackend::create`] makes a cgroup for the enclave (cpuset = its CPUs, memory cap with
-//! swap off, pids limit) and clones a child into new mount, PID, network, IPC and UTS namespaces.
-//! The child waits on a pipe; the monitor moves it into the cgroup, starts the vsock broker, then
-//! lets it go ([`Pending::start`]). The child, still host root inside its private namespaces:
-//! 1. enters a new cgroup namespace (rooted at its own cgroup) and makes every mount private;
-//! 2. mounts a tmpfs (size = the enclave's memory, owned by the enclave's host uid) on the run
-//!    directory's `root/` and unpacks every ramdisk of the image into it ([`crate::rootfs`]);
-//! 3. builds `/dev` (bind mounts of the host's null, zero, full, random, urandom, tty and the
-//!    broker socket as `/dev/vsock.sock`), a fresh `/proc`, and the same for `/rootfs` (a small
-//!    tmpfs on `/rootfs/dev`, fresh `/rootfs/proc`, a tmpfs `/rootfs/tmp`) when the image has a
-//!    `rootfs/`. Mount targets are opened with `O_PATH|O_NOFOLLOW` under the root and mounted
-//!    through `/proc/self/fd/N`, so a symlink in the image cannot redirect a mount to the host;
+//! swap off, pids limit), looks up the image's unpacked root ([`crate::imagecache`]) and an
+//! idmapping user namespace for the enclave's host uid, and clones a child into new mount, PID,
+//! network, IPC and UTS namespaces. The monitor then starts the vsock broker and lets the child
+//! go ([`Pending::start`]). The child, still host root inside its private namespaces:
+//! 1. enters the enclave's cgroup: on cgroup v1 it moves itself in at once (a thread moving
+//!    itself avoids the kernel's global lock and its RCU grace period, see
+//!    [`EnclaveCgroup::join_self`]) and goes on building its root while the monitor starts the
+//!    broker; on v2 the monitor moves it and it waits for the go first. Then it makes every
+//!    mount private;
+//! 2. mounts a scratch tmpfs (size = the enclave's memory) on the run directory's `root/` and
+//!    builds the enclave's root on it: an overlay whose lower layer is the image's unpacked
+//!    root from [`crate::imagecache::unpacked_root`] (unpacked once per image version, mounted
+//!    read-only and idmapped so that its root-owned files belong to the enclave's host uid, as
+//!    copied files did) and whose upper and work directories are on the scratch tmpfs, so
+//!    writes are capped by the enclave's memory and vanish with it. Where the cache or the
+//!    overlay is unavailable (an old kernel, a run directory on a file system without idmapped
+//!    mounts) every ramdisk is copied into the tmpfs instead ([`crate::rootfs`]);
+//! 3. builds `/dev` (bind mounts of the host's null, zero, full, random, urandom and tty), a
+//!    fresh `/proc`, and the same for `/rootfs` (a small tmpfs on `/rootfs/dev`, fresh
+//!    `/rootfs/proc`, a tmpfs `/rootfs/tmp`) when the image has a `rootfs/`. Mount targets are
+//!    opened with `O_PATH|O_NOFOLLOW` under the root and mounted through `/proc/self/fd/N`, so
+//!    a symlink in the image cannot redirect a mount to the host;
 //! 4. sets the hostname to the enclave id and brings `lo` up (the only interface there is);
-//! 5. `pivot_root`s into the tmpfs and detaches the old root;
+//!    waits for the go (v1), enters a new cgroup namespace (rooted at its own cgroup) and binds
+//!    the broker's socket as `/dev/vsock.sock` (and `/rootfs/dev/vsock.sock`);
+//! 5. `pivot_root`s into the root and detaches the old one (the scratch tmpfs's other
+//!    directories and the lower layer's mount go with it);
 //! 6. becomes the enclave's host uid/gid (`UID_BASE + cid % UID_SPAN`), unshares a user
 //!    namespace and maps uid/gid 0 inside to it (so root in the enclave is an unprivileged,
 //!    per-enclave host uid, and the mount and network namespaces stay owned by the host's user
@@ -29,6 +43,7 @@
 
 use crate::backend::{Backend, BackendError, Isolation, LaunchSpec, Pending, Running};
 use crate::cgroup::{EnclaveCgroup, Layout, Limits};
+use crate::imagecache::CachedRoot;
 use crate::rootfs::Unpacker;
 use crate::sys::{self, ExitStatus, Forked};
 use nix::mount::MsFlags;
@@ -46,6 +61,8 @@ pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "
 pub const VSOCK_NODE: &str = "vsock.sock";
 /// Largest setup error message read back from the child.
 const MAX_SETUP_ERROR: u64 = 4096;
+/// Overlay options; the directories are relative to the scratch tmpfs (the child's cwd).
+const OVERLAY_OPTIONS: &str = "lowerdir=lower,upperdir=upper,workdir=work";
 
 /// The host uid/gid an enclave's root maps to.
 pub fn enclave_host_id(cid: u64) -> u32 {
@@ -67,6 +84,41 @@ struct PendingParts {
     go: OwnedFd,
     errors: OwnedFd,
     cgroup: EnclaveCgroup,
+    image_root: Option<CachedRoot>,
+}
+
+/// The image's unpacked root and the user namespace its idmapped mount maps through.
+struct RootSource {
+    cached: CachedRoot,
+    userns: OwnedFd,
+}
+
+/// Looks up (or creates) the image's unpacked root and the enclave's idmapping; `None` (the
+/// child then copies the ramdisks) when either is unavailable.
+fn root_source(spec: &LaunchSpec) -> Option<RootSource> {
+    let run = crate::state::RunDir::from_env();
+    let cached = match crate::imagecache::unpacked_root(&run, &spec.eif_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "no cached image root; copying the ramdisks");
+            return None;
+        }
+    };
+    crate::boottrace::mark(if cached.created() {
+        "monitor: image root unpacked into the cache"
+    } else {
+        "monitor: image root from the cache"
+    });
+    match sys::idmap_userns(spec.host_uid, spec.host_gid) {
+        Ok(userns) => {
+            crate::boottrace::mark("monitor: idmapping created");
+            Some(RootSource { cached, userns })
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "no idmapping; copying the ramdisks");
+            None
+        }
+    }
 }
 
 impl Drop for ProcessPending {
@@ -86,6 +138,8 @@ struct ProcessRunning {
     pid: i32,
     cgroup: EnclaveCgroup,
     status: Option<ExitStatus>,
+    /// Keeps the image's unpacked root from being pruned while the enclave runs from it.
+    _image_root: Option<CachedRoot>,
 }
 
 impl Backend for ProcessBackend {
@@ -105,6 +159,7 @@ impl Backend for ProcessBackend {
             pids_max: spec.pids_max,
         })?;
         crate::boottrace::mark("monitor: cgroup created");
+        let source = root_source(spec);
         let (go_r, go_w) = sys::pipe()?;
         let (err_r, err_w) = sys::pipe()?;
         let flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::NET | sys::ns::IPC | sys::ns::UTS;
@@ -121,7 +176,8 @@ impl Backend for ProcessBackend {
             Forked::Child => {
                 drop(go_w);
                 drop(err_r);
-                let code = match child(spec, &go_r, &console) {
+                let join = cgroup.can_join_self().then_some(&cgroup);
+                let code = match child(spec, source.as_ref(), join, &go_r, &console) {
                     Ok(never) => match never {},
                     Err(msg) => {
                         let mut f = std::fs::File::from(err_w);
@@ -135,7 +191,13 @@ impl Backend for ProcessBackend {
                 drop(go_r);
                 drop(err_w);
                 drop(console);
-                if let Err(e) = cgroup.add(pid) {
+                let image_root = source.map(|s| s.cached);
+                let added = if cgroup.can_join_self() {
+                    Ok(()) // the child moves itself in, first thing
+                } else {
+                    cgroup.add(pid)
+                };
+                if let Err(e) = added {
                     let _ = sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
                     let _ = sys::wait_child(pid, false);
                     let _ = cgroup.remove();
@@ -147,6 +209,7 @@ impl Backend for ProcessBackend {
                         go: go_w,
                         errors: err_r,
                         cgroup,
+                        image_root,
                     }),
                 }))
             }
@@ -165,6 +228,7 @@ impl Pending for ProcessPending {
             go,
             errors,
             cgroup,
+            image_root,
         }) = self.parts.take()
         else {
             return Err(BackendError::Setup(
@@ -175,21 +239,23 @@ impl Pending for ProcessPending {
             pid,
             cgroup,
             status: None,
+            _image_root: image_root,
         };
         let mut go = std::fs::File::from(go);
         crate::boottrace::mark("monitor: go sent");
-        if let Err(e) = go.write_all(b"g") {
-            let _ = running.kill();
-            let _ = running.cleanup();
-            return Err(BackendError::Setup(format!(
-                "cannot signal the enclave: {e}"
-            )));
-        }
+        // A child that failed before the go has exited: the write fails (EPIPE), and its
+        // message is waiting on the error pipe.
+        let sent = go.write_all(b"g");
         let mut msg = String::new();
         let _ = std::fs::File::from(errors)
             .take(MAX_SETUP_ERROR)
             .read_to_string(&mut msg);
         drop(go);
+        if msg.is_empty() {
+            if let Err(e) = sent {
+                msg = format!("cannot signal the enclave: {e}");
+            }
+        }
         if !msg.is_empty() {
             let _ = running.kill();
             let _ = running.cleanup();
@@ -235,19 +301,34 @@ impl Running for ProcessRunning {
     }
 }
 
+/// Waits for the monitor's go; exits quietly if the monitor went away instead.
+fn wait_for_go(go: &OwnedFd) {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(go), &mut byte) {
+        Ok(1) => crate::boottrace::mark("child: go"),
+        _ => sys::exit_now(1),
+    }
+}
+
 /// What the child does; returns only on error (as a message for the parent).
+///
+/// With `join` (cgroup v1) the child moves itself into the enclave's cgroup first and builds
+/// its root while the monitor starts the broker, waiting for the go only before it needs the
+/// broker's socket; otherwise the monitor moves it in and it waits for the go first.
 fn child(
     spec: &LaunchSpec,
+    source: Option<&RootSource>,
+    join: Option<&EnclaveCgroup>,
     go: &OwnedFd,
     console: &OwnedFd,
 ) -> Result<std::convert::Infallible, String> {
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(go), &mut byte) {
-        Ok(1) => {}
-        _ => sys::exit_now(1), // the monitor went away before starting us
+    match join {
+        Some(cgroup) => {
+            cgroup.join_self().map_err(s)?;
+            crate::boottrace::mark("child: joined its cgroup");
+        }
+        None => wait_for_go(go),
     }
-    crate::boottrace::mark("child: go");
-    sys::unshare(sys::ns::CGROUP).map_err(s)?;
     sys::mount(
         None,
         Path::new("/"),
@@ -257,23 +338,48 @@ fn child(
     )
     .map_err(s)?;
     let (uid, gid) = (spec.host_uid, spec.host_gid);
-    let root_opts = format!("size={}m,mode=0755,uid={uid},gid={gid}", spec.memory_mib);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let scratch_path = &spec.root_mount;
     sys::mount(
         Some(Path::new("tmpfs")),
-        &spec.root_mount,
+        scratch_path,
         Some("tmpfs"),
         nosuid_nodev,
-        Some(&root_opts),
+        Some(&format!("size={}m,mode=0700", spec.memory_mib)),
     )
     .map_err(s)?;
-    crate::boottrace::mark("child: tmpfs mounted");
-    let mut unpacker = Unpacker::new(sys::open_dir(&spec.root_mount).map_err(s)?, uid, gid);
-    fill_root(spec, &mut unpacker)?;
-    crate::boottrace::mark("child: ramdisks unpacked");
+    let scratch = sys::open_dir(scratch_path).map_err(s)?;
+    sys::mkdir_at(scratch.as_fd(), b"root", 0o755).map_err(s)?;
+    let root_path = scratch_path.join("root");
+    sys::lchown_at(scratch.as_fd(), Path::new("root"), uid, gid).map_err(s)?;
+    crate::boottrace::mark("child: scratch tmpfs mounted");
+    let overlaid = match source {
+        Some(src) => match mount_overlay(scratch_path, &scratch, src, uid, gid) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mount the image overlay; copying the ramdisks");
+                false
+            }
+        },
+        None => false,
+    };
+    if overlaid {
+        crate::boottrace::mark("child: image overlay mounted");
+    } else {
+        // pivot_root needs a mount point.
+        sys::mount(Some(&root_path), &root_path, None, MsFlags::MS_BIND, None).map_err(s)?;
+        let mut copier = Unpacker::new(sys::open_dir(&root_path).map_err(s)?, uid, gid);
+        fill_root(spec, &mut copier)?;
+        crate::boottrace::mark("child: ramdisks copied");
+    }
+    drop(scratch);
+    let mut unpacker = Unpacker::new(sys::open_dir(&root_path).map_err(s)?, uid, gid);
     populate_dev(&mut unpacker, &[b"dev"], spec, false)?;
     mount_proc(&mut unpacker, &[b"proc"])?;
-    if sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir) {
+    crate::boottrace::mark("child: /dev and /proc done");
+    let has_rootfs =
+        sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir);
+    if has_rootfs {
         populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec, true)?;
         mount_proc(&mut unpacker, &[b"rootfs", b"proc"])?;
         let tmp = unpacker
@@ -289,12 +395,29 @@ fn child(
         )
         .map_err(s)?;
     }
-    drop(unpacker);
+    crate::boottrace::mark("child: /rootfs mounts done");
     sys::sethostname(&spec.enclave_id).map_err(s)?;
     sys::loopback_up().map_err(s)?;
+    crate::boottrace::mark("child: hostname, lo done");
 
-    crate::boottrace::mark("child: dev, proc, hostname, lo done");
-    sys::chdir(&spec.root_mount).map_err(s)?;
+    if join.is_some() {
+        wait_for_go(go);
+    }
+    // Now in the enclave's cgroup: a cgroup namespace rooted there.
+    sys::unshare(sys::ns::CGROUP).map_err(s)?;
+    // The broker's socket exists once the go came.
+    bind_node(&mut unpacker, &[b"dev"], &spec.enclave_socket, VSOCK_NODE)?;
+    if has_rootfs {
+        bind_node(
+            &mut unpacker,
+            &[b"rootfs", b"dev"],
+            &spec.enclave_socket,
+            VSOCK_NODE,
+        )?;
+    }
+    drop(unpacker);
+    crate::boottrace::mark("child: vsock socket bound");
+    sys::chdir(&root_path).map_err(s)?;
     sys::pivot_root(Path::new("."), Path::new(".")).map_err(s)?;
     sys::umount_detach(Path::new(".")).map_err(s)?;
     sys::chdir(Path::new("/")).map_err(s)?;
@@ -349,6 +472,42 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Mounts the overlay on `<scratch>/root`: the cached tree, idmapped and read-only, as its
+/// lower layer (attached at `<scratch>/lower` first), `<scratch>/upper` and `<scratch>/work`.
+/// The upper directory's root is the enclave root's owner and mode.
+fn mount_overlay(
+    scratch_path: &Path,
+    scratch: &OwnedFd,
+    src: &RootSource,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
+    for dir in [&b"lower"[..], b"upper", b"work"] {
+        sys::mkdir_at(scratch.as_fd(), dir, 0o700).map_err(s)?;
+    }
+    let upper = sys::open_dir_at(scratch.as_fd(), b"upper").map_err(s)?;
+    sys::fchown(upper.as_fd(), uid, gid).map_err(s)?;
+    sys::fchmod(upper.as_fd(), 0o755).map_err(s)?;
+    let tree = sys::open_tree_clone(src.cached.tree()).map_err(s)?;
+    use sys::mount_attr::{IDMAP, NODEV, NOSUID, RDONLY};
+    sys::mount_setattr(
+        tree.as_fd(),
+        RDONLY | NOSUID | NODEV | IDMAP,
+        Some(src.userns.as_fd()),
+    )
+    .map_err(s)?;
+    sys::move_mount(tree.as_fd(), &scratch_path.join("lower")).map_err(s)?;
+    sys::chdir(scratch_path).map_err(s)?;
+    sys::mount(
+        Some(Path::new("overlay")),
+        Path::new("root"),
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(OVERLAY_OPTIONS),
+    )
+    .map_err(s)
+}
+
 /// Unpacks every ramdisk of the image, in order.
 fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
     let mut eif = cloister_eif::EifReader::open(&spec.eif_path).map_err(s)?;
@@ -383,30 +542,42 @@ fn populate_dev(
         .map_err(s)?;
         dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
     }
-    let mut binds: Vec<(PathBuf, &str)> = DEV_NODES
-        .iter()
-        .map(|n| (Path::new("/dev").join(n), *n))
-        .collect();
-    binds.push((spec.enclave_socket.clone(), VSOCK_NODE));
-    for (source, name) in binds {
-        match sys::kind_at(dev.as_fd(), name.as_bytes()).map_err(s)? {
-            None | Some(sys::NodeKind::File) => {}
-            Some(_) => {
-                sys::unlink_at(dev.as_fd(), name.as_bytes(), false).map_err(s)?;
-            }
-        }
-        drop(sys::create_file_at(dev.as_fd(), name.as_bytes(), 0o666).map_err(s)?);
-        let target = sys::open_path_nofollow(dev.as_fd(), name.as_bytes()).map_err(s)?;
-        sys::mount(
-            Some(&source),
-            &sys::fd_path(target.as_fd()),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
-        .map_err(s)?;
+    for name in DEV_NODES {
+        bind_at(&dev, &Path::new("/dev").join(name), name)?;
     }
     Ok(())
+}
+
+/// Bind-mounts host path `source` as `<dir>/<name>` (a file created for it).
+fn bind_node(
+    unpacker: &mut Unpacker,
+    dir: &[&[u8]],
+    source: &Path,
+    name: &str,
+) -> Result<(), String> {
+    let dev = unpacker.ensure_dir(dir, "dev").map_err(s)?;
+    bind_at(&dev, source, name)
+}
+
+/// Bind-mounts `source` onto `name` in directory `dev`, replacing what is there (never through
+/// a symlink: the target is opened `O_PATH|O_NOFOLLOW` and mounted via `/proc/self/fd`).
+fn bind_at(dev: &OwnedFd, source: &Path, name: &str) -> Result<(), String> {
+    match sys::kind_at(dev.as_fd(), name.as_bytes()).map_err(s)? {
+        None | Some(sys::NodeKind::File) => {}
+        Some(_) => {
+            sys::unlink_at(dev.as_fd(), name.as_bytes(), false).map_err(s)?;
+        }
+    }
+    drop(sys::create_file_at(dev.as_fd(), name.as_bytes(), 0o666).map_err(s)?);
+    let target = sys::open_path_nofollow(dev.as_fd(), name.as_bytes()).map_err(s)?;
+    sys::mount(
+        Some(source),
+        &sys::fd_path(target.as_fd()),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )
+    .map_err(s)
 }
 
 /// Mounts a fresh proc (of the new PID namespace) on `dir`.

@@ -95,6 +95,9 @@ pub struct EnclaveRecord {
     pub debug_mode: bool,
     /// Isolation backend name.
     pub isolation: String,
+    /// The VM's accelerator (`kvm` or `tcg`); none for process enclaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
     /// Lifecycle state.
     pub state: EnclaveState,
     /// Image measurements.
@@ -283,6 +286,7 @@ mod tests {
             memory_mib: 64,
             debug_mode: false,
             isolation: "process".into(),
+            accelerator: None,
             state: EnclaveState::Running,
             measurements: Measurements {
                 pcr0: "00".into(),

@@ -696,3 +696,164 @@ pub fn wait_signal(
         e => Err(SysError::new("sigtimedwait", "", e)),
     }
 }
+
+/// `open_tree(2)` flag: a detached copy of the mount instead of an `O_PATH` handle.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `move_mount(2)` flag: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `mount_setattr(2)` attributes.
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// No set-user-ID or set-group-ID execution.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+    /// Ids mapped through the given user namespace.
+    pub const IDMAP: u64 = 0x0010_0000;
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC)`: a detached bind mount of `path`.
+pub fn open_tree_clone(path: &Path) -> SysResult<OwnedFd> {
+    let c = cpath("open_tree", path)?;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: `c` is a valid NUL-terminated string; the call returns a new descriptor or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if ret < 0 {
+        return Err(SysError::last("open_tree", path.display().to_string()));
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set, userns_fd})` on a detached mount.
+pub fn mount_setattr(
+    mount: BorrowedFd<'_>,
+    attr_set: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> SysResult<()> {
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
+    };
+    // SAFETY: the empty path is a valid NUL-terminated string; `attr` is a valid, initialised
+    // mount_attr whose size is passed alongside; the kernel only reads it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(SysError::last("mount_setattr", format!("{attr_set:#x}")));
+    }
+    Ok(())
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches a detached mount.
+pub fn move_mount(mount: BorrowedFd<'_>, target: &Path) -> SysResult<()> {
+    let t = cpath("move_mount", target)?;
+    // SAFETY: both strings are valid and NUL-terminated; the call takes no other pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(SysError::last("move_mount", target.display().to_string()));
+    }
+    Ok(())
+}
+
+/// A user namespace mapping uid and gid 0 to `uid`/`gid` (one id each), as a descriptor for
+/// idmapped mounts. A short-lived helper process is cloned into the new namespace, its maps are
+/// written from here, its namespace is opened, and the helper is released and reaped.
+///
+/// The helper only blocks in `read(2)` and calls `_exit(2)` (both async-signal-safe), so this is
+/// sound in a multi-threaded process as well.
+pub fn idmap_userns(uid: u32, gid: u32) -> SysResult<OwnedFd> {
+    let (hold_r, hold_w) = pipe()?;
+    // SAFETY: the child only reads a pipe and exits (see above); it never returns.
+    let pid = match unsafe { clone_process(ns::USER) }? {
+        Forked::Child => {
+            drop(hold_w);
+            let mut b = [0u8; 1];
+            // SAFETY: reading into a valid one-byte buffer from a descriptor we own.
+            let _ = unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            exit_now(0)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(hold_r);
+    let result = (|| {
+        let write = |file: &str, text: String| {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, text).map_err(|e| {
+                SysError::new(
+                    "write",
+                    path,
+                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                )
+            })
+        };
+        write("uid_map", format!("0 {uid} 1\n"))?;
+        write("gid_map", format!("0 {gid} 1\n"))?;
+        let ns = format!("/proc/{pid}/ns/user");
+        let c = cpath("open", Path::new(&ns))?;
+        // SAFETY: `c` is a valid NUL-terminated string; open returns a new descriptor or -1.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(SysError::last("open", ns));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })();
+    drop(hold_w);
+    let _ = wait_child(pid, false);
+    result
+}
+
+/// `flock(LOCK_SH)` on an open file, waiting for an exclusive holder.
+pub fn lock_shared(file: &std::fs::File) -> SysResult<()> {
+    loop {
+        // SAFETY: flock takes a valid descriptor (borrowed from `file`) and integer flags.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        if ret == 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(SysError::new("flock", "LOCK_SH", e)),
+        }
+    }
+}
+
+/// Number of threads of the calling process (from `/proc/self/task`); `None` if unknown.
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|d| d.filter(|e| e.is_ok()).count())
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC, min)`: a close-on-exec duplicate numbered at least `min`.
+pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: fcntl takes a valid (borrowed) descriptor and integers; it returns a new
+    // descriptor or -1.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if ret < 0 {
+        return Err(SysError::last("fcntl", format!("F_DUPFD_CLOEXEC {min}")));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}

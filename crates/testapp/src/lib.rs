@@ -6,7 +6,9 @@
 //! HOST_PID MEMORY_MIB` (tries to break out and reports every attempt's errno to the parent),
 //! `write-file PATH`, `check-absent PATH PORT`, `sink-server PORT` (throughput benchmark),
 //! `signal-unix PATH` (readiness signal of the bubblewrap baseline),
-//! `sleep`.
+//! `sleep`. Started as `/init` (its file name `init`, the bootstrap ramdisk's PID 1, which has
+//! no /cmd), it takes the subcommand and its arguments from `/testapp.mode` when that file
+//! exists: `sleep` there makes an init that never sends the boot heartbeat.
 //!
 //! This library half only builds the binary statically for tests ([`build_static_testapp`]),
 //! the same way `cloister-init` is built (glibc with `+crt-static`).

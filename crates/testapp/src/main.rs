@@ -4,7 +4,16 @@ use cloister_vsock::{VsockAddr, VsockListener, VsockStream, PARENT_CID};
 use std::io::{BufRead, BufReader, Read, Write};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Started as an enclave's `/init` (PID 1 of the bootstrap ramdisk), where there is no
+    // /cmd: the subcommand and its arguments come from `/testapp.mode` when the image has one
+    // (e.g. `sleep`: an init that never sends the boot heartbeat).
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let as_init = std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("init"));
+    let mode = as_init.then(read_mode_file).flatten();
+    let args: Vec<String> = match mode {
+        Some(words) => words,
+        None => std::env::args().skip(1).collect(),
+    };
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u32>().unwrap_or(0);
     let code = match arg(0).as_str() {
@@ -50,6 +59,17 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Largest `/testapp.mode` file read.
+const MAX_MODE_FILE: u64 = 4096;
+
+/// The words of `/testapp.mode`, if it exists.
+fn read_mode_file() -> Option<Vec<String>> {
+    let f = std::fs::File::open("/testapp.mode").ok()?;
+    let mut text = String::new();
+    f.take(MAX_MODE_FILE).read_to_string(&mut text).ok()?;
+    Some(text.split_whitespace().map(str::to_owned).collect())
 }
 
 fn sleep_forever() -> i32 {

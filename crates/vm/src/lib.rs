@@ -9,9 +9,10 @@
 //!
 //! [`VmEnclave::start`] runs: the device (bound before QEMU starts), QEMU paused (`-S`), vCPU
 //! threads pinned through QMP, `cont`, and a watchdog that kills the VM when the heartbeat does
-//! not arrive within [`VmConfig::boot_timeout`]. QEMU runs under its seccomp sandbox, as
-//! [`VmConfig::run_as`] (an unprivileged uid/gid) when set, with `PR_SET_PDEATHSIG` so it never
-//! outlives its monitor. The accelerator is KVM when a real test guest runs on `/dev/kvm`, TCG
+//! not arrive within [`VmConfig::boot_timeout`]. QEMU runs under its seccomp sandbox, confined
+//! by [`jail`]: in the cgroups of [`VmConfig::cgroup_procs`], in new mount, network, IPC and UTS
+//! namespaces, as [`VmConfig::run_as`] (an unprivileged uid/gid) when set, with only its stdio
+//! descriptors and `PR_SET_PDEATHSIG` so it never outlives its monitor. The accelerator is KVM when a real test guest runs on `/dev/kvm`, TCG
 //! otherwise ([`accel`]); under TCG the kernel command line gets `tsc_early_khz=` (the host's
 //! TSC rate).
 //!
@@ -23,6 +24,7 @@
 
 pub mod accel;
 pub mod device;
+pub mod jail;
 pub mod muxer;
 pub mod packet;
 pub mod qemu;
@@ -83,6 +85,9 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Run QEMU as this (uid, gid). The kernel and initrd must be readable by it.
     pub run_as: Option<(u32, u32)>,
+    /// `cgroup.procs` files QEMU writes itself into before it drops its privileges (one per
+    /// cgroup hierarchy of the enclave's cgroup). Empty: QEMU stays in the monitor's cgroup.
+    pub cgroup_procs: Vec<PathBuf>,
     /// Force an accelerator (default: [`accel::detect`]).
     pub accel: Option<Accel>,
     /// Device resource caps.
@@ -113,6 +118,7 @@ impl VmConfig {
             on_heartbeat: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             run_as: None,
+            cgroup_procs: Vec::new(),
             accel: None,
             limits: Limits::default(),
         }
@@ -149,6 +155,21 @@ pub enum VmExit {
     QemuFailed(Option<i32>, String),
 }
 
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::PoweredOff => f.write_str("the guest powered off"),
+            VmExit::Panicked(line) => write!(f, "the guest kernel panicked: {line}"),
+            VmExit::Killed => f.write_str("the VM was killed"),
+            VmExit::BootTimeout => f.write_str("the VM was killed: no heartbeat in time"),
+            VmExit::QemuFailed(Some(code), last) => {
+                write!(f, "QEMU exited with status {code}: {last}")
+            }
+            VmExit::QemuFailed(None, last) => write!(f, "QEMU was killed by a signal: {last}"),
+        }
+    }
+}
+
 /// Errors of the VM backend.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -168,8 +189,11 @@ pub enum VmError {
     #[error("no heartbeat within {0:?}")]
     HeartbeatTimeout(Duration),
     /// The VM ended before its heartbeat.
-    #[error("the VM ended before its heartbeat: {0:?}")]
+    #[error("the VM ended before its heartbeat: {0}")]
     Exited(VmExit),
+    /// QEMU's confinement could not be prepared.
+    #[error("QEMU confinement")]
+    Jail(#[from] jail::JailError),
     /// A system call failed.
     #[error("{context}")]
     Io {
@@ -214,7 +238,9 @@ impl Shared {
             VmExit::BootTimeout
         } else if self.killed.load(Ordering::SeqCst) {
             VmExit::Killed
-        } else if let Some(line) = console.lines().find(|l| l.contains(PANIC_MARKER)) {
+        } else if let Some(at) = console.find(PANIC_MARKER) {
+            // From the marker to the end of its line (without the kernel's timestamp).
+            let line = console[at..].lines().next().unwrap_or(PANIC_MARKER);
             VmExit::Panicked(line.trim().to_owned())
         } else if status.success() {
             VmExit::PoweredOff
@@ -284,7 +310,7 @@ pub fn concat_ramdisks(parts: &[PathBuf], out: &Path) -> Result<u64, VmError> {
 
 /// The full kernel command line for `cfg` under `accel`.
 pub fn kernel_cmdline(cfg: &VmConfig, accel: Accel) -> String {
-    let mut line = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux");
+    let mut line = String::from("console=ttyS0 reboot=t i8042.noaux i8042.nomux");
     if !cfg.debug {
         line.push_str(" quiet");
     }
@@ -293,9 +319,23 @@ pub fn kernel_cmdline(cfg: &VmConfig, accel: Accel) -> String {
             line.push_str(&format!(" tsc_early_khz={khz}"));
         }
     }
-    if !cfg.cmdline.trim().is_empty() {
+    // `panic=-1` goes after the image's parameters, so an image's own `panic=N` cannot delay
+    // the end of a panicked VM (the kernel takes the last value), but before a `--`, which
+    // starts init's arguments.
+    let image = cfg.cmdline.trim();
+    let tokens: Vec<&str> = image.split_whitespace().collect();
+    let split = tokens
+        .iter()
+        .position(|t| *t == "--")
+        .unwrap_or(tokens.len());
+    for t in &tokens[..split] {
         line.push(' ');
-        line.push_str(cfg.cmdline.trim());
+        line.push_str(t);
+    }
+    line.push_str(" panic=-1");
+    for t in &tokens[split..] {
+        line.push(' ');
+        line.push_str(t);
     }
     line
 }
@@ -361,19 +401,23 @@ impl VmEnclave {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some((uid, gid)) = cfg.run_as {
-            // std drops supplementary groups (setgroups(0)) when root sets a uid.
-            cmd.uid(uid).gid(gid);
-        }
-        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-        // async-signal-safe and touches no memory of the parent.
+        // The uid change happens in the jail, after the namespaces and the cgroup (std's
+        // `Command::uid` would drop root before `pre_exec` runs).
+        // Under KVM an unprivileged QEMU needs the group that owns /dev/kvm, and nothing else.
+        let kvm_group: Vec<u32> = match accel {
+            Accel::Kvm => std::fs::metadata("/dev/kvm")
+                .ok()
+                .filter(|m| m.permissions().mode() & 0o060 == 0o060)
+                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+                .into_iter()
+                .collect(),
+            Accel::Tcg => Vec::new(),
+        };
+        let jail = jail::Jail::new(&cfg.cgroup_procs, cfg.run_as, &kvm_group)?;
+        // SAFETY: the closure runs between fork and exec; `Jail::enter` only makes system calls
+        // on data prepared before the fork (no allocation, no locks).
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || jail.enter());
         }
         tracing::info!(cid = cfg.cid, accel = accel.qemu_name(), "starting QEMU");
         let started = Instant::now();
@@ -584,10 +628,14 @@ mod tests {
         let mut cfg = VmConfig::new("/k", "/i", 5, "/run", nsm);
         cfg.cmdline = " init_extra=1 ".into();
         let tcg = kernel_cmdline(&cfg, Accel::Tcg);
-        assert!(tcg.starts_with("console=ttyS0 reboot=t panic=-1"));
+        assert!(tcg.starts_with("console=ttyS0 reboot=t"));
         assert!(tcg.contains(" tsc_early_khz="));
-        assert!(tcg.ends_with(" init_extra=1"));
+        assert!(tcg.ends_with(" init_extra=1 panic=-1"));
         assert!(!kernel_cmdline(&cfg, Accel::Kvm).contains("tsc_early_khz"));
+        cfg.cmdline = "panic=30 rdinit=/x -- sleep 5".into();
+        assert!(
+            kernel_cmdline(&cfg, Accel::Kvm).ends_with(" panic=30 rdinit=/x panic=-1 -- sleep 5")
+        );
     }
 
     struct NoNsm;

@@ -25,6 +25,8 @@ pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 pub const MAX_CONSOLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Console tail kept in memory for diagnostics (panic detection, error messages).
 pub const CONSOLE_TAIL_BYTES: usize = 64 * 1024;
+/// TCG translation cache size in MiB.
+pub const TCG_TB_SIZE_MIB: u32 = 64;
 /// Longest QMP reply line read.
 const MAX_QMP_LINE: u64 = 256 * 1024;
 /// Longest wait for QEMU's QMP socket.
@@ -80,7 +82,13 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
     push("-M");
     push("microvm,x-option-roms=off,isa-serial=on,memory-backend=mem");
     push("-accel");
-    push(a.accel.qemu_name());
+    if a.accel == Accel::Tcg {
+        // Bounds the translation cache (QEMU's default is 1 GiB), part of QEMU's memory
+        // overhead charged to the enclave's cgroup.
+        push(&format!("tcg,tb-size={TCG_TB_SIZE_MIB}"));
+    } else {
+        push(a.accel.qemu_name());
+    }
     if a.accel == Accel::Kvm {
         push("-cpu");
         push("host");

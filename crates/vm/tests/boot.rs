@@ -65,6 +65,14 @@ fn heartbeat_parent_echo_and_kill() {
     let _g = common::serial();
     let beats = Arc::new(AtomicUsize::new(0));
     let b = beats.clone();
+    // A descriptor of the monitor without close-on-exec must not reach QEMU.
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker_path = marker_dir.path().join("monitor-secret");
+    std::fs::write(&marker_path, b"x").unwrap();
+    let marker = std::fs::File::open(&marker_path).unwrap();
+    // SAFETY: duplicating an open descriptor without CLOEXEC; closed at the end of the test.
+    let leaked = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&marker), libc::F_DUPFD, 3) };
+    assert!(leaked >= 3);
     let mut r = boot(21, &["echo-server", "5000"], |c| {
         c.on_heartbeat = Some(Box::new(move || {
             b.fetch_add(1, Ordering::SeqCst);
@@ -80,6 +88,35 @@ fn heartbeat_parent_echo_and_kill() {
         uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
         "{uid_line}"
     );
+    // Confinement: seccomp filter, no_new_privs, namespaces of its own, no leaked descriptor.
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let qemu = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(mine, qemu, "QEMU shares the {ns} namespace");
+    }
+    let net_dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let ifaces: Vec<&str> = net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{net_dev}");
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(target, marker_path, "a monitor descriptor leaked into QEMU");
+    }
+    // SAFETY: closing the duplicate made above.
+    unsafe { libc::close(leaked) };
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let st = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
         if let Some(l) = st.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {

@@ -7,8 +7,10 @@
 //!    temp run directory (`CLOISTER_RUN_DIR`), PKI (`CLOISTER_PKI_DIR`) and allocator pool
 //!    (`CLOISTER_ALLOCATOR_CONFIG`), so nothing touches the host's `/run/cloister`;
 //! 3. creates a key whose policy allows Decrypt only to an enclave whose image has the sample
-//!    image's PCR0 (`kms:RecipientAttestation:ImageSha384`), and encrypts a fresh random secret;
-//! 4. runs the sample enclave (process isolation), sends it the credentials, ciphertext, proxy
+//!    image's PCR0 (`kms:RecipientAttestation:ImageSha384`) and that runs with the chosen
+//!    isolation (`cloister:RecipientAttestation:Isolation`), and encrypts a fresh random secret;
+//! 4. runs the sample enclave (`--isolation process`, the default, or `vm`: a QEMU microVM
+//!    booting the kernel of a blobs directory, `--blobs DIR` or `CLOISTER_BLOBS`), sends it the credentials, ciphertext, proxy
 //!    port and a fresh challenge, and checks its answer: `HMAC-SHA256(secret, challenge)` and an
 //!    attestation document (verified against the PKI root) with that challenge as nonce, the
 //!    HMAC as user data and the image's PCR0;
@@ -17,7 +19,10 @@
 //! 6. terminates both enclaves, stops the proxy and the key service, checks that no enclave,
 //!    monitor or socket is left, and removes the temp directories.
 //!
-//! Every step prints its duration in milliseconds.
+//! Every step prints its duration in milliseconds. `--pause` waits for Enter once the sample
+//! enclave runs, to inspect it. SIGINT or SIGTERM at any point tears down what the demo started
+//! (enclaves through terminate, the proxy, the key service, the temp directories) and exits
+//! with status 130 (E812).
 
 use crate::errors::{CliError, CliResult, ErrorInfo, ExitKind};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -28,7 +33,7 @@ use cloister_cpio::CpioWriter;
 use cloister_eif::{EifBuilder, Measurements};
 use cloister_kms::config::{AttestationConfig, Config, CredentialConfig};
 use cloister_proxy::{AllowEntry, Allowlist, ProxyConfig, VsockProxy};
-use cloister_runtime::allocator::CpuRequest;
+use cloister_runtime::allocator::{format_cpu_list, CpuRequest, Pool};
 use cloister_runtime::lifecycle::{self, MonitorCommand, RunOptions};
 use cloister_runtime::{EnclaveRecord, Isolation, RunDir};
 use cloister_sample_app::{SecretReply, SecretRequest, DEFAULT_PORT};
@@ -39,7 +44,8 @@ use cloister_sdk::{Transport, VsockAddr, VsockStream};
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
 
@@ -64,6 +70,16 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the monitors may take to disappear after termination.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// After SIGINT / SIGTERM, how long the demo may take to unwind before the signal thread
+/// removes what is left itself.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+/// Exit status after SIGINT / SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+pub const INTERRUPTED_STATUS: i32 = 130;
+/// How often a wait checks whether the demo was interrupted.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// Set once SIGINT or SIGTERM arrived.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Subcommands of this area.
 #[derive(Debug, Subcommand)]
@@ -82,6 +98,18 @@ pub struct DemoArgs {
     /// Keep the temp directory (images, run dir, KMS data) and print its path.
     #[arg(long)]
     pub keep_temp: bool,
+    /// Isolation of the demo enclaves: process or vm (a QEMU microVM; needs a blobs directory
+    /// with a kernel). The key policy requires this isolation.
+    #[arg(long, value_name = "KIND", default_value = "process")]
+    pub isolation: Isolation,
+    /// Blobs directory (kernel, cmdline, init, modules; `cloister blobs prepare` makes one).
+    /// Default: CLOISTER_BLOBS, else /usr/share/nitro_enclaves/blobs when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub blobs: Option<PathBuf>,
+    /// Once the sample enclave runs, wait for Enter before going on (to inspect it with
+    /// describe-enclaves; the run directory is printed).
+    #[arg(long)]
+    pub pause: bool,
 }
 
 /// Error codes of this area.
@@ -97,6 +125,8 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E809", exit: ExitKind::VerificationFailed, summary: "Enclave proof rejected", explanation: "The enclave's answer did not verify: its attestation document does not chain to the demo's PKI root, carries another nonce, PCR0 or user data, or its HMAC over the challenge is not the one the secret gives." },
     ErrorInfo { code: "E810", exit: ExitKind::VerificationFailed, summary: "Modified image was not refused", explanation: "The image with a different PCR0 either received the secret or failed with something other than AccessDeniedException: the key policy's attestation condition was not enforced as expected." },
     ErrorInfo { code: "E811", exit: ExitKind::System, summary: "Demo left something behind", explanation: "After terminating the enclaves and stopping the proxy, an enclave record, a live monitor process or a vsock socket was still present in the demo's run directory." },
+    ErrorInfo { code: "E812", exit: ExitKind::Failure, summary: "Demo interrupted", explanation: "SIGINT (Ctrl-C) or SIGTERM arrived: the demo terminated its enclaves, stopped the vsock-proxy and the key service, removed its temp directory (unless --keep-temp) and exited with status 130." },
+    ErrorInfo { code: "E813", exit: ExitKind::Usage, summary: "VM demo needs a kernel", explanation: "`cloister demo --isolation vm` boots the EIF's kernel in QEMU, so the images need a real one: give a blobs directory (kernel, cmdline, init, vsock modules) with --blobs DIR or CLOISTER_BLOBS, or install one in /usr/share/nitro_enclaves/blobs. `cloister blobs prepare` builds one from a Debian cloud kernel." },
 ];
 
 /// Runs one subcommand.
@@ -152,6 +182,7 @@ struct Paths {
 
 fn demo(args: &DemoArgs) -> CliResult<()> {
     let total = Instant::now();
+    let blobs = blobs_dir(args)?;
     let temp = tempfile::Builder::new()
         .prefix("cloister-demo")
         .tempdir()
@@ -166,13 +197,12 @@ fn demo(args: &DemoArgs) -> CliResult<()> {
         std::fs::create_dir_all(d).map_err(|e| err("E802", format!("{}: {e}", d.display())))?;
     }
     let alloc = temp.path().join("allocator.yaml");
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "0".into());
+    // The host's default enclave CPUs (whole cores; CPU 0's core stays with the host).
+    let cpus = format_cpu_list(&Pool::host_default().cpus);
     std::fs::write(
         &alloc,
         format!(
-            "memory_mib: {}\ncpu_pool: \"{online}\"\n",
+            "memory_mib: {}\ncpu_pool: \"{cpus}\"\n",
             args.memory.saturating_mul(2).max(256)
         ),
     )
@@ -182,15 +212,29 @@ fn demo(args: &DemoArgs) -> CliResult<()> {
     std::env::set_var(cloister_runtime::nsm::PKI_DIR_ENV, &paths.pki);
     std::env::set_var(cloister_runtime::allocator::CONFIG_ENV, &alloc);
 
-    println!("Cloister demo: attestation-bound key release to a process-isolated enclave");
+    let unwound = watch_signals(paths.run.clone(), temp.path().to_owned(), args.keep_temp)?;
+
+    println!(
+        "Cloister demo: attestation-bound key release to a {}-isolated enclave",
+        args.isolation.as_str()
+    );
     println!("  workspace: {}", temp.path().display());
 
-    let result = demo_steps(args, &paths);
+    let result = demo_steps(args, &paths, blobs.as_deref());
     if args.keep_temp {
         let kept = temp.keep();
         println!("  kept temp directory {}", kept.display());
     } else if let Err(e) = temp.close() {
         println!("  warning: removing the temp directory: {e}");
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        let _ = unwound.send(());
+        err(
+            "E812",
+            "interrupted: enclaves, vsock-proxy, key service and temp directory are gone",
+        )
+        .report();
+        std::process::exit(INTERRUPTED_STATUS);
     }
     result?;
     println!(
@@ -200,11 +244,11 @@ fn demo(args: &DemoArgs) -> CliResult<()> {
     Ok(())
 }
 
-fn demo_steps(args: &DemoArgs, paths: &Paths) -> CliResult<()> {
+fn demo_steps(args: &DemoArgs, paths: &Paths, blobs: Option<&Path>) -> CliResult<()> {
     // 1. Images.
     let t = Instant::now();
     println!("[1/6] Build the enclave images");
-    let images = build_images(&paths.images)?;
+    let images = build_images(&paths.images, blobs)?;
     println!(
         "  static init + sample app: {} ms (cargo, cached in target/static)",
         images.static_ms
@@ -213,6 +257,7 @@ fn demo_steps(args: &DemoArgs, paths: &Paths) -> CliResult<()> {
     print_pcrs("sample.eif", &images.genuine_pcrs);
     print_pcrs("modified.eif", &images.modified_pcrs);
     println!("  step 1: {} ms", ms(t));
+    check_interrupted()?;
 
     // 2. PKI, key service, vsock-proxy.
     let t = Instant::now();
@@ -274,6 +319,9 @@ fn demo_steps(args: &DemoArgs, paths: &Paths) -> CliResult<()> {
     let proxy_socket = fabric.join(format!("3_{PROXY_PORT}.sock"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy_socket.exists() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
         if proxy_task.is_finished() || Instant::now() > deadline {
             let why = if proxy_task.is_finished() {
                 match rt.block_on(proxy_task) {
@@ -376,8 +424,9 @@ fn with_services(
             {"Sid": "DecryptOnlyInTheSampleEnclave", "Effect": "Allow",
              "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:user/{APP_USER}")},
              "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {
-                 "kms:RecipientAttestation:ImageSha384": pcr0_hex}}}
+             "Condition": {
+                 "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex},
+                 "StringEquals": {"cloister:RecipientAttestation:Isolation": args.isolation.as_str()}}}
         ]
     });
     let created = rt
@@ -396,7 +445,11 @@ fn with_services(
         .as_str()
         .ok_or_else(|| err("E805", "CreateKey answered without KeyMetadata.KeyId"))?
         .to_owned();
-    println!("  key {key_id}: Decrypt only with kms:RecipientAttestation:ImageSha384 = PCR0 of sample.eif");
+    println!(
+        "  key {key_id}: Decrypt only with kms:RecipientAttestation:ImageSha384 = PCR0 of \
+         sample.eif and cloister:RecipientAttestation:Isolation = {}",
+        args.isolation.as_str()
+    );
     let secret = Zeroizing::new(hex::encode(random::<24>()?).into_bytes());
     let encrypted = rt
         .block_on(
@@ -420,6 +473,7 @@ fn with_services(
         B64.decode(&ciphertext_b64).map(|b| b.len()).unwrap_or(0)
     );
     println!("  step 3: {} ms", ms(t));
+    check_interrupted()?;
 
     let mut enclaves = Enclaves {
         run: RunDir::new(&paths.run),
@@ -438,14 +492,25 @@ fn with_services(
     // 4. The genuine image.
     let t = Instant::now();
     println!("[4/6] Run sample.eif and ask it to prove it can get the secret");
-    let rec = start_enclave(&mut enclaves, &images.genuine, "cloister-demo", args.memory)?;
+    let rec = start_enclave(
+        &mut enclaves,
+        &images.genuine,
+        "cloister-demo",
+        args.memory,
+        args.isolation,
+    )?;
     println!(
-        "  enclave {} (CID {}, {} MiB, process isolation) booted in {} ms",
+        "  enclave {} (CID {}, {} MiB, {} isolation, monitor PID {}) booted in {} ms",
         rec.enclave_id,
         rec.cid,
         rec.memory_mib,
+        args.isolation.as_str(),
+        rec.monitor_pid,
         ms(t)
     );
+    if args.pause {
+        pause(&paths.run)?;
+    }
     let challenge = random::<32>()?;
     let asked = Instant::now();
     let reply = exchange(&enclaves.run, &rec, &request(&challenge))?;
@@ -501,6 +566,7 @@ fn with_services(
         hex::encode(&mac)
     );
     println!("  step 4: {} ms", ms(t));
+    check_interrupted()?;
 
     // 5. The modified image.
     let t = Instant::now();
@@ -510,6 +576,7 @@ fn with_services(
         &images.modified,
         "cloister-demo-modified",
         args.memory,
+        args.isolation,
     )?;
     println!(
         "  enclave {} (CID {}) booted in {} ms",
@@ -541,6 +608,7 @@ fn with_services(
         }
     }
     println!("  step 5: {} ms", ms(t));
+    check_interrupted()?;
 
     // 6. Tear down the enclaves.
     let t = Instant::now();
@@ -598,7 +666,9 @@ fn start_enclave(
     eif: &Path,
     name: &str,
     memory_mib: u64,
+    isolation: Isolation,
 ) -> CliResult<EnclaveRecord> {
+    check_interrupted()?;
     let program = std::env::current_exe().map_err(|e| err("E806", format!("current exe: {e}")))?;
     let monitor = MonitorCommand {
         program,
@@ -607,20 +677,24 @@ fn start_enclave(
             "--enclave-id".to_owned(),
         ],
     };
+    // One whole core (a CPU on hosts without SMT).
+    let per_core = Pool::host_default().cores.first().map_or(1, Vec::len);
     let opts = RunOptions {
         eif_path: eif.to_owned(),
-        cpus: CpuRequest::Count(1),
+        cpus: CpuRequest::Count(u32::try_from(per_core).unwrap_or(1)),
         memory_mib,
         cid: 0,
         debug_mode: false,
         name: Some(name.to_owned()),
-        isolation: Isolation::Process,
+        isolation,
     };
     let rec = lifecycle::run_enclave(&enclaves.run, &opts, &monitor).map_err(|e| {
         let code = e.kind().map(|k| format!("{k:?}")).unwrap_or_default();
         err("E806", format!("{}: {e} {code}", eif.display()))
     })?;
     enclaves.started.push(rec.clone());
+    // A signal that arrived while it booted: the guard terminates it on the way out.
+    check_interrupted()?;
     Ok(rec)
 }
 
@@ -653,6 +727,149 @@ fn exchange(run: &RunDir, rec: &EnclaveRecord, request: &SecretRequest) -> CliRe
     })
 }
 
+/// The blobs directory the images use: `--blobs`, `CLOISTER_BLOBS`, or the default directory
+/// when it exists. `vm` isolation needs one (E813).
+fn blobs_dir(args: &DemoArgs) -> CliResult<Option<PathBuf>> {
+    let named = args
+        .blobs
+        .clone()
+        .or_else(|| std::env::var_os(BLOBS_ENV).map(PathBuf::from));
+    let dir = named.clone().or_else(|| {
+        let default = PathBuf::from(cloister_image_builder::blobs::DEFAULT_BLOBS_DIR);
+        default.is_dir().then_some(default)
+    });
+    if args.isolation == Isolation::Vm {
+        let Some(dir) = &dir else {
+            return Err(err(
+                "E813",
+                format!(
+                    "--isolation vm boots a real kernel: give --blobs DIR or {BLOBS_ENV} (no \
+                     blobs in {})",
+                    cloister_image_builder::blobs::DEFAULT_BLOBS_DIR
+                ),
+            ));
+        };
+        cloister_image_builder::blobs::Blobs::load(dir)
+            .map_err(|e| err("E813", format!("blobs directory {}: {e}", dir.display())))?;
+    } else if let Some(named) = &named {
+        if !named.is_dir() {
+            return Err(err(
+                "E801",
+                format!("blobs directory {} does not exist", named.display()),
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// Fails with E812 once SIGINT or SIGTERM arrived.
+fn check_interrupted() -> CliResult<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err(err("E812", "interrupted"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits for Enter on stdin (or its end), or for an interrupt.
+fn pause(run: &Path) -> CliResult<()> {
+    println!(
+        "  paused: the enclave runs (CLOISTER_RUN_DIR={} cloister describe-enclaves); press \
+         Enter to go on",
+        run.display()
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("demo-pause".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            let _ = tx.send(());
+        })
+        .map_err(|e| err("E802", format!("pause thread: {e}")))?;
+    loop {
+        check_interrupted()?;
+        match rx.recv_timeout(INTERRUPT_POLL) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Terminates every enclave recorded in the demo's run directory (booting ones included).
+fn terminate_recorded(run: &Path) {
+    let run = RunDir::new(run);
+    if let Ok(records) = lifecycle::describe(&run) {
+        for rec in records {
+            let _ = lifecycle::terminate(&run, &rec);
+        }
+    }
+}
+
+/// Catches SIGINT and SIGTERM on a thread of its own. On a signal it marks the demo
+/// interrupted and terminates the recorded enclaves, which unblocks whatever the demo waits
+/// for (a boot, an answer); the demo then unwinds through its normal teardown and exits with
+/// [`INTERRUPTED_STATUS`]. If it has not done so after [`INTERRUPT_GRACE`] (a message on the
+/// returned channel), the thread removes what is left itself and exits.
+fn watch_signals(run: PathBuf, temp: PathBuf, keep: bool) -> CliResult<mpsc::Sender<()>> {
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("demo-signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let name = rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (mut int, mut term) = match (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return None;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                tokio::select! {
+                    _ = int.recv() => Some("SIGINT"),
+                    _ = term.recv() => Some("SIGTERM"),
+                }
+            });
+            let Some(name) = name else { return };
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            eprintln!("cloister demo: {name}: tearing down");
+            terminate_recorded(&run);
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(INTERRUPT_GRACE) {
+                terminate_recorded(&run);
+                if !keep {
+                    let _ = std::fs::remove_dir_all(&temp);
+                }
+                err(
+                    "E812",
+                    "interrupted; the demo did not unwind in time, removed what was left",
+                )
+                .report();
+                std::process::exit(INTERRUPTED_STATUS);
+            }
+        })
+        .map_err(|e| err("E802", format!("signal thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(done_tx),
+        Ok(Err(e)) => Err(err("E802", format!("signal handlers: {e}"))),
+        Err(_) => Err(err("E802", "signal handlers: the thread ended")),
+    }
+}
+
 /// The demo images.
 struct Images {
     genuine: PathBuf,
@@ -663,7 +880,7 @@ struct Images {
     static_ms: u128,
 }
 
-fn build_images(dir: &Path) -> CliResult<Images> {
+fn build_images(dir: &Path, blobs_dir: Option<&Path>) -> CliResult<Images> {
     let t = Instant::now();
     let init =
         cloister_init::build_static_init().map_err(|e| err("E801", format!("static init: {e}")))?;
@@ -672,34 +889,43 @@ fn build_images(dir: &Path) -> CliResult<Images> {
     let static_ms = ms(t);
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| err("E801", format!("{}: {e}", p.display())));
-    let init = read(&init)?;
     let app = read(&app)?;
-    let blobs_dir = std::env::var_os(BLOBS_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(cloister_image_builder::blobs::DEFAULT_BLOBS_DIR));
-    let (kernel, cmdline, kernel_note) = if blobs_dir.is_dir() {
-        let blobs = cloister_image_builder::blobs::Blobs::load(&blobs_dir)
-            .map_err(|e| err("E801", format!("blobs: {e}")))?;
-        let note = format!(
-            "{} from {} (measured; process isolation does not boot it)",
-            blobs.kernel.display(),
-            blobs_dir.display()
-        );
-        (read(&blobs.kernel)?, blobs.cmdline, note)
-    } else {
-        (
-            PLACEHOLDER_KERNEL.to_vec(),
-            PLACEHOLDER_CMDLINE.to_owned(),
-            format!(
-                "embedded placeholder (no blobs in {}; process isolation does not boot a kernel)",
-                blobs_dir.display()
-            ),
-        )
+    let (kernel, cmdline, kernel_note, boot) = match blobs_dir {
+        Some(blobs_dir) => {
+            let blobs = cloister_image_builder::blobs::Blobs::load(blobs_dir)
+                .map_err(|e| err("E801", format!("blobs: {e}")))?;
+            let note = format!(
+                "{} from {} with {} module(s) in the bootstrap ramdisk",
+                blobs.kernel.display(),
+                blobs_dir.display(),
+                blobs.modules.len()
+            );
+            // The blobs' bootstrap ramdisk (modules, modules.list) around the init just built.
+            let with_init = cloister_image_builder::blobs::Blobs {
+                init: init.clone(),
+                ..blobs.clone()
+            };
+            let boot =
+                cloister_image_builder::build::write_bootstrap_ramdisk(&with_init, 0, Vec::new())
+                    .map_err(|e| err("E801", format!("bootstrap ramdisk: {e}")))?;
+            (read(&blobs.kernel)?, blobs.cmdline, note, boot)
+        }
+        None => {
+            let init = read(&init)?;
+            let boot = ramdisk(|w| {
+                w.file("init", 0o755, 0, 0, init.len() as u64, &init[..])
+                    .map(|_| ())
+            })?;
+            (
+                PLACEHOLDER_KERNEL.to_vec(),
+                PLACEHOLDER_CMDLINE.to_owned(),
+                "embedded placeholder (no blobs directory; process isolation does not boot a \
+                 kernel)"
+                    .to_owned(),
+                boot,
+            )
+        }
     };
-    let boot = ramdisk(|w| {
-        w.file("init", 0o755, 0, 0, init.len() as u64, &init[..])
-            .map(|_| ())
-    })?;
     let build = |name: &str, env: &str| -> CliResult<(PathBuf, Measurements)> {
         let cmd = format!("/sample-app\nserve\n{DEFAULT_PORT}\n");
         let user = ramdisk(|w| {
@@ -811,5 +1037,44 @@ mod tests {
         };
         assert_eq!(a.memory, 128);
         assert!(!a.keep_temp);
+        assert_eq!(a.isolation, Isolation::Process);
+        assert!(!a.pause && a.blobs.is_none());
+        let cli = crate::Cli::try_parse_from([
+            "cloister",
+            "demo",
+            "--isolation",
+            "vm",
+            "--blobs",
+            "/b",
+            "--pause",
+        ])
+        .unwrap();
+        let crate::Command::Demo(DemoCommand::Demo(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.isolation, Isolation::Vm);
+        assert_eq!(a.blobs.as_deref(), Some(Path::new("/b")));
+        assert!(a.pause);
+        assert!(crate::Cli::try_parse_from(["cloister", "demo", "--isolation", "tee"]).is_err());
+    }
+
+    #[test]
+    fn vm_isolation_needs_a_blobs_directory() {
+        let args = |blobs: &str| DemoArgs {
+            memory: 256,
+            keep_temp: false,
+            isolation: Isolation::Vm,
+            blobs: Some(PathBuf::from(blobs)),
+            pause: false,
+        };
+        let missing = blobs_dir(&args("/nonexistent/blobs")).unwrap_err();
+        assert_eq!(missing.code, "E813");
+        let empty = tempfile::tempdir().unwrap();
+        let e = blobs_dir(&args(empty.path().to_str().unwrap())).unwrap_err();
+        assert_eq!(e.code, "E813");
+        assert!(e.to_string().contains("bzImage"), "{e}");
+        let mut process = args("/nonexistent/blobs");
+        process.isolation = Isolation::Process;
+        assert_eq!(blobs_dir(&process).unwrap_err().code, "E801");
     }
 }

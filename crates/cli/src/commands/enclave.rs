@@ -145,7 +145,7 @@ pub struct MonitorArgs {
     pub enclave_id: String,
 }
 
-/// Error codes of this area (and the reserved VM backend code E701).
+/// Error codes of this area (and the VM backend's E701).
 pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E301", exit: ExitKind::Usage, summary: "Invalid enclave arguments", explanation: "The run-enclave arguments or --config file are inconsistent: a CPU list that does not parse, a duplicate or empty enclave name, zero CPUs. The message says which." },
     ErrorInfo { code: "E302", exit: ExitKind::Usage, summary: "Invalid enclave CID", explanation: "CIDs 1, 2 and 3 are reserved (3 is the parent) and CIDs must be below 4294967295. Use 0 (or leave --enclave-cid out) to have one assigned from 4 up." },
@@ -153,7 +153,7 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E304", exit: ExitKind::Unavailable, summary: "Not enough free CPUs", explanation: "The request does not fit the enclave CPU pool: the CPUs are used by other enclaves or are not in the pool. Terminate an enclave or change allocator.yaml (cpu_count / cpu_pool); describe-enclaves shows what is in use." },
     ErrorInfo { code: "E305", exit: ExitKind::Unavailable, summary: "Not enough free enclave memory", explanation: "The memory asked for does not fit what is left of the pool's memory_mib (allocator.yaml). Terminate an enclave, ask for less, or enlarge the pool." },
     ErrorInfo { code: "E306", exit: ExitKind::InvalidInput, summary: "Enclave memory too small", explanation: "An enclave needs at least 64 MiB and at least 4 times the size of its image file." },
-    ErrorInfo { code: "E307", exit: ExitKind::InvalidInput, summary: "Cannot use the enclave image", explanation: "The image file cannot be read or is not a valid EIF. `cloister describe-eif --eif-path FILE` shows what is wrong with it." },
+    ErrorInfo { code: "E307", exit: ExitKind::InvalidInput, summary: "Cannot use the enclave image", explanation: "The image file cannot be read or is not a valid EIF (`cloister describe-eif --eif-path FILE` shows what is wrong with it), or, for --isolation vm, its kernel is not a bootable bzImage: build VM-capable images with `cloister blobs prepare` and `build-enclave --blobs`." },
     ErrorInfo { code: "E308", exit: ExitKind::InvalidInput, summary: "Invalid allocator configuration", explanation: "allocator.yaml (CLOISTER_ALLOCATOR_CONFIG or /etc/cloister/allocator.yaml) must hold memory_mib (at least 64) and either cpu_count or cpu_pool (\"2,3,6-9\") naming online CPUs, and nothing else." },
     ErrorInfo { code: "E309", exit: ExitKind::Timeout, summary: "Enclave boot timed out", explanation: "The enclave's init did not send the boot heartbeat (vsock port 9000) in time. The message quotes the console's last lines. The timeout follows nitro-cli's rule (90 s per started 6 GiB of image plus 90 s per started 100 GiB of memory); CLOISTER_BOOT_TIMEOUT_MS overrides it. Everything started for the enclave was torn down." },
     ErrorInfo { code: "E310", exit: ExitKind::Failure, summary: "Enclave failed to start", explanation: "The enclave's setup failed or it exited before its boot heartbeat (a missing or broken /init in the image, a ramdisk with unsafe paths, a namespace or mount the kernel refused). The message carries the cause and the console's last lines." },
@@ -164,7 +164,7 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E315", exit: ExitKind::System, summary: "Enclave runtime failure", explanation: "The runtime could not start the enclave's monitor, read or write its run directory (CLOISTER_RUN_DIR, default /run/cloister), set up cgroups or the vsock broker. Enclaves need root." },
     ErrorInfo { code: "E316", exit: ExitKind::InvalidInput, summary: "Invalid enclave config file", explanation: "The --config file must be nitro-cli's JSON: eif_path, memory_mib, and cpu_count or cpu_ids; optionally enclave_cid, debug_mode, attach_console, enclave_name; nothing else." },
     ErrorInfo { code: "E317", exit: ExitKind::Failure, summary: "Enclave terminated while booting", explanation: "terminate-enclave (or a SIGTERM, SIGINT or SIGHUP to the enclave's monitor) arrived before the enclave's init sent its boot heartbeat. Everything started for the enclave was torn down; run it again if that was not intended." },
-    ErrorInfo { code: "E701", exit: ExitKind::Unavailable, summary: "VM isolation not supported yet", explanation: "--isolation vm (QEMU microVM enclaves) is not implemented yet. Use --isolation process." },
+    ErrorInfo { code: "E701", exit: ExitKind::Unavailable, summary: "VM isolation unavailable on this host", explanation: "--isolation vm runs the enclave as a QEMU microVM and needs qemu-system-x86_64 (Debian/Ubuntu: apt-get install qemu-system-x86; CLOISTER_QEMU names another binary). KVM is used where /dev/kvm runs normal guests, TCG emulation otherwise. Install QEMU or use --isolation process." },
 ];
 
 /// Runs one subcommand.
@@ -273,6 +273,7 @@ pub fn describe_json(rec: &EnclaveRecord, metadata: bool) -> Value {
     v["Flags"] = json!(if rec.debug_mode { "DEBUG_MODE" } else { "NONE" });
     v["Measurements"] = measurements;
     v["Isolation"] = json!(rec.isolation);
+    v["Accelerator"] = json!(rec.accelerator);
     if metadata {
         v["ImageName"] = json!(rec.metadata.image_name);
         v["ImageVersion"] = json!(rec.metadata.image_version);
@@ -501,6 +502,8 @@ mod tests {
         assert_eq!(code(FailureKind::Setup, "init missing"), "E310");
         assert_eq!(code(FailureKind::BootTimeout, "no heartbeat"), "E309");
         assert_eq!(code(FailureKind::System, "broker"), "E315");
+        assert_eq!(code(FailureKind::Unsupported, "no qemu"), "E701");
+        assert_eq!(code(FailureKind::Image, "not a bzImage"), "E307");
         assert!(CODES.iter().any(|c| c.code == "E317"));
     }
 

@@ -80,7 +80,16 @@ pub struct Env {
 }
 
 impl Env {
+    /// `pool_cpus` is the pool on small hosts (two CPUs or fewer, where CPU 0's core may be
+    /// lent); on larger hosts the pool is the host default (whole cores but CPU 0's), which
+    /// `cpu_pool` must respect there.
     pub fn new(pool_cpus: &str, pool_mib: u64) -> Self {
+        let host = cloister_runtime::allocator::Pool::host_default();
+        let pool_cpus = if host.cpus.len() > cloister_runtime::allocator::SMALL_HOST_CPUS {
+            cloister_runtime::allocator::format_cpu_list(&host.cpus)
+        } else {
+            pool_cpus.to_owned()
+        };
         let dir = tempfile::Builder::new()
             .prefix("cloister-enc")
             .tempdir()

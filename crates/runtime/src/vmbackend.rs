@@ -1,0 +1,447 @@
+//! The `vm` isolation backend: an enclave is a QEMU microVM ([`cloister_vm`]).
+//!
+//! The monitor calls [`check_host`] first (QEMU present), then [`start`], which:
+//! 1. checks that the image's kernel section is a bootable bzImage (the setup header's `HdrS`
+//!    magic at [`BZIMAGE_MAGIC_OFFSET`]); an image built without a kernel fails here with an
+//!    image-class error;
+//! 2. writes the kernel and the concatenation of every ramdisk (in order, each padded to
+//!    4 bytes, as the kernel's initramfs unpacker takes them) into the enclave's directory,
+//!    mode 0400 and owned by the enclave's host uid, the only user QEMU runs as;
+//! 3. creates the enclave's cgroup (cpuset = its CPUs, memory = its memory plus
+//!    [`QEMU_OVERHEAD_MIB`], pids = [`QEMU_PIDS_MAX`]) that QEMU joins before it runs;
+//! 4. starts the VM: one vCPU per allocated CPU, each pinned; the enclave's memory; its cid;
+//!    its NSM (served at cid 0 port 1 by the vsock device); the debug console into the
+//!    enclave's console file. The vsock device joins the host fabric itself (no broker).
+//!
+//! [`VmRunning`] is the [`Running`] handle: exit status, kill, cgroup cleanup, and the VM's
+//! own account of how it ended (a guest kernel panic is reported as such).
+
+use crate::backend::{BackendError, Running};
+use crate::cgroup::{EnclaveCgroup, Layout, Limits};
+use crate::sys::ExitStatus;
+use cloister_vm::{Accel, VmConfig, VmEnclave, VmExit};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Offset of the bzImage setup header magic.
+pub const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
+/// The setup header magic.
+pub const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
+/// Memory QEMU itself may use beyond the guest's (translation cache, device state, threads),
+/// added to the cgroup's memory limit.
+pub const QEMU_OVERHEAD_MIB: u64 = 256;
+/// Task limit of a VM enclave's cgroup (QEMU's main, RCU, vCPU and I/O worker threads).
+pub const QEMU_PIDS_MAX: u32 = 256;
+/// Extra time the VM's own boot watchdog waits beyond the monitor's deadline, so the monitor
+/// reports the timeout first.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(5);
+/// Kernel file in the enclave's directory.
+pub const KERNEL_FILE: &str = "vm-kernel";
+/// Initrd file in the enclave's directory.
+pub const INITRD_FILE: &str = "vm-initrd";
+
+/// What the monitor gives the VM backend.
+pub struct VmLaunch {
+    /// The enclave id (its cgroup's name).
+    pub enclave_id: String,
+    /// The image.
+    pub eif_path: PathBuf,
+    /// The enclave's directory (kernel and initrd are written there).
+    pub enclave_dir: PathBuf,
+    /// The run directory (`<run>/vsock` is the fabric).
+    pub run_dir: PathBuf,
+    /// The enclave's cid.
+    pub cid: u32,
+    /// Allocated CPUs (one vCPU each, pinned).
+    pub cpus: Vec<u32>,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Debug mode: console into `console`.
+    pub debug: bool,
+    /// The enclave's console file.
+    pub console: PathBuf,
+    /// Host uid/gid QEMU runs as.
+    pub host_id: (u32, u32),
+    /// The enclave's NSM.
+    pub nsm: Arc<dyn cloister_vsock::NsmService>,
+    /// The boot timeout the monitor applies.
+    pub boot_timeout: Duration,
+    /// Called once when the heartbeat arrives.
+    pub on_heartbeat: cloister_vm::HeartbeatCallback,
+}
+
+impl std::fmt::Debug for VmLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmLaunch")
+            .field("enclave_id", &self.enclave_id)
+            .field("cid", &self.cid)
+            .field("cpus", &self.cpus)
+            .field("memory_mib", &self.memory_mib)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fails with [`BackendError::VmUnavailable`] when QEMU cannot be found.
+pub fn check_host() -> Result<(), BackendError> {
+    let qemu = cloister_vm::qemu::qemu_binary();
+    if find_program(&qemu).is_some() {
+        return Ok(());
+    }
+    Err(BackendError::VmUnavailable(format!(
+        "{} was not found{}; install it (Debian/Ubuntu: apt-get install qemu-system-x86) or \
+         name it with CLOISTER_QEMU",
+        qemu.display(),
+        if qemu.components().count() > 1 {
+            ""
+        } else {
+            " in PATH"
+        }
+    )))
+}
+
+/// The executable `program` resolves to (a path, or a name looked up in `PATH`).
+fn find_program(program: &Path) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+/// True when `head` (the first bytes of a kernel) carries the bzImage setup header magic.
+pub fn is_bzimage(head: &[u8]) -> bool {
+    head.get(BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + BZIMAGE_MAGIC.len())
+        == Some(&BZIMAGE_MAGIC[..])
+}
+
+fn image_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Image(e.to_string())
+}
+
+fn io_setup(what: &str, path: &Path, e: std::io::Error) -> BackendError {
+    BackendError::Setup(format!("{what} {}: {e}", path.display()))
+}
+
+/// Creates `path` (mode 0400, owned by `owner`) and fills it with `fill`.
+fn write_private(
+    path: &Path,
+    owner: (u32, u32),
+    fill: impl FnOnce(&mut std::fs::File) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(|e| io_setup("cannot create", path, e))?;
+    fill(&mut file)?;
+    file.flush()
+        .map_err(|e| io_setup("cannot write", path, e))?;
+    std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1))
+        .map_err(|e| io_setup("cannot chown", path, e))
+}
+
+/// The files [`write_boot_files`] wrote.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The ramdisks, concatenated.
+    pub initrd: PathBuf,
+    /// The image's kernel command line.
+    pub cmdline: String,
+}
+
+/// Fails with [`BackendError::Image`] unless the image's kernel is a bootable bzImage (the
+/// monitor checks this before it allocates anything).
+pub fn check_kernel(eif_path: &Path) -> Result<(), BackendError> {
+    let mut eif = cloister_eif::EifReader::open(eif_path).map_err(image_err)?;
+    check_kernel_of(&mut eif)
+}
+
+fn check_kernel_of(eif: &mut cloister_eif::EifReader<std::fs::File>) -> Result<(), BackendError> {
+    let kernel_index = eif.kernel();
+    let mut head = [0u8; BZIMAGE_MAGIC_OFFSET + 4];
+    let mut got = 0;
+    {
+        let mut r = eif.section_reader(kernel_index).map_err(image_err)?;
+        while got < head.len() {
+            match r.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(image_err(e)),
+            }
+        }
+    }
+    if !is_bzimage(&head[..got]) {
+        return Err(BackendError::Image(
+            "the image's kernel is not a bootable bzImage (no \"HdrS\" setup header at 0x202): \
+             it was built without a kernel: use `cloister blobs prepare` and \
+             `build-enclave --blobs`"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the image's kernel and writes the kernel and the initrd into `dir`, readable only by
+/// `owner`.
+pub fn write_boot_files(
+    eif_path: &Path,
+    dir: &Path,
+    owner: (u32, u32),
+) -> Result<BootFiles, BackendError> {
+    let mut eif = cloister_eif::EifReader::open(eif_path).map_err(image_err)?;
+    let cmdline = eif.cmdline().map_err(image_err)?;
+    check_kernel_of(&mut eif)?;
+    let kernel_index = eif.kernel();
+    let kernel = dir.join(KERNEL_FILE);
+    write_private(&kernel, owner, |f| {
+        let mut r = eif.section_reader(kernel_index).map_err(image_err)?;
+        std::io::copy(&mut r, f).map_err(|e| io_setup("cannot write", &kernel, e))?;
+        Ok(())
+    })?;
+    let initrd = dir.join(INITRD_FILE);
+    write_private(&initrd, owner, |f| {
+        let mut total = 0u64;
+        for index in eif.ramdisks() {
+            let mut r = eif.section_reader(index).map_err(image_err)?;
+            total += std::io::copy(&mut r, f).map_err(|e| io_setup("cannot write", &initrd, e))?;
+            let pad = (4 - total % 4) % 4;
+            f.write_all(&[0u8; 3][..pad as usize])
+                .map_err(|e| io_setup("cannot write", &initrd, e))?;
+            total += pad;
+        }
+        Ok(())
+    })?;
+    Ok(BootFiles {
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// Starts a VM enclave (returns once its vCPUs run; the heartbeat comes later).
+pub fn start(launch: VmLaunch) -> Result<VmRunning, BackendError> {
+    let owner = launch.host_id;
+    let files = write_boot_files(&launch.eif_path, &launch.enclave_dir, owner)?;
+    let cgroup = EnclaveCgroup::new(Layout::detect()?, &launch.enclave_id);
+    cgroup.create(&Limits {
+        cpus: launch.cpus.clone(),
+        memory_bytes: launch
+            .memory_mib
+            .saturating_add(QEMU_OVERHEAD_MIB)
+            .saturating_mul(1024 * 1024),
+        pids_max: QEMU_PIDS_MAX,
+    })?;
+    let mut cfg = VmConfig::new(
+        &files.kernel,
+        &files.initrd,
+        launch.cid,
+        &launch.run_dir,
+        launch.nsm,
+    );
+    cfg.cmdline = files.cmdline;
+    cfg.memory_mib = launch.memory_mib;
+    cfg.cpus = launch.cpus.iter().map(|&c| c as usize).collect();
+    cfg.debug = launch.debug;
+    cfg.console = launch.console;
+    cfg.on_heartbeat = Some(launch.on_heartbeat);
+    cfg.boot_timeout = launch.boot_timeout + WATCHDOG_GRACE;
+    cfg.run_as = Some(owner);
+    cfg.cgroup_procs = cgroup
+        .dirs()
+        .iter()
+        .map(|d| d.join("cgroup.procs"))
+        .collect();
+    match VmEnclave::start(cfg) {
+        Ok(vm) => Ok(VmRunning {
+            vm,
+            cgroup,
+            status: None,
+        }),
+        Err(e) => {
+            let _ = cgroup.remove();
+            Err(BackendError::Vm(e))
+        }
+    }
+}
+
+/// A running VM enclave.
+#[derive(Debug)]
+pub struct VmRunning {
+    vm: VmEnclave,
+    cgroup: EnclaveCgroup,
+    status: Option<ExitStatus>,
+}
+
+impl VmRunning {
+    /// The accelerator QEMU uses.
+    pub fn accel(&self) -> Accel {
+        self.vm.accel()
+    }
+
+    /// How the VM ended, once it has.
+    pub fn exit(&self) -> Option<VmExit> {
+        self.vm.try_wait()
+    }
+
+    /// The last console bytes (kept in memory, debug mode or not).
+    pub fn console_tail(&self) -> String {
+        self.vm.console_tail()
+    }
+}
+
+/// The exit status a VM's end is reported as.
+pub fn exit_status(exit: &VmExit) -> ExitStatus {
+    match exit {
+        VmExit::PoweredOff => ExitStatus::Exited(0),
+        VmExit::Panicked(_) => ExitStatus::Exited(1),
+        VmExit::Killed | VmExit::BootTimeout => ExitStatus::Signaled(libc::SIGKILL),
+        VmExit::QemuFailed(Some(code), _) => ExitStatus::Exited(*code),
+        VmExit::QemuFailed(None, _) => ExitStatus::Signaled(libc::SIGKILL),
+    }
+}
+
+impl Running for VmRunning {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.vm.pid()).unwrap_or(0)
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, BackendError> {
+        if self.status.is_none() {
+            self.status = self.vm.try_wait().map(|e| exit_status(&e));
+        }
+        Ok(self.status)
+    }
+
+    fn kill(&mut self) -> Result<ExitStatus, BackendError> {
+        let exit = self.vm.kill();
+        let status = *self.status.get_or_insert(exit_status(&exit));
+        Ok(status)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        Ok(self.cgroup.remove()?)
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
+    fn leftovers(&self) -> Vec<PathBuf> {
+        self.cgroup.dirs().to_vec()
+    }
+
+    fn exit_detail(&self) -> Option<String> {
+        self.vm.try_wait().map(|e| e.to_string())
+    }
+
+    fn console_tail(&self) -> Option<String> {
+        Some(self.vm.console_tail())
+    }
+
+    fn accelerator(&self) -> Option<&'static str> {
+        Some(self.vm.accel().qemu_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eif_with_kernel(dir: &Path, kernel: Vec<u8>) -> PathBuf {
+        let path = dir.join("x.eif");
+        cloister_eif::EifBuilder::new()
+            .kernel_bytes(kernel)
+            .cmdline("console=ttyS0 extra=1")
+            .ramdisk_bytes(b"abcde".to_vec())
+            .ramdisk_bytes(b"fgh".to_vec())
+            .write_to_path(&path)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn bzimage_magic_is_checked_with_bounds() {
+        let mut k = vec![0u8; 0x300];
+        assert!(!is_bzimage(&k));
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        assert!(is_bzimage(&k));
+        assert!(!is_bzimage(&k[..0x204]));
+        assert!(!is_bzimage(&[]));
+    }
+
+    #[test]
+    fn an_image_without_a_kernel_is_an_image_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let eif = eif_with_kernel(dir.path(), b"not a kernel".to_vec());
+        assert!(matches!(check_kernel(&eif), Err(BackendError::Image(_))));
+        match write_boot_files(&eif, dir.path(), (0, 0)) {
+            Err(BackendError::Image(m)) => {
+                assert!(m.contains("cloister blobs prepare"), "{m}");
+                assert!(m.contains("build-enclave --blobs"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.path().join(KERNEL_FILE).exists());
+    }
+
+    #[test]
+    fn boot_files_are_private_and_ramdisks_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = vec![0u8; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        let eif = eif_with_kernel(dir.path(), k.clone());
+        let owner = (1_000_000_123, 1_000_000_123);
+        let files = write_boot_files(&eif, dir.path(), owner).unwrap();
+        assert_eq!(files.cmdline, "console=ttyS0 extra=1");
+        assert_eq!(std::fs::read(&files.kernel).unwrap(), k);
+        assert_eq!(
+            std::fs::read(&files.initrd).unwrap(),
+            b"abcde\0\0\0fgh\0".to_vec()
+        );
+        for p in [&files.kernel, &files.initrd] {
+            let m = std::fs::metadata(p).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o400);
+            assert_eq!(
+                (
+                    std::os::unix::fs::MetadataExt::uid(&m),
+                    std::os::unix::fs::MetadataExt::gid(&m)
+                ),
+                owner
+            );
+        }
+        // Written again (a retry in the same directory) replaces them.
+        write_boot_files(&eif, dir.path(), owner).unwrap();
+    }
+
+    #[test]
+    fn programs_are_found_by_path_or_name() {
+        assert!(find_program(Path::new("/nonexistent/qemu")).is_none());
+        assert!(find_program(Path::new("sh")).is_some());
+    }
+
+    #[test]
+    fn exits_map_to_statuses() {
+        assert_eq!(exit_status(&VmExit::PoweredOff), ExitStatus::Exited(0));
+        assert_eq!(
+            exit_status(&VmExit::Killed),
+            ExitStatus::Signaled(libc::SIGKILL)
+        );
+        assert_eq!(
+            exit_status(&VmExit::QemuFailed(Some(3), String::new())),
+            ExitStatus::Exited(3)
+        );
+    }
+}
