@@ -208,8 +208,9 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
     );
     drop(ready);
     crate::boottrace::mark("monitor: ready sent");
-    // The leaf certificate is issued now, off the boot path, unless a request came first.
-    live.nsm.prepare();
+    // The leaf certificate is issued now, off the boot path and at idle CPU priority, unless
+    // a request comes first.
+    live.nsm.prepare_in_background();
     live.supervise();
     live.teardown(&run);
     drop(lock);

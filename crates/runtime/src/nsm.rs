@@ -12,17 +12,22 @@
 //! the host CA when less than a third of that is left, so every document is signed by a leaf
 //! valid at the document's timestamp however long the enclave runs.
 //!
-//! Issuing the leaf (a P-384 key pair and a host CA signature) is kept off the boot path: the
-//! host CA is loaded (and so checked) before the enclave starts, but the leaf and the [`Nsm`]
-//! are made on first use, by [`EnclaveNsm::prepare`] (the monitor calls it once the enclave has
-//! booted) or by the first request, whichever comes first.
+//! Issuing the leaf (a P-384 key pair and a host CA signature; in a fresh monitor also the
+//! crypto library's first seeding of its random generator, tens of milliseconds of CPU time) is
+//! kept off the boot path: the host CA is loaded (and so checked) before the enclave starts, but
+//! the leaf and the [`Nsm`] are made on first use, by [`EnclaveNsm::prepare_in_background`]
+//! (the monitor calls it once the enclave has booted) or by the first request, whichever comes
+//! first. The background preparation runs at idle CPU priority (`SCHED_IDLE`), so it only uses
+//! CPU time nothing else on the host wants; a request that finds it under way lifts it back to
+//! normal priority before waiting for it.
 
 use crate::backend::Isolation;
 use cloister_attestation::{Clock, HostCa, ImagePcrs, Nsm, NsmConfig, Pki, PkiError, SystemClock};
 use cloister_nsm_api::{ErrorCode, Response};
 use cloister_vsock::NsmService;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime};
 
 /// Default PKI directory.
@@ -92,6 +97,8 @@ impl Recipe {
 pub struct EnclaveNsm {
     recipe: Recipe,
     nsm: Mutex<Option<Arc<Nsm>>>,
+    /// Thread id of the idle-priority background preparation while it runs, else 0.
+    preparer: AtomicI32,
 }
 
 impl std::fmt::Debug for EnclaveNsm {
@@ -119,13 +126,48 @@ impl EnclaveNsm {
 
     /// The NSM, made now if it does not exist yet. A failure is retried on the next call.
     pub fn get(&self) -> Result<Arc<Nsm>, NsmSetupError> {
-        let mut slot = self.lock();
+        let mut slot = match self.nsm.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // The slot is held: if by the idle-priority preparation, lift it to normal
+                // priority so this caller does not wait on a thread that only runs when the
+                // host is idle. (The preparer publishes its id before it takes the lock.)
+                let tid = self.preparer.load(Ordering::SeqCst);
+                if tid != 0 && tid != crate::sys::gettid() {
+                    let _ = crate::sys::set_idle_scheduling(tid, false);
+                }
+                self.lock()
+            }
+        };
         if let Some(nsm) = slot.as_ref() {
             return Ok(Arc::clone(nsm));
         }
         let nsm = Arc::new(self.recipe.make()?);
         *slot = Some(Arc::clone(&nsm));
         Ok(nsm)
+    }
+
+    /// Makes the NSM ahead of the first request on a background thread at idle CPU priority
+    /// (see the module documentation); falls back to [`EnclaveNsm::prepare`] on this thread if
+    /// no thread can be started.
+    pub fn prepare_in_background(self: &Arc<Self>) {
+        if self.ready() {
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("nsm-prepare".into())
+            .spawn(move || {
+                if crate::sys::set_idle_scheduling(0, true).is_ok() {
+                    me.preparer.store(crate::sys::gettid(), Ordering::SeqCst);
+                }
+                me.prepare();
+                me.preparer.store(0, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.prepare();
+        }
     }
 
     /// Makes the NSM ahead of the first request (logging a failure; requests retry).
@@ -215,6 +257,7 @@ fn enclave_nsm_with_clock(
             clock,
         },
         nsm: Mutex::new(None),
+        preparer: AtomicI32::new(0),
     }))
 }
 
@@ -311,6 +354,49 @@ mod tests {
         assert_ne!(third.document().certificate, first.document().certificate);
         assert!(third.leaf_not_after_secs() > late / 1000);
         assert_eq!(third.document().module_id, id);
+    }
+
+    #[test]
+    fn background_preparation_and_a_racing_request_share_one_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = open_pki(&dir.path().join("pki"), &dir.path().join("run")).unwrap();
+        let nsm = enclave_nsm(
+            &pki,
+            "i-0123456789abcdef0-enc0123456789abcdef",
+            Isolation::Process,
+            &measurements(),
+            false,
+            "i-0123456789abcdef0",
+        )
+        .unwrap();
+        nsm.prepare_in_background();
+        // A request right away either finds the NSM made or waits for (and lifts) the
+        // idle-priority preparation; either way it gets a document.
+        let verifier = Verifier::new(vec![pki.root_der().to_vec()]).unwrap();
+        let doc = attest(&nsm, b"race");
+        let first = verifier
+            .verify(
+                &doc,
+                &VerifyOptions::at_unix_ms(now_ms()).with_nonce(b"race"),
+            )
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while nsm.preparer.load(Ordering::SeqCst) != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(nsm.preparer.load(Ordering::SeqCst), 0);
+        assert!(nsm.ready());
+        // One leaf only: a later document carries the same certificate.
+        let again = verifier
+            .verify(
+                &attest(&nsm, b"later"),
+                &VerifyOptions::at_unix_ms(now_ms()).with_nonce(b"later"),
+            )
+            .unwrap();
+        assert_eq!(again.document().certificate, first.document().certificate);
+        // Preparing an NSM that is ready does nothing.
+        nsm.prepare_in_background();
+        assert_eq!(nsm.preparer.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -857,3 +857,29 @@ pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> SysResult<OwnedFd> {
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Sets the scheduling policy of thread `tid` (0: the calling thread) to `SCHED_IDLE` (it runs
+/// only when a CPU has nothing else to do) or back to `SCHED_OTHER`.
+pub fn set_idle_scheduling(tid: i32, idle: bool) -> SysResult<()> {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the valid `param` and changes only the thread's policy.
+    let ret = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if ret != 0 {
+        return Err(SysError::last(
+            "sched_setscheduler",
+            format!("tid {tid}, idle {idle}"),
+        ));
+    }
+    Ok(())
+}
