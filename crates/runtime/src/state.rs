@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_RUN_DIR: &str = "/run/cloister";
 /// Environment variable overriding [`DEFAULT_RUN_DIR`].
 pub const RUN_DIR_ENV: &str = "CLOISTER_RUN_DIR";
+/// Name prefix of an enclave entry under construction (see [`RunDir::create_enclave_dir`]).
+const STAGING_PREFIX: &str = ".new-";
+/// Age after which an unlocked entry under construction is abandoned and removed.
+const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest state file read.
 const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 
@@ -165,20 +169,34 @@ impl RunDir {
 
     /// Creates `<run>/enclaves/<id>` and takes its monitor lock. The returned file holds the lock;
     /// a child process that inherits it keeps the lock after the caller closes its copy.
+    ///
+    /// The entry appears atomically with its lock held: it is built as `enclaves/.new-<id>` (a
+    /// name [`RunDir::list`] never takes for an enclave) and renamed into place, so a concurrent
+    /// `list` can never see it without a held lock and prune it as stale.
     pub fn create_enclave_dir(&self, id: &str) -> Result<File, StateError> {
         let dir = self.enclave_dir(id);
         std::fs::create_dir_all(self.enclaves_dir()).map_err(|e| StateError::Io(dir.clone(), e))?;
-        std::fs::create_dir(&dir).map_err(|e| StateError::Io(dir.clone(), e))?;
-        let path = self.lock_path(id);
-        let f = File::create(&path).map_err(|e| StateError::Io(path.clone(), e))?;
+        let staging = self.enclaves_dir().join(format!("{STAGING_PREFIX}{id}"));
+        std::fs::create_dir(&staging).map_err(|e| StateError::Io(staging.clone(), e))?;
+        let unstage = |e: StateError| {
+            let _ = std::fs::remove_dir_all(&staging);
+            e
+        };
+        let path = staging.join("monitor.lock");
+        let f = File::create(&path).map_err(|e| unstage(StateError::Io(path.clone(), e)))?;
         match sys::try_lock_exclusive(&f) {
-            Ok(true) => Ok(f),
-            Ok(false) => Err(StateError::Io(
-                path,
-                std::io::Error::from(std::io::ErrorKind::WouldBlock),
-            )),
-            Err(e) => Err(StateError::Lock(path, e)),
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(unstage(StateError::Io(
+                    path,
+                    std::io::Error::from(std::io::ErrorKind::WouldBlock),
+                )))
+            }
+            Err(e) => return Err(unstage(StateError::Lock(path, e))),
         }
+        // rename(2) refuses to replace a non-empty directory, so an existing entry is an error.
+        std::fs::rename(&staging, &dir).map_err(|e| unstage(StateError::Io(dir.clone(), e)))?;
+        Ok(f)
     }
 
     /// True while the monitor of `id` holds its lock.
@@ -243,6 +261,24 @@ impl RunDir {
             let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
+            if let Some(staged) = id.strip_prefix(STAGING_PREFIX) {
+                // An entry still being created, or left by a CLI that died while creating it
+                // (its lock is then free).
+                let lock = entry.path().join("monitor.lock");
+                let held = File::open(&lock)
+                    .map(|f| !matches!(sys::try_lock_exclusive(&f), Ok(true)))
+                    .unwrap_or(false);
+                let young = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < STAGING_GRACE);
+                if !held && !young && crate::ids::is_enclave_id(staged) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+                continue;
+            }
             if !crate::ids::is_enclave_id(&id) {
                 continue;
             }
@@ -305,5 +341,49 @@ mod tests {
         assert!(!run.is_alive(&id));
         assert!(run.list().unwrap().is_empty());
         assert!(!run.enclave_dir(&id).exists());
+    }
+
+    #[test]
+    fn entries_appear_locked_while_others_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        // Creations racing with listings: no listing may prune an entry being created.
+        std::thread::scope(|s| {
+            let lister = s.spawn(|| {
+                for _ in 0..2000 {
+                    run.list().unwrap();
+                }
+            });
+            let mut locks = Vec::new();
+            for _ in 0..200 {
+                let id = crate::ids::new_enclave_id();
+                locks.push((run.create_enclave_dir(&id).unwrap(), id));
+            }
+            lister.join().unwrap();
+            for (_lock, id) in &locks {
+                assert!(run.is_alive(id), "{id} lost its entry");
+            }
+        });
+        // Creating an existing entry fails and leaves the original alone.
+        let id = crate::ids::new_enclave_id();
+        let _lock = run.create_enclave_dir(&id).unwrap();
+        assert!(run.create_enclave_dir(&id).is_err());
+        assert!(run.is_alive(&id));
+        // An abandoned staging entry (unlocked, older than the grace period) is removed; a
+        // fresh one is left for its creator.
+        let stale = run
+            .enclaves_dir()
+            .join(format!("{STAGING_PREFIX}{}", crate::ids::new_enclave_id()));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::File::create(stale.join("monitor.lock")).unwrap();
+        run.list().unwrap();
+        assert!(stale.exists());
+        let old = std::time::SystemTime::now() - 2 * STAGING_GRACE;
+        std::fs::File::open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        run.list().unwrap();
+        assert!(!stale.exists());
     }
 }
