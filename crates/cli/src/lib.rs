@@ -52,6 +52,19 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // `run-enclave` is on the boot path: parse it against its own small command tree instead
+    // of building every area's. Anything that does not parse there (help, a typo, another
+    // verb) goes through the full tree, which gives the canonical output.
+    if args.get(1).is_some_and(|a| a == "run-enclave") {
+        if let Ok(fast) = RunEnclaveCli::try_parse_from(&args) {
+            init_logging(&fast.log);
+            let RunEnclaveOnly::RunEnclave(a) = fast.command;
+            return exit_status(commands::enclave::run(
+                commands::enclave::EnclaveCommand::RunEnclave(a),
+            ));
+        }
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -63,7 +76,12 @@ where
         }
     };
     init_logging(&cli.log);
-    match run(cli.command) {
+    exit_status(run(cli.command))
+}
+
+/// The exit status for a command's result (reporting the error, if any).
+fn exit_status(result: CliResult<()>) -> i32 {
+    match result {
         Ok(()) => 0,
         Err(err) => {
             err.report();
@@ -72,13 +90,36 @@ where
     }
 }
 
+/// `run-enclave` alone, with the same global flag: what [`main_with_args`] parses first for
+/// that verb (see there).
+#[derive(Debug, Parser)]
+#[command(name = "cloister", version)]
+struct RunEnclaveCli {
+    #[arg(long, global = true, env = "CLOISTER_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: RunEnclaveOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunEnclaveOnly {
+    RunEnclave(commands::enclave::RunEnclaveArgs),
+}
+
+/// Log level of the default filter; it needs no directive parsing.
+const DEFAULT_LOG: &str = "warn";
+
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = if filter == DEFAULT_LOG {
+        builder
+            .with_max_level(tracing::level_filters::LevelFilter::WARN)
+            .try_init()
+    } else {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+        builder.with_env_filter(filter).try_init()
+    };
 }
 
 /// Dispatches one parsed command.
@@ -103,5 +144,62 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        RunEnclaveCli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_enclave_fast_parse_matches_the_full_tree() {
+        let argv = [
+            "cloister",
+            "run-enclave",
+            "--eif-path",
+            "/x.eif",
+            "--cpu-ids",
+            "2,3",
+            "--memory",
+            "512",
+            "--enclave-cid",
+            "17",
+            "--debug-mode",
+            "--enclave-name",
+            "n",
+            "--log",
+            "info",
+        ];
+        let fast = RunEnclaveCli::try_parse_from(argv).unwrap();
+        let full = Cli::try_parse_from(argv).unwrap();
+        assert_eq!(fast.log, full.log);
+        let RunEnclaveOnly::RunEnclave(a) = fast.command;
+        let Command::Enclave(commands::enclave::EnclaveCommand::RunEnclave(b)) = full.command
+        else {
+            panic!("full tree parsed another command");
+        };
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        // What the small tree rejects (help, a missing flag, a conflict) the full tree handles.
+        for bad in [
+            &["cloister", "run-enclave", "--help"][..],
+            &["cloister", "run-enclave", "--memory", "64"][..],
+            &[
+                "cloister",
+                "run-enclave",
+                "--config",
+                "c.json",
+                "--memory",
+                "64",
+            ][..],
+        ] {
+            assert!(RunEnclaveCli::try_parse_from(bad).is_err(), "{bad:?}");
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(RunEnclaveCli::try_parse_from(["cloister", "describe-enclaves"]).is_err());
+    }
+
+    #[test]
+    fn main_reports_usage_errors_of_run_enclave_through_the_full_tree() {
+        assert_eq!(
+            main_with_args(["cloister", "run-enclave", "--memory", "64"]),
+            ExitKind::Usage.status()
+        );
+        assert_eq!(main_with_args(["cloister", "run-enclave", "--help"]), 0);
     }
 }

@@ -18,20 +18,27 @@
 //!   `boottrace` events from the CLI, the monitor and the enclave's setup child, on one
 //!   timeline: the monitor is forked from the CLI, so its times count from the CLI's start).
 //!
-//! Where the time goes (boottrace medians, 2-core VM, cgroup v1, after the image's first
-//! boot, lightly loaded host): CLI checks and run-directory writes 0.3-0.5 ms; the monitor's
-//! fork 0.3 ms; image-cache lookups 0.2 ms; allocation 0.4 ms; NSM set-up 0.3 ms; cgroup
-//! directories 0.4 ms; idmapping 0.3 ms; clone 0.65 ms; the child's cgroup join, overlay root,
-//! `/dev`, `/proc`, hostname, loopback, vsock bind and pivot 1.3 ms (overlapping the broker's
-//! start); user namespace and exec of init 0.3 ms; init's heartbeat 0.6 ms; record and answer
-//! 0.3-0.5 ms; plus the CLI process's own start and exit (about 1.5 ms, bubblewrap's 0.9 ms).
+//! Where the time goes (boottrace, 2-core VM, cgroup v1, after the image's first boot,
+//! lightly loaded host): CLI checks and run-directory writes 0.2 ms; the monitor's fork 0.1 ms
+//! (forked once: the CLI exits right after); image-cache lookups 0.15 ms; allocation 0.3 ms;
+//! cgroup directories 0.35 ms; image root and idmapping 0.2 ms; clone 0.55-0.6 ms; the child's
+//! cgroup join, overlay root, `/dev`, `/proc`, hostname, loopback, vsock bind and pivot
+//! 0.9-1.4 ms, overlapping the monitor's NSM set-up (PKI, 0.35 ms) and broker start; user
+//! namespace and exec of init 0.3 ms; init's heartbeat 0.55 ms; record and answer 0.15-0.4 ms;
+//! plus the CLI process's own start and exit (about 2 ms: loading and relocating a large PIE,
+//! three sets of `cpuid` probes in constructors, which trap in a VM; bubblewrap pays one).
 //! Right after answering, the monitor issues the enclave's leaf certificate; the first random
 //! number of a process costs aws-lc about 30 ms of CPU (jitter-entropy seeding), which on a
 //! small, busy host competes with the CLI's exit and inflates the caller's time.
 //! Before these optimisations (an exec'd monitor, a copy of the ramdisks per boot, a cgroup v1
 //! move through `cgroup.procs` that waits for an RCU grace period) the same boot took 20.9 ms
 //! (4.84x bubblewrap) against 9.2-9.5 ms (2.16-2.25x) after, in one session on the same host;
-//! with a busier host, 29-31 ms against 15 ms.
+//! with a busier host, 29-31 ms against 15 ms. A later round (run-enclave parsed against its
+//! own small command tree, the default log filter without directive parsing, the monitor
+//! forked once, its NSM set up after the clone while the enclave builds its root, the
+//! idmapping's helper cloned with `CLONE_VM`) took the same host from 6.7-7.1 ms (1.90-1.98x)
+//! to 6.2-6.4 ms (1.74-1.80x); run under `chrt -f 10` (both sides real-time, so other load on
+//! the host does not interleave), from 6.9-7.3 ms (1.92-1.96x) to 5.9-6.5 ms (1.56-1.66x).
 
 use cloister_cpio::CpioWriter;
 use cloister_vsock::{VsockAddr, VsockStream};

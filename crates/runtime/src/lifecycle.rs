@@ -10,7 +10,9 @@
 //! caller's child (no zombie in a long-lived caller) nor a session leader; the monitor sets
 //! up its standard streams and descriptors exactly as an exec'd one would have them, closes
 //! every other descriptor and runs [`crate::monitor::monitor_main`] in place, which spares
-//! loading and relocating the program again. A multi-threaded caller (where a fork may only
+//! loading and relocating the program again. A caller that exits right after
+//! ([`run_enclave_then_exit`], the CLI) forks the monitor directly, without the intermediate
+//! child: it becomes an orphan when the caller exits. A multi-threaded caller (where a fork may only
 //! exec), or one with [`MONITOR_EXEC_ENV`] set, re-executes the program the caller names
 //! ([`MonitorCommand`]) with the hidden subcommand ([`crate::monitor::MONITOR_SUBCOMMAND`]).
 
@@ -135,11 +137,43 @@ fn invalid(kind: FailureKind, msg: impl std::fmt::Display) -> LifecycleError {
     })
 }
 
+/// How a single-threaded caller forks the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detach {
+    /// Through an intermediate child, so the monitor is never the caller's child.
+    Twice,
+    /// Directly: the monitor is the caller's child until the caller exits.
+    Once,
+}
+
 /// Starts an enclave and returns its record once it has booted.
 pub fn run_enclave(
     run: &RunDir,
     opts: &RunOptions,
     monitor: &MonitorCommand,
+) -> Result<EnclaveRecord, LifecycleError> {
+    run_enclave_with(run, opts, monitor, Detach::Twice)
+}
+
+/// [`run_enclave`] for a caller that exits as soon as it returns (the CLI). A single-threaded
+/// caller forks the monitor once instead of through an intermediate child: the monitor (in a
+/// session of its own, as always) is the caller's child only until the caller exits, then it
+/// is an orphan adopted by init (or the nearest subreaper), where the double fork puts it at
+/// once. That spares a process and a wait on the boot path. A caller that lives on must use
+/// [`run_enclave`], or each monitor that ends stays a zombie while it lives.
+pub fn run_enclave_then_exit(
+    run: &RunDir,
+    opts: &RunOptions,
+    monitor: &MonitorCommand,
+) -> Result<EnclaveRecord, LifecycleError> {
+    run_enclave_with(run, opts, monitor, Detach::Once)
+}
+
+fn run_enclave_with(
+    run: &RunDir,
+    opts: &RunOptions,
+    monitor: &MonitorCommand,
+    detach: Detach,
 ) -> Result<EnclaveRecord, LifecycleError> {
     crate::boottrace::mark("cli: run-enclave");
     allocator::validate_cid(opts.cid).map_err(|e| invalid(FailureKind::CidInvalid, e))?;
@@ -199,7 +233,7 @@ pub fn run_enclave(
         run.remove_enclave(&id);
         return Err(StateError::Io(spec_path, e).into());
     }
-    let result = spawn_and_wait(run, &id, &spec, lock, monitor);
+    let result = spawn_and_wait(run, &id, &spec, lock, monitor, detach);
     if result.is_err() && !run.is_alive(&id) {
         run.remove_enclave(&id);
     }
@@ -212,12 +246,14 @@ fn spawn_and_wait(
     spec: &MonitorSpec,
     lock: std::fs::File,
     monitor: &MonitorCommand,
+    detach: Detach,
 ) -> Result<EnclaveRecord, LifecycleError> {
     let (ready_r, ready_w) = sys::pipe().map_err(|e| LifecycleError::Spawn(e.errno.into()))?;
     let log = std::fs::File::create(run.enclave_dir(id).join("monitor.log"))
         .map_err(LifecycleError::Spawn)?;
     if std::env::var_os(MONITOR_EXEC_ENV).is_none() && sys::thread_count() == Some(1) {
-        return fork_and_wait(run, id, spec, lock, log, ready_r, ready_w);
+        let pipes = (ready_r, ready_w);
+        return fork_and_wait(run, id, spec, lock, log, pipes, detach);
     }
     let ready_raw = ready_w.as_raw_fd();
     let lock_raw = lock.as_raw_fd();
@@ -272,19 +308,44 @@ fn spawn_and_wait(
     }
 }
 
-/// Starts the monitor by a double fork without exec (see the module docs) and waits for its
-/// answer. The caller must be single-threaded.
+/// Starts the monitor by a fork without exec, through an intermediate child or not (see the
+/// module docs and [`Detach`]), and waits for its answer. The caller must be single-threaded.
 fn fork_and_wait(
     run: &RunDir,
     id: &str,
     spec: &MonitorSpec,
     lock: std::fs::File,
     log: std::fs::File,
-    ready_r: OwnedFd,
-    ready_w: OwnedFd,
+    (ready_r, ready_w): (OwnedFd, OwnedFd),
+    detach: Detach,
 ) -> Result<EnclaveRecord, LifecycleError> {
     let spawn_err = |e: sys::SysError| LifecycleError::Spawn(e.errno.into());
     let null = std::fs::File::open("/dev/null").map_err(LifecycleError::Spawn)?;
+    if detach == Detach::Once {
+        crate::boottrace::mark("cli: forking the monitor");
+        // SAFETY: the caller checked that this process is single-threaded, so the child may
+        // run ordinary code; it never returns into the caller (it ends in `exit_now`).
+        let monitor_pid = match unsafe { sys::clone_process(0) }.map_err(spawn_err)? {
+            sys::Forked::Parent(pid) => pid,
+            sys::Forked::Child => {
+                drop(ready_r);
+                // A forked child is never a process-group leader, so `setsid` succeeds.
+                if sys::setsid().is_err() {
+                    sys::exit_now(1);
+                }
+                let code = match become_monitor(run, &null, &log, &ready_w, &lock) {
+                    Ok(()) => crate::monitor::monitor_main(id),
+                    Err(_) => 1,
+                };
+                sys::exit_now(code)
+            }
+        };
+        drop(ready_w);
+        drop(lock);
+        drop(log);
+        crate::boottrace::mark("cli: monitor forked");
+        return wait_monitor(run, id, spec, ready_r, Some(monitor_pid));
+    }
     let (pid_r, pid_w) = sys::pipe().map_err(spawn_err)?;
     crate::boottrace::mark("cli: forking the monitor");
     // SAFETY: the caller checked that this process is single-threaded, so the children may
@@ -326,6 +387,17 @@ fn fork_and_wait(
         .ok()
         .map(|()| i32::from_le_bytes(pid_bytes));
     crate::boottrace::mark("cli: monitor forked");
+    wait_monitor(run, id, spec, ready_r, monitor_pid)
+}
+
+/// Waits for a forked monitor's answer; kills a monitor that did not answer in time.
+fn wait_monitor(
+    run: &RunDir,
+    id: &str,
+    spec: &MonitorSpec,
+    ready_r: OwnedFd,
+    monitor_pid: Option<i32>,
+) -> Result<EnclaveRecord, LifecycleError> {
     let wait = Duration::from_millis(spec.boot_timeout_ms) + MONITOR_GRACE;
     let answer = read_answer(ready_r, wait);
     crate::boottrace::mark("cli: monitor answered");
@@ -338,7 +410,8 @@ fn fork_and_wait(
                     "it could not be started".into(),
                 ));
             };
-            // Not our child: it is reaped by init. Kill it only if it still holds the lock.
+            // Not our child (forked once, it is until this process exits; a zombie keeps its
+            // pid from reuse): it is reaped by init. Kill it only if it still holds the lock.
             if run.is_alive(id) {
                 let _ = sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 return Err(LifecycleError::MonitorVanished(

@@ -7,10 +7,11 @@
 //!    [`crate::imagecache`] when this version of the file was measured before), reserves CPUs,
 //!    memory and a CID ([`crate::allocator`]), and sets up the enclave's NSM ([`crate::nsm`]:
 //!    the host CA is loaded now, the leaf certificate is issued once the enclave has booted or
-//!    at its first NSM request, off the boot path);
+//!    at its first NSM request, off the boot path); for a process enclave the NSM is set up
+//!    in step 2, after the clone, while the enclave builds its root;
 //! 2. `process`: creates the enclave with its backend while still single-threaded (the process
-//!    backend clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the vsock broker and the
-//!    console pump, and lets the enclave run. `vm`: blocks the signals and starts the microVM
+//!    backend clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the console pump, sets up the
+//!    NSM, starts the vsock broker and lets the enclave run. `vm`: blocks the signals and starts the microVM
 //!    ([`crate::vmbackend`]: kernel check, boot files, cgroup, QEMU); its vsock device joins the
 //!    fabric itself and reports the heartbeat, so there is no broker;
 //! 3. waits for init's heartbeat (the broker or the VM reports it) up to the boot timeout, then
@@ -416,33 +417,40 @@ fn launch(
     partial: &mut Partial<'_>,
 ) -> Result<Launched, StartFailure> {
     let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
-    let instance = crate::ids::instance_id();
-    let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
+    // The NSM (host CA loaded, leaf deferred); a process enclave sets it up once cloned, while
+    // the enclave builds its root, as only the broker needs it.
+    let make_nsm = || {
+        let instance = crate::ids::instance_id();
+        let pki = crate::nsm::open_pki(&crate::nsm::pki_dir(), run.root())
+            .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
+        crate::boottrace::mark("monitor: PKI opened");
+        let nsm = crate::nsm::enclave_nsm(
+            &pki,
+            id,
+            spec.isolation,
+            &measured,
+            spec.debug_mode,
+            &instance,
+        )
         .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
-    crate::boottrace::mark("monitor: PKI opened");
-    let nsm = crate::nsm::enclave_nsm(
-        &pki,
-        id,
-        spec.isolation,
-        &measured,
-        spec.debug_mode,
-        &instance,
-    )
-    .map_err(|e| StartFailure::chain(FailureKind::Nsm, &e))?;
-    crate::boottrace::mark("monitor: NSM set up (leaf deferred)");
+        crate::boottrace::mark("monitor: NSM set up (leaf deferred)");
+        Ok::<_, StartFailure>(nsm)
+    };
 
     let dir = run.enclave_dir(id);
     let host_id = crate::sandbox::enclave_host_id(alloc.cid);
     let cid = u32::try_from(alloc.cid)
         .map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
     let console_path = run.console_path(id);
-    let (pid, beat, console_thread) = match backend {
+    let (pid, beat, console_thread, nsm) = match backend {
         Some(backend) => {
-            let (pid, thread) =
-                launch_process(run, id, spec, backend, alloc, &nsm, cid, host_id, partial)?;
-            (pid, Beat::Broker, Some(thread))
+            let (pid, thread, nsm) = launch_process(
+                run, id, spec, backend, alloc, &make_nsm, cid, host_id, partial,
+            )?;
+            (pid, Beat::Broker, Some(thread), nsm)
         }
         None => {
+            let nsm = make_nsm()?;
             // Blocked before any thread starts, so every thread inherits the mask and the
             // stop signals stay pending for `wait_signal` (QEMU gets a clean mask from exec).
             sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
@@ -468,7 +476,7 @@ fn launch(
             let pid = vm.pid();
             partial.running = Some(Box::new(vm));
             crate::boottrace::mark("monitor: VM started");
-            (pid, Beat::Channel(rx), None)
+            (pid, Beat::Channel(rx), None, nsm)
         }
     };
 
@@ -587,8 +595,9 @@ fn launch(
 }
 
 /// The process path of [`launch`]: clone the enclave (still single-threaded), block the stop
-/// signals, start the console pump and the broker, let the enclave run. Returns init's pid and
-/// the console thread; the broker and the running enclave go into `partial`.
+/// signals, start the console pump, set up the NSM (`make_nsm`) and start the broker, let the
+/// enclave run. Returns init's pid, the console thread and the NSM; the broker and the running
+/// enclave go into `partial`.
 #[allow(clippy::too_many_arguments)]
 fn launch_process(
     run: &RunDir,
@@ -596,11 +605,18 @@ fn launch_process(
     spec: &MonitorSpec,
     backend: &dyn crate::backend::Backend,
     alloc: &crate::allocator::Allocation,
-    nsm: &std::sync::Arc<crate::nsm::EnclaveNsm>,
+    make_nsm: &dyn Fn() -> Result<std::sync::Arc<crate::nsm::EnclaveNsm>, StartFailure>,
     cid: u32,
     host_id: u32,
     partial: &mut Partial<'_>,
-) -> Result<(i32, std::thread::JoinHandle<()>), StartFailure> {
+) -> Result<
+    (
+        i32,
+        std::thread::JoinHandle<()>,
+        std::sync::Arc<crate::nsm::EnclaveNsm>,
+    ),
+    StartFailure,
+> {
     let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
     let dir = run.enclave_dir(id);
     let root_mount = dir.join("root");
@@ -635,6 +651,9 @@ fn launch_process(
         })
         .map_err(|e| sys_err(&e))?;
 
+    // Dropping the pending enclave on a failure kills and reaps the child and removes its
+    // cgroup.
+    let nsm = make_nsm()?;
     let broker_result = cloister_vsock::Broker::start(cloister_vsock::BrokerConfig::new(
         cid,
         run.root(),
@@ -664,7 +683,7 @@ fn launch_process(
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     partial.running = Some(running);
     crate::boottrace::mark("monitor: init executing");
-    Ok((pid, console_thread))
+    Ok((pid, console_thread, nsm))
 }
 
 /// Borrowing helper: `OwnedFd` as `BorrowedFd`.

@@ -776,26 +776,69 @@ pub fn move_mount(mount: BorrowedFd<'_>, target: &Path) -> SysResult<()> {
     Ok(())
 }
 
+/// Stack of the helper process of [`idmap_userns`] (it makes three system calls).
+const USERNS_HOLDER_STACK: usize = 16 * 1024;
+
+/// The helper of [`idmap_userns`]: closes its copy of the pipe's write end, waits until the
+/// read end reports end of file, then exits (`arg` carries the read end in its high 32 bits and
+/// the write end in its low ones). It shares the caller's memory (`CLONE_VM`), so it makes raw
+/// system calls only: no allocation, no lock, no Rust runtime. None of them can fail in a way
+/// that writes `errno` (the caller's): the descriptors are valid, the buffer is its own stack,
+/// and no signal is aimed at an unnamed helper.
+extern "C" fn userns_holder(arg: *mut libc::c_void) -> libc::c_int {
+    let fds = arg as usize as u64;
+    let (read_end, write_end) = (
+        (fds >> 32) as libc::c_long,
+        (fds & 0xffff_ffff) as libc::c_long,
+    );
+    let mut byte = 0u8;
+    // SAFETY: both descriptors are open in this process (its own copies, made at the clone);
+    // `byte` is a valid one-byte buffer on this helper's own stack.
+    unsafe {
+        libc::syscall(libc::SYS_close, write_end);
+        libc::syscall(
+            libc::SYS_read,
+            read_end,
+            std::ptr::addr_of_mut!(byte),
+            1usize,
+        );
+        libc::syscall(libc::SYS_exit, 0);
+    }
+    0
+}
+
 /// A user namespace mapping uid and gid 0 to `uid`/`gid` (one id each), as a descriptor for
 /// idmapped mounts. A short-lived helper process is cloned into the new namespace, its maps are
 /// written from here, its namespace is opened, and the helper is released and reaped.
 ///
-/// The helper only blocks in `read(2)` and calls `_exit(2)` (both async-signal-safe), so this is
-/// sound in a multi-threaded process as well.
+/// The helper shares this process's memory (`CLONE_VM`, as `posix_spawn` does), so nothing is
+/// copied for it and nothing torn down when it exits; it runs [`userns_holder`] on a stack of
+/// its own, which outlives it. It only blocks in `read(2)` and exits, so this is sound in a
+/// multi-threaded process as well.
 pub fn idmap_userns(uid: u32, gid: u32) -> SysResult<OwnedFd> {
     let (hold_r, hold_w) = pipe()?;
-    // SAFETY: the child only reads a pipe and exits (see above); it never returns.
-    let pid = match unsafe { clone_process(ns::USER) }? {
-        Forked::Child => {
-            drop(hold_w);
-            let mut b = [0u8; 1];
-            // SAFETY: reading into a valid one-byte buffer from a descriptor we own.
-            let _ = unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-            exit_now(0)
-        }
-        Forked::Parent(pid) => pid,
+    let mut stack = vec![0u8; USERNS_HOLDER_STACK];
+    // The stack grows down from its 16-byte-aligned top.
+    let top = {
+        let end = stack.as_mut_ptr_range().end as usize;
+        (end & !15) as *mut libc::c_void
     };
-    drop(hold_r);
+    let flags = libc::CLONE_VM | ns::USER | libc::SIGCHLD;
+    // SAFETY: `top` is the aligned top of `stack`, which lives until the helper has been reaped
+    // below; the helper runs `userns_holder` only (raw system calls on its own stack, see
+    // there) and gets the pipe's descriptor numbers as its argument. No pointer is shared.
+    let pid = unsafe {
+        libc::clone(
+            userns_holder,
+            top,
+            flags,
+            ((hold_r.as_raw_fd() as u32 as u64) << 32 | hold_w.as_raw_fd() as u32 as u64) as usize
+                as *mut libc::c_void,
+        )
+    };
+    if pid < 0 {
+        return Err(SysError::last("clone", "CLONE_VM|CLONE_NEWUSER"));
+    }
     let result = (|| {
         let write = |file: &str, text: String| {
             let path = format!("/proc/{pid}/{file}");
@@ -821,6 +864,9 @@ pub fn idmap_userns(uid: u32, gid: u32) -> SysResult<OwnedFd> {
     })();
     drop(hold_w);
     let _ = wait_child(pid, false);
+    // Only now is the helper's stack free.
+    drop(stack);
+    drop(hold_r);
     result
 }
 
@@ -882,4 +928,63 @@ pub fn set_idle_scheduling(tid: i32, idle: bool) -> SysResult<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The uid map of the user namespace `ns`, as seen from a forked child that enters it
+    /// (`setns` into a user namespace needs a single-threaded caller; the test harness is not).
+    fn uid_map_of(ns: BorrowedFd<'_>) -> String {
+        let (r, w) = pipe().unwrap();
+        let ns_raw = ns.as_raw_fd();
+        let w_raw = w.as_raw_fd();
+        // SAFETY: the child runs the block below only, then exits.
+        let pid = match unsafe { clone_process(0) }.unwrap() {
+            // SAFETY: async-signal-safe calls only (setns, open, read, write, _exit) on
+            // descriptors open in the child, stack buffers and a NUL-terminated literal.
+            Forked::Child => unsafe {
+                let mut buf = [0u8; 256];
+                let mut n = 0isize;
+                if libc::setns(ns_raw, libc::CLONE_NEWUSER) == 0 {
+                    let fd = libc::open(c"/proc/self/uid_map".as_ptr(), libc::O_RDONLY);
+                    if fd >= 0 {
+                        n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                    }
+                }
+                if n > 0 {
+                    libc::write(w_raw, buf.as_ptr().cast(), n as usize);
+                }
+                libc::_exit(0)
+            },
+            Forked::Parent(pid) => pid,
+        };
+        drop(w);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+        wait_child(pid, false).unwrap();
+        out
+    }
+
+    #[test]
+    fn idmap_userns_maps_root_to_the_given_ids_and_reaps_its_helper() {
+        let uid = 1_234_567;
+        let ns = idmap_userns(uid, uid + 1).unwrap();
+        let own = std::fs::metadata("/proc/self/ns/user").unwrap();
+        let made = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd())).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(own.ino(), made.ino(), "a new user namespace");
+        let map: Vec<String> = uid_map_of(ns.as_fd())
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(map, ["0", &uid.to_string(), "1"]);
+        // Each call releases and reaps its helper before returning (a helper still holding
+        // the pipe's write end would never see end of file, and the call would not return).
+        for _ in 0..5 {
+            drop(idmap_userns(uid, uid).unwrap());
+        }
+    }
 }

@@ -417,7 +417,13 @@ fn run_enclave(run_dir: &RunDir, a: RunEnclaveArgs) -> CliResult<()> {
             "--enclave-id".to_owned(),
         ],
     };
-    let rec = lifecycle::run_enclave(run_dir, &opts, &monitor).map_err(map_err)?;
+    // Without --attach-console the CLI exits as soon as the enclave is up.
+    let start = if attach {
+        lifecycle::run_enclave
+    } else {
+        lifecycle::run_enclave_then_exit
+    };
+    let rec = start(run_dir, &opts, &monitor).map_err(map_err)?;
     print_json(&run_json(&rec))?;
     if attach {
         let mut out = std::io::stdout().lock();
