@@ -76,7 +76,8 @@ pub struct LaunchSpec {
     pub enclave_id: String,
     /// The image.
     pub eif_path: PathBuf,
-    /// Memory in MiB (root tmpfs size and cgroup memory cap).
+    /// Memory in MiB (size of the tmpfs holding the root's writable layer, and the cgroup memory
+    /// cap).
     pub memory_mib: u64,
     /// CPUs the enclave is pinned to.
     pub cpus: Vec<u32>,

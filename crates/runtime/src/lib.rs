@@ -3,12 +3,14 @@
 //! - [`lifecycle`]: run / describe / terminate / console, as the CLI calls them;
 //! - [`monitor`]: the per-enclave monitor process (heartbeat, supervision, teardown);
 //! - [`backend`]: the [`backend::Backend`] trait; [`sandbox`]: the `process` backend
-//!   (namespaces, tmpfs root, pivot_root, user namespace mapping); [`vmbackend`]: the `vm`
+//!   (namespaces, an overlay root over the cached image tree with a tmpfs upper layer,
+//!   pivot_root, user namespace mapping); [`vmbackend`]: the `vm`
 //!   backend (a QEMU microVM, [`cloister_vm`]);
-//! - [`rootfs`]: safe unpacking of the image's ramdisks;
+//! - [`rootfs`]: safe unpacking of the image's ramdisks (into the image-root cache, or into a
+//!   tmpfs root where overlay or idmapped mounts are unavailable);
 //! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
 //! - [`state`]: the run directory; [`console`]: the bounded console log;
-//! - [`imagecache`]: image measurements cached per file version;
+//! - [`imagecache`]: image measurements and unpacked image roots, cached per file version;
 //! - [`nsm`]: the enclave's NSM behind the vsock broker; [`ids`]: instance and enclave ids;
 //! - [`boottrace`]: debug-level timing of the boot path;
 //! - [`sys`]: every system call the runtime makes, wrapped once with typed errors.
