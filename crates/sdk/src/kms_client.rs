@@ -803,17 +803,12 @@ pub async fn read_response<S: AsyncRead + Unpin>(
         if buf.len() > MAX_RESPONSE_HEADERS {
             return Err(KmsClientError::Http("headers too large"));
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(KmsClientError::Connect)?;
-        if n == 0 {
-            return Err(KmsClientError::Http(
-                "connection closed before the headers ended",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        fill(
+            stream,
+            &mut buf,
+            "connection closed before the headers ended",
+        )
+        .await?;
     };
     if header_end > MAX_RESPONSE_HEADERS {
         return Err(KmsClientError::Http("headers too large"));
@@ -902,7 +897,12 @@ async fn read_chunked<S: AsyncRead + Unpin>(
             if pending.len() > 64 {
                 return Err(KmsClientError::Http("chunk size line too long"));
             }
-            fill(stream, &mut pending).await?;
+            fill(
+                stream,
+                &mut pending,
+                "connection closed inside a chunked body",
+            )
+            .await?;
         };
         let size_text = std::str::from_utf8(&pending[..line_end])
             .map_err(|_| KmsClientError::Http("bad chunk size"))?;
@@ -917,7 +917,12 @@ async fn read_chunked<S: AsyncRead + Unpin>(
             return Ok(body);
         }
         while pending.len() < size + 2 {
-            fill(stream, &mut pending).await?;
+            fill(
+                stream,
+                &mut pending,
+                "connection closed inside a chunked body",
+            )
+            .await?;
         }
         body.extend_from_slice(&pending[..size]);
         if &pending[size..size + 2] != b"\r\n" {
@@ -927,9 +932,11 @@ async fn read_chunked<S: AsyncRead + Unpin>(
     }
 }
 
+/// Appends what one read returns to `buf`; end of stream is the error `at_eof`.
 async fn fill<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
+    at_eof: &'static str,
 ) -> Result<(), KmsClientError> {
     let mut chunk = [0u8; 4096];
     let n = stream
@@ -937,9 +944,7 @@ async fn fill<S: AsyncRead + Unpin>(
         .await
         .map_err(KmsClientError::Connect)?;
     if n == 0 {
-        return Err(KmsClientError::Http(
-            "connection closed inside a chunked body",
-        ));
+        return Err(KmsClientError::Http(at_eof));
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
