@@ -184,15 +184,9 @@ impl RunDir {
         };
         let path = staging.join("monitor.lock");
         let f = File::create(&path).map_err(|e| unstage(StateError::Io(path.clone(), e)))?;
-        match sys::try_lock_exclusive(&f) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(unstage(StateError::Io(
-                    path,
-                    std::io::Error::from(std::io::ErrorKind::WouldBlock),
-                )))
-            }
-            Err(e) => return Err(unstage(StateError::Lock(path, e))),
+        // Nobody else holds a fresh staging entry's lock for longer than a probe, so wait.
+        if let Err(e) = sys::lock_exclusive(&f) {
+            return Err(unstage(StateError::Lock(path, e)));
         }
         // rename(2) refuses to replace a non-empty directory, so an existing entry is an error.
         std::fs::rename(&staging, &dir).map_err(|e| unstage(StateError::Io(dir.clone(), e)))?;
@@ -263,18 +257,22 @@ impl RunDir {
             };
             if let Some(staged) = id.strip_prefix(STAGING_PREFIX) {
                 // An entry still being created, or left by a CLI that died while creating it
-                // (its lock is then free).
-                let lock = entry.path().join("monitor.lock");
-                let held = File::open(&lock)
-                    .map(|f| !matches!(sys::try_lock_exclusive(&f), Ok(true)))
-                    .unwrap_or(false);
+                // (its lock is then free). Only an old one is probed: probing takes its lock for a moment, which must
+                // never happen to an entry whose creator is about to lock it.
                 let young = entry
                     .metadata()
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_none_or(|age| age < STAGING_GRACE);
-                if !held && !young && crate::ids::is_enclave_id(staged) {
+                if young || !crate::ids::is_enclave_id(staged) {
+                    continue;
+                }
+                let lock = entry.path().join("monitor.lock");
+                let held = File::open(&lock)
+                    .map(|f| !matches!(sys::try_lock_exclusive(&f), Ok(true)))
+                    .unwrap_or(false);
+                if !held {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
                 continue;
