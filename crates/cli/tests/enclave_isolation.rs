@@ -50,6 +50,8 @@ fn isolation_suite_from_inside() {
         "unshare",
         "ptrace",
         "af_vsock",
+        "dev",
+        "mknod",
         "pid1",
         "host_proc",
         "host_pid",
@@ -67,6 +69,7 @@ fn isolation_suite_from_inside() {
     assert!(text.contains("ok mount EPERM"), "{text}");
     assert!(text.contains("ok unshare EPERM"), "{text}");
     assert!(text.contains("ok ptrace EPERM"), "{text}");
+    assert!(text.contains("ok mknod EPERM"), "{text}");
     assert!(text.contains("ok host_tcp ECONNREFUSED"), "{text}");
     assert!(text.contains("ok host_pid ESRCH"), "{text}");
     assert!(text.contains("ok fork_bomb"), "{text}");

@@ -14,6 +14,12 @@
 //! hits both alike. Environment knobs:
 //! - `CLOISTER_BENCH_BOOT_RUNS`: boot runs of each kind (default 20);
 //! - `CLOISTER_BENCH_ONLY=boot`: skip (b);
+//! - `CLOISTER_BENCH_BASELINE_BIN`: another build of `cloister`, booted in turn with the one
+//!   measured, to compare two builds side by side (the bench prints the ratio);
+//! - `CLOISTER_BENCH_DIR`: where the run directory (and the image) go. By default that is
+//!   `/dev/shm` where it is a tmpfs, because the default run directory, `/run/cloister`, is on
+//!   the tmpfs that systemd mounts on `/run`; point it at a disk-backed directory to measure a
+//!   host whose `/run` is on disk (the bench prints which file system it used);
 //! - `CLOISTER_BENCH_TRACE=1`: first print one boot's step timings (the runtime's
 //!   `boottrace` events from the CLI, the monitor and the enclave's setup child, on one
 //!   timeline: the monitor is forked from the CLI, so its times count from the CLI's start).
@@ -116,13 +122,17 @@ fn main() {
     let init = cloister_init::build_static_init().expect("static init");
     let app = cloister_testapp::build_static_testapp().expect("static testapp");
     let bin = cloister_bin();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, fs) = bench_dir();
+    println!(
+        "boot: run directory {} on {fs}",
+        dir.path().join("run").display()
+    );
     let run = dir.path().join("run");
     let alloc = dir.path().join("allocator.yaml");
     std::fs::write(&alloc, "memory_mib: 2048\ncpu_pool: \"0-1\"\n").unwrap();
     let eif = build_eif(dir.path(), &init, &app, &["sink-server", "5000"]);
-    let cli = |args: &[&str]| {
-        let out = Command::new(&bin)
+    let cli_with = |bin: &Path, args: &[&str]| {
+        let out = Command::new(bin)
             .env("CLOISTER_RUN_DIR", &run)
             .env("CLOISTER_PKI_DIR", dir.path().join("pki"))
             .env("CLOISTER_ALLOCATOR_CONFIG", &alloc)
@@ -136,6 +146,9 @@ fn main() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    let cli = |args: &[&str]| cli_with(&bin, args);
+    // Another build of `cloister` to compare with, booted alternately with this one.
+    let baseline_bin = std::env::var_os("CLOISTER_BENCH_BASELINE_BIN").map(PathBuf::from);
     let boot_runs = std::env::var("CLOISTER_BENCH_BOOT_RUNS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -161,12 +174,19 @@ fn main() {
     let bwrap = which_bwrap();
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut baseline = Vec::new();
     let sock = dir.path().join("ready.sock");
     for _ in 0..boot_runs {
         let t = Instant::now();
         cli(&run_args);
         ours.push(t.elapsed());
         cli(&["terminate-enclave", "--all"]);
+        if let Some(other) = &baseline_bin {
+            let t = Instant::now();
+            cli_with(other, &run_args);
+            baseline.push(t.elapsed());
+            cli(&["terminate-enclave", "--all"]);
+        }
         if let Some(bwrap) = &bwrap {
             let _ = std::fs::remove_file(&sock);
             let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -217,6 +237,16 @@ fn main() {
         );
     } else {
         println!("boot: bwrap not installed; baseline skipped");
+    }
+    if let Some(other) = &baseline_bin {
+        let m_base = median(baseline);
+        println!(
+            "boot: {} run-enclave to heartbeat, median of {boot_runs}: {:.1} ms; \
+             ratio this build/that one = {:.2}x",
+            other.display(),
+            m_base.as_secs_f64() * 1e3,
+            m_ours.as_secs_f64() / m_base.as_secs_f64()
+        );
     }
 
     if std::env::var("CLOISTER_BENCH_ONLY").as_deref() == Ok("boot") {
@@ -347,6 +377,35 @@ fn trace_one_boot(bin: &Path, run: &Path, dir: &Path, alloc: &Path, args: &[&str
 
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+/// The bench's working directory (see the module docs) and the name of its file system.
+fn bench_dir() -> (tempfile::TempDir, &'static str) {
+    let parent = std::env::var_os("CLOISTER_BENCH_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let shm = Path::new("/dev/shm");
+            (fs_name(shm) == "tmpfs").then(|| shm.to_owned())
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&parent).unwrap();
+    let fs = fs_name(dir.path());
+    (dir, fs)
+}
+
+fn fs_name(path: &Path) -> &'static str {
+    use nix::sys::statfs::{
+        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    match statfs(path).map(|s| s.filesystem_type()) {
+        Ok(t) if t == TMPFS_MAGIC => "tmpfs",
+        Ok(t) if t == EXT4_SUPER_MAGIC => "ext4",
+        Ok(t) if t == XFS_SUPER_MAGIC => "xfs",
+        Ok(t) if t == BTRFS_SUPER_MAGIC => "btrfs",
+        Ok(_) => "another file system",
+        Err(_) => "an unknown file system",
+    }
+}
 
 fn which_bwrap() -> Option<PathBuf> {
     ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]

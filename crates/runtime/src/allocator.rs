@@ -611,8 +611,7 @@ impl Allocator {
         let tmp = self.run_dir.join("allocations.json.tmp");
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| AllocError::StateCorrupt(path.clone(), e))?;
-        std::fs::write(&tmp, bytes).map_err(|e| AllocError::State(tmp.clone(), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| AllocError::State(path.clone(), e))?;
+        sys::replace_file(&tmp, &path, &bytes).map_err(|e| AllocError::State(path.clone(), e))?;
         drop(lock);
         Ok(out)
     }

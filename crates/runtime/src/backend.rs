@@ -91,14 +91,24 @@ pub struct LaunchSpec {
     pub host_gid: u32,
     /// Process limit.
     pub pids_max: u32,
+    /// A network namespace being made meanwhile ([`crate::sys::NetnsHelper`], loopback up)
+    /// for the enclave to enter; `None`: the backend makes one at the clone.
+    pub netns: Option<crate::sys::NetnsHandle>,
 }
 
 /// A created enclave, stopped before its init runs.
 pub trait Pending {
     /// Host pid of the enclave's first process.
     fn pid(&self) -> i32;
-    /// Lets it run: it sets itself up and executes `/init`. Returns once init runs (or setup
-    /// failed). `console` receives init's stdout and stderr.
+    /// Lets it go on to execute `/init` without waiting for it, so the caller can prepare
+    /// what init needs first (the broker behind the enclave's socket) meanwhile. Idempotent.
+    /// The default does nothing ([`Pending::start`] lets it go).
+    fn release(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Lets it run (if [`Pending::release`] did not already): it sets itself up and executes
+    /// `/init`. Returns once init runs (or setup failed). `console` receives init's stdout
+    /// and stderr.
     fn start(self: Box<Self>) -> Result<Box<dyn Running>, BackendError>;
 }
 

@@ -322,6 +322,7 @@ fn fork_and_wait(
     let spawn_err = |e: sys::SysError| LifecycleError::Spawn(e.errno.into());
     let null = std::fs::File::open("/dev/null").map_err(LifecycleError::Spawn)?;
     if detach == Detach::Once {
+        let caller = i32::try_from(std::process::id()).ok();
         crate::boottrace::mark("cli: forking the monitor");
         // SAFETY: the caller checked that this process is single-threaded, so the child may
         // run ordinary code; it never returns into the caller (it ends in `exit_now`).
@@ -334,7 +335,7 @@ fn fork_and_wait(
                     sys::exit_now(1);
                 }
                 let code = match become_monitor(run, &null, &log, &ready_w, &lock) {
-                    Ok(()) => crate::monitor::monitor_main(id),
+                    Ok(()) => crate::monitor::monitor_main_with(id, caller),
                     Err(_) => 1,
                 };
                 sys::exit_now(code)

@@ -174,6 +174,12 @@ fn backend_kind(e: &BackendError) -> FailureKind {
 /// Entry point of the hidden monitor subcommand. Takes the ready pipe and the lock from fds
 /// [`READY_FD`] and [`LOCK_FD`]. Returns the process exit status.
 pub fn monitor_main(enclave_id: &str) -> i32 {
+    monitor_main_with(enclave_id, None)
+}
+
+/// [`monitor_main`] for a monitor forked (without exec) by the run-enclave process `caller`,
+/// which only prints the answer and exits once it has it (see [`wake_off_enclave_cpus`]).
+pub(crate) fn monitor_main_with(enclave_id: &str, caller: Option<i32>) -> i32 {
     // SAFETY: by contract with `lifecycle::spawn_monitor`, fds 3 and 4 are open in this process
     // and owned by nothing else (they were dup2'ed there just before exec).
     let (ready, lock) = unsafe {
@@ -197,12 +203,17 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
         Ok(live) => live,
         Err(failure) => {
             tracing::warn!(error = %failure.message, "enclave failed to start");
-            let _ = send(&mut ready, &MonitorMessage::Failed(failure));
+            // The entry goes before the answer, so a caller that has the answer finds nothing
+            // left (the lock stays held until then, so nobody else prunes it meanwhile).
             run.remove_enclave(enclave_id);
+            let _ = send(&mut ready, &MonitorMessage::Failed(failure));
             drop(lock);
             return 1;
         }
     };
+    if let Some(pid) = caller {
+        wake_off_enclave_cpus(pid, &live.record.cpu_ids);
+    }
     let _ = send(
         &mut ready,
         &MonitorMessage::Ready(Box::new(live.record.clone())),
@@ -216,6 +227,24 @@ pub fn monitor_main(enclave_id: &str) -> i32 {
     live.teardown(&run);
     drop(lock);
     0
+}
+
+/// Moves the waiting run-enclave process `caller` off the enclave's CPUs (where the host has
+/// others) before the answer wakes it. The scheduler wakes a task on the CPU it last ran on
+/// when it can, which may be one of the enclave's; the enclave's init is busy there right after
+/// its heartbeat (it installs its seccomp filter and starts the application), and the caller,
+/// which only prints the answer and exits, would wait behind it for about a millisecond. The
+/// caller is asleep, so this only changes where it wakes. Best effort.
+fn wake_off_enclave_cpus(caller: i32, enclave: &[u32]) {
+    let Ok(now) = sys::cpu_affinity(caller) else {
+        return;
+    };
+    let rest: Vec<u32> = now.into_iter().filter(|c| !enclave.contains(c)).collect();
+    if !rest.is_empty() {
+        if let Err(e) = sys::set_cpu_affinity(caller, &rest) {
+            tracing::debug!(error = %e, "cannot move the caller off the enclave's CPUs");
+        }
+    }
 }
 
 fn send(out: &mut std::fs::File, msg: &MonitorMessage) -> std::io::Result<()> {
@@ -240,6 +269,8 @@ struct Partial<'a> {
     run: &'a RunDir,
     id: &'a str,
     allocator: Option<Allocator>,
+    /// The helper making a process enclave's network namespace, until it is used.
+    netns: Option<sys::NetnsHelper>,
     running: Option<Box<dyn Running>>,
     broker: Option<cloister_vsock::Broker>,
 }
@@ -285,6 +316,15 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         }
     };
 
+    // A process enclave's network namespace is made by a helper meanwhile (see
+    // `sys::NetnsHelper`); without one, the clone makes it.
+    let netns = match backend {
+        Some(_) => sys::NetnsHelper::spawn()
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot make a network namespace ahead"))
+            .ok(),
+        None => None,
+    };
+
     // The image: measurements, metadata, size rule.
     let image = crate::imagecache::measure(run, &spec.eif_path)
         .map_err(|e| StartFailure::chain(FailureKind::Image, &e))?;
@@ -319,6 +359,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         run,
         id,
         allocator: Some(allocator.clone()),
+        netns,
         running: None,
         broker: None,
     };
@@ -594,10 +635,11 @@ fn launch(
     Ok((record, console_thread, nsm))
 }
 
-/// The process path of [`launch`]: clone the enclave (still single-threaded), block the stop
-/// signals, start the console pump, set up the NSM (`make_nsm`) and start the broker, let the
-/// enclave run. Returns init's pid, the console thread and the NSM; the broker and the running
-/// enclave go into `partial`.
+/// The process path of [`launch`]: bind the enclave's socket, create the enclave (clone, still
+/// single-threaded, and cgroup) and let it go on to init at once, then block the stop signals,
+/// start the console pump, set up the NSM (`make_nsm`) and start the broker while the enclave
+/// finishes its setup, and wait for init to run. Returns init's pid, the console thread and the
+/// NSM; the broker and the running enclave go into `partial`.
 #[allow(clippy::too_many_arguments)]
 fn launch_process(
     run: &RunDir,
@@ -622,6 +664,7 @@ fn launch_process(
     let root_mount = dir.join("root");
     std::fs::create_dir_all(&root_mount).map_err(|e| sys_err(&e))?;
     let enclave_socket = dir.join("vsock.sock");
+    let netns = partial.netns.as_ref().and_then(sys::NetnsHelper::handle);
     let launch = LaunchSpec {
         enclave_id: id.to_owned(),
         eif_path: spec.eif_path.clone(),
@@ -632,14 +675,34 @@ fn launch_process(
         host_uid: host_id,
         host_gid: host_id,
         pids_max: crate::cgroup::DEFAULT_PIDS_MAX,
+        netns,
     };
+    // The enclave's socket is bound (and given to the enclave's uid) before the clone, so the
+    // child can bind-mount it and init can connect while the broker is still being set up.
+    let enclave_sock = cloister_vsock::EnclaveSocket::bind(&enclave_socket)
+        .map_err(|e| StartFailure::chain(FailureKind::System, &e))?;
+    sys::lchown_at(
+        sys::open_dir(&dir).map_err(|e| sys_err(&e))?.as_ref_fd(),
+        std::path::Path::new("vsock.sock"),
+        host_id,
+        host_id,
+    )
+    .map_err(|e| sys_err(&e))?;
     let (console_r, console_w) = sys::pipe().map_err(|e| sys_err(&e))?;
     // Still single-threaded here: the process backend clones.
-    let pending = backend
+    let mut pending = backend
         .create(&launch, console_w)
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     let pid = pending.pid();
-    crate::boottrace::mark("monitor: enclave cloned");
+    // The child has its copies of the network namespace helper's pipes; ours go.
+    if let Some(helper) = partial.netns.as_mut() {
+        helper.release();
+    }
+    // Dropping the pending enclave on a failure from here on kills and reaps the child and
+    // removes its cgroup.
+    pending
+        .release()
+        .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     sys::block_signals(&STOP_SIGNALS).map_err(|e| sys_err(&e))?;
 
     let console_path = run.console_path(id);
@@ -651,36 +714,20 @@ fn launch_process(
         })
         .map_err(|e| sys_err(&e))?;
 
-    // Dropping the pending enclave on a failure kills and reaps the child and removes its
-    // cgroup.
     let nsm = make_nsm()?;
-    let broker_result = cloister_vsock::Broker::start(cloister_vsock::BrokerConfig::new(
-        cid,
-        run.root(),
-        &enclave_socket,
-        nsm.clone(),
-    ));
-    let broker = match broker_result {
-        Ok(b) => b,
-        Err(e) => {
-            // Dropping the pending enclave kills and reaps the child and removes its cgroup.
-            drop(pending);
-            return Err(StartFailure::chain(FailureKind::System, &e));
-        }
-    };
-    sys::lchown_at(
-        sys::open_dir(&dir).map_err(|e| sys_err(&e))?.as_ref_fd(),
-        std::path::Path::new("vsock.sock"),
-        host_id,
-        host_id,
+    let broker = cloister_vsock::Broker::start_bound(
+        cloister_vsock::BrokerConfig::new(cid, run.root(), &enclave_socket, nsm.clone()),
+        enclave_sock,
     )
-    .map_err(|e| sys_err(&e))?;
+    .map_err(|e| StartFailure::chain(FailureKind::System, &e))?;
     partial.broker = Some(broker);
     crate::boottrace::mark("monitor: broker started");
 
     let running = pending
         .start()
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
+    // Init runs, in the namespace: the helper has let go of it (or is stopped now).
+    drop(partial.netns.take());
     partial.running = Some(running);
     crate::boottrace::mark("monitor: init executing");
     Ok((pid, console_thread, nsm))

@@ -1,15 +1,17 @@
 //! The `process` isolation backend: an enclave is a process tree in fresh namespaces.
 //!
-//! [`ProcessBackend::create`] makes a cgroup for the enclave (cpuset = its CPUs, memory cap with
-//! swap off, pids limit), looks up the image's unpacked root ([`crate::imagecache`]) and an
-//! idmapping user namespace for the enclave's host uid, and clones a child into new mount, PID,
-//! network, IPC and UTS namespaces. The monitor then starts the vsock broker and lets the child
-//! go ([`Pending::start`]). The child, still host root inside its private namespaces:
-//! 1. enters the enclave's cgroup: on cgroup v1 it moves itself in at once (a thread moving
-//!    itself avoids the kernel's global lock and its RCU grace period, see
-//!    [`EnclaveCgroup::join_self`]) and goes on building its root while the monitor starts the
-//!    broker; on v2 the monitor moves it and it waits for the go first. Then it makes every
-//!    mount private;
+//! [`ProcessBackend::create`] looks up the image's unpacked root ([`crate::imagecache`]) and an
+//! idmapping user namespace for the enclave's host uid, clones a child into new mount, PID,
+//! IPC and UTS namespaces and a network namespace (the one the monitor had made meanwhile,
+//! [`crate::sys::NetnsHelper`], which the child enters first; else a new one at the clone),
+//! and then, while the child builds the enclave's root, makes
+//! the enclave's cgroup (cpuset = its CPUs, memory cap with swap off, pids limit; on v2 it moves
+//! the child in). The monitor lets the child go ([`Pending::release`]) as soon as that is done
+//! and starts the vsock broker while the child finishes and execs init: the broker's enclave
+//! socket was bound before the clone, so init's first connection waits in its backlog at worst
+//! ([`Pending::start`] then waits for the exec). The child, still host root inside its private
+//! namespaces:
+//! 1. makes every mount private;
 //! 2. mounts a scratch tmpfs (size = the enclave's memory) on the run directory's `root/` and
 //!    builds the enclave's root on it: an overlay whose lower layer is the image's unpacked
 //!    root from [`crate::imagecache::unpacked_root`] (unpacked once per image version, mounted
@@ -18,14 +20,17 @@
 //!    writes are capped by the enclave's memory and vanish with it. Where the cache or the
 //!    overlay is unavailable (an old kernel, a run directory on a file system without idmapped
 //!    mounts) every ramdisk is copied into the tmpfs instead ([`crate::rootfs`]);
-//! 3. builds `/dev` (bind mounts of the host's null, zero, full, random, urandom and tty), a
-//!    fresh `/proc`, and the same for `/rootfs` (a small tmpfs on `/rootfs/dev`, fresh
+//! 3. builds `/dev` (a small tmpfs with null, zero, full, random, urandom and tty made by
+//!    `mknod`), a fresh `/proc`, and the same for `/rootfs` (`/rootfs/dev` alike, fresh
 //!    `/rootfs/proc`, a tmpfs `/rootfs/tmp`) when the image has a `rootfs/`. Mount targets are
 //!    opened with `O_PATH|O_NOFOLLOW` under the root and mounted through `/proc/self/fd/N`, so
 //!    a symlink in the image cannot redirect a mount to the host;
-//! 4. sets the hostname to the enclave id and brings `lo` up (the only interface there is);
-//!    waits for the go (v1), enters a new cgroup namespace (rooted at its own cgroup) and binds
-//!    the broker's socket as `/dev/vsock.sock` (and `/rootfs/dev/vsock.sock`);
+//! 4. sets the hostname to the enclave id and brings `lo` up (the only interface there is;
+//!    already up in a namespace made ahead);
+//!    waits for the go, enters the enclave's cgroup (on v1 it moves itself in: a thread moving
+//!    itself avoids the kernel's global lock and its RCU grace period, see
+//!    [`EnclaveCgroup::join_self`]), then a new cgroup namespace rooted there, and binds the
+//!    broker's socket as `/dev/vsock.sock` (and `/rootfs/dev/vsock.sock`);
 //! 5. `pivot_root`s into the root and detaches the old one (the scratch tmpfs's other
 //!    directories and the lower layer's mount go with it);
 //! 6. becomes the enclave's host uid/gid (`UID_BASE + cid % UID_SPAN`), unshares a user
@@ -55,8 +60,18 @@ use std::path::{Path, PathBuf};
 pub const UID_BASE: u32 = 1_000_000_000;
 /// Number of distinct enclave uids (the CID is reduced modulo this).
 pub const UID_SPAN: u32 = 1_000_000_000;
-/// Device nodes bind-mounted from the host into `/dev`.
-pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The character devices of an enclave's `/dev`: name, major, minor (Linux's fixed numbers,
+/// the same as the host's nodes).
+pub const DEV_NODES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+/// Mount options of an enclave's `/dev` tmpfs (besides its owner): a few nodes and sockets.
+const DEV_TMPFS_OPTIONS: &str = "size=1m,nr_inodes=256,mode=0755";
 /// Name of the fabric socket inside `/dev`.
 pub const VSOCK_NODE: &str = "vsock.sock";
 /// Largest setup error message read back from the child.
@@ -81,7 +96,11 @@ struct ProcessPending {
 
 struct PendingParts {
     pid: i32,
-    go: OwnedFd,
+    /// The go pipe's write end; `None` once the go was sent (its end is then kept in
+    /// `sent_go` until start, so the child can tell a dead monitor by the hang-up).
+    go: Option<OwnedFd>,
+    /// The go pipe after the go was sent, and the result of sending it.
+    sent_go: Option<(OwnedFd, std::io::Result<()>)>,
     errors: OwnedFd,
     cgroup: EnclaveCgroup,
     image_root: Option<CachedRoot>,
@@ -126,7 +145,7 @@ impl Drop for ProcessPending {
         if let Some(p) = self.parts.take() {
             let _ = sys::kill(p.pid, nix::sys::signal::Signal::SIGKILL);
             let _ = sys::wait_child(p.pid, false);
-            drop(p.go);
+            drop((p.go, p.sent_go));
             if let Err(e) = p.cgroup.remove() {
                 tracing::warn!(error = %error_chain(&e), "cannot remove the enclave's cgroup");
             }
@@ -153,26 +172,17 @@ impl Backend for ProcessBackend {
         console: OwnedFd,
     ) -> Result<Box<dyn Pending>, BackendError> {
         let cgroup = EnclaveCgroup::new(Layout::detect()?, &spec.enclave_id);
-        cgroup.create(&Limits {
-            cpus: spec.cpus.clone(),
-            memory_bytes: spec.memory_mib.saturating_mul(1024 * 1024),
-            pids_max: spec.pids_max,
-        })?;
-        crate::boottrace::mark("monitor: cgroup created");
         let source = root_source(spec);
         let (go_r, go_w) = sys::pipe()?;
         let (err_r, err_w) = sys::pipe()?;
-        let flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::NET | sys::ns::IPC | sys::ns::UTS;
+        let mut flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS;
+        if spec.netns.is_none() {
+            flags |= sys::ns::NET;
+        }
         // SAFETY: the monitor calls `create` before it starts any thread (see monitor.rs), so
         // the child may allocate and run ordinary Rust code; it never returns (exit_now).
-        let forked = match unsafe { sys::clone_process(flags) } {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = cgroup.remove();
-                return Err(e.into());
-            }
-        };
-        match forked {
+        let forked = unsafe { sys::clone_process(flags) }?;
+        let pid = match forked {
             Forked::Child => {
                 drop(go_w);
                 drop(err_r);
@@ -187,33 +197,37 @@ impl Backend for ProcessBackend {
                 };
                 sys::exit_now(code)
             }
-            Forked::Parent(pid) => {
-                drop(go_r);
-                drop(err_w);
-                drop(console);
-                let image_root = source.map(|s| s.cached);
-                let added = if cgroup.can_join_self() {
-                    Ok(()) // the child moves itself in, first thing
-                } else {
-                    cgroup.add(pid)
-                };
-                if let Err(e) = added {
-                    let _ = sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = sys::wait_child(pid, false);
-                    let _ = cgroup.remove();
-                    return Err(e.into());
-                }
-                Ok(Box::new(ProcessPending {
-                    parts: Some(PendingParts {
-                        pid,
-                        go: go_w,
-                        errors: err_r,
-                        cgroup,
-                        image_root,
-                    }),
-                }))
+            Forked::Parent(pid) => pid,
+        };
+        drop(go_r);
+        drop(err_w);
+        drop(console);
+        crate::boottrace::mark("monitor: enclave cloned");
+        // From here on, dropping `pending` kills and reaps the child and removes the cgroup.
+        let pending = ProcessPending {
+            parts: Some(PendingParts {
+                pid,
+                go: Some(go_w),
+                sent_go: None,
+                errors: err_r,
+                cgroup,
+                image_root: source.map(|s| s.cached),
+            }),
+        };
+        // The cgroup is made while the child builds its root: the child enters it only after
+        // the go (on v1 by itself; on v2 it is moved in now).
+        if let Some(parts) = &pending.parts {
+            parts.cgroup.create(&Limits {
+                cpus: spec.cpus.clone(),
+                memory_bytes: spec.memory_mib.saturating_mul(1024 * 1024),
+                pids_max: spec.pids_max,
+            })?;
+            if !parts.cgroup.can_join_self() {
+                parts.cgroup.add(pid)?;
             }
         }
+        crate::boottrace::mark("monitor: cgroup created");
+        Ok(Box::new(pending))
     }
 }
 
@@ -222,10 +236,30 @@ impl Pending for ProcessPending {
         self.parts.as_ref().map_or(0, |p| p.pid)
     }
 
+    fn release(&mut self) -> Result<(), BackendError> {
+        let Some(parts) = self.parts.as_mut() else {
+            return Err(BackendError::Setup(
+                "the enclave was already started".into(),
+            ));
+        };
+        if let Some(go) = parts.go.take() {
+            crate::boottrace::mark("monitor: go sent");
+            // A child that failed before the go has exited: the write fails (EPIPE), and its
+            // message is waiting on the error pipe for `start` to report.
+            let sent = nix::unistd::write(&go, b"g")
+                .map(drop)
+                .map_err(std::io::Error::from);
+            parts.sent_go = Some((go, sent));
+        }
+        Ok(())
+    }
+
     fn start(mut self: Box<Self>) -> Result<Box<dyn Running>, BackendError> {
+        self.release()?;
         let Some(PendingParts {
             pid,
-            go,
+            go: _,
+            sent_go,
             errors,
             cgroup,
             image_root,
@@ -241,21 +275,16 @@ impl Pending for ProcessPending {
             status: None,
             _image_root: image_root,
         };
-        let mut go = std::fs::File::from(go);
-        crate::boottrace::mark("monitor: go sent");
-        // A child that failed before the go has exited: the write fails (EPIPE), and its
-        // message is waiting on the error pipe.
-        let sent = go.write_all(b"g");
         let mut msg = String::new();
         let _ = std::fs::File::from(errors)
             .take(MAX_SETUP_ERROR)
             .read_to_string(&mut msg);
-        drop(go);
         if msg.is_empty() {
-            if let Err(e) = sent {
+            if let Some((_, Err(e))) = &sent_go {
                 msg = format!("cannot signal the enclave: {e}");
             }
         }
+        drop(sent_go);
         if !msg.is_empty() {
             let _ = running.kill();
             let _ = running.cleanup();
@@ -312,9 +341,9 @@ fn wait_for_go(go: &OwnedFd) {
 
 /// What the child does; returns only on error (as a message for the parent).
 ///
-/// With `join` (cgroup v1) the child moves itself into the enclave's cgroup first and builds
-/// its root while the monitor starts the broker, waiting for the go only before it needs the
-/// broker's socket; otherwise the monitor moves it in and it waits for the go first.
+/// It builds its root while the monitor makes its cgroup, and waits for the go (the cgroup
+/// exists, and on v2 holds it) before it enters the cgroup: with `join` (v1) it moves itself
+/// in then.
 fn child(
     spec: &LaunchSpec,
     source: Option<&RootSource>,
@@ -322,13 +351,6 @@ fn child(
     go: &OwnedFd,
     console: &OwnedFd,
 ) -> Result<std::convert::Infallible, String> {
-    match join {
-        Some(cgroup) => {
-            cgroup.join_self().map_err(s)?;
-            crate::boottrace::mark("child: joined its cgroup");
-        }
-        None => wait_for_go(go),
-    }
     sys::mount(
         None,
         Path::new("/"),
@@ -374,13 +396,13 @@ fn child(
     }
     drop(scratch);
     let mut unpacker = Unpacker::new(sys::open_dir(&root_path).map_err(s)?, uid, gid);
-    populate_dev(&mut unpacker, &[b"dev"], spec, false)?;
+    populate_dev(&mut unpacker, &[b"dev"], spec)?;
     mount_proc(&mut unpacker, &[b"proc"])?;
     crate::boottrace::mark("child: /dev and /proc done");
     let has_rootfs =
         sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir);
     if has_rootfs {
-        populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec, true)?;
+        populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec)?;
         mount_proc(&mut unpacker, &[b"rootfs", b"proc"])?;
         let tmp = unpacker
             .ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp")
@@ -397,15 +419,30 @@ fn child(
     }
     crate::boottrace::mark("child: /rootfs mounts done");
     sys::sethostname(&spec.enclave_id).map_err(s)?;
-    sys::loopback_up().map_err(s)?;
     crate::boottrace::mark("child: hostname, lo done");
 
-    if join.is_some() {
-        wait_for_go(go);
+    wait_for_go(go);
+    if let Some(cgroup) = join {
+        cgroup.join_self().map_err(s)?;
+        crate::boottrace::mark("child: joined its cgroup");
     }
     // Now in the enclave's cgroup: a cgroup namespace rooted there.
     sys::unshare(sys::ns::CGROUP).map_err(s)?;
-    // The broker's socket exists once the go came.
+    // The network namespace the monitor's helper made meanwhile (it had the whole setup to
+    // do so); where that failed, one of its own.
+    let entered = match spec.netns.map(sys::NetnsHandle::enter) {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no network namespace made ahead; making one");
+            sys::unshare(sys::ns::NET).map_err(s)?;
+            false
+        }
+        None => false,
+    };
+    if !entered {
+        sys::loopback_up().map_err(s)?;
+    }
+    // The broker's socket was bound before the clone; the broker serves it once it starts.
     bind_node(&mut unpacker, &[b"dev"], &spec.enclave_socket, VSOCK_NODE)?;
     if has_rootfs {
         bind_node(
@@ -518,32 +555,28 @@ fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates `<dir>/{null,...,vsock.sock}` as bind mounts (on a fresh small tmpfs if `own_fs`).
-fn populate_dev(
-    unpacker: &mut Unpacker,
-    dir: &[&[u8]],
-    spec: &LaunchSpec,
-    own_fs: bool,
-) -> Result<(), String> {
+/// Mounts a small tmpfs on `<dir>` (owned by the enclave's root, `nosuid,noexec`) and makes
+/// the [`DEV_NODES`] in it with `mknod`, mode 0666 and owned by the enclave's root, as a host's
+/// `/dev` has them. The child is still host root in the host's user namespace here, so it may
+/// make them; the enclave never can (its root is an unprivileged host uid without
+/// `CAP_MKNOD`), so the tmpfs allows devices only for these nodes. Making nodes costs a few
+/// microseconds each, where bind-mounting the host's took a mount per node.
+fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec) -> Result<(), String> {
     let shown = "dev";
-    let mut dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
-    if own_fs {
-        let opts = format!(
-            "size=1m,mode=0755,uid={},gid={}",
-            spec.host_uid, spec.host_gid
-        );
-        sys::mount(
-            Some(Path::new("tmpfs")),
-            &sys::fd_path(dev.as_fd()),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some(&opts),
-        )
-        .map_err(s)?;
-        dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
-    }
-    for name in DEV_NODES {
-        bind_at(&dev, &Path::new("/dev").join(name), name)?;
+    let (uid, gid) = (spec.host_uid, spec.host_gid);
+    let mount_point = unpacker.ensure_dir(dir, shown).map_err(s)?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        &sys::fd_path(mount_point.as_fd()),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(&format!("{DEV_TMPFS_OPTIONS},uid={uid},gid={gid}")),
+    )
+    .map_err(s)?;
+    let dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
+    for (name, major, minor) in DEV_NODES {
+        sys::mknod_char_at(dev.as_fd(), name.as_bytes(), major, minor, 0o666).map_err(s)?;
+        sys::lchown_at(dev.as_fd(), Path::new(name), uid, gid).map_err(s)?;
     }
     Ok(())
 }

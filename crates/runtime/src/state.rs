@@ -209,8 +209,7 @@ impl RunDir {
         let path = dir.join("state.json");
         let bytes =
             serde_json::to_vec_pretty(rec).map_err(|e| StateError::Corrupt(path.clone(), e))?;
-        std::fs::write(&tmp, bytes).map_err(|e| StateError::Io(tmp.clone(), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StateError::Io(path, e))
+        crate::sys::replace_file(&tmp, &path, &bytes).map_err(|e| StateError::Io(path, e))
     }
 
     /// Reads one record (`None` when it has none yet).

@@ -337,6 +337,49 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
         errno_name(e),
     );
 
+    // /dev: the character devices and the vsock socket, nothing of the host's; working
+    // nodes; and no way to make another.
+    let mut dev: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    dev.sort();
+    let null_works = {
+        use std::io::Read;
+        let mut b = [1u8; 8];
+        std::fs::write("/dev/null", b"x").is_ok()
+            && std::fs::File::open("/dev/zero")
+                .and_then(|mut f| f.read_exact(&mut b))
+                .is_ok()
+            && b == [0u8; 8]
+    };
+    line(
+        dev == [
+            "full",
+            "null",
+            "random",
+            "tty",
+            "urandom",
+            "vsock.sock",
+            "zero",
+        ] && null_works,
+        "dev",
+        format!("{dev:?} null/zero work: {null_works}"),
+    );
+    // SAFETY: a NUL-terminated path and integers; mknod fails (the point) or makes a node.
+    let r = unsafe {
+        libc::mknod(
+            c"/tmp/mem".as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(1, 1),
+        )
+    };
+    let e = errno();
+    line(r < 0 && e == libc::EPERM, "mknod", errno_name(e));
+
     // Host processes and /proc.
     let init_cmd = std::fs::read("/proc/1/cmdline").unwrap_or_default();
     line(

@@ -327,9 +327,63 @@ fn file_id(path: &Path) -> Result<(u64, u64), BrokerError> {
     Ok((meta.dev(), meta.ino()))
 }
 
+/// A broker's enclave-facing socket, bound and listening before the broker runs, so that an
+/// enclave can be set up (the socket bind-mounted into it) while its NSM is still being
+/// prepared: connections wait in the backlog until [`Broker::start_bound`] serves them.
+/// Dropped without being handed to a broker, it removes its file.
+#[derive(Debug)]
+pub struct EnclaveSocket {
+    sock: Option<Socket>,
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl EnclaveSocket {
+    /// Binds `path` (mode 0666; a stale socket file there is replaced, a live one refused).
+    pub fn bind(path: impl Into<PathBuf>) -> Result<Self, BrokerError> {
+        let path = path.into();
+        let sock = bind_unix_replacing_stale(&path).map_err(|e| match e {
+            BindError::InUse => BrokerError::EnclaveSocketInUse(path.clone()),
+            BindError::Io(context, source) => BrokerError::Io { context, source },
+        })?;
+        let id = file_id(&path)?;
+        Ok(Self {
+            sock: Some(sock),
+            path,
+            id,
+        })
+    }
+
+    /// Where it is bound.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for EnclaveSocket {
+    fn drop(&mut self) {
+        if self.sock.take().is_some() {
+            remove_if_same(&self.path, self.id);
+        }
+    }
+}
+
 impl Broker {
     /// Binds both sockets and starts serving.
     pub fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        if !is_enclave_cid(config.cid) {
+            return Err(BrokerError::InvalidCid(config.cid));
+        }
+        let enclave = EnclaveSocket::bind(config.enclave_socket.clone())?;
+        Self::start_bound(config, enclave)
+    }
+
+    /// Starts serving on an enclave socket bound earlier ([`EnclaveSocket::bind`]), which
+    /// takes the place of `config.enclave_socket`, and on the host socket it binds now.
+    pub fn start_bound(
+        config: BrokerConfig,
+        mut enclave_socket: EnclaveSocket,
+    ) -> Result<Broker, BrokerError> {
         if !is_enclave_cid(config.cid) {
             return Err(BrokerError::InvalidCid(config.cid));
         }
@@ -345,20 +399,28 @@ impl Broker {
             },
             BindError::Io(context, source) => BrokerError::Io { context, source },
         })?;
-        let host_id = file_id(&host_path)?;
-        let enclave_path = config.enclave_socket.clone();
-        let enclave = match bind_unix_replacing_stale(&enclave_path) {
-            Ok(s) => s,
-            Err(e) => {
+        let host_id = file_id(&host_path).inspect_err(|_| {
+            let _ = fs::remove_file(&host_path);
+        })?;
+        // From here on the broker owns the enclave socket's file (it removes it on shutdown).
+        let Some(enclave) = enclave_socket.sock.take() else {
+            remove_if_same(&host_path, host_id);
+            return Err(BrokerError::Io {
+                context: "taking the enclave socket",
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        };
+        let enclave_path = enclave_socket.path.clone();
+        let enclave_id = enclave_socket.id;
+        let io_err = |context| {
+            let (host_path, enclave_path) = (host_path.clone(), enclave_path.clone());
+            move |source| {
+                // Nothing serves the sockets: remove both files.
                 remove_if_same(&host_path, host_id);
-                return Err(match e {
-                    BindError::InUse => BrokerError::EnclaveSocketInUse(enclave_path),
-                    BindError::Io(context, source) => BrokerError::Io { context, source },
-                });
+                remove_if_same(&enclave_path, enclave_id);
+                BrokerError::Io { context, source }
             }
         };
-        let enclave_id = file_id(&enclave_path)?;
-        let io_err = |context| move |source| BrokerError::Io { context, source };
         host.set_nonblocking(true)
             .map_err(io_err("making the host socket non-blocking"))?;
         enclave

@@ -51,7 +51,9 @@ pub use addr::{
     HEARTBEAT_PORT, LAST_ENCLAVE_CID, NSM_PORT, PARENT_CID, VMADDR_CID_ANY, VMADDR_CID_HOST,
     VMADDR_CID_HYPERVISOR, VMADDR_CID_LOCAL, VMADDR_PORT_ANY,
 };
-pub use broker::{Broker, BrokerConfig, BrokerError, BrokerLimits, BrokerStats, NsmService};
+pub use broker::{
+    Broker, BrokerConfig, BrokerError, BrokerLimits, BrokerStats, EnclaveSocket, NsmService,
+};
 pub use stream::{
     fabric_dir, run_dir, Transport, VsockError, VsockListener, VsockStream, ENCLAVE_SOCKET_PATH,
 };

@@ -437,3 +437,54 @@ fn connection_and_listener_floods_are_capped() {
     }
     assert!(ok > 0);
 }
+
+#[test]
+fn an_enclave_socket_bound_early_queues_the_heartbeat_until_the_broker_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.sock");
+    let sock = cloister_vsock::EnclaveSocket::bind(&path).unwrap();
+    assert_eq!(sock.path(), path);
+    // A second bind of a live socket is refused; the first keeps its file.
+    assert!(matches!(
+        cloister_vsock::EnclaveSocket::bind(&path),
+        Err(BrokerError::EnclaveSocketInUse(_))
+    ));
+    assert!(path.exists());
+
+    // The enclave connects and sends its heartbeat before anything serves the socket.
+    let enclave_path = path.clone();
+    let enclave = std::thread::spawn(move || {
+        let mut hb =
+            VsockStream::connect_enclave(&enclave_path, VsockAddr::new(PARENT_CID, HEARTBEAT_PORT))
+                .unwrap();
+        hb.write_all(&[HEARTBEAT_BYTE]).unwrap();
+        let mut b = [0u8; 1];
+        hb.read_exact(&mut b).unwrap();
+        b[0]
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let cfg = BrokerConfig::new(
+        25,
+        dir.path(),
+        dir.path().join("unused.sock"),
+        Arc::new(FakeNsm::default()),
+    );
+    let mut broker = Broker::start_bound(cfg, sock).unwrap();
+    assert_eq!(broker.enclave_socket(), path);
+    assert_eq!(enclave.join().unwrap(), HEARTBEAT_BYTE);
+    assert!(broker.wait_for_heartbeat(Duration::from_secs(2)));
+    assert!(!dir.path().join("unused.sock").exists());
+    broker.shutdown();
+    assert!(!path.exists(), "the broker removes the socket it was given");
+
+    // Dropped without a broker, or handed to one that cannot start, the socket is removed.
+    drop(cloister_vsock::EnclaveSocket::bind(&path).unwrap());
+    assert!(!path.exists());
+    let sock = cloister_vsock::EnclaveSocket::bind(&path).unwrap();
+    let bad = BrokerConfig::new(2, dir.path(), &path, Arc::new(FakeNsm::default()));
+    assert!(matches!(
+        Broker::start_bound(bad, sock),
+        Err(BrokerError::InvalidCid(2))
+    ));
+    assert!(!path.exists());
+}
