@@ -24,27 +24,34 @@
 //!   `boottrace` events from the CLI, the monitor and the enclave's setup child, on one
 //!   timeline: the monitor is forked from the CLI, so its times count from the CLI's start).
 //!
-//! Where the time goes (boottrace, 2-core VM, cgroup v1, after the image's first boot,
-//! lightly loaded host): CLI checks and run-directory writes 0.2 ms; the monitor's fork 0.1 ms
-//! (forked once: the CLI exits right after); image-cache lookups 0.15 ms; allocation 0.3 ms;
-//! cgroup directories 0.35 ms; image root and idmapping 0.2 ms; clone 0.55-0.6 ms; the child's
-//! cgroup join, overlay root, `/dev`, `/proc`, hostname, loopback, vsock bind and pivot
-//! 0.9-1.4 ms, overlapping the monitor's NSM set-up (PKI, 0.35 ms) and broker start; user
-//! namespace and exec of init 0.3 ms; init's heartbeat 0.55 ms; record and answer 0.15-0.4 ms;
-//! plus the CLI process's own start and exit (about 2 ms: loading and relocating a large PIE,
-//! three sets of `cpuid` probes in constructors, which trap in a VM; bubblewrap pays one).
-//! Right after answering, the monitor issues the enclave's leaf certificate; the first random
-//! number of a process costs aws-lc about 30 ms of CPU (jitter-entropy seeding), which on a
-//! small, busy host competes with the CLI's exit and inflates the caller's time.
-//! Before these optimisations (an exec'd monitor, a copy of the ramdisks per boot, a cgroup v1
-//! move through `cgroup.procs` that waits for an RCU grace period) the same boot took 20.9 ms
-//! (4.84x bubblewrap) against 9.2-9.5 ms (2.16-2.25x) after, in one session on the same host;
-//! with a busier host, 29-31 ms against 15 ms. A later round (run-enclave parsed against its
-//! own small command tree, the default log filter without directive parsing, the monitor
-//! forked once, its NSM set up after the clone while the enclave builds its root, the
-//! idmapping's helper cloned with `CLONE_VM`) took the same host from 6.7-7.1 ms (1.90-1.98x)
-//! to 6.2-6.4 ms (1.74-1.80x); run under `chrt -f 10` (both sides real-time, so other load on
-//! the host does not interleave), from 6.9-7.3 ms (1.92-1.96x) to 5.9-6.5 ms (1.56-1.66x).
+//! Where the time goes (an ftrace of scheduler events and system calls of one boot on a 2-core
+//! VM, cgroup v1, run directory on tmpfs, after the image's first boot): the CLI process from
+//! exec to forking the monitor 1.7 ms (loading and relocating a large PIE, constructors' `cpuid`
+//! probes, which trap in a VM, std's start, argument parsing, the run-directory entry); the
+//! monitor until the clone 1.1-1.3 ms (spec, cached measurements, allocation, the enclave's
+//! socket, image root, idmapping); the clone 0.2-0.3 ms; the child's setup until it execs init
+//! 1.4-1.6 ms (overlay root, `/dev` and `/proc` twice, the cgroup join after the go, of which
+//! the cpuset move alone is 0.25 ms, the vsock binds, `pivot_root`, the user namespace), while
+//! the monitor makes the cgroup, the NSM and the broker on the other CPU; init's exec and its
+//! heartbeat through the broker 1.0 ms; the record, the answer and the CLI's exit 0.3-0.4 ms.
+//! The network namespace, 0.5-0.9 ms of kernel time, is made by a helper on the other CPU
+//! meanwhile. bubblewrap starts a far smaller process and pays the network namespace in line.
+//!
+//! History, each step measured against the one before in the same session: an exec'd monitor,
+//! a copy of the ramdisks per boot and a cgroup v1 move through `cgroup.procs` (which waits for
+//! an RCU grace period) took 20.9 ms (4.84x bubblewrap); a cached overlay root, the cgroup
+//! self-join and a forked monitor 8.2 ms (1.94-2.05x); the leaf certificate issued at idle
+//! priority after the answer and smaller steps (run-enclave parsed against its own small
+//! command tree, the NSM set up while the enclave builds its root, the idmapping's helper
+//! cloned with `CLONE_VM`) 6.5-7.3 ms (1.64-1.80x). The latest round, 0.88-0.94x the build
+//! before it side by side (`CLOISTER_BENCH_BASELINE_BIN`), gives 1.33-1.46x on tmpfs and
+//! 1.60-1.65x with the run directory on ext4: the network namespace made by a helper in
+//! parallel; the cgroup made after the clone, while the child builds its root; the broker's
+//! enclave socket bound before the clone, so the child goes on to init while the monitor sets
+//! up the NSM and the broker; `/dev` made with `mknod` on a small tmpfs instead of a bind mount
+//! per node; files in the run directory replaced by `RENAME_EXCHANGE` (a rename over a file
+//! makes ext4 write the new data out first); and the caller moved off the enclave's CPUs before
+//! the answer wakes it (else it could wait a millisecond behind init on the CPU it last ran on).
 
 use cloister_cpio::CpioWriter;
 use cloister_vsock::{VsockAddr, VsockStream};

@@ -301,8 +301,6 @@ fn read_spec(run: &RunDir, id: &str) -> Result<MonitorSpec, StartFailure> {
 
 fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     let spec = read_spec(run, id)?;
-    let dir = run.enclave_dir(id);
-    let _ = std::fs::write(dir.join("monitor.pid"), std::process::id().to_string());
     // A clone-style backend for `process`; `vm` starts through `vmbackend` (QEMU checked now,
     // before anything is allocated).
     let backend = match spec.isolation {

@@ -8,7 +8,7 @@
 //!   CLI takes it when it creates the directory and hands the locked descriptor to the monitor).
 //!   A free lock means the monitor is gone; [`RunDir::list`] then prunes the entry (and its
 //!   leftover cgroup), so no stale enclave is ever reported;
-//! - `enclaves/<id>/monitor.pid`, `console.log`: the monitor's pid and the enclave console;
+//! - `enclaves/<id>/console.log`: the enclave console (the monitor's pid is in the record);
 //! - `vsock/`: the host side of the vsock fabric.
 
 use crate::sys;
