@@ -177,8 +177,22 @@ fn report(e: &InitError) {
     let _ = writeln!(io::stderr(), "{msg}");
 }
 
+/// Exit status of `cloister-init` started anywhere but as PID 1.
+pub const NOT_PID1_EXIT: i32 = 2;
+
 /// The binary's entry point. Never returns.
+///
+/// Outside an enclave it refuses to run: as the PID 1 of a VM it ends by signalling every
+/// process and powering off, which on a host would take the host down.
 pub fn main() -> ! {
+    let pid = std::process::id();
+    if pid != 1 {
+        let _ = writeln!(
+            io::stderr(),
+            "cloister-init: runs only as an enclave's PID 1 (this is pid {pid}); doing nothing"
+        );
+        std::process::exit(NOT_PID1_EXIT);
+    }
     let mode = Mode::detect();
     let result = match mode {
         Mode::Process => run_process_mode(),

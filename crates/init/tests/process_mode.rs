@@ -176,3 +176,28 @@ fn init_is_statically_linked() {
     // A dynamic binary for contrast, so the check above means something.
     assert!(has_interpreter(&fs::read("/bin/sh").unwrap()));
 }
+
+#[test]
+fn init_does_nothing_unless_it_is_pid_1() {
+    let init = cloister_init::build_static_init().unwrap();
+    // Run as pid 2 of a fresh PID namespace (a shell is its PID 1), so that even an init that
+    // went on could only reach that namespace, in both modes.
+    for isolation in ["", "process"] {
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork", "sh", "-c", "\"$0\"; echo \"status=$?\""])
+            .arg(&init)
+            .env("CLOISTER_ISOLATION", isolation)
+            .output()
+            .expect("unshare runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stdout.contains(&format!("status={}", cloister_init::NOT_PID1_EXIT)),
+            "{stdout}{stderr}"
+        );
+        assert!(
+            stderr.contains("runs only as an enclave's PID 1"),
+            "{stderr}"
+        );
+    }
+}
