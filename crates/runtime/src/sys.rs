@@ -1376,11 +1376,12 @@ mod tests {
         let handle = helper.handle().unwrap();
         let (r, w) = pipe().unwrap();
         let w_raw = w.as_raw_fd();
-        // SAFETY: the child enters the namespace (`enter` does not allocate on the way that
-        // succeeds: a pipe read, an open of a /proc path built on the stack, setns), then uses
-        // async-signal-safe calls only (stat, socket, ioctl, write, _exit) and a zeroed ifreq
-        // on its stack; anything failing ends in `_exit`.
+        // SAFETY: the child runs the block below only, then exits.
         let pid = match unsafe { clone_process(0) }.unwrap() {
+            // SAFETY: the child enters the namespace (`enter` does not allocate on the way that
+            // succeeds: a pipe read, an open of a /proc path built on the stack, setns), then
+            // uses async-signal-safe calls only (stat, socket, ioctl, write, _exit) and a zeroed
+            // ifreq on its stack; anything failing ends in `_exit`.
             Forked::Child => unsafe {
                 let mut out = [0u8; 10];
                 if handle.enter().is_ok() {
