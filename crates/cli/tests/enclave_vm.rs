@@ -43,25 +43,23 @@ fn json_ok(out: &std::process::Output, what: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("json output")
 }
 
+/// `run-enclave` of `eif` on one CPU with `memory` MiB under `isolation`, plus `extra` flags.
+fn run_enclave(
+    env: &Env,
+    eif: &Path,
+    memory: &str,
+    isolation: &str,
+    extra: &[&str],
+    timeout_ms: &str,
+) -> std::process::Output {
+    let mut args = enclave_support::run_enclave_args(eif, memory, &["--isolation", isolation]);
+    args.extend_from_slice(extra);
+    cli(env, &args, timeout_ms)
+}
+
 fn run_vm(env: &Env, eif: &Path, name: &str) -> Value {
-    let out = cli(
-        env,
-        &[
-            "run-enclave",
-            "--eif-path",
-            eif.to_str().unwrap(),
-            "--cpu-count",
-            "1",
-            "--memory",
-            "256",
-            "--isolation",
-            "vm",
-            "--debug-mode",
-            "--enclave-name",
-            name,
-        ],
-        VM_BOOT_TIMEOUT_MS,
-    );
+    let extra = ["--debug-mode", "--enclave-name", name];
+    let out = run_enclave(env, eif, "256", "vm", &extra, VM_BOOT_TIMEOUT_MS);
     json_ok(&out, "run-enclave --isolation vm")
 }
 
@@ -241,24 +239,9 @@ fn vm_enclave_lifecycle_vsock_attestation_and_confinement() {
     assert!(console.contains("Linux version"), "{console}");
 
     // The same EIF under process isolation: the same PCRs.
+    let extra = ["--enclave-name", "proc-echo"];
     let p = json_ok(
-        &cli(
-            &env,
-            &[
-                "run-enclave",
-                "--eif-path",
-                echo.to_str().unwrap(),
-                "--cpu-count",
-                "1",
-                "--memory",
-                "256",
-                "--isolation",
-                "process",
-                "--enclave-name",
-                "proc-echo",
-            ],
-            "20000",
-        ),
+        &run_enclave(&env, &echo, "256", "process", &extra, "20000"),
         "run-enclave --isolation process",
     );
     let list = json_ok(&cli(&env, &["describe-enclaves"], "1"), "describe");
@@ -367,21 +350,7 @@ fn vm_start_failures_panic_timeout_and_kernelless_image() {
 
     // An image built without a kernel: an image error naming the way to build one.
     let kernelless = build_eif(env.dir.path(), "nokernel", &["sleep"]);
-    let out = cli(
-        &env,
-        &[
-            "run-enclave",
-            "--eif-path",
-            kernelless.to_str().unwrap(),
-            "--cpu-count",
-            "1",
-            "--memory",
-            "128",
-            "--isolation",
-            "vm",
-        ],
-        VM_BOOT_TIMEOUT_MS,
-    );
+    let out = run_enclave(&env, &kernelless, "128", "vm", &[], VM_BOOT_TIMEOUT_MS);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("E307"), "{err}");
@@ -392,20 +361,12 @@ fn vm_start_failures_panic_timeout_and_kernelless_image() {
     let panicking =
         kit.eif_with_cmdline(env.dir.path(), "panic", &["sleep"], "rdinit=/no-such-init");
     let started = Instant::now();
-    let out = cli(
+    let out = run_enclave(
         &env,
-        &[
-            "run-enclave",
-            "--eif-path",
-            panicking.to_str().unwrap(),
-            "--cpu-count",
-            "1",
-            "--memory",
-            "256",
-            "--isolation",
-            "vm",
-            "--debug-mode",
-        ],
+        &panicking,
+        "256",
+        "vm",
+        &["--debug-mode"],
         VM_BOOT_TIMEOUT_MS,
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -427,20 +388,12 @@ fn vm_start_failures_panic_timeout_and_kernelless_image() {
     );
     let timeout_ms = 15_000u64;
     let started = Instant::now();
-    let out = cli(
+    let out = run_enclave(
         &env,
-        &[
-            "run-enclave",
-            "--eif-path",
-            silent.to_str().unwrap(),
-            "--cpu-count",
-            "1",
-            "--memory",
-            "256",
-            "--isolation",
-            "vm",
-            "--debug-mode",
-        ],
+        &silent,
+        "256",
+        "vm",
+        &["--debug-mode"],
         &timeout_ms.to_string(),
     );
     let took = started.elapsed();

@@ -363,15 +363,20 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> SysResult<bool> {
 
 /// `flock(LOCK_EX)` on an open file, waiting for other holders.
 pub fn lock_exclusive(file: &std::fs::File) -> SysResult<()> {
+    flock_wait(file, libc::LOCK_EX, "LOCK_EX")
+}
+
+/// `flock(op)`, retried when a signal interrupts the wait.
+fn flock_wait(file: &std::fs::File, op: libc::c_int, shown: &'static str) -> SysResult<()> {
     loop {
         // SAFETY: flock takes a valid descriptor (borrowed from `file`) and integer flags.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        let ret = unsafe { libc::flock(file.as_raw_fd(), op) };
         if ret == 0 {
             return Ok(());
         }
         match Errno::last() {
             Errno::EINTR => continue,
-            e => return Err(SysError::new("flock", "LOCK_EX", e)),
+            e => return Err(SysError::new("flock", shown, e)),
         }
     }
 }
@@ -997,29 +1002,18 @@ impl NetnsHelper {
     pub fn spawn() -> SysResult<Self> {
         let (ready_r, ready_w) = pipe()?;
         let (hold_r, hold_w) = pipe()?;
-        let mut stack = vec![0u8; NETNS_HELPER_STACK];
-        let top = {
-            let end = stack.as_mut_ptr_range().end as usize;
-            (end & !15) as *mut libc::c_void
-        };
         let mut arg = Box::new([ready_w.as_raw_fd(), hold_r.as_raw_fd(), hold_w.as_raw_fd()]);
-        // SAFETY: `top` is the aligned top of `stack`, which lives until the helper has been
-        // reaped (`Drop`), as does `arg`; the helper runs `netns_maker` only (raw system calls
-        // on its own stack and descriptors, see there).
-        let pid = unsafe {
-            libc::clone(
+        // SAFETY: `netns_maker` makes raw system calls only, on its own stack and descriptors
+        // and reading `arg`; `arg` and the stack live until the helper has been reaped (`Drop`).
+        let (pid, stack) = unsafe {
+            clone_vm_helper(
                 netns_maker,
-                top,
-                libc::CLONE_VM | libc::SIGCHLD,
+                0,
                 std::ptr::addr_of_mut!(*arg).cast(),
-            )
-        };
-        if pid < 0 {
-            return Err(SysError::last(
-                "clone",
+                NETNS_HELPER_STACK,
                 "CLONE_VM (network namespace helper)",
-            ));
-        }
+            )
+        }?;
         // The helper has its own copies of these ends.
         drop((ready_w, hold_r));
         Ok(Self {
@@ -1131,6 +1125,35 @@ pub fn enter_netns(fd: BorrowedFd<'_>) -> SysResult<()> {
     Ok(())
 }
 
+/// Clones a helper process that shares this process's memory (`CLONE_VM`, as `posix_spawn`
+/// does: nothing is copied) and runs `f(arg)` on a stack of its own, with `flags` (namespaces)
+/// added. Returns its pid and its stack, which the caller keeps until the helper is reaped.
+///
+/// # Safety
+/// `f` must make raw system calls only (no allocation, no lock, nothing that touches this
+/// process's state), and whatever `arg` points to must stay valid until the helper is reaped.
+unsafe fn clone_vm_helper(
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    flags: i32,
+    arg: *mut libc::c_void,
+    stack_size: usize,
+    shown: &'static str,
+) -> SysResult<(i32, Vec<u8>)> {
+    let mut stack = vec![0u8; stack_size];
+    // The stack grows down from its 16-byte-aligned top.
+    let top = {
+        let end = stack.as_mut_ptr_range().end as usize;
+        (end & !15) as *mut libc::c_void
+    };
+    // SAFETY: `top` is the aligned top of `stack`, returned to the caller, who keeps it until
+    // the helper has been reaped; the caller vouches for `f` and `arg`.
+    let pid = unsafe { libc::clone(f, top, libc::CLONE_VM | flags | libc::SIGCHLD, arg) };
+    if pid < 0 {
+        return Err(SysError::last("clone", shown));
+    }
+    Ok((pid, stack))
+}
+
 /// Stack of the helper process of [`idmap_userns`] (it makes three system calls).
 const USERNS_HOLDER_STACK: usize = 16 * 1024;
 
@@ -1172,28 +1195,18 @@ extern "C" fn userns_holder(arg: *mut libc::c_void) -> libc::c_int {
 /// multi-threaded process as well.
 pub fn idmap_userns(uid: u32, gid: u32) -> SysResult<OwnedFd> {
     let (hold_r, hold_w) = pipe()?;
-    let mut stack = vec![0u8; USERNS_HOLDER_STACK];
-    // The stack grows down from its 16-byte-aligned top.
-    let top = {
-        let end = stack.as_mut_ptr_range().end as usize;
-        (end & !15) as *mut libc::c_void
-    };
-    let flags = libc::CLONE_VM | ns::USER | libc::SIGCHLD;
-    // SAFETY: `top` is the aligned top of `stack`, which lives until the helper has been reaped
-    // below; the helper runs `userns_holder` only (raw system calls on its own stack, see
-    // there) and gets the pipe's descriptor numbers as its argument. No pointer is shared.
-    let pid = unsafe {
-        libc::clone(
+    let fds = (hold_r.as_raw_fd() as u32 as u64) << 32 | hold_w.as_raw_fd() as u32 as u64;
+    // SAFETY: `userns_holder` makes raw system calls only, on its own stack (freed below, once
+    // the helper has been reaped); its argument is the pipe's descriptor numbers, no pointer.
+    let (pid, stack) = unsafe {
+        clone_vm_helper(
             userns_holder,
-            top,
-            flags,
-            ((hold_r.as_raw_fd() as u32 as u64) << 32 | hold_w.as_raw_fd() as u32 as u64) as usize
-                as *mut libc::c_void,
+            ns::USER,
+            fds as usize as *mut libc::c_void,
+            USERNS_HOLDER_STACK,
+            "CLONE_VM|CLONE_NEWUSER",
         )
-    };
-    if pid < 0 {
-        return Err(SysError::last("clone", "CLONE_VM|CLONE_NEWUSER"));
-    }
+    }?;
     let result = (|| {
         let write = |file: &str, text: String| {
             let path = format!("/proc/{pid}/{file}");
@@ -1248,17 +1261,7 @@ pub fn set_cpu_affinity(tid: i32, cpus: &[u32]) -> SysResult<()> {
 
 /// `flock(LOCK_SH)` on an open file, waiting for an exclusive holder.
 pub fn lock_shared(file: &std::fs::File) -> SysResult<()> {
-    loop {
-        // SAFETY: flock takes a valid descriptor (borrowed from `file`) and integer flags.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        if ret == 0 {
-            return Ok(());
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            e => return Err(SysError::new("flock", "LOCK_SH", e)),
-        }
-    }
+    flock_wait(file, libc::LOCK_SH, "LOCK_SH")
 }
 
 /// Number of threads of the calling process (from `/proc/self/task`); `None` if unknown.

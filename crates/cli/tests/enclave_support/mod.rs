@@ -135,17 +135,7 @@ impl Env {
 
     /// Runs an enclave (debug mode) and returns run-enclave's JSON.
     pub fn run(&self, eif: &Path, extra: &[&str]) -> Value {
-        let mut args = vec![
-            "run-enclave",
-            "--eif-path",
-            eif.to_str().unwrap(),
-            "--cpu-count",
-            "1",
-            "--memory",
-            "128",
-        ];
-        args.extend_from_slice(extra);
-        self.json(&args)
+        self.json(&run_enclave_args(eif, "128", extra))
     }
 
     pub fn fabric(&self) -> PathBuf {
@@ -211,4 +201,19 @@ pub fn accept_read(l: &VsockListener, max: usize) -> (VsockAddr, String) {
             Err(e) => panic!("accept: {e}"),
         }
     }
+}
+
+/// `run-enclave` of `eif` on one CPU with `memory` MiB, then `extra`.
+pub fn run_enclave_args<'a>(eif: &'a Path, memory: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run-enclave",
+        "--eif-path",
+        eif.to_str().unwrap(),
+        "--cpu-count",
+        "1",
+        "--memory",
+        memory,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
