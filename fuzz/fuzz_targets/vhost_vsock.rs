@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
             handshake_timeout: std::time::Duration::from_millis(50),
         },
         bind_host_socket: false,
+        enclave_identity: None,
     }) else {
         return;
     };

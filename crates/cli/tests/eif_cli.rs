@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/eif")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/eif")
 }
 
 fn v(name: &str) -> String {

@@ -104,7 +104,8 @@ fn broker_failure_removes_the_cgroup() {
 }
 
 /// Writes an EIF whose bootstrap `/init` is the testapp in `sleep` mode (`/testapp.mode`): it
-/// never sends the boot heartbeat.
+/// never sends the boot heartbeat. The runtime starts `/init` in the image's `rootfs/`, so the
+/// mode file is there too.
 fn build_silent_eif(dir: &Path) -> PathBuf {
     let (_, app) = static_bins();
     let app = std::fs::read(app).expect("read testapp");
@@ -117,6 +118,8 @@ fn build_silent_eif(dir: &Path) -> PathBuf {
     let mut user = cloister_cpio::CpioWriter::new(Vec::new());
     user.file("cmd", 0o644, 0, 0, 7, &b"/sleep\n"[..]).unwrap();
     user.dir("rootfs", 0o755, 0, 0).unwrap();
+    user.file("rootfs/testapp.mode", 0o644, 0, 0, 6, &b"sleep\n"[..])
+        .unwrap();
     let user = user.finish().unwrap();
     let path = dir.join("silent.eif");
     cloister_eif::EifBuilder::new()

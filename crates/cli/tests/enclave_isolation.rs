@@ -56,6 +56,9 @@ fn isolation_suite_from_inside() {
         "host_proc",
         "host_pid",
         "pid_count",
+        "proc_masked",
+        "proc_readonly",
+        "oom_score_adj",
         "other_enclave",
         "fork_bomb",
         "memory",
@@ -73,13 +76,173 @@ fn isolation_suite_from_inside() {
     assert!(text.contains("ok host_tcp ECONNREFUSED"), "{text}");
     assert!(text.contains("ok host_pid ESRCH"), "{text}");
     assert!(text.contains("ok fork_bomb"), "{text}");
+    let init_adj = if may_lower_oom_scores() { "-999" } else { "0" };
+    assert!(
+        text.contains(&format!("ok oom_score_adj init={init_adj} command=0")),
+        "{text}"
+    );
     // The enclave survived its own memory hog and fork bomb; the host side is fine.
     let list = env.json(&["describe-enclaves"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
     let id = out["EnclaveID"].as_str().unwrap();
+    // The hog was the memory cgroup's OOM kill, and the host counts it (v1's oom_control
+    // lists `oom_kill_disable 0` before `oom_kill N`).
+    assert!(oom_kills(&env, id) >= 1, "no OOM kill counted");
     let t = env.json(&["terminate-enclave", "--enclave-id", id]);
     assert_eq!(t["Terminated"], true);
     drop(tcp);
+}
+
+/// Writes an EIF whose `/init` is the testapp itself in `hostile-init PORT` mode (no
+/// Cloister init anywhere in the image) and whose customer ramdisk has no `rootfs/`.
+fn build_hostile_eif(dir: &std::path::Path, port: u32) -> std::path::PathBuf {
+    let (_, app) = enclave_support::static_bins();
+    let app = std::fs::read(app).expect("read testapp");
+    let mode = format!("hostile-init {port}\n");
+    let mut boot = cloister_cpio::CpioWriter::new(Vec::new());
+    boot.file("init", 0o755, 0, 0, app.len() as u64, &app[..])
+        .unwrap();
+    boot.file(
+        "testapp.mode",
+        0o644,
+        0,
+        0,
+        mode.len() as u64,
+        mode.as_bytes(),
+    )
+    .unwrap();
+    let boot = boot.finish().unwrap();
+    let mut user = cloister_cpio::CpioWriter::new(Vec::new());
+    user.file("cmd", 0o644, 0, 0, 7, &b"/sleep\n"[..]).unwrap();
+    let user = user.finish().unwrap();
+    let path = dir.join("hostile.eif");
+    cloister_eif::EifBuilder::new()
+        .kernel_bytes(b"not a kernel: process isolation does not boot one".to_vec())
+        .cmdline("console=ttyS0")
+        .ramdisk_bytes(boot)
+        .ramdisk_bytes(user)
+        .write_to_path(&path)
+        .expect("write eif");
+    path
+}
+
+/// The runtime, not the image's init, confines a process enclave: an image whose `/init` is
+/// a hostile program (here the testapp, not Cloister's init) is refused AF_VSOCK, io_uring,
+/// keyrings, userfaultfd, ptrace, nested namespaces and mounts, holds no capability in any
+/// set, and runs with no_new_privs and the seccomp filter, from its first instruction.
+#[test]
+fn hostile_init_is_confined_by_the_runtime() {
+    let env = Env::new("0-1", 1024);
+    let report = env.listen(7400);
+    let eif = build_hostile_eif(env.dir.path(), 7400);
+    let out = env.run(&eif, &["--enclave-name", "hostile", "--debug-mode"]);
+    let (_, text) = accept_read(&report, 64 * 1024);
+    eprintln!("{text}");
+    for check in [
+        "af_vsock",
+        "io_uring",
+        "keyctl",
+        "userfaultfd",
+        "ptrace",
+        "unshare",
+        "mount",
+        "caps",
+        "no_new_privs",
+        "seccomp",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(check))
+            .unwrap_or_else(|| panic!("no result for {check}:\n{text}"));
+        assert!(line.starts_with("ok "), "{line}");
+    }
+    // The host-side view of the same process: no capabilities, filter mode.
+    let id = out["EnclaveID"].as_str().unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.run.join("enclaves").join(id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let init = state["init_pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    for (key, want) in [
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+    ] {
+        let got = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim);
+        assert_eq!(got, Some(want), "{key} of the hostile init");
+    }
+    env.json(&["terminate-enclave", "--enclave-id", id]);
+}
+
+/// The host shields the enclave's PID 1 from the OOM killer (so that a memory or fork bomb in
+/// the enclave loses its own processes first) and Cloister's init gives its command the
+/// ordinary score back.
+#[test]
+fn init_is_shielded_from_the_oom_killer_and_its_command_is_not() {
+    let env = Env::new("0-1", 1024);
+    let eif = build_eif(env.dir.path(), "oom", &["echo-server", "5000"]);
+    let out = env.run(&eif, &["--enclave-name", "oom"]);
+    let id = out["EnclaveID"].as_str().unwrap().to_owned();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.run.join("enclaves").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let init = state["init_pid"].as_u64().unwrap();
+    let adj = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    // Lowering a score takes CAP_SYS_RESOURCE, which root lacks in some containers: there
+    // init keeps the default, and only its command's score is checked.
+    let want = if may_lower_oom_scores() { "-999" } else { "0" };
+    assert_eq!(adj(&init.to_string()), want, "init");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let command = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+        if let Some(pid) = children.split_whitespace().next() {
+            break pid.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "init has no child");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(adj(&command), "0", "the enclave's command");
+    env.json(&["terminate-enclave", "--enclave-id", &id]);
+}
+
+/// The OOM kills the enclave's memory cgroup counted, read as the runtime reads them.
+fn oom_kills(env: &Env, id: &str) -> u64 {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.run.join("enclaves").join(id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let dirs = state["cgroup_dirs"].as_array().cloned().unwrap_or_default();
+    dirs.iter()
+        .filter_map(|d| d.as_str())
+        .flat_map(|d| ["memory.oom_control", "memory.events"].map(|f| format!("{d}/{f}")))
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| cloister_runtime::cgroup::counter(&text, "oom_kill"))
+        .sum()
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE (as the runtime, started by it, then does).
+fn may_lower_oom_scores() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << CAP_SYS_RESOURCE) != 0
 }
 
 #[test]

@@ -416,6 +416,70 @@ fn vm_start_failures_panic_timeout_and_kernelless_image() {
     assert_no_leftovers(&env);
 }
 
+/// A run directory closed to other users (as `mktemp -d` makes it) fails at once with E702
+/// saying what to do, never with a bare "Permission denied" from QEMU; one that cloister makes
+/// itself works whatever the umask (the directories it makes are searchable by QEMU's uid),
+/// and QEMU runs as the uid recorded for the enclave.
+#[test]
+fn vm_enclaves_reach_their_files_or_fail_at_once() {
+    let Some(kit) = VmKit::get() else { return };
+    let _serial = vm_support::serial();
+    let env = vm_env();
+    let echo = kit.eif(env.dir.path(), "echo", &["echo-server", "5000"]);
+
+    std::fs::create_dir(&env.run).unwrap();
+    std::fs::set_permissions(
+        &env.run,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = run_enclave(&env, &echo, "256", "vm", &[], VM_BOOT_TIMEOUT_MS);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("[E702]"), "{err}");
+    assert!(
+        err.contains("(mode 0700)") && err.contains("chmod o+x"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_no_leftovers(&env);
+    std::fs::remove_dir_all(&env.run).unwrap();
+
+    // Made by cloister under a umask that closes everything to others.
+    let mut cmd = env.cmd();
+    cmd.env("CLOISTER_BOOT_TIMEOUT_MS", VM_BOOT_TIMEOUT_MS)
+        .args(enclave_support::run_enclave_args(
+            &echo,
+            "256",
+            &["--isolation", "vm", "--enclave-name", "umask"],
+        ));
+    // SAFETY: runs between fork and exec and only calls umask(2), which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            Ok(())
+        });
+    }
+    let out = json_ok(&cmd.output().unwrap(), "run-enclave under umask 077");
+    let id = out["EnclaveID"].as_str().unwrap();
+    let cid = out["EnclaveCID"].as_u64().unwrap();
+    let rec = state(&env, id);
+    let qemu = rec["init_pid"].as_u64().unwrap();
+    let uid = rec["host_uid"].as_u64().unwrap().to_string();
+    assert_eq!(status_field(qemu, "Uid:"), [uid.as_str(); 4].join(" "));
+    let mut s = env.connect_retry(cid as u32, 5000);
+    s.write_all(b"through a umask\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut line).unwrap();
+    assert_eq!(line, "through a umask\n");
+    json_ok(
+        &cli(&env, &["terminate-enclave", "--all"], "1"),
+        "terminate",
+    );
+    assert_no_leftovers(&env);
+}
+
 /// No enclave entry, no QEMU of this run directory, no cgroup of ours.
 fn assert_no_leftovers(env: &Env) {
     // The monitor may still be finishing its teardown when run-enclave has reported the

@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/eif")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/eif")
 }
 
 fn read(name: &str) -> Vec<u8> {

@@ -32,7 +32,7 @@ proptest! {
             }
         }
         if signed {
-            let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/eif");
+            let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/eif");
             let s = cloister_eif::EifSigner::from_files(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
             b = b.signer(s);
         }

@@ -1,4 +1,4 @@
-//! Compatibility with AWS's reference tools: the vectors in `shared/vectors/eif` were made by
+//! Compatibility with AWS's reference tools: the vectors in `tests/vectors/eif` were made by
 //! `eif_build`; reading them must give its PCRs, and building from the same inputs must give
 //! the same PCRs and (with the same metadata) the same bytes.
 
@@ -12,7 +12,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/eif")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/eif")
 }
 
 fn read(name: &str) -> Vec<u8> {

@@ -58,6 +58,12 @@ pub enum ConfigError {
 /// Reads at most `max` bytes of `path`; a longer file is an error.
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
     let file = File::open(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+    read_bounded_from(file, path, max)
+}
+
+/// Reads at most `max` bytes of an open `file` (`path` names it in errors); a longer file is
+/// an error.
+pub fn read_bounded_from(file: File, path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
     let mut buf = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut buf)

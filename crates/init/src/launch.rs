@@ -1,6 +1,11 @@
 //! Running the enclave's command as PID 1 does: resolve it on PATH, fork, exec, forward
 //! termination signals to it, reap every child (orphans included) and report how the command
 //! ended.
+//!
+//! In a process enclave the runtime lowers init's OOM score adjustment (so that under memory
+//! pressure the OOM killer takes the enclave's other processes before its PID 1, whose end
+//! would end the enclave). The value is inherited on fork; the forked child sets its own back
+//! to [`COMMAND_OOM_SCORE_ADJ`] before it execs the command (raising needs no privilege).
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -20,6 +25,11 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGUSR1,
     Signal::SIGUSR2,
 ];
+
+/// The OOM score adjustment the command starts with: the kernel's default.
+pub const COMMAND_OOM_SCORE_ADJ: &CStr = c"0";
+/// Where a process sets its own.
+const OOM_SCORE_ADJ_PATH: &CStr = c"/proc/self/oom_score_adj";
 
 /// Errors starting or waiting for the command.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +151,16 @@ pub fn run(path: &CStr, argv: &[CString], env: &[CString]) -> Result<Outcome, La
         unsafe {
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Best effort: without /proc the command keeps init's score.
+            let adj = libc::open(
+                OOM_SCORE_ADJ_PATH.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if adj >= 0 {
+                let value = COMMAND_OOM_SCORE_ADJ.to_bytes();
+                libc::write(adj, value.as_ptr().cast(), value.len());
+                libc::close(adj);
+            }
             libc::execve(path.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
             let msg = b"cloister-init: exec of the enclave command failed\n";
             libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -232,5 +252,18 @@ mod tests {
         assert_eq!(out, Outcome::Exited(0));
         let out = run(&c("/nonexistent/prog"), &[c("prog")], &[]).unwrap();
         assert_eq!(out, Outcome::Exited(127));
+    }
+
+    #[test]
+    fn the_command_gets_the_ordinary_oom_score() {
+        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let sh = resolve(&c("sh"), b"/bin:/usr/bin").unwrap();
+        let script = "[ \"$(cat /proc/self/oom_score_adj)\" = 0 ]";
+        // This process's own score does not reach the command (raising needs no privilege;
+        // going back to 0 is allowed as 0 is the least a process starts with).
+        std::fs::write("/proc/self/oom_score_adj", "100").unwrap();
+        let out = run(&sh, &[c("sh"), c("-c"), c(script)], &[]);
+        let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+        assert_eq!(out.unwrap(), Outcome::Exited(0));
     }
 }

@@ -1,11 +1,17 @@
 //! cloister-init: the enclave's PID 1 (a static binary in the bootstrap ramdisk).
 //!
-//! Process mode (`CLOISTER_ISOLATION=process`, set by the runtime): heartbeat to (3, 9000)
-//! through `/dev/vsock.sock`, read `/env` and `/cmd`, chroot into `/rootfs`, drop every
-//! capability, set no_new_privs, install the seccomp filter ([`seccomp`]), then fork and exec
-//! the command, reap every child, forward termination signals, print
-//! `Enclave command exited with status N` (or `... killed by signal S`) and exit with that
-//! status (128 + S for a signal). PID 1 exiting ends the PID namespace: the enclave is gone.
+//! Process mode (`CLOISTER_ISOLATION=process`, set by the runtime): the runtime has already
+//! confined init (seccomp filter, no capability, no_new_privs: [`cloister_confine`]) and put
+//! it in the application's root (`/rootfs` of the image), handing it the image's `/cmd` and
+//! `/env` as inherited descriptors ([`cloister_confine::CMD_FD_ENV`]). Init checks that it is
+//! confined, sends the heartbeat to (3, 9000) through `/dev/vsock.sock`, reads the command and
+//! its environment from those descriptors, then forks and execs the command (giving it the
+//! ordinary OOM score, see [`launch`]), reaps every child, forwards termination signals,
+//! prints `Enclave command exited with status N` (or `... killed by signal S`) and exits with
+//! that status (128 + S for a signal). PID 1 exiting ends the PID namespace: the enclave is
+//! gone. Started unconfined in process mode (by hand, or by the crate's tests under `unshare`),
+//! init confines itself as it used to: it reads `/cmd` and `/env`, chroots into `/rootfs`,
+//! drops every capability, sets no_new_privs and installs the same filter before the command.
 //!
 //! VM mode (no variable; a real kernel booted us): mount /proc, /sys, /dev, load the kernel
 //! modules of the bootstrap ramdisk ([`vm`]), heartbeat over native AF_VSOCK, read `/env` and
@@ -14,12 +20,12 @@
 //!
 //! [`static_build::build_static_init`] builds the static binary for tests and tools.
 
-pub mod caps;
 pub mod config;
 pub mod launch;
-pub mod seccomp;
 pub mod static_build;
 pub mod vm;
+
+pub use cloister_confine::{caps, seccomp};
 
 /// Serialises the unit tests that fork: `launch` reaps every child of the process (as PID 1
 /// must), so a concurrent test's child would otherwise vanish from under its `waitpid`.
@@ -81,12 +87,12 @@ pub enum InitError {
     /// chroot into /rootfs.
     #[error("entering {ROOTFS_PATH}")]
     Chroot(#[source] io::Error),
-    /// Dropping capabilities.
-    #[error("dropping privileges")]
-    Caps(#[from] caps::CapsError),
-    /// Installing the seccomp filter.
-    #[error("installing the seccomp filter")]
+    /// Compiling the seccomp filter.
+    #[error("building the seccomp filter")]
     Seccomp(#[from] seccomp::SeccompError),
+    /// Dropping privileges or installing the filter.
+    #[error("confining the enclave")]
+    Confine(#[from] cloister_confine::ConfineError),
     /// Running the command.
     #[error("running the enclave command")]
     Launch(#[from] launch::LaunchError),
@@ -136,6 +142,45 @@ fn read_command() -> Result<Command, InitError> {
     Ok(Command { argv, env })
 }
 
+/// The descriptor the runtime passed in environment variable `var`, if it names one that is
+/// open (never 0, 1 or 2).
+fn inherited_file(var: &str) -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let fd: std::os::fd::RawFd = std::env::var(var).ok()?.parse().ok()?;
+    // SAFETY: fcntl(F_GETFD) on an integer only queries descriptor flags.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the runtime opened this descriptor for init and nothing else in this process
+    // owns it; the `File` takes it over and closes it once read (the command never sees it).
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// The command and environment from the descriptors the runtime handed over (the image's
+/// `/cmd` and `/env`, opened before it moved init into `/rootfs`).
+fn read_inherited_command() -> Result<Command, InitError> {
+    let cmd = inherited_file(cloister_confine::CMD_FD_ENV).ok_or_else(|| {
+        config::ConfigError::Read(
+            PathBuf::from(CMD_PATH),
+            io::Error::new(io::ErrorKind::NotFound, "the runtime passed no command"),
+        )
+    })?;
+    let argv = config::parse_cmd(&config::read_bounded_from(
+        cmd,
+        Path::new(CMD_PATH),
+        config::MAX_CMD_BYTES,
+    )?)?;
+    let env = match inherited_file(cloister_confine::ENV_FD_ENV) {
+        Some(f) => config::parse_env(&config::read_bounded_from(
+            f,
+            Path::new(ENV_PATH),
+            config::MAX_ENV_BYTES,
+        )?)?,
+        None => Vec::new(),
+    };
+    Ok(Command { argv, env })
+}
+
 fn exec_and_wait(cmd: &Command) -> Result<launch::Outcome, InitError> {
     let program = cmd.argv.first().ok_or(config::ConfigError::EmptyCommand)?;
     let path = launch::resolve(program, &config::search_path(&cmd.env))?;
@@ -144,13 +189,19 @@ fn exec_and_wait(cmd: &Command) -> Result<launch::Outcome, InitError> {
 
 /// Process mode, up to the command's end.
 pub fn run_process_mode() -> Result<launch::Outcome, InitError> {
+    let confined = cloister_confine::is_confined();
     heartbeat(&Transport::Enclave(PathBuf::from(ENCLAVE_SOCKET_PATH)))?;
-    let cmd = read_command()?;
-    chroot_rootfs()?;
-    let filters = seccomp::build()?;
-    caps::drop_all()?;
-    caps::set_no_new_privs()?;
-    seccomp::install(&filters)?;
+    let cmd = if confined {
+        // The runtime confined us and moved us into the application's root already.
+        read_inherited_command()?
+    } else {
+        // Started by something else: confine ourselves as the runtime would have.
+        let cmd = read_command()?;
+        chroot_rootfs()?;
+        let filters = seccomp::build()?;
+        cloister_confine::confine(&filters)?;
+        cmd
+    };
     exec_and_wait(&cmd)
 }
 

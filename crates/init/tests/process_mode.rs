@@ -1,6 +1,9 @@
 //! End to end: the static init as PID 1 of a fresh PID and mount namespace (made with
 //! `unshare`), its heartbeat reaching a real broker, the command running under the seccomp
-//! filter, signal forwarding and the exit report.
+//! filter, signal forwarding and the exit report. Started this way init is not confined, so
+//! it takes the path that confines itself; the runtime's path (init confined before it runs,
+//! the command handed over as descriptors) is tested with real enclaves in the cli crate
+//! (`enclave_isolation`).
 
 use std::fs;
 use std::path::{Path, PathBuf};

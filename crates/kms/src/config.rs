@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
 
 /// Largest config file read.
@@ -17,6 +18,22 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_ACCOUNT: &str = "111122223333";
 /// Default maximum age of an attestation document, in seconds.
 pub const DEFAULT_ATTESTATION_MAX_AGE_S: u64 = 300;
+
+/// Default time a client has to send a whole request head once its first byte arrived (a
+/// stalled partial head is closed after it).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send a whole request body once its head arrived (the request is
+/// then answered 408 and the connection closed).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a connection may wait for its next request (AWS load balancers use 60 s, which
+/// SDK connection pools expect).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default most connections served at once; the server also stays below its descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Longest timeout the config accepts, in milliseconds (one hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Largest connection cap the config accepts.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// The AWS Nitro Enclaves root certificate (G1), DER.
 ///
@@ -72,6 +89,73 @@ pub struct AttestationConfig {
     pub max_age_seconds: Option<u64>,
 }
 
+/// Connection limits of the HTTP front end (all optional; the defaults suit most hosts).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Milliseconds a client has to send a request head after its first byte (default 10 000).
+    #[serde(default)]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client has to send a request body after its head (default 30 000).
+    #[serde(default)]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may wait for its next request (default 60 000).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most connections served at once (default 4096, and always below the descriptor limit);
+    /// when reached, the longest idle connections are closed to admit new ones.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Time allowed for a request head.
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout_ms
+            .map_or(DEFAULT_HEADER_READ_TIMEOUT, Duration::from_millis)
+    }
+
+    /// Time allowed for a request body.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout_ms
+            .map_or(DEFAULT_BODY_READ_TIMEOUT, Duration::from_millis)
+    }
+
+    /// Time a connection may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout_ms
+            .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis)
+    }
+
+    /// The configured connection cap (before the descriptor limit is applied).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value.is_some_and(|v| v == 0 || v > MAX_TIMEOUT_MS) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.{name} must be 1..{MAX_TIMEOUT_MS}"
+                )));
+            }
+        }
+        if self
+            .max_connections
+            .is_some_and(|n| n == 0 || n > MAX_MAX_CONNECTIONS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_connections must be 1..{MAX_MAX_CONNECTIONS}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +175,9 @@ pub struct Config {
     /// Extra credentials.
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
 impl Config {
@@ -156,7 +243,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.server.validate()
     }
 
     /// The region (default `us-east-1`).
@@ -252,6 +339,19 @@ mod tests {
         assert!(matches!(Config::load(&j), Err(ConfigError::Parse(..))));
         std::fs::write(&j, r#"{"account_id": "12"}"#).unwrap();
         assert!(matches!(Config::load(&j), Err(ConfigError::Invalid(..))));
+        std::fs::write(&j, r#"{"server": {"idle_timeout_ms": 0}}"#).unwrap();
+        assert!(matches!(Config::load(&j), Err(ConfigError::Invalid(..))));
+        std::fs::write(&j, r#"{"server": {"max_conns": 5}}"#).unwrap();
+        assert!(matches!(Config::load(&j), Err(ConfigError::Parse(..))));
+        std::fs::write(
+            &j,
+            r#"{"server": {"header_read_timeout_ms": 1500, "max_connections": 20}}"#,
+        )
+        .unwrap();
+        let c = Config::load(&j).unwrap();
+        assert_eq!(c.server.header_read_timeout(), Duration::from_millis(1500));
+        assert_eq!(c.server.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.server.max_connections(), 20);
     }
 
     #[test]

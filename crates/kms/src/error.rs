@@ -67,6 +67,9 @@ pub enum KmsError {
     /// The operation or a parameter value is not supported by this key service.
     #[error("{0}")]
     UnsupportedOperation(String),
+    /// `DryRun` was set and the request would have succeeded.
+    #[error("{0}")]
+    DryRunOperation(String),
     /// A marker for pagination is not valid.
     #[error("{0}")]
     InvalidMarker(String),
@@ -110,6 +113,7 @@ impl KmsError {
             KmsError::Tag(_) => "TagException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
             KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
+            KmsError::DryRunOperation(_) => "DryRunOperationException",
             KmsError::InvalidMarker(_) => "InvalidMarkerException",
             KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
             KmsError::InvalidArn(_) => "InvalidArnException",

@@ -3,9 +3,15 @@
 //! A policy is parsed once (on PutKeyPolicy / CreateKey / load) into [`Policy`]; evaluation is a
 //! walk over its statements with the request's principal, action, key ARN and condition values.
 //! Rules, as AWS evaluates them: an explicit `Deny` that matches wins; otherwise a matching
-//! `Allow` allows; otherwise the request is denied. A condition on a key the request does not
-//! carry does not match (so a policy that requires `kms:RecipientAttestation:PCR0` denies a
-//! request without an attestation), except with the `...IfExists` operators and `Null`.
+//! `Allow` allows; otherwise the request is denied.
+//!
+//! A condition on a key the request does not carry follows IAM's rules (see `Condition::holds`):
+//! a positive operator (`StringEquals`, `StringLike`, `Bool`, ...) is false, so a policy that
+//! allows only with `kms:RecipientAttestation:PCR0` denies a request without an attestation; a
+//! negated operator (`StringNotEquals`, `StringNotLike`, ...) is true, so a `Deny` unless
+//! `cloister:RecipientAttestation:Isolation` is `vm` also refuses a request with no Recipient at
+//! all; the `...IfExists` forms are true; `Null` tests presence; `ForAllValues` is vacuously true
+//! and `ForAnyValue` false.
 //!
 //! The account principal (`arn:aws:iam::<account>:root` or a bare account id) stands for every
 //! principal of that account, as in AWS where it delegates to IAM; Cloister has no IAM policies,
@@ -29,6 +35,10 @@ pub const ISOLATION_KEY: &str = "cloister:recipientattestation:isolation";
 pub const CLOISTER_PREFIX: &str = "cloister:";
 /// Condition-key prefix of encryption-context values.
 pub const CONTEXT_PREFIX: &str = "kms:encryptioncontext:";
+/// Condition key (lower case) of the encryption context's keys: multivalued, one value per key.
+pub const CONTEXT_KEYS_KEY: &str = "kms:encryptioncontextkeys";
+/// Condition key (lower case) of the caller's account.
+pub const CALLER_ACCOUNT_KEY: &str = "kms:calleraccount";
 
 /// A parsed policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +95,28 @@ pub struct RequestContext<'a> {
     pub action: &'a str,
     /// The key's ARN.
     pub resource: &'a str,
-    /// Condition values by lower-case key (`kms:recipientattestation:pcr0`, ...).
-    pub values: HashMap<String, String>,
+    /// Condition values by lower-case key (`kms:recipientattestation:pcr0`, ...). A key the
+    /// request does not carry has no entry (never an empty string or list standing in for it);
+    /// a multivalued key (`kms:encryptioncontextkeys`) has one entry per value.
+    pub values: HashMap<String, Vec<String>>,
+}
+
+impl RequestContext<'_> {
+    /// Adds `value` to the condition key `key` (any case; stored in lower case).
+    pub fn add(&mut self, key: &str, value: impl Into<String>) {
+        self.values
+            .entry(key.to_ascii_lowercase())
+            .or_default()
+            .push(value.into());
+    }
+
+    /// The values of `key` (lower case), or `None` when the request does not carry it.
+    fn get(&self, key: &str) -> Option<&[String]> {
+        self.values
+            .get(key)
+            .map(Vec::as_slice)
+            .filter(|v| !v.is_empty())
+    }
 }
 
 fn malformed(msg: impl Into<String>) -> KmsError {
@@ -430,22 +460,58 @@ impl Condition {
         )
     }
 
+    /// The operator on one request value: a positive operator holds when the value matches one
+    /// of the policy's values, a negated one when it matches none of them.
+    fn holds_for(&self, request_value: &str) -> bool {
+        let any = self
+            .values
+            .iter()
+            .any(|pv| self.value_matches(pv, request_value));
+        any != self.negated()
+    }
+
+    /// IAM's evaluation of one condition (key and operator) against the request.
+    ///
+    /// A key the request does not carry (IAM: "the key is not present in the request context"):
+    /// - `Null`: `"true"` holds, `"false"` does not;
+    /// - `...IfExists`: holds;
+    /// - `ForAllValues:`: holds (every one of no values matches);
+    /// - `ForAnyValue:`: does not hold, negated operator or not (there is no value to match);
+    /// - no qualifier: a negated operator (`StringNotEquals`, `StringNotEqualsIgnoreCase`,
+    ///   `StringNotLike`) holds, as "the key is not equal to X" is true of a missing key; a
+    ///   positive one does not.
+    ///
+    /// A present key is tested value by value with [`Condition::holds_for`]: `ForAllValues`
+    /// needs every value to pass, `ForAnyValue` one. Without a qualifier, a key with several
+    /// values (a multivalued key, or encryption-context keys differing only by case) is tested
+    /// like `ForAnyValue`, which lets a `Deny` apply as soon as one value triggers it.
     fn holds(&self, ctx: &RequestContext<'_>) -> bool {
-        let value = ctx.values.get(&self.key);
+        let values = ctx.get(&self.key);
         if self.op == Op::Null {
-            let want_absent = self.values.iter().any(|v| v.eq_ignore_ascii_case("true"));
-            return value.is_none() == want_absent;
+            let present = values.is_some();
+            return self.values.iter().any(|v| {
+                if v.eq_ignore_ascii_case("true") {
+                    !present
+                } else if v.eq_ignore_ascii_case("false") {
+                    present
+                } else {
+                    false
+                }
+            });
         }
-        let Some(value) = value else {
-            // Absent key: IfExists and ForAllValues hold vacuously; everything else fails,
-            // including the negated operators (as AWS does for a missing key).
-            return self.if_exists || self.qualifier == SetQualifier::ForAllValues;
+        let Some(values) = values else {
+            return self.if_exists
+                || match self.qualifier {
+                    SetQualifier::ForAllValues => true,
+                    SetQualifier::ForAnyValue => false,
+                    SetQualifier::None => self.negated(),
+                };
         };
-        let any = self.values.iter().any(|pv| self.value_matches(pv, value));
-        if self.negated() {
-            !any
-        } else {
-            any
+        match self.qualifier {
+            SetQualifier::ForAllValues => values.iter().all(|v| self.holds_for(v)),
+            SetQualifier::ForAnyValue | SetQualifier::None => {
+                values.iter().any(|v| self.holds_for(v))
+            }
         }
     }
 }
@@ -457,16 +523,17 @@ mod tests {
     const ACCT: &str = "111122223333";
 
     fn ctx<'a>(principal: &'a str, action: &'a str, values: &[(&str, &str)]) -> RequestContext<'a> {
-        RequestContext {
+        let mut c = RequestContext {
             principal,
             account: ACCT,
             action,
             resource: "arn:aws:kms:us-east-1:111122223333:key/1234",
-            values: values
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                .collect(),
+            values: HashMap::new(),
+        };
+        for (k, v) in values {
+            c.add(k, *v);
         }
+        c
     }
 
     #[test]
@@ -573,6 +640,282 @@ mod tests {
         }
         let big = format!("{{\"Id\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES));
         assert!(Policy::parse(&big).is_err());
+    }
+
+    /// The forms of an operator: no qualifier, `ForAnyValue:`, `ForAllValues:`, each without and
+    /// with `IfExists`. Rows of [`POSITIVE`] and [`NEGATED`] follow this order.
+    const FORMS: [(&str, &str); 6] = [
+        ("", ""),
+        ("", "IfExists"),
+        ("ForAnyValue:", ""),
+        ("ForAnyValue:", "IfExists"),
+        ("ForAllValues:", ""),
+        ("ForAllValues:", "IfExists"),
+    ];
+
+    /// A positive operator (`StringEquals`, `StringLike`, `Bool`, ...) on a key that is
+    /// [present and matching, present and not matching, absent], per form, as AWS documents it.
+    const POSITIVE: [[bool; 3]; 6] = [
+        [true, false, false], // absent: a positive operator is false
+        [true, false, true],  // absent: ...IfExists is true
+        [true, false, false], // absent: ForAnyValue is false
+        [true, false, true],  // ... unless IfExists
+        [true, false, true],  // absent: ForAllValues is vacuously true
+        [true, false, true],
+    ];
+
+    /// The same for a negated operator (`StringNotEquals`, `StringNotLike`, ...).
+    const NEGATED: [[bool; 3]; 6] = [
+        [false, true, true],  // absent: a negated operator is true
+        [false, true, true],  // absent: ...IfExists is true
+        [false, true, false], // absent: ForAnyValue is false, negated or not
+        [false, true, true],  // ... unless IfExists
+        [false, true, true],  // absent: ForAllValues is vacuously true
+        [false, true, true],
+    ];
+
+    struct OpCase {
+        op: &'static str,
+        policy_value: &'static str,
+        matching: &'static str,
+        not_matching: &'static str,
+        expected: &'static [[bool; 3]; 6],
+    }
+
+    /// Every operator the evaluator supports except `Null` (tested on its own below).
+    const OPERATORS: &[OpCase] = &[
+        OpCase {
+            op: "StringEquals",
+            policy_value: "web-1",
+            matching: "web-1",
+            not_matching: "Web-1",
+            expected: &POSITIVE,
+        },
+        OpCase {
+            op: "StringNotEquals",
+            policy_value: "web-1",
+            matching: "web-1",
+            not_matching: "Web-1",
+            expected: &NEGATED,
+        },
+        OpCase {
+            op: "StringEqualsIgnoreCase",
+            policy_value: "WEB-1",
+            matching: "web-1",
+            not_matching: "web-2",
+            expected: &POSITIVE,
+        },
+        OpCase {
+            op: "StringNotEqualsIgnoreCase",
+            policy_value: "WEB-1",
+            matching: "web-1",
+            not_matching: "web-2",
+            expected: &NEGATED,
+        },
+        OpCase {
+            op: "StringLike",
+            policy_value: "web-*",
+            matching: "web-42",
+            not_matching: "app-42",
+            expected: &POSITIVE,
+        },
+        OpCase {
+            op: "StringNotLike",
+            policy_value: "web-?",
+            matching: "web-4",
+            not_matching: "web-42",
+            expected: &NEGATED,
+        },
+        OpCase {
+            op: "Bool",
+            policy_value: "true",
+            matching: "true",
+            not_matching: "false",
+            expected: &POSITIVE,
+        },
+    ];
+
+    /// One Allow statement with `condition`, and the same condition on a Deny after an Allow of
+    /// everything: the first allows exactly when the condition holds, the second refuses then.
+    fn allow_and_deny(condition: &str) -> (Policy, Policy) {
+        let allow = format!(
+            r#"{{"Statement":{{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{condition}}}}}"#
+        );
+        let deny = format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}},
+              {{"Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{condition}}}]}}"#
+        );
+        (
+            Policy::parse(&allow).unwrap(),
+            Policy::parse(&deny).unwrap(),
+        )
+    }
+
+    #[test]
+    fn every_operator_on_present_and_absent_keys() {
+        let key = "kms:EncryptionContext:App";
+        for case in OPERATORS {
+            for (form, expected) in FORMS.iter().zip(case.expected) {
+                let op = format!("{}{}{}", form.0, case.op, form.1);
+                let (allow, deny) = allow_and_deny(&format!(
+                    r#"{{"{op}":{{"{key}":"{}"}}}}"#,
+                    case.policy_value
+                ));
+                let requests: [&[(&str, &str)]; 3] = [
+                    &[(key, case.matching), ("kms:EncryptionContext:other", "x")],
+                    &[(key, case.not_matching)],
+                    // Absent, while another encryption-context key is present.
+                    &[("kms:EncryptionContext:other", "x")],
+                ];
+                for ((values, want), what) in requests.iter().zip(expected).zip([
+                    "present, matching",
+                    "present, not matching",
+                    "absent",
+                ]) {
+                    let c = ctx("arn:aws:iam::1:user/x", "kms:Decrypt", values);
+                    assert_eq!(allow.allows(&c), *want, "Allow with {op}, key {what}");
+                    assert_eq!(deny.allows(&c), !*want, "Deny with {op}, key {what}");
+                }
+                // No condition values at all is "absent" too.
+                let c = ctx("arn:aws:iam::1:user/x", "kms:Decrypt", &[]);
+                assert_eq!(
+                    allow.allows(&c),
+                    expected[2],
+                    "Allow with {op}, empty request"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn null_tests_presence() {
+        let key = "kms:RecipientAttestation:PCR0";
+        // (policy values, expected when present, expected when absent)
+        let table: &[(&str, bool, bool)] = &[
+            (r#""true""#, false, true),
+            (r#""false""#, true, false),
+            ("true", false, true),
+            (r#"["true","false"]"#, true, true),
+            (r#""maybe""#, false, false),
+        ];
+        for (values, present, absent) in table {
+            let (allow, deny) = allow_and_deny(&format!(r#"{{"Null":{{"{key}":{values}}}}}"#));
+            for (want, request) in [(present, &[(key, "ab")][..]), (absent, &[][..])] {
+                let c = ctx("arn:aws:iam::1:user/x", "kms:Decrypt", request);
+                assert_eq!(allow.allows(&c), *want, "Null {values}, {request:?}");
+                assert_eq!(deny.allows(&c), !*want, "Null {values}, {request:?}");
+            }
+        }
+        assert!(Policy::parse(
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"NullIfExists":{"a":"true"}}}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn set_qualifiers_on_a_multivalued_key() {
+        let key = "kms:EncryptionContextKeys";
+        // (operator, policy values, request values, expected)
+        let table: &[(&str, &str, &[&str], bool)] = &[
+            ("ForAllValues:StringEquals", r#"["a","b"]"#, &["a"], true),
+            (
+                "ForAllValues:StringEquals",
+                r#"["a","b"]"#,
+                &["a", "b"],
+                true,
+            ),
+            (
+                "ForAllValues:StringEquals",
+                r#"["a","b"]"#,
+                &["a", "c"],
+                false,
+            ),
+            ("ForAllValues:StringEquals", r#"["a","b"]"#, &[], true),
+            (
+                "ForAnyValue:StringEquals",
+                r#"["a","b"]"#,
+                &["c", "b"],
+                true,
+            ),
+            ("ForAnyValue:StringEquals", r#"["a","b"]"#, &["c"], false),
+            ("ForAnyValue:StringEquals", r#"["a","b"]"#, &[], false),
+            (
+                "ForAllValues:StringNotEquals",
+                r#"["a"]"#,
+                &["b", "c"],
+                true,
+            ),
+            (
+                "ForAllValues:StringNotEquals",
+                r#"["a"]"#,
+                &["b", "a"],
+                false,
+            ),
+            ("ForAllValues:StringNotEquals", r#"["a"]"#, &[], true),
+            ("ForAnyValue:StringNotEquals", r#"["a"]"#, &["a", "b"], true),
+            ("ForAnyValue:StringNotEquals", r#"["a"]"#, &["a"], false),
+            ("ForAnyValue:StringNotEquals", r#"["a"]"#, &[], false),
+            ("ForAnyValue:StringLike", r#"["x-*"]"#, &["a", "x-1"], true),
+            (
+                "ForAllValues:StringLike",
+                r#"["x-*"]"#,
+                &["a", "x-1"],
+                false,
+            ),
+            // No qualifier: one value that passes is enough.
+            ("StringEquals", r#"["a"]"#, &["b", "a"], true),
+            ("StringNotEquals", r#"["a"]"#, &["a", "b"], true),
+            ("StringNotEquals", r#"["a"]"#, &["a"], false),
+            ("StringNotEquals", r#"["a"]"#, &[], true),
+        ];
+        for (op, policy_values, request, want) in table {
+            let (allow, deny) =
+                allow_and_deny(&format!(r#"{{"{op}":{{"{key}":{policy_values}}}}}"#));
+            let values: Vec<(&str, &str)> = request.iter().map(|v| (key, *v)).collect();
+            let c = ctx("arn:aws:iam::1:user/x", "kms:Decrypt", &values);
+            assert_eq!(
+                allow.allows(&c),
+                *want,
+                "{op} {policy_values} on {request:?}"
+            );
+            assert_eq!(
+                deny.allows(&c),
+                !*want,
+                "{op} {policy_values} on {request:?}"
+            );
+        }
+    }
+
+    /// The README's policy for a hardware boundary, and a Deny on an encryption-context key:
+    /// a request that leaves the key out is refused like one with the wrong value.
+    #[test]
+    fn negated_deny_refuses_requests_without_the_key() {
+        let text = r#"{"Version":"2012-10-17","Statement":[
+          {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+          {"Effect":"Deny","Principal":"*","Action":["kms:Decrypt","kms:ReEncrypt*"],"Resource":"*",
+           "Condition":{"StringNotEquals":{"cloister:RecipientAttestation:Isolation":["vm","nitro"]}}},
+          {"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+           "Condition":{"StringNotEquals":{"kms:EncryptionContext:tenant":"a"}}}
+        ]}"#;
+        let p = Policy::parse(text).unwrap();
+        let user = "arn:aws:iam::111122223333:user/app";
+        let iso = "cloister:RecipientAttestation:Isolation";
+        assert!(!p.allows(&ctx(user, "kms:Decrypt", &[])));
+        assert!(!p.allows(&ctx(user, "kms:ReEncryptFrom", &[])));
+        assert!(!p.allows(&ctx(user, "kms:Decrypt", &[(iso, "process")])));
+        assert!(p.allows(&ctx(user, "kms:Decrypt", &[(iso, "vm")])));
+        assert!(p.allows(&ctx(user, "kms:Decrypt", &[(iso, "nitro")])));
+        let tenant = "kms:EncryptionContext:tenant";
+        assert!(!p.allows(&ctx(user, "kms:Encrypt", &[])));
+        assert!(!p.allows(&ctx(user, "kms:Encrypt", &[(tenant, "b")])));
+        assert!(p.allows(&ctx(user, "kms:Encrypt", &[(tenant, "a")])));
+        // Context keys that differ only by case: one of them is not "a", so the Deny applies.
+        assert!(!p.allows(&ctx(
+            user,
+            "kms:Encrypt",
+            &[(tenant, "a"), ("kms:EncryptionContext:TENANT", "b")]
+        )));
+        assert!(p.allows(&ctx(user, "kms:DescribeKey", &[])));
     }
 
     #[test]

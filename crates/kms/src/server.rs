@@ -1,11 +1,19 @@
 //! The HTTP(S) front end: AWS KMS JSON 1.1 over hyper 1, optionally TLS (rustls, aws-lc-rs).
 //!
 //! Each connection is served by hyper's HTTP/1.1 implementation with keep-alive on a
-//! multi-threaded tokio runtime. A request is: body read with a hard cap ([`MAX_BODY`]), SigV4
-//! verified, `X-Amz-Target` mapped to an operation, then [`Service::handle`]. Store writes and
-//! key-pair generation run under `block_in_place` so they do not stall other connections.
-//! [`open`] prepares a data directory the first time (store, master key, administrator
-//! credential file).
+//! multi-threaded tokio runtime. A request is: body read with a hard cap ([`MAX_BODY`]) and a
+//! deadline, SigV4 verified, `X-Amz-Target` mapped to an operation, then [`Service::handle`].
+//! Store writes and key-pair generation run under `block_in_place` so they do not stall other
+//! connections. [`open`] prepares a data directory the first time (store, master key,
+//! administrator credential file).
+//!
+//! Clients are not trusted to behave: every connection is watched ([`conn`]) so that an idle
+//! one, a request head or a request body that takes too long is closed; a declared body over
+//! the cap is refused with 413 before any of it is read (and without `100 Continue`); and the
+//! number of connections stays below the descriptor limit, the connections idle longest making
+//! room for new ones.
+
+pub mod conn;
 
 use crate::config::{Config, ConfigError};
 use crate::error::KmsError;
@@ -14,23 +22,25 @@ use crate::service::{is_blocking, Service};
 use crate::sigv4::{Credential, SignedRequest, Verifier};
 use crate::store::{write_private_file, AdminCredential, Store, StoreError};
 use bytes::Bytes;
+use conn::{Conn, ConnGuard, Limits, Phase, Registry, Tracked, TrackedBody};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 /// Largest request body (an attestation document of 256 KiB is ~350 KB in base64).
 pub const MAX_BODY: usize = 512 * 1024;
-/// Most bytes of a too-large body read (and discarded) before answering.
-pub const MAX_DRAIN: usize = 8 * 1024 * 1024;
 /// Interval of the upkeep task (pending deletions, automatic rotation).
 pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Name of the administrator credential file in the data directory.
@@ -67,6 +77,10 @@ pub struct App {
     pub service: Service,
     /// SigV4 verifier.
     pub verifier: Verifier,
+    /// Connection timeouts.
+    pub limits: Limits,
+    /// Configured connection cap (lowered further to fit the descriptor limit by [`serve`]).
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for App {
@@ -75,8 +89,9 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Opens the data directory (creating the store, master key and admin credential on first use)
-/// and builds the application. Returns it with the administrator credential.
+/// Opens the data directory (creating the store, master key and admin credential on first use,
+/// each atomically, see [`Store::open`]) and builds the application. Returns it with the
+/// administrator credential.
 pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredential), ServerError> {
     config.validate()?;
     let master = config
@@ -87,13 +102,7 @@ pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredenti
     let admin = store
         .admin_credential()
         .map_err(|e| ServerError::Admin(e.to_string()))?;
-    let cred_file = data_dir.join(ADMIN_CREDENTIALS_FILE);
-    if !cred_file.exists() {
-        let json = Zeroizing::new(
-            serde_json::to_vec_pretty(&admin).map_err(|e| ServerError::Admin(e.to_string()))?,
-        );
-        write_private_file(&cred_file, &json)?;
-    }
+    write_admin_file(&data_dir.join(ADMIN_CREDENTIALS_FILE), &admin)?;
     let mut creds = HashMap::new();
     creds.insert(
         admin.access_key_id.clone(),
@@ -124,7 +133,43 @@ pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredenti
         .maintain()
         .map_err(|e| ServerError::Admin(format!("initial upkeep: {e}")))?;
     let verifier = Verifier::new(config.region(), creds);
-    Ok((Arc::new(App { service, verifier }), admin))
+    let limits = Limits {
+        header_read: config.server.header_read_timeout(),
+        body_read: config.server.body_read_timeout(),
+        idle: config.server.idle_timeout(),
+    };
+    let app = App {
+        service,
+        verifier,
+        limits,
+        max_connections: config.server.max_connections(),
+    };
+    Ok((Arc::new(app), admin))
+}
+
+/// Writes the administrator credential file (mode 0600, atomically) unless it already holds
+/// this credential.
+fn write_admin_file(path: &Path, admin: &AdminCredential) -> Result<(), ServerError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            let current: Option<AdminCredential> = serde_json::from_slice(&bytes).ok();
+            if current.is_some_and(|c| {
+                c.access_key_id == admin.access_key_id
+                    && c.secret_access_key == admin.secret_access_key
+            }) {
+                return Ok(());
+            }
+            tracing::warn!(path = %path.display(), "replacing a stale administrator credential file");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServerError::Admin(format!("{}: {e}", path.display()))),
+    }
+    let json = Zeroizing::new(
+        serde_json::to_vec_pretty(admin).map_err(|e| ServerError::Admin(e.to_string()))?,
+    );
+    write_private_file(path, &json)?;
+    Ok(())
 }
 
 /// Builds a TLS acceptor from PEM files.
@@ -176,61 +221,142 @@ fn error_response(e: &KmsError) -> Response<Full<Bytes>> {
     respond(e.http_status(), e.to_json())
 }
 
-/// Reads and discards up to [`MAX_DRAIN`] more bytes of a refused body, so the client can read
-/// the error instead of seeing the connection reset under its upload.
-async fn drain(mut body: Incoming) {
-    let mut seen = 0usize;
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(d) = frame.into_data() {
-            seen += d.len();
-        }
-        if seen > MAX_DRAIN {
-            break;
+/// What follows a response on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Keep the connection for the next request.
+    KeepAlive,
+    /// Close it.
+    Close,
+    /// Close it, discarding for a while what the client still sends of a refused body, so that
+    /// it reads the refusal instead of a reset.
+    Linger,
+}
+
+/// A response and what happens to the connection after it.
+struct Reply {
+    response: Response<Full<Bytes>>,
+    after: After,
+}
+
+impl Reply {
+    fn error(e: &KmsError, after: After) -> Reply {
+        Reply {
+            response: error_response(e),
+            after,
         }
     }
 }
 
-/// Handles one HTTP request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match handle_inner(app, req).await {
-        Ok(body) => respond(200, body),
-        Err(e) => error_response(&e),
+/// The 413 for a body over [`MAX_BODY`]; the connection is closed after it.
+fn too_large() -> Reply {
+    Reply::error(
+        &KmsError::RequestTooLarge(format!("Request body is larger than {MAX_BODY} bytes")),
+        After::Linger,
+    )
+}
+
+/// The 408 for a body not received within the body read timeout.
+fn body_timeout(limit: std::time::Duration) -> Reply {
+    let body = serde_json::json!({
+        "__type": "RequestTimeoutException",
+        "message": format!("The request body did not arrive within {} ms", limit.as_millis()),
+    });
+    Reply {
+        response: respond(408, serde_json::to_vec(&body).unwrap_or_default()),
+        after: After::Close,
     }
 }
 
-async fn handle_inner(app: Arc<App>, req: Request<Incoming>) -> Result<Vec<u8>, KmsError> {
-    let (parts, body) = req.into_parts();
-    if parts.method != hyper::Method::POST {
-        return Err(KmsError::NotImplemented(
-            "Only POST / is served (AWS KMS JSON 1.1 protocol)".into(),
-        ));
-    }
-    let too_large =
-        || KmsError::RequestTooLarge(format!("Request body is larger than {MAX_BODY} bytes"));
-    if let Some(len) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| KmsError::Serialization("Invalid Content-Length".into()))?;
-        if len > MAX_BODY as u64 {
-            drain(body).await;
-            return Err(too_large());
-        }
-    }
-    let mut body = body;
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads a whole body of at most [`MAX_BODY`] bytes.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, BodyError> {
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| KmsError::Serialization(format!("reading body: {e}")))?;
+        let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_BODY {
-                drain(body).await;
-                return Err(too_large());
+                return Err(BodyError::TooLarge);
             }
             buf.extend_from_slice(&data);
         }
     }
-    let body = buf;
+    Ok(buf)
+}
+
+/// Handles one HTTP request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = handle_request(&app, req).await;
+    finish_response(reply)
+}
+
+/// The response of `reply`, marked `Connection: close` unless the connection is kept.
+fn finish_response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut r = reply.response;
+    if reply.after != After::KeepAlive {
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+async fn handle_request(app: &App, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    // A declared body over the cap is refused before any of it is read (reading it is what
+    // would send `100 Continue`), and before anything else is looked at.
+    if let Some(len) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(len) if len > MAX_BODY as u64 => return too_large(),
+            Some(_) => {}
+            None => {
+                return Reply::error(
+                    &KmsError::Serialization("Invalid Content-Length".into()),
+                    After::Close,
+                )
+            }
+        }
+    }
+    if parts.method != hyper::Method::POST {
+        return Reply::error(
+            &KmsError::NotImplemented("Only POST / is served (AWS KMS JSON 1.1 protocol)".into()),
+            After::KeepAlive,
+        );
+    }
+    let limit = app.limits.body_read;
+    let body = match tokio::time::timeout(limit, read_body(body)).await {
+        Err(_elapsed) => return body_timeout(limit),
+        Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::Read(e))) => {
+            return Reply::error(
+                &KmsError::Serialization(format!("reading body: {e}")),
+                After::Close,
+            )
+        }
+        Ok(Ok(body)) => body,
+    };
+    let response = match dispatch(app, &parts, &body) {
+        Ok(out) => respond(200, out),
+        Err(e) => error_response(&e),
+    };
+    Reply {
+        response,
+        after: After::KeepAlive,
+    }
+}
+
+/// Verifies a read request and runs its operation.
+fn dispatch(
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> Result<Vec<u8>, KmsError> {
     let headers: Vec<(&str, &[u8])> = parts
         .headers
         .iter()
@@ -241,7 +367,7 @@ async fn handle_inner(app: Arc<App>, req: Request<Incoming>) -> Result<Vec<u8>, 
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
         headers: &headers,
-        body: &body,
+        body,
     };
     let principal = app.verifier.verify(&signed, epoch_now())?;
     let target = parts
@@ -253,12 +379,15 @@ async fn handle_inner(app: Arc<App>, req: Request<Incoming>) -> Result<Vec<u8>, 
         .strip_prefix("TrentService.")
         .ok_or_else(|| KmsError::UnknownOperation(format!("Unknown target {target}")))?;
     if is_blocking(op) {
-        let op = op.to_string();
-        tokio::task::block_in_place(|| app.service.handle(&op, &principal, &body))
+        tokio::task::block_in_place(|| app.service.handle(op, &principal, body))
     } else {
-        app.service.handle(op, &principal, &body)
+        app.service.handle(op, &principal, body)
     }
 }
+
+/// The future a connection's service returns (boxed, so that the connection can hand its
+/// socket back when it ends).
+type ReplyFuture = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
 
 /// Serves connections from `listener` until `shutdown` completes.
 pub async fn serve(
@@ -282,6 +411,8 @@ pub async fn serve(
             .await;
         }
     });
+    let registry = Registry::new(conn::connection_cap(app.max_connections));
+    tracing::info!(max_connections = registry.cap(), "connection limit");
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -296,31 +427,124 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(guard) = registry.admit() else {
+            tracing::debug!(%peer, "connection limit reached and every connection is busy");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
-            });
-            let builder = hyper::server::conn::http1::Builder::new();
-            let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(stream, peer, guard, app.clone(), tls.clone()));
     }
     upkeep.abort();
+}
+
+/// Serves one accepted connection, closing it when shed or when its phase runs out of time.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let conn = guard.conn().clone();
+    let io = Tracked::new(stream, conn.clone());
+    match tls {
+        None => drive(io, peer, conn, app).await,
+        Some(acceptor) => {
+            // The handshake counts as part of the first request head.
+            conn.enter(Phase::Head);
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(app.limits.header_read, acceptor.accept(io)) => r,
+                _ = conn.shed() => return,
+            };
+            match handshake {
+                Ok(Ok(s)) => {
+                    conn.enter(Phase::Idle);
+                    drive(s, peer, conn, app).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+    drop(guard);
+}
+
+/// Runs HTTP/1.1 on `io` under the connection's deadlines.
+async fn drive<S>(io: S, peer: SocketAddr, conn: Arc<Conn>, app: Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = app.limits;
+    let svc_conn = conn.clone();
+    let svc = hyper::service::service_fn(move |req| -> ReplyFuture {
+        let app = app.clone();
+        let conn = svc_conn.clone();
+        let n = conn.begin_request();
+        Box::pin(async move {
+            let reply = handle_request(&app, req).await;
+            if reply.after == After::Linger {
+                conn.request_linger();
+            }
+            Ok(finish_response(reply).map(|b| TrackedBody::new(b, conn, n)))
+        })
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper's own head timer runs from the moment it waits for a head, idle time included; it
+    // is a backstop behind the finer deadlines kept below.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle.saturating_add(limits.header_read));
+    let serving = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .without_shutdown();
+    tokio::pin!(serving);
+    let ended = loop {
+        let deadline = conn.deadline(&limits);
+        tokio::select! {
+            r = &mut serving => break r,
+            _ = conn.shed() => return,
+            _ = conn.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                // The phase may have changed since the deadline was taken.
+                if tokio::time::Instant::now() >= conn.deadline(&limits) {
+                    tracing::debug!(%peer, phase = ?conn.phase(), "connection timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let parts = match ended {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        }
+    };
+    conn.enter(Phase::Closing);
+    let io = parts.io.into_inner();
+    let lingers = conn.lingers();
+    tokio::select! {
+        _ = close(io, lingers) => {}
+        _ = conn.shed() => {}
+        _ = tokio::time::sleep(conn::LINGER_TIMEOUT) => {}
+    }
+}
+
+/// Shuts the connection down; when `linger`, first discards (for at most
+/// [`conn::LINGER_TIMEOUT`], [`conn::LINGER_BYTES`]) what the client still sends.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, linger: bool) {
+    if io.shutdown().await.is_err() || !linger {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut seen = 0usize;
+    while seen <= conn::LINGER_BYTES {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen += n,
+        }
+    }
 }
 
 /// Binds `addr` (for the CLI): returns the listener and its local address.

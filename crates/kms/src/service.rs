@@ -7,10 +7,20 @@
 //! attestation document's PCRs when a Recipient is given), checks the key state, and answers.
 //! With a Recipient, the secret is sealed to the enclave's key as CMS (`CiphertextForRecipient`)
 //! and the plaintext field is left out.
+//!
+//! Two checks guard the policies themselves and the callers who test them:
+//! - the policy lockout safety check: CreateKey and PutKeyPolicy refuse a policy under which the
+//!   caller could not call PutKeyPolicy on the key again (`MalformedPolicyDocumentException`),
+//!   unless `BypassPolicyLockoutSafetyCheck` is true;
+//! - `DryRun` (on the operations where AWS has it, [`DRY_RUN_OPERATIONS`]): the operation runs
+//!   every check it would run (validation, authorization, key state, the ciphertext) and then
+//!   answers `DryRunOperationException` instead of its result, or the error the real call would
+//!   get. These operations change nothing, so running them through and dropping the result is
+//!   exactly "would it have succeeded".
 
 use crate::blob::{self, BlobHeader, EncryptionContext};
 use crate::error::{KmsError, KmsResult};
-use crate::policy::{Policy, RequestContext};
+use crate::policy::{Policy, RequestContext, CALLER_ACCOUNT_KEY, CONTEXT_KEYS_KEY, CONTEXT_PREFIX};
 use crate::recipient::{AttestedRecipient, RecipientGate};
 use crate::store::{
     format_key_id, now, parse_key_id, KeyEntry, KeyRecord, KeyState, Store, Tag, MATERIAL_LEN,
@@ -146,6 +156,24 @@ pub const WRITE_OPERATIONS: &[&str] = &[
     "RotateKeyOnDemand",
     "UpdateKeyDescription",
 ];
+
+/// The operations of this service that take AWS's `DryRun` parameter.
+pub const DRY_RUN_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "ReEncrypt",
+];
+
+/// AWS's message for a policy that fails the lockout safety check.
+pub const LOCKOUT_MESSAGE: &str =
+    "The new key policy will not allow you to update the key policy in the future.";
+
+/// AWS's message for a DryRun request that would have succeeded.
+pub const DRY_RUN_MESSAGE: &str = "The request would have succeeded, but the DryRun option is set.";
 
 /// Operations that may be slow (key-pair generation, attestation verification).
 pub fn is_blocking(op: &str) -> bool {
@@ -381,12 +409,26 @@ impl Service {
                 "Custom key stores are not supported".into(),
             ));
         }
-        let _ = (&req.grant_tokens, req.bypass_policy_lockout_safety_check);
+        let _ = &req.grant_tokens;
         if req.dry_run == Some(true) {
-            return Err(KmsError::UnsupportedOperation(
-                "DryRun is not supported".into(),
-            ));
+            if !DRY_RUN_OPERATIONS.contains(&op) {
+                // AWS has no DryRun on this operation; refuse rather than do for real what the
+                // caller asked only to test.
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "DryRun is not a parameter of {op}"
+                )));
+            }
+            // Every DryRun operation is free of side effects: run it with every check and drop
+            // what it would have answered.
+            return match self.dispatch(op, principal, req) {
+                Ok(_) => Err(KmsError::DryRunOperation(DRY_RUN_MESSAGE.into())),
+                Err(e) => Err(e),
+            };
         }
+        self.dispatch(op, principal, req)
+    }
+
+    fn dispatch(&self, op: &str, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
         let v = match op {
             "Decrypt" => return self.decrypt(principal, req),
             "Encrypt" => self.encrypt(principal, req)?,
@@ -494,32 +536,22 @@ impl Service {
         context: Option<&EncryptionContext>,
         recipient: Option<&AttestedRecipient>,
     ) -> KmsResult<()> {
-        let mut values: HashMap<String, String> = HashMap::new();
-        if let Some(ctx) = context {
-            for (k, v) in ctx {
-                values.insert(
-                    format!(
-                        "{}{}",
-                        crate::policy::CONTEXT_PREFIX,
-                        k.to_ascii_lowercase()
-                    ),
-                    v.clone(),
-                );
+        let mut ctx = self.request_context(principal, action, &key.arn);
+        // Only what the request carries becomes a condition value: no context, no
+        // `kms:EncryptionContext:*` key; no Recipient, no `kms:RecipientAttestation:*` key.
+        if let Some(ec) = context {
+            for (k, v) in ec {
+                ctx.add(&format!("{CONTEXT_PREFIX}{k}"), v.as_str());
+                ctx.add(CONTEXT_KEYS_KEY, k.as_str());
             }
         }
         if let Some(r) = recipient {
             for (k, v) in r.condition_values() {
-                values.insert(k.clone(), v.clone());
+                if !v.is_empty() {
+                    ctx.add(k, v.as_str());
+                }
             }
         }
-        values.insert("kms:calleraccount".into(), self.account.clone());
-        let ctx = RequestContext {
-            principal,
-            account: &self.account,
-            action,
-            resource: &key.arn,
-            values,
-        };
         if key.entry.policy.allows(&ctx) {
             Ok(())
         } else {
@@ -527,6 +559,45 @@ impl Service {
                 "User: {principal} is not authorized to perform: {action} on resource: {} because no resource-based policy allows the {action} action",
                 key.arn
             )))
+        }
+    }
+
+    /// The condition values every request carries (the caller's account) and nothing else.
+    fn request_context<'a>(
+        &'a self,
+        principal: &'a str,
+        action: &'a str,
+        resource: &'a str,
+    ) -> RequestContext<'a> {
+        let mut ctx = RequestContext {
+            principal,
+            account: &self.account,
+            action,
+            resource,
+            values: HashMap::new(),
+        };
+        ctx.add(CALLER_ACCOUNT_KEY, self.account.as_str());
+        ctx
+    }
+
+    /// The policy lockout safety check: `policy` must let `principal` call PutKeyPolicy on the
+    /// key `arn` again (with no condition values but the caller's account, as a PutKeyPolicy
+    /// request carries), unless the caller bypasses the check.
+    fn check_lockout(
+        &self,
+        policy: &Policy,
+        principal: &str,
+        arn: &str,
+        bypass: Option<bool>,
+    ) -> KmsResult<()> {
+        if bypass == Some(true) {
+            return Ok(());
+        }
+        let ctx = self.request_context(principal, "kms:PutKeyPolicy", arn);
+        if policy.allows(&ctx) {
+            Ok(())
+        } else {
+            Err(KmsError::MalformedPolicyDocument(LOCKOUT_MESSAGE.into()))
         }
     }
 
@@ -855,7 +926,6 @@ impl Service {
     }
 
     fn create_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
-        let _ = principal;
         if let Some(u) = req.key_usage.as_deref() {
             if u != "ENCRYPT_DECRYPT" {
                 return Err(KmsError::UnsupportedOperation(format!(
@@ -890,10 +960,17 @@ impl Service {
         }
         let description = req.description.unwrap_or_default();
         check_len("description", description.len(), 0, MAX_DESCRIPTION)?;
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let policy = match req.policy {
             Some(p) => {
                 check_len("policy", p.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
-                Policy::parse(&p)?;
+                let parsed = Policy::parse(&p)?;
+                self.check_lockout(
+                    &parsed,
+                    principal,
+                    &self.key_arn(&id),
+                    req.bypass_policy_lockout_safety_check,
+                )?;
                 p
             }
             None => Policy::default_text(&self.account),
@@ -904,7 +981,6 @@ impl Service {
                 "A key can have at most {MAX_TAGS} tags"
             )));
         }
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let material = random(MATERIAL_LEN)?;
         let record = KeyRecord {
             materials: vec![self.store.seal_material(&id, 0, &material)?],
@@ -1147,8 +1223,14 @@ impl Service {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let text = required(req.policy, "policy")?;
         check_len("policy", text.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
-        Policy::parse(&text)?;
+        let parsed = Policy::parse(&text)?;
         self.authorize(&key, principal, "kms:PutKeyPolicy", None, None)?;
+        self.check_lockout(
+            &parsed,
+            principal,
+            &key.arn,
+            req.bypass_policy_lockout_safety_check,
+        )?;
         self.store.update_key(&key.id, |r| {
             r.policy = text;
             Ok(())
@@ -1431,7 +1513,12 @@ mod tests {
         let arn = "arn:aws:kms:us-east-1:111122223333:alias/app";
         assert!(call(&s, "DescribeKey", json!({"KeyId": arn})).is_ok());
         let deny_all = r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/other"},"Action":"kms:*","Resource":"*"}]}"#;
-        call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": deny_all})).unwrap();
+        call(
+            &s,
+            "PutKeyPolicy",
+            json!({"KeyId": id, "Policy": deny_all, "BypassPolicyLockoutSafetyCheck": true}),
+        )
+        .unwrap();
         assert!(matches!(
             call(&s, "DescribeKey", json!({"KeyId": id})),
             Err(KmsError::AccessDenied(_))
@@ -1440,5 +1527,277 @@ mod tests {
             call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": "{"})),
             Err(KmsError::MalformedPolicyDocument(_))
         ));
+    }
+
+    fn policy(statements: Value) -> String {
+        json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+    }
+
+    fn allow_root_all() -> Value {
+        json!({"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"})
+    }
+
+    fn is_lockout(r: KmsResult<Value>) -> bool {
+        matches!(r, Err(KmsError::MalformedPolicyDocument(m)) if m == LOCKOUT_MESSAGE)
+    }
+
+    #[test]
+    fn lockout_safety_check() {
+        let (_d, s) = service();
+        let other = json!({"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::111122223333:user/other"},
+            "Action": "kms:*", "Resource": "*"});
+        let no_put = json!({"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy",
+            "Resource": "*"});
+        // PutKeyPolicy only with an encryption context, which PutKeyPolicy never carries.
+        let needs_context = json!({"Effect": "Allow", "Principal": {"AWS": ROOT},
+            "Action": "kms:*", "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:app": "x"}}});
+        // A negated Deny on a key PutKeyPolicy lacks applies to it.
+        let negated_deny = json!({"Effect": "Deny", "Principal": "*", "Action": "kms:*",
+            "Resource": "*",
+            "Condition": {"StringNotEquals": {"kms:EncryptionContext:app": "x"}}});
+        let locking = [
+            policy(json!([other])),
+            policy(json!([allow_root_all(), no_put])),
+            policy(json!([needs_context])),
+            policy(json!([allow_root_all(), negated_deny])),
+        ];
+        for p in &locking {
+            assert!(
+                is_lockout(call(&s, "CreateKey", json!({"Policy": p}))),
+                "{p}"
+            );
+            assert!(is_lockout(call(
+                &s,
+                "CreateKey",
+                json!({"Policy": p, "BypassPolicyLockoutSafetyCheck": false})
+            )));
+        }
+        let k = call(&s, "CreateKey", json!({})).unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        for p in &locking {
+            assert!(
+                is_lockout(call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": p}))),
+                "{p}"
+            );
+            // Refused policies were not stored: the caller still holds the key.
+            call(&s, "DescribeKey", json!({"KeyId": id})).unwrap();
+        }
+        // Policies that keep PutKeyPolicy for the caller pass, even with other Denies.
+        let only_put = json!({"Effect": "Allow", "Principal": {"AWS": ROOT},
+            "Action": "kms:PutKeyPolicy", "Resource": "*"});
+        let no_decrypt = json!({"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
+            "Resource": "*"});
+        for p in [
+            policy(json!([only_put])),
+            policy(json!([allow_root_all(), no_decrypt])),
+        ] {
+            call(&s, "CreateKey", json!({"Policy": p})).unwrap();
+            call(&s, "PutKeyPolicy", json!({"KeyId": id, "Policy": p})).unwrap();
+        }
+        // With the bypass, the caller may lock itself out, and then is locked out.
+        let c = call(
+            &s,
+            "CreateKey",
+            json!({"Policy": locking[0], "BypassPolicyLockoutSafetyCheck": true}),
+        )
+        .unwrap();
+        let locked = c["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        assert!(matches!(
+            call(
+                &s,
+                "PutKeyPolicy",
+                json!({"KeyId": locked, "Policy": locking[1]})
+            ),
+            Err(KmsError::AccessDenied(_))
+        ));
+        call(
+            &s,
+            "PutKeyPolicy",
+            json!({"KeyId": id, "Policy": locking[1], "BypassPolicyLockoutSafetyCheck": true}),
+        )
+        .unwrap();
+        assert!(matches!(
+            call(
+                &s,
+                "PutKeyPolicy",
+                json!({"KeyId": id, "Policy": policy(json!([allow_root_all()]))})
+            ),
+            Err(KmsError::AccessDenied(_))
+        ));
+    }
+
+    #[test]
+    fn negated_deny_on_missing_context_key() {
+        let (_d, s) = service();
+        let deny = json!({"Effect": "Deny", "Principal": "*",
+            "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
+            "Condition": {"StringNotEquals": {"kms:EncryptionContext:tenant": "a"}}});
+        let k = call(
+            &s,
+            "CreateKey",
+            json!({"Policy": policy(json!([allow_root_all(), deny]))}),
+        )
+        .unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        let pt = b64(b"s");
+        for ctx in [
+            None,
+            Some(json!({})),
+            Some(json!({"other": "a"})),
+            Some(json!({"tenant": "b"})),
+        ] {
+            let mut body = json!({"KeyId": id, "Plaintext": pt});
+            if let Some(c) = ctx.clone() {
+                body["EncryptionContext"] = c;
+            }
+            assert!(
+                matches!(call(&s, "Encrypt", body), Err(KmsError::AccessDenied(_))),
+                "{ctx:?}"
+            );
+        }
+        let e = call(
+            &s,
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": pt, "EncryptionContext": {"tenant": "a"}}),
+        )
+        .unwrap();
+        let blob = e["CiphertextBlob"].as_str().unwrap();
+        assert!(matches!(
+            call(&s, "Decrypt", json!({"CiphertextBlob": blob})),
+            Err(KmsError::AccessDenied(_))
+        ));
+        let d = call(
+            &s,
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"tenant": "a"}}),
+        )
+        .unwrap();
+        assert_eq!(d["Plaintext"], pt);
+    }
+
+    fn is_dry_run(r: KmsResult<Value>) -> bool {
+        matches!(&r, Err(e @ KmsError::DryRunOperation(m))
+            if m == DRY_RUN_MESSAGE && e.aws_type() == "DryRunOperationException"
+                && e.http_status() == 400)
+    }
+
+    #[test]
+    fn dry_run() {
+        let (_d, s) = service();
+        let k = call(&s, "CreateKey", json!({})).unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        let ctx = json!({"a": "1"});
+        let e = call(
+            &s,
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": ctx}),
+        )
+        .unwrap();
+        let blob = e["CiphertextBlob"].as_str().unwrap().to_string();
+        let dry = |op: &str, mut body: Value| {
+            body["DryRun"] = json!(true);
+            call(&s, op, body)
+        };
+        // Would succeed: DryRunOperationException.
+        for (op, body) in [
+            ("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})),
+            (
+                "Decrypt",
+                json!({"CiphertextBlob": blob, "EncryptionContext": ctx}),
+            ),
+            (
+                "GenerateDataKey",
+                json!({"KeyId": id, "KeySpec": "AES_256"}),
+            ),
+            (
+                "GenerateDataKeyWithoutPlaintext",
+                json!({"KeyId": id, "NumberOfBytes": 16}),
+            ),
+            (
+                "GenerateDataKeyPair",
+                json!({"KeyId": id, "KeyPairSpec": "ECC_NIST_P256"}),
+            ),
+            (
+                "GenerateDataKeyPairWithoutPlaintext",
+                json!({"KeyId": id, "KeyPairSpec": "ECC_NIST_P256"}),
+            ),
+            (
+                "ReEncrypt",
+                json!({"CiphertextBlob": blob, "SourceEncryptionContext": ctx, "DestinationKeyId": id}),
+            ),
+        ] {
+            assert!(is_dry_run(dry(op, body.clone())), "{op}");
+            // DryRun false is an ordinary call.
+            let mut body = body;
+            body["DryRun"] = json!(false);
+            call(&s, op, body).unwrap();
+        }
+        // Would fail: the real error.
+        assert!(matches!(
+            dry("Decrypt", json!({"CiphertextBlob": blob})),
+            Err(KmsError::InvalidCiphertext(_))
+        ));
+        assert!(matches!(
+            dry(
+                "Encrypt",
+                json!({"KeyId": id, "Plaintext": b64(&[0u8; 4097])})
+            ),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            dry(
+                "GenerateDataKeyPair",
+                json!({"KeyId": id, "KeyPairSpec": "RSA_1024"})
+            ),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            dry(
+                "Encrypt",
+                json!({"KeyId": "alias/none", "Plaintext": b64(b"x")})
+            ),
+            Err(KmsError::NotFound(_))
+        ));
+        call(&s, "DisableKey", json!({"KeyId": id})).unwrap();
+        assert!(matches!(
+            dry("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})),
+            Err(KmsError::Disabled(_))
+        ));
+        call(&s, "EnableKey", json!({"KeyId": id})).unwrap();
+        let other = "arn:aws:iam::111122223333:user/other";
+        let only_other = policy(json!([{"Effect": "Allow", "Principal": {"AWS": other},
+            "Action": "kms:*", "Resource": "*"}]));
+        call(
+            &s,
+            "PutKeyPolicy",
+            json!({"KeyId": id, "Policy": only_other, "BypassPolicyLockoutSafetyCheck": true}),
+        )
+        .unwrap();
+        assert!(matches!(
+            dry(
+                "Decrypt",
+                json!({"CiphertextBlob": blob, "EncryptionContext": ctx})
+            ),
+            Err(KmsError::AccessDenied(_))
+        ));
+        let body = json!({"CiphertextBlob": blob, "EncryptionContext": ctx, "DryRun": true});
+        let r = s.handle("Decrypt", other, &serde_json::to_vec(&body).unwrap());
+        assert!(matches!(r, Err(KmsError::DryRunOperation(_))), "{r:?}");
+        // Operations without DryRun refuse it rather than act.
+        let before = call(&s, "ListKeys", json!({})).unwrap()["Keys"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert!(matches!(
+            dry("CreateKey", json!({})),
+            Err(KmsError::UnsupportedOperation(_))
+        ));
+        let after = call(&s, "ListKeys", json!({})).unwrap()["Keys"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(before, after);
     }
 }

@@ -12,6 +12,11 @@
 //! with AAD naming the key id and version, so material cannot be moved between keys. The master
 //! key lives apart from the database, in a 32-byte file with mode 0600.
 //!
+//! First start: the data directory is made with mode 0700; the master key, the store file (mode
+//! 0600, tables and administrator credential already committed) and the credential file are
+//! each written under a temporary name, fsync'd and renamed into place, so a start killed at any
+//! moment leaves nothing half-made; the next start removes the temporaries and carries on.
+//!
 //! Every write takes one writer lock, commits a redb transaction, and only then updates the
 //! in-memory maps that reads use, so a reader never sees an uncommitted change and reads take no
 //! database transaction at all.
@@ -26,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
@@ -42,6 +47,12 @@ pub const MASTER_KEY_LEN: usize = 32;
 pub const MATERIAL_LEN: usize = 32;
 /// Most material versions (rotations) per key.
 pub const MAX_MATERIALS: usize = 10_000;
+/// Name of the database file in the data directory.
+pub const STORE_FILE: &str = "kms.redb";
+/// Appended to a file's name to name the temporary it is built under before its rename.
+pub const TEMP_SUFFIX: &str = ".tmp";
+/// Temporary names earlier versions used in the data directory (removed at start).
+const LEGACY_TEMP_FILES: [&str; 2] = ["master.tmp", "admin-credentials.tmp"];
 
 /// Errors opening the store.
 #[derive(Debug, Error)]
@@ -217,11 +228,40 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Io(dir.into(), e))
 }
 
-/// Writes a new file with mode 0600 atomically (temp file, fsync, rename, fsync dir).
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The temporary name `path` is built under before it is renamed into place: the same
+/// directory, the file name with [`TEMP_SUFFIX`] appended (so it never equals `path`).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(TEMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Removes a leftover temporary file (of a start or write that was killed); absent is fine.
+fn remove_leftover(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed a leftover temporary file");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io(path.into(), e)),
+    }
+}
+
+/// Writes a file with mode 0600 atomically: a temporary file in the same directory, fsync,
+/// rename over `path`, fsync of the directory. A reader (or a restart after `kill -9`) sees the
+/// old file or the whole new one, never a part.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = temp_path(path);
+    remove_leftover(&tmp)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -231,8 +271,49 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.into(), e))?;
-    fsync_dir(dir)
+    fsync_dir(parent_dir(path))
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or takes the access of others away from
+/// an existing one: it holds the store and usually the master key.
+fn prepare_data_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode();
+            if mode & 0o007 != 0 {
+                let tightened = std::fs::Permissions::from_mode(mode & 0o7770);
+                if let Err(e) = std::fs::set_permissions(dir, tightened) {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = %e,
+                        "the data directory is open to other users and cannot be restricted"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StoreError::Io(dir.into(), e))?;
+            fsync_dir(parent_dir(dir))
+        }
+        Err(e) => Err(StoreError::Io(dir.into(), e)),
+    }
+}
+
+/// Removes what a killed first start (or a killed atomic write) can leave behind.
+fn remove_leftovers(data_dir: &Path, master_path: &Path) -> Result<(), StoreError> {
+    remove_leftover(&temp_path(&data_dir.join(STORE_FILE)))?;
+    remove_leftover(&temp_path(master_path))?;
+    for name in LEGACY_TEMP_FILES {
+        remove_leftover(&data_dir.join(name))?;
+    }
+    Ok(())
 }
 
 fn load_or_create_master(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -257,9 +338,8 @@ fn load_or_create_master(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> 
             let mut key = Zeroizing::new(vec![0u8; MASTER_KEY_LEN]);
             aws_lc_rs::rand::fill(&mut key[..])
                 .map_err(|_| StoreError::MasterKey(path.into(), "no randomness".into()))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e))?;
-            }
+            let dir = parent_dir(path);
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e))?;
             write_private_file(path, &key)?;
             Ok(key)
         }
@@ -267,24 +347,86 @@ fn load_or_create_master(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> 
     }
 }
 
+/// True when the store file has to be created: it is absent, or empty (nothing was ever
+/// committed to it, so nothing is lost by building it again).
+fn store_missing(db_path: &Path) -> Result<bool, StoreError> {
+    match std::fs::metadata(db_path) {
+        Ok(meta) => Ok(meta.len() == 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(StoreError::Io(db_path.into(), e)),
+    }
+}
+
+fn db_error(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
+    move |e| StoreError::Database(path.into(), Box::new(e))
+}
+
+/// Opens the tables, creating any that are missing.
+fn create_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
+    let dbe = db_error(db_path);
+    let tx = db.begin_write().map_err(|e| dbe(e.into()))?;
+    tx.open_table(KEYS).map_err(|e| dbe(e.into()))?;
+    tx.open_table(ALIASES).map_err(|e| dbe(e.into()))?;
+    tx.open_table(META).map_err(|e| dbe(e.into()))?;
+    tx.commit().map_err(|e| dbe(e.into()))
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` with the master key at `master_path`.
+    ///
+    /// A new store is built whole under a temporary name (tables and the administrator
+    /// credential committed, the file fsync'd) and only then renamed into place, so a start
+    /// killed at any moment leaves either no store or a complete one; the temporaries of a
+    /// killed start are removed here.
     pub fn open(data_dir: &Path, master_path: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(data_dir.into(), e))?;
+        prepare_data_dir(data_dir)?;
+        remove_leftovers(data_dir, master_path)?;
         let master = Zeroizing::new(load_or_create_master(master_path)?);
-        let master = aead_key(&master)
-            .map_err(|e| StoreError::MasterKey(master_path.into(), e.to_string()))?;
-        let db_path = data_dir.join("kms.redb");
-        let db = Database::create(&db_path)
-            .map_err(|e| StoreError::Database(db_path.clone(), Box::new(e.into())))?;
-        let dbe = |e: redb::Error| StoreError::Database(db_path.clone(), Box::new(e));
-        {
-            let tx = db.begin_write().map_err(|e| dbe(e.into()))?;
-            tx.open_table(KEYS).map_err(|e| dbe(e.into()))?;
-            tx.open_table(ALIASES).map_err(|e| dbe(e.into()))?;
-            tx.open_table(META).map_err(|e| dbe(e.into()))?;
-            tx.commit().map_err(|e| dbe(e.into()))?;
+        let key = || {
+            aead_key(&master).map_err(|e| StoreError::MasterKey(master_path.into(), e.to_string()))
+        };
+        let db_path = data_dir.join(STORE_FILE);
+        if store_missing(&db_path)? {
+            Self::create(data_dir, &db_path, key()?)?;
         }
+        let meta = std::fs::metadata(&db_path).map_err(|e| StoreError::Io(db_path.clone(), e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            // Stores made by earlier versions were readable by others.
+            std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Io(db_path.clone(), e))?;
+        }
+        let db = Database::open(&db_path).map_err(|e| db_error(&db_path)(e.into()))?;
+        create_tables(&db, &db_path)?;
+        Self::from_db(db, key()?)
+    }
+
+    /// Builds a complete new store at `db_path` through a temporary file.
+    fn create(data_dir: &Path, db_path: &Path, master: LessSafeKey) -> Result<(), StoreError> {
+        let tmp = temp_path(db_path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+        let db = redb::Builder::new()
+            .create_file(file)
+            .map_err(|e| db_error(&tmp)(e.into()))?;
+        create_tables(&db, &tmp)?;
+        let store = Self::from_db(db, master)?;
+        store
+            .admin_credential()
+            .map_err(|e| StoreError::Record("administrator credential".into(), e.to_string()))?;
+        drop(store);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, db_path).map_err(|e| StoreError::Io(db_path.into(), e))?;
+        fsync_dir(data_dir)
+    }
+
+    fn from_db(db: Database, master: LessSafeKey) -> Result<Self, StoreError> {
         let store = Store {
             db,
             master,
@@ -761,6 +903,41 @@ mod tests {
             Store::open(dir.path(), &other),
             Err(StoreError::MasterKey(..))
         ));
+    }
+
+    #[test]
+    fn first_start_leftovers_are_cleared_and_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        let master = dir.join("master.key");
+        // What a killed start leaves: temporaries, and (from earlier versions) an empty store.
+        std::fs::write(temp_path(&dir.join(STORE_FILE)), b"half a database").unwrap();
+        std::fs::write(temp_path(&master), b"an unused key").unwrap();
+        std::fs::write(dir.join("admin-credentials.tmp"), b"{").unwrap();
+        std::fs::write(dir.join(STORE_FILE), b"").unwrap();
+        let admin = {
+            let s = Store::open(&dir, &master).unwrap();
+            s.admin_credential().unwrap()
+        };
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["kms.redb", "master.key"]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
+        // The credential was committed with the new store, before it got its name.
+        let s = Store::open(&dir, &master).unwrap();
+        assert_eq!(
+            s.admin_credential().unwrap().access_key_id,
+            admin.access_key_id
+        );
+        // A new data directory is closed to others.
+        let fresh = tmp.path().join("fresh/data");
+        drop(Store::open(&fresh, &fresh.join("master.key")).unwrap());
+        assert_eq!(mode(&fresh), 0o700);
     }
 
     #[test]

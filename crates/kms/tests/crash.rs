@@ -3,6 +3,9 @@
 //! every acknowledged change must be present and work, and nothing half-written may show (every
 //! key that exists is complete and usable, every alias points at an existing key).
 //!
+//! A second test kills starts themselves at random moments (the first start on an empty data
+//! directory, and later ones): the next start must open the directory and serve.
+//!
 //! The child is this test binary itself, re-run with `--ignored --exact crash_child_server`
 //! (which serves until killed); so the test needs no other binary.
 
@@ -20,6 +23,12 @@ const CHILD_ENV: &str = "CLOISTER_KMS_CRASH_CHILD_DIR";
 const ROUNDS: usize = 6;
 const WORKERS: usize = 2;
 const TOTAL_BUDGET: Duration = Duration::from_secs(40);
+/// Most data directories whose starts are killed.
+const START_ROUNDS: usize = 30;
+/// Time after which no new start-kill round begins.
+const START_BUDGET: Duration = Duration::from_secs(40);
+/// Printed by the child just before it opens its data directory.
+const OPENING: &str = "OPENING";
 
 /// Child entry point: serves the data directory named in the environment until killed.
 #[test]
@@ -28,6 +37,7 @@ fn crash_child_server() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
+    println!("{OPENING}");
     let opts = cloister_kms::server::ServeOptions {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.into(),
@@ -40,8 +50,8 @@ fn crash_child_server() {
     .expect("serve");
 }
 
-fn start_child(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn spawn_child(dir: &Path, stdout: Stdio) -> Child {
+    Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
@@ -50,16 +60,33 @@ fn start_child(dir: &Path) -> (Child, SocketAddr) {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .env("RUST_BACKTRACE", "0")
+        .stdout(stdout)
+        .stderr(std::fs::File::create(stderr_path(dir)).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Where a child serving `dir` writes its stderr (beside the data directory).
+fn stderr_path(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("stderr")
+}
+
+/// The end of the child's stderr, for a failure message.
+fn child_stderr(dir: &Path) -> String {
+    let text = std::fs::read_to_string(stderr_path(dir)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+fn start_child(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = spawn_child(dir, Stdio::piped());
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
     let addr = loop {
         let line = lines
             .next()
-            .expect("child exited before listening")
+            .unwrap_or_else(|| panic!("child exited before listening: {}", child_stderr(dir)))
             .unwrap();
         // libtest prints "test crash_child_server ... " before the line on the same row.
         if let Some(i) = line.find("LISTEN ") {
@@ -307,6 +334,102 @@ fn acknowledged_writes_survive_sigkill() {
     eprintln!(
         "{rounds} kill -9 rounds, {} keys acknowledged, {:?}",
         acked.len(),
+        started.elapsed()
+    );
+}
+
+/// The lines a child prints.
+type ChildLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts a server on `dir`; returns it once it says it opens its data directory, with the
+/// rest of its output.
+fn spawn_opening(dir: &Path) -> (Child, ChildLines) {
+    let mut child = spawn_child(dir, Stdio::piped());
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let opened = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains(OPENING));
+    if !opened {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child exited before opening: {}", child_stderr(dir));
+    }
+    (child, lines)
+}
+
+/// How long a first start takes from opening its (empty) data directory to listening.
+fn first_open_time() -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = spawn_opening(&tmp.path().join("data"));
+    let t = Instant::now();
+    while !lines
+        .next()
+        .expect("child exited before listening")
+        .unwrap()
+        .contains("LISTEN ")
+    {}
+    let took = t.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    took
+}
+
+/// Starts a server on `dir` and kills it (SIGKILL) at a random moment of the opening of its
+/// data directory (or shortly after, when `window` outlasts it).
+fn kill_during_start(dir: &Path, window: Duration) {
+    let (mut child, _lines) = spawn_opening(dir);
+    let window_us = u64::try_from(window.as_micros()).unwrap().max(1);
+    std::thread::sleep(Duration::from_micros(random_u64() % window_us));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// No temporary of an atomic write is left in `dir`.
+fn assert_no_temporaries(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name();
+        let name = name.to_string_lossy();
+        assert!(!name.ends_with(".tmp"), "leftover temporary {name}");
+    }
+}
+
+#[test]
+fn starts_killed_at_random_moments_leave_a_usable_data_dir() {
+    let started = Instant::now();
+    // Kills land anywhere in the opening, however fast this machine makes it.
+    let window = first_open_time() * 5 / 4;
+    let mut rounds = 0;
+    while rounds < START_ROUNDS && started.elapsed() < START_BUDGET {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        // The first start on an empty directory, killed.
+        kill_during_start(&dir, window);
+        let (mut child, addr) = start_child(&dir);
+        assert_no_temporaries(&dir);
+        let (akid, secret) = creds(&dir);
+        let key_id = {
+            let mut c = RawClient::connect(addr, &akid, &secret);
+            ok(&mut c, "ListKeys", json!({}));
+            let k = ok(&mut c, "CreateKey", json!({"Description": "kept"}));
+            k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A later start, killed.
+        kill_during_start(&dir, window);
+        let (mut child, addr) = start_child(&dir);
+        assert_no_temporaries(&dir);
+        assert_eq!(creds(&dir), (akid.clone(), secret.clone()));
+        let mut c = RawClient::connect(addr, &akid, &secret);
+        ok(&mut c, "DescribeKey", json!({"KeyId": key_id}));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        rounds += 1;
+    }
+    assert!(rounds >= 5, "only {rounds} rounds ran");
+    eprintln!(
+        "{rounds} rounds of killed starts (window {window:?}), {:?}",
         started.elapsed()
     );
 }

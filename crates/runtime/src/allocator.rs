@@ -15,6 +15,12 @@
 //! on `<run>/allocator.lock`, so concurrent `run-enclave` calls never hand out the same CPU, CID
 //! or memory twice. An allocation whose owner (the enclave's monitor) is gone is dropped the next
 //! time the allocator runs (the owner check is a callback, see [`Allocator::allocate`]).
+//!
+//! Each allocation also holds a host uid (and gid) of its own ([`Allocation::host_id`]): the
+//! unprivileged host user that a process enclave's root maps to and that a VM enclave's QEMU
+//! runs as. No two live enclaves share one, whatever their CIDs, so one enclave can never
+//! signal, ptrace or read the memory of another's processes. The uid is `UID_BASE + CID` when
+//! that is free (the usual case), else the lowest free one of the range.
 
 use crate::sys::{self, SysError};
 use serde::{Deserialize, Serialize};
@@ -41,6 +47,10 @@ pub const SMALL_HOST_CPUS: usize = 2;
 pub const FIRST_ENCLAVE_CID: u64 = 4;
 /// CIDs at or above this value are rejected (`u32::MAX` is VMADDR_CID_ANY).
 pub const CID_LIMIT: u64 = u32::MAX as u64;
+/// First host uid of enclaves.
+pub use crate::sandbox::UID_BASE;
+/// Number of host uids enclaves are given from.
+pub use crate::sandbox::UID_SPAN;
 
 /// Allocator errors.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +73,9 @@ pub enum AllocError {
     /// No CID is left.
     #[error("no free enclave CID")]
     CidExhausted,
+    /// No enclave host uid is left.
+    #[error("no free enclave host uid")]
+    HostIdExhausted,
     /// A requested CPU is not in the pool.
     #[error("CPU {0} is not in the enclave CPU pool {1:?}")]
     CpuNotInPool(u32, Vec<u32>),
@@ -536,6 +549,42 @@ pub struct Allocation {
     pub cpus: Vec<u32>,
     /// Its memory in MiB.
     pub memory_mib: u64,
+    /// Its host uid and gid, its own among the live enclaves (0 in a state written before
+    /// uids were allocated: such an entry holds [`preferred_host_id`] of its CID).
+    #[serde(default)]
+    pub host_id: u32,
+}
+
+impl Allocation {
+    /// The host uid this allocation holds.
+    pub fn held_host_id(&self) -> u32 {
+        if self.host_id == 0 {
+            preferred_host_id(self.cid)
+        } else {
+            self.host_id
+        }
+    }
+}
+
+/// The host uid an enclave of CID `cid` gets when it is free: `UID_BASE + cid` reduced into
+/// the range.
+pub fn preferred_host_id(cid: u64) -> u32 {
+    // The remainder is below UID_SPAN, a u32.
+    UID_BASE + u32::try_from(cid % u64::from(UID_SPAN)).unwrap_or(0)
+}
+
+/// A host uid that no allocation of `existing` holds: [`preferred_host_id`] of `cid` when free,
+/// else the lowest free one.
+fn free_host_id(existing: &[Allocation], cid: u64) -> Result<u32, AllocError> {
+    let used: BTreeSet<u32> = existing.iter().map(Allocation::held_host_id).collect();
+    let preferred = preferred_host_id(cid);
+    if !used.contains(&preferred) {
+        return Ok(preferred);
+    }
+    // At most `existing.len() + 1` candidates need to be looked at.
+    (UID_BASE..UID_BASE + UID_SPAN)
+        .find(|id| !used.contains(id))
+        .ok_or(AllocError::HostIdExhausted)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -752,6 +801,7 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
         cid,
         cpus,
         memory_mib: req.memory_mib,
+        host_id: free_host_id(existing, cid)?,
     })
 }
 
@@ -857,6 +907,65 @@ mod tests {
             .map(|a| a.enclave_id)
             .collect();
         assert_eq!(ids, vec!["c".to_owned()]);
+    }
+
+    #[test]
+    fn host_uids_are_never_shared_by_live_enclaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Allocator::new(dir.path(), Pool::single_threaded(&[0, 1, 2, 3], 1024));
+        let all_alive = |_: &str| true;
+        // CIDs 5 and 1_000_000_005 map to the same uid by CID alone.
+        let a = alloc
+            .allocate(&req("a", 5, CpuRequest::Count(1), 64), &all_alive)
+            .unwrap();
+        assert_eq!(a.host_id, UID_BASE + 5);
+        let b = alloc
+            .allocate(
+                &req("b", 1_000_000_005, CpuRequest::Count(1), 64),
+                &all_alive,
+            )
+            .unwrap();
+        assert_ne!(b.host_id, a.host_id);
+        assert!((UID_BASE..UID_BASE + UID_SPAN).contains(&b.host_id));
+        // An entry written before uids were allocated holds its CID's uid.
+        let c = plan(
+            &alloc.pool,
+            &[Allocation {
+                enclave_id: "old".into(),
+                cid: 2_000_000_007,
+                cpus: vec![3],
+                memory_mib: 64,
+                host_id: 0,
+            }],
+            &req("c", 7, CpuRequest::Count(1), 64),
+        )
+        .unwrap();
+        assert_ne!(c.host_id, UID_BASE + 7);
+        // Every live enclave's uid is distinct, and the state records them.
+        let ids: BTreeSet<u32> = alloc
+            .list(&all_alive)
+            .unwrap()
+            .iter()
+            .map(|a| a.host_id)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        // Released with the enclave: "b" gets the freed uid back, "a" is gone.
+        alloc.release("a", &all_alive).unwrap();
+        alloc.release("b", &all_alive).unwrap();
+        let b2 = alloc
+            .allocate(
+                &req("b", 1_000_000_005, CpuRequest::Count(1), 64),
+                &all_alive,
+            )
+            .unwrap();
+        assert_eq!(b2.host_id, UID_BASE + 5);
+        // A dead owner's uid is reclaimed too.
+        let d = alloc
+            .allocate(&req("d", 5, CpuRequest::Count(1), 64), &|id: &str| {
+                id != "b"
+            })
+            .unwrap();
+        assert_eq!(d.host_id, UID_BASE + 5);
     }
 
     #[test]
@@ -1051,6 +1160,7 @@ mod tests {
             cid: 4,
             cpus: vec![5],
             memory_mib: 64,
+            host_id: 0,
         }];
         let d = plan(&pool, &stale, &req("d", 0, CpuRequest::Count(2), 64)).unwrap();
         assert_eq!(d.cpus, vec![2, 6]);

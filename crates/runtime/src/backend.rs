@@ -67,6 +67,22 @@ pub enum BackendError {
     /// The VM could not be started.
     #[error("cannot start the VM")]
     Vm(#[from] cloister_vm::VmError),
+    /// A directory on the way to a VM enclave's files is closed to other users, so QEMU
+    /// (running as the enclave's own unprivileged uid) could not reach them.
+    #[error(
+        "{dir} (mode {mode:04o}) is not searchable by other users, so QEMU, which runs as the \
+         enclave's own unprivileged uid, cannot reach the enclave's files in the run directory \
+         {run}: run `chmod o+x {dir}` (for example `chmod 0711 {dir}`), or use another run \
+         directory (CLOISTER_RUN_DIR, default /run/cloister)"
+    )]
+    VmPathClosed {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The run directory.
+        run: PathBuf,
+    },
 }
 
 /// Everything a backend needs to start one enclave.
@@ -74,8 +90,9 @@ pub enum BackendError {
 pub struct LaunchSpec {
     /// The enclave id (also its hostname).
     pub enclave_id: String,
-    /// The image.
-    pub eif_path: PathBuf,
+    /// The image, opened once by the monitor (and measured from that open file): the backend
+    /// reads it only through this, never through its path.
+    pub image: crate::imagecache::OpenImage,
     /// Memory in MiB (size of the tmpfs holding the root's writable layer, and the cgroup memory
     /// cap).
     pub memory_mib: u64,

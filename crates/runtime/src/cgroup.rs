@@ -42,6 +42,20 @@ pub enum CgroupError {
     Dir(PathBuf, #[source] std::io::Error),
 }
 
+/// The value of counter `key` in a flat-keyed control file (`memory.events`,
+/// `memory.oom_control`: one `key value` pair a line); 0 when absent or unreadable. The key
+/// must match a line's first word exactly: v1's `memory.oom_control` lists `oom_kill_disable`
+/// before `oom_kill`.
+pub fn counter(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(key)).then(|| words.next().and_then(|v| v.parse().ok()))
+        })
+        .flatten()
+        .unwrap_or(0)
+}
+
 /// Which layout the host uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -274,11 +288,7 @@ impl EnclaveCgroup {
                 "oom_kill",
             ),
         };
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0)
+        counter(&std::fs::read_to_string(file).unwrap_or_default(), key)
     }
 
     /// Kills every process left in the cgroup and removes its directories. Idempotent.
@@ -344,6 +354,19 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         );
         assert!(Layout::from_mounts(v2, |_| false).is_err());
         assert!(Layout::from_mounts("", |_| true).is_err());
+    }
+
+    #[test]
+    fn oom_kill_counter_matches_its_exact_key() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(counter(v1, "oom_kill"), 3);
+        assert_eq!(counter(v1, "oom_kill_disable"), 0);
+        let v2 = "low 0\nhigh 0\nmax 12\noom 5\noom_kill 4\noom_group_kill 0\n";
+        assert_eq!(counter(v2, "oom_kill"), 4);
+        assert_eq!(counter(v2, "oom"), 5);
+        assert_eq!(counter("oom_kill_disable 1\n", "oom_kill"), 0);
+        assert_eq!(counter("oom_kill x\n", "oom_kill"), 0);
+        assert_eq!(counter("", "oom_kill"), 0);
     }
 
     #[test]

@@ -20,6 +20,18 @@
 //! under an exclusive lock on its `lock` file, while every enclave using it holds a shared one:
 //! older versions of the same file, and the least recently created entries beyond
 //! [`MAX_ROOTS`], go when nothing runs from them.
+//!
+//! Everything is read from one [`OpenImage`]: the monitor opens the image file once, and the
+//! measurement, the signature check, the unpacked root (process) and the boot files (VM) all
+//! read that open file with positioned reads ([`ImageCursor`]), never the path again, so an image
+//! renamed over the path meanwhile cannot boot under the first one's PCRs. The cache keys come
+//! from the same descriptor's `fstat` (taken at open), and readers that copy the image out
+//! ([`unpacked_root`], the VM's boot files) compare the key again afterwards
+//! ([`OpenImage::check_unchanged`]): an in-place rewrite of the open file moves its ctime, so
+//! what was copied is refused rather than booted under measurements of other bytes. (So does
+//! a rename over the path, which changes the replaced file's link count: an image replaced in
+//! the middle of a start fails that start, with a message saying so, rather than telling the
+//! two cases apart by something an in-place writer could forge.)
 
 use crate::rootfs::{RootfsError, Unpacker};
 use crate::state::RunDir;
@@ -27,9 +39,10 @@ use crate::sys::{self, SysError};
 use cloister_eif::{EifError, EifReader, Measurements, Metadata, Pcr};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest cache entry read.
@@ -64,6 +77,113 @@ impl FileKey {
             mtime_ns: ns(m.mtime(), m.mtime_nsec()),
             ctime_ns: ns(m.ctime(), m.ctime_nsec()),
         })
+    }
+}
+
+/// The image an enclave starts from, opened once: every reader of the image shares this one
+/// open file (cheap to clone), so all of them see the bytes that were measured.
+#[derive(Debug, Clone)]
+pub struct OpenImage {
+    file: Arc<File>,
+    key: FileKey,
+    path: PathBuf,
+}
+
+/// The open image changed (was written to) since it was opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the image {0} was modified or replaced while the enclave was starting (the file that was \
+     opened and measured changed since); start the enclave again"
+)]
+pub struct ImageChanged(pub PathBuf);
+
+impl OpenImage {
+    /// Opens the image at `path` (read-only) and takes its key from the open file.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Self::from_file(File::open(path)?, path)
+    }
+
+    /// Wraps an already open image file; `path` is used in messages only.
+    pub fn from_file(file: File, path: &Path) -> std::io::Result<Self> {
+        let key = FileKey::of(&file)?;
+        Ok(Self {
+            file: Arc::new(file),
+            key,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The key of the file as it was opened.
+    pub fn key(&self) -> &FileKey {
+        &self.key
+    }
+
+    /// The path it was opened from (for messages; never reopened).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The size of the file when it was opened.
+    pub fn len(&self) -> u64 {
+        self.key.size
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.key.size == 0
+    }
+
+    /// A reader with its own position over the open file.
+    pub fn cursor(&self) -> ImageCursor {
+        ImageCursor {
+            file: self.file.clone(),
+            pos: 0,
+        }
+    }
+
+    /// The validated image, read through a fresh [`ImageCursor`].
+    pub fn reader(&self) -> Result<EifReader<ImageCursor>, EifError> {
+        EifReader::new(self.cursor())
+    }
+
+    /// Fails when the open file no longer has the key it was opened with (it was written to).
+    pub fn check_unchanged(&self) -> Result<(), ImageChanged> {
+        match FileKey::of(&self.file) {
+            Ok(now) if now == self.key => Ok(()),
+            _ => Err(ImageChanged(self.path.clone())),
+        }
+    }
+}
+
+/// `Read + Seek` over a shared open file with positioned reads (`pread`), so readers in
+/// different threads or processes never move each other's offset.
+#[derive(Debug)]
+pub struct ImageCursor {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for ImageCursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ImageCursor {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let base_plus = |base: u64, delta: i64| {
+            base.checked_add_signed(delta).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek out of range")
+            })
+        };
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => base_plus(self.pos, d)?,
+            SeekFrom::End(d) => base_plus(self.file.metadata()?.len(), d)?,
+        };
+        Ok(self.pos)
     }
 }
 
@@ -179,30 +299,32 @@ fn prune(dir: &Path) {
     }
 }
 
-/// Opens and validates the image at `path` and returns its measurements, from the cache when
-/// the file is unchanged since it was last measured (and measuring it, then caching the
-/// result, otherwise).
+/// Opens and validates the image at `path` and returns its measurements (see
+/// [`measure_image`]). Only for callers that read nothing else of the image afterwards.
 pub fn measure(run: &RunDir, path: &Path) -> Result<MeasuredImage, EifError> {
-    let file = File::open(path).map_err(EifError::io("cannot open the image"))?;
-    let key = FileKey::of(&file).ok();
-    let mut eif = EifReader::new(file)?;
+    let image = OpenImage::open(path).map_err(EifError::io("cannot open the image"))?;
+    measure_image(run, &image)
+}
+
+/// Validates the open image and returns its measurements, from the cache when this version of
+/// the file (its key, from the open file) was measured before (and measuring it, then caching
+/// the result, otherwise).
+pub fn measure_image(run: &RunDir, image: &OpenImage) -> Result<MeasuredImage, EifError> {
+    let key = *image.key();
+    let mut eif = image.reader()?;
     let metadata = eif.metadata().ok().flatten();
     let len = eif.file_len();
-    if let Some(key) = &key {
-        if let Some(measurements) = read_entry(&entry_path(run, key), key) {
-            return Ok(MeasuredImage {
-                measurements,
-                metadata,
-                len,
-                cached: true,
-            });
-        }
+    if let Some(measurements) = read_entry(&entry_path(run, &key), &key) {
+        return Ok(MeasuredImage {
+            measurements,
+            metadata,
+            len,
+            cached: true,
+        });
     }
     let measurements = eif.measure()?;
-    if let Some(key) = &key {
-        if let Err(e) = write_entry(run, key, &measurements) {
-            tracing::debug!(error = %e, "cannot cache the image's measurements");
-        }
+    if let Err(e) = write_entry(run, &key, &measurements) {
+        tracing::debug!(error = %e, "cannot cache the image's measurements");
     }
     Ok(MeasuredImage {
         measurements,
@@ -210,6 +332,57 @@ pub fn measure(run: &RunDir, path: &Path) -> Result<MeasuredImage, EifError> {
         len,
         cached: false,
     })
+}
+
+/// Why a signed image is refused at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    /// The signature section cannot be read or parsed.
+    #[error("the image's signature section is invalid")]
+    Unreadable(#[source] EifError),
+    /// The signature does not verify with the certificate's key or does not sign this PCR0.
+    #[error("the image's signature does not verify")]
+    Invalid(#[source] EifError),
+    /// The signing certificate's validity period does not include the current time.
+    #[error("the image's signing certificate is {state} (valid from {not_before} to {not_after})")]
+    CertificateNotValid {
+        /// `expired` or `not yet valid`.
+        state: &'static str,
+        /// Start of validity.
+        not_before: String,
+        /// End of validity.
+        not_after: String,
+    },
+}
+
+/// Checks the signature of the open image, if it has one, against its PCR0 (`measured`, from
+/// the same open file) and the signing certificate's validity at `now_unix` (seconds). An
+/// unsigned image passes with `None`.
+pub fn check_signature(
+    image: &OpenImage,
+    measured: &Measurements,
+    now_unix: u64,
+) -> Result<Option<cloister_eif::VerifiedSignature>, SignatureError> {
+    let mut eif = image.reader().map_err(SignatureError::Unreadable)?;
+    let Some(signature) = eif.signature().map_err(SignatureError::Unreadable)? else {
+        return Ok(None);
+    };
+    let verified = signature
+        .verify(&measured.pcr0)
+        .map_err(SignatureError::Invalid)?;
+    let info = signature.certificate.info();
+    if !info.is_valid_at(now_unix) {
+        return Err(SignatureError::CertificateNotValid {
+            state: if now_unix < info.not_before_unix {
+                "not yet valid"
+            } else {
+                "expired"
+            },
+            not_before: info.not_before,
+            not_after: info.not_after,
+        });
+    }
+    Ok(Some(verified))
 }
 
 /// Directory of unpacked image roots, under the run directory.
@@ -231,9 +404,6 @@ const TEMP_GRACE: Duration = Duration::from_secs(5);
 /// Errors of the unpacked-root cache.
 #[derive(Debug, thiserror::Error)]
 pub enum RootCacheError {
-    /// The image file cannot be opened or examined.
-    #[error("cannot read the image {0}")]
-    Image(PathBuf, #[source] std::io::Error),
     /// The image is not a valid EIF.
     #[error("cannot read the image's ramdisks")]
     Eif(#[source] EifError),
@@ -249,8 +419,11 @@ pub enum RootCacheError {
     /// Locking an entry failed.
     #[error("cannot lock {0}")]
     Lock(PathBuf, #[source] SysError),
-    /// The file changed while it was being unpacked (nothing was cached).
-    #[error("the image {0} changed while it was being unpacked")]
+    /// The open file changed since it was opened and measured (nothing was cached).
+    #[error(
+        "the image {0} was modified or replaced while the enclave was starting; start the \
+         enclave again"
+    )]
     Changed(PathBuf),
     /// Concurrent pruning kept removing the entry.
     #[error("the unpacked root of {0} kept being removed concurrently")]
@@ -303,13 +476,18 @@ fn ensure_private_dir(dir: &Path) -> Result<(), RootCacheError> {
     Ok(())
 }
 
-/// Returns the unpacked root of the image at `eif_path`, unpacking it first when this version
-/// of the file has none yet. The result holds a shared lock on the entry.
-pub fn unpacked_root(run: &RunDir, eif_path: &Path) -> Result<CachedRoot, RootCacheError> {
+/// Returns the unpacked root of the open `image`, unpacking it first when this version of the
+/// file (its key, from the open file) has none yet. The result holds a shared lock on the
+/// entry.
+pub fn unpacked_root(run: &RunDir, image: &OpenImage) -> Result<CachedRoot, RootCacheError> {
     let roots = run.root().join(ROOTS_DIR);
     ensure_private_dir(&roots)?;
-    let file = File::open(eif_path).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
-    let key = FileKey::of(&file).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
+    // The open file must still be the version it was opened (and measured) as: a cached
+    // tree is looked up by that version's key.
+    image
+        .check_unchanged()
+        .map_err(|_| RootCacheError::Changed(image.path().into()))?;
+    let key = *image.key();
     let name = root_name(&key);
     let mut created = false;
     for _ in 0..ROOT_ATTEMPTS {
@@ -317,12 +495,12 @@ pub fn unpacked_root(run: &RunDir, eif_path: &Path) -> Result<CachedRoot, RootCa
             root.created = created;
             return Ok(root);
         }
-        created = build(&roots, &name, &file, &key, eif_path)?;
+        created = build(&roots, &name, image)?;
         if created {
             prune_roots(&roots, &name, &key);
         }
     }
-    Err(RootCacheError::Contended(eif_path.into()))
+    Err(RootCacheError::Contended(image.path().into()))
 }
 
 /// Takes a shared lock on entry `name`; `None` when there is no (complete) entry.
@@ -361,13 +539,7 @@ fn unique_suffix() -> String {
 
 /// Unpacks `file` into a temporary directory and renames it to `name`. Returns `true` when
 /// this call published the entry, `false` when a concurrent call did first.
-fn build(
-    roots: &Path,
-    name: &str,
-    file: &File,
-    key: &FileKey,
-    eif_path: &Path,
-) -> Result<bool, RootCacheError> {
+fn build(roots: &Path, name: &str, image: &OpenImage) -> Result<bool, RootCacheError> {
     let tmp = roots.join(format!(".tmp-{}", unique_suffix()));
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -392,15 +564,14 @@ fn build(
         let dir = sys::open_dir(&tree)
             .map_err(|e| RootCacheError::Io(tree.clone(), std::io::Error::from(e.errno)))?;
         let mut unpacker = Unpacker::new(dir, 0, 0);
-        let mut eif = EifReader::new(file).map_err(RootCacheError::Eif)?;
+        let mut eif = image.reader().map_err(RootCacheError::Eif)?;
         for (n, index) in eif.ramdisks().into_iter().enumerate() {
             let reader = eif.section_reader(index).map_err(RootCacheError::Eif)?;
             unpacker.unpack(n, reader).map_err(RootCacheError::Unpack)?;
         }
-        let now = FileKey::of(file).map_err(|e| RootCacheError::Image(eif_path.into(), e))?;
-        if now != *key {
-            return Err(RootCacheError::Changed(eif_path.into()));
-        }
+        image
+            .check_unchanged()
+            .map_err(|_| RootCacheError::Changed(image.path().into()))?;
         match std::fs::rename(&tmp, roots.join(name)) {
             Ok(()) => Ok(true),
             Err(e)
@@ -596,7 +767,7 @@ mod tests {
         let eif = dir.path().join("a.eif");
         rooted_image(&eif, b"one");
 
-        let first = unpacked_root(&run, &eif).unwrap();
+        let first = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();
         assert!(first.created());
         assert_eq!(
             std::fs::read(first.tree().join("rootfs/a")).unwrap(),
@@ -607,7 +778,7 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid()), (0, 0));
         let roots = std::fs::metadata(run.root().join(ROOTS_DIR)).unwrap();
         assert_eq!(roots.mode() & 0o777, 0o700, "the cache is root-only");
-        let again = unpacked_root(&run, &eif).unwrap();
+        let again = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();
         assert!(!again.created());
         assert_eq!(again.tree(), first.tree());
 
@@ -621,7 +792,7 @@ mod tests {
         std::io::Write::write_all(&mut &f, &bytes).unwrap();
         f.set_modified(mtime).unwrap();
         drop(f);
-        let changed = unpacked_root(&run, &eif).unwrap();
+        let changed = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();
         assert!(changed.created());
         assert_ne!(changed.tree(), first.tree());
         assert_eq!(
@@ -642,7 +813,7 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&eif).unwrap();
         std::io::Write::write_all(&mut &f, &bytes).unwrap();
         drop(f);
-        let third = unpacked_root(&run, &eif).unwrap();
+        let third = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();
         assert!(third.created());
         assert!(!first_tree.exists());
         assert_eq!(
@@ -678,7 +849,7 @@ mod tests {
                 .map(|_| {
                     sc.spawn(|| {
                         barrier.wait();
-                        unpacked_root(&run, &eif).unwrap()
+                        unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap()
                     })
                 })
                 .collect();
@@ -700,7 +871,7 @@ mod tests {
         let run = RunDir::new(dir.path().join("run"));
         let held_eif = dir.path().join("held.eif");
         rooted_image(&held_eif, b"held");
-        let held = unpacked_root(&run, &held_eif).unwrap();
+        let held = unpacked_root(&run, &OpenImage::open(&held_eif).unwrap()).unwrap();
         // An abandoned temporary (its creator died: the lock is free).
         let tmp = run.root().join(ROOTS_DIR).join(".tmp-1-1");
         std::fs::create_dir(&tmp).unwrap();
@@ -710,7 +881,7 @@ mod tests {
         for i in 0..MAX_ROOTS + 2 {
             let eif = dir.path().join(format!("{i}.eif"));
             rooted_image(&eif, format!("image {i}").as_bytes());
-            drop(unpacked_root(&run, &eif).unwrap());
+            drop(unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap());
         }
         let names = entries(&run);
         assert_eq!(names.len(), MAX_ROOTS, "{names:?}");
@@ -723,6 +894,109 @@ mod tests {
             std::fs::read(held.tree().join("rootfs/a")).unwrap(),
             b"held"
         );
+    }
+
+    /// The path of `image` is replaced by another valid image (renamed over it) after it was
+    /// opened and measured: everything read afterwards is the measured image's.
+    #[test]
+    fn an_image_renamed_over_the_path_after_it_was_opened_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let eif = dir.path().join("a.eif");
+        rooted_image(&eif, b"measured");
+        let image = OpenImage::open(&eif).unwrap();
+        let measured = measure_image(&run, &image).unwrap();
+        assert_eq!(measured.measurements, direct(&eif));
+
+        let other = dir.path().join("b.eif");
+        rooted_image(&other, b"swapped in");
+        let swapped = direct(&other);
+        std::fs::rename(&other, &eif).unwrap();
+        assert_ne!(direct(&eif), measured.measurements);
+
+        // Measured again from the open file: the same PCRs (from the cache, keyed by the open
+        // file's identity, and without it).
+        let again = measure_image(&run, &image).unwrap();
+        assert_eq!(again.measurements, measured.measurements);
+        std::fs::remove_dir_all(run.root().join("measurements")).unwrap();
+        let fresh = measure_image(&run, &image).unwrap();
+        assert!(!fresh.cached);
+        assert_eq!(fresh.measurements, measured.measurements);
+        assert_ne!(fresh.measurements, swapped);
+        // Unpacked before the replacement: the measured image's tree, under the measured
+        // version's key.
+        let image2 = {
+            let p = dir.path().join("c.eif");
+            rooted_image(&p, b"second");
+            OpenImage::open(&p).unwrap()
+        };
+        let root = unpacked_root(&run, &image2).unwrap();
+        assert_eq!(
+            root.tree().parent().unwrap().file_name().unwrap(),
+            root_name(image2.key()).as_str()
+        );
+        assert_eq!(
+            std::fs::read(root.tree().join("rootfs/a")).unwrap(),
+            b"second"
+        );
+        // Unpacked after it: the replaced file's status changed (its link count), so nothing
+        // is unpacked from it, and certainly not the new file's contents under its key.
+        assert!(matches!(
+            unpacked_root(&run, &image),
+            Err(RootCacheError::Changed(_))
+        ));
+        assert!(!entries(&run).contains(&root_name(image.key())));
+        // The image now at the path gets a root of its own.
+        let now = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read(now.tree().join("rootfs/a")).unwrap(),
+            b"swapped in"
+        );
+    }
+
+    /// The open image itself is rewritten in place after it was opened: nothing is unpacked
+    /// from it under the old version's key.
+    #[test]
+    fn an_image_rewritten_in_place_after_it_was_opened_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let eif = dir.path().join("a.eif");
+        rooted_image(&eif, b"one");
+        let image = OpenImage::open(&eif).unwrap();
+        measure_image(&run, &image).unwrap();
+        image.check_unchanged().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let alt = dir.path().join("b.eif");
+        rooted_image(&alt, b"two");
+        let bytes = std::fs::read(&alt).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&eif).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes).unwrap();
+        drop(f);
+        assert!(image.check_unchanged().is_err());
+        assert!(matches!(
+            unpacked_root(&run, &image),
+            Err(RootCacheError::Changed(_))
+        ));
+    }
+
+    /// Positioned reads: two cursors over one open file keep their own positions.
+    #[test]
+    fn cursors_have_their_own_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let image = OpenImage::from_file(File::open(&p).unwrap(), &p).unwrap();
+        let (mut a, mut b) = (image.cursor(), image.cursor());
+        let mut buf = [0u8; 3];
+        a.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"012");
+        b.seek(SeekFrom::End(-2)).unwrap();
+        b.read_exact(&mut buf[..2]).unwrap();
+        assert_eq!(&buf[..2], b"89");
+        a.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"345");
+        assert!(a.seek(SeekFrom::Current(-10)).is_err());
+        assert_eq!(image.len(), 10);
     }
 
     #[test]
@@ -738,7 +1012,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            unpacked_root(&run, &eif),
+            unpacked_root(&run, &OpenImage::open(&eif).unwrap()),
             Err(RootCacheError::NotPrivate(_))
         ));
     }

@@ -1,7 +1,8 @@
 //! The lifecycle verbs as a library: what `run-enclave`, `describe-enclaves`,
 //! `terminate-enclave` and `console` do, called by the CLI's thin handlers.
 //!
-//! [`run_enclave`] validates the request, creates the enclave's directory (taking its lock),
+//! [`run_enclave`] validates the request (and that the run and PKI directories are writable by
+//! nobody else), creates the enclave's directory (taking its lock),
 //! writes `spec.json`, starts the monitor detached (a new session outliving the CLI) with the
 //! ready pipe on fd 3 and the lock on fd 4, and waits for the monitor's one-line answer.
 //!
@@ -177,6 +178,13 @@ fn run_enclave_with(
 ) -> Result<EnclaveRecord, LifecycleError> {
     crate::boottrace::mark("cli: run-enclave");
     allocator::validate_cid(opts.cid).map_err(|e| invalid(FailureKind::CidInvalid, e))?;
+    // The run directory and the PKI hold what the runtime trusts: refuse ones that others
+    // could write to before anything is created in them.
+    let unsafe_dir = |e: crate::state::UnsafeDirError| {
+        LifecycleError::Invalid(StartFailure::chain(FailureKind::UnsafeDir, &e))
+    };
+    run.prepare().map_err(unsafe_dir)?;
+    crate::nsm::check_pki_dir(&crate::nsm::pki_dir()).map_err(unsafe_dir)?;
     let meta = std::fs::metadata(&opts.eif_path).map_err(|e| {
         invalid(
             FailureKind::Image,

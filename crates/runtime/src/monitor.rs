@@ -3,12 +3,16 @@
 //! `run-enclave` creates the enclave's directory (holding its lock), writes `spec.json`, and
 //! starts the monitor detached (`setsid`) with the ready pipe as fd 3 and the locked
 //! `monitor.lock` as fd 4 ([`crate::lifecycle`]). The monitor ([`monitor_main`]):
-//! 1. reads the image (measurements, metadata; the measurements come from
-//!    [`crate::imagecache`] when this version of the file was measured before), reserves CPUs,
-//!    memory and a CID ([`crate::allocator`]), and sets up the enclave's NSM ([`crate::nsm`]:
-//!    the host CA is loaded now, the leaf certificate is issued once the enclave has booted or
-//!    at its first NSM request, off the boot path); for a process enclave the NSM is set up
-//!    in step 2, after the clone, while the enclave builds its root;
+//! 1. checks that the run and PKI directories are writable by nobody else, opens the image
+//!    once ([`crate::imagecache::OpenImage`]: the measurement, the signature check and the
+//!    backend's root or boot files all read that open file, never the path again), reads it
+//!    (measurements, metadata; the measurements come from [`crate::imagecache`] when this
+//!    version of the file was measured before), refuses a signed image whose signature does
+//!    not verify or whose certificate is not valid now, reserves CPUs, memory, a CID and a
+//!    host uid of the enclave's own ([`crate::allocator`]), and sets up the enclave's NSM
+//!    ([`crate::nsm`]: the host CA is loaded now, the leaf certificate is issued once the
+//!    enclave has booted or at its first NSM request, off the boot path); for a process
+//!    enclave the NSM is set up in step 2, after the clone, while the enclave builds its root;
 //! 2. `process`: creates the enclave with its backend while still single-threaded (the process
 //!    backend clones), then blocks SIGTERM/SIGINT/SIGHUP, starts the console pump, sets up the
 //!    NSM, starts the vsock broker and lets the enclave run. `vm`: blocks the signals and starts the microVM
@@ -81,6 +85,14 @@ pub struct MonitorSpec {
 pub enum FailureKind {
     /// The image cannot be read or is invalid.
     Image,
+    /// The image's signature does not verify, or its signing certificate is not valid now.
+    Signature,
+    /// The run directory or the PKI directory is unsafe (owned by someone else, or writable
+    /// by others).
+    UnsafeDir,
+    /// A VM enclave's files would be out of QEMU's reach (a directory on the way to the run
+    /// directory is closed to other users).
+    VmPathClosed,
     /// The request is malformed (memory too small, bad CPU list).
     BadRequest,
     /// The CID is reserved or out of range.
@@ -125,7 +137,7 @@ impl StartFailure {
         }
     }
 
-    fn chain(kind: FailureKind, e: &dyn std::error::Error) -> Self {
+    pub(crate) fn chain(kind: FailureKind, e: &dyn std::error::Error) -> Self {
         let mut message = e.to_string();
         let mut src = e.source();
         while let Some(cause) = src {
@@ -156,9 +168,10 @@ fn alloc_kind(e: &AllocError) -> FailureKind {
         AllocError::MemoryExhausted { .. } => FailureKind::Memory,
         AllocError::BadRequest(_) | AllocError::CpuList(..) => FailureKind::BadRequest,
         AllocError::ConfigRead(..) | AllocError::ConfigInvalid(..) => FailureKind::AllocatorConfig,
-        AllocError::State(..) | AllocError::StateCorrupt(..) | AllocError::Lock(_) => {
-            FailureKind::System
-        }
+        AllocError::State(..)
+        | AllocError::StateCorrupt(..)
+        | AllocError::Lock(_)
+        | AllocError::HostIdExhausted => FailureKind::System,
     }
 }
 
@@ -167,6 +180,7 @@ fn backend_kind(e: &BackendError) -> FailureKind {
         BackendError::Unsupported(_) | BackendError::VmUnavailable(_) => FailureKind::Unsupported,
         BackendError::Setup(_) | BackendError::Vm(_) => FailureKind::Setup,
         BackendError::Image(_) => FailureKind::Image,
+        BackendError::VmPathClosed { .. } => FailureKind::VmPathClosed,
         BackendError::Sys(_) | BackendError::Cgroup(_) => FailureKind::System,
     }
 }
@@ -301,13 +315,21 @@ fn read_spec(run: &RunDir, id: &str) -> Result<MonitorSpec, StartFailure> {
 
 fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
     let spec = read_spec(run, id)?;
-    // A clone-style backend for `process`; `vm` starts through `vmbackend` (QEMU checked now,
-    // before anything is allocated).
+    // What the runtime trusts must be writable by nobody else (the CLI checked it too; this
+    // is the monitor's own look, one `stat` each).
+    run.prepare()
+        .map_err(|e| StartFailure::chain(FailureKind::UnsafeDir, &e))?;
+    crate::nsm::check_pki_dir(&crate::nsm::pki_dir())
+        .map_err(|e| StartFailure::chain(FailureKind::UnsafeDir, &e))?;
+    // A clone-style backend for `process`; `vm` starts through `vmbackend` (the paths QEMU
+    // needs and QEMU itself checked now, before anything is allocated).
     let backend = match spec.isolation {
         Isolation::Process => Some(
             backend_for(spec.isolation).map_err(|e| StartFailure::chain(backend_kind(&e), &e))?,
         ),
         Isolation::Vm => {
+            crate::vmbackend::prepare_paths(run.root(), &run.enclave_dir(id))
+                .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
             crate::vmbackend::check_host()
                 .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
             None
@@ -323,20 +345,34 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         None => None,
     };
 
-    // The image: measurements, metadata, size rule.
-    let image = crate::imagecache::measure(run, &spec.eif_path)
+    // The image, opened once: everything below (measurements, signature, the backend's
+    // root or boot files) reads this open file, never the path again.
+    let image = crate::imagecache::OpenImage::open(&spec.eif_path).map_err(|e| {
+        StartFailure::new(
+            FailureKind::Image,
+            format!("cannot open the image {}: {e}", spec.eif_path.display()),
+        )
+    })?;
+    let measured_image = crate::imagecache::measure_image(run, &image)
         .map_err(|e| StartFailure::chain(FailureKind::Image, &e))?;
-    crate::boottrace::mark(if image.cached {
+    crate::boottrace::mark(if measured_image.cached {
         "monitor: image measurements from the cache"
     } else {
         "monitor: image measured"
     });
-    let (measured, metadata) = (image.measurements, image.metadata);
-    check_memory(spec.memory_mib, image.len)?;
+    let (measured, metadata) = (measured_image.measurements, measured_image.metadata);
+    // A signed image must verify, with a certificate valid now (nitro-cli's E59).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::imagecache::check_signature(&image, &measured, now)
+        .map_err(|e| StartFailure::chain(FailureKind::Signature, &e))?;
+    check_memory(spec.memory_mib, measured_image.len)?;
     if spec.isolation == Isolation::Vm {
-        crate::vmbackend::check_kernel(&spec.eif_path)
+        crate::vmbackend::check_kernel(&image)
             .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     }
+    test_hook_after_measuring();
 
     let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
     let allocator = Allocator::new(run.root(), pool);
@@ -367,6 +403,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         &spec,
         backend.as_deref(),
         &alloc,
+        &image,
         measured,
         metadata,
         &mut partial,
@@ -390,6 +427,28 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
             partial.unwind();
             Err(f)
         }
+    }
+}
+
+/// Environment variable naming a file for end-to-end tests of the image's life between its
+/// measurement and the boot: when set, the monitor creates that file once it has measured and
+/// checked the image, then waits (up to a minute) until the test removes it.
+pub const TEST_HOOK_AFTER_MEASURING_ENV: &str = "CLOISTER_TEST_HOOK_AFTER_MEASURING";
+/// Longest wait of [`TEST_HOOK_AFTER_MEASURING_ENV`].
+const TEST_HOOK_WAIT: Duration = Duration::from_secs(60);
+
+/// See [`TEST_HOOK_AFTER_MEASURING_ENV`]; does nothing when it is not set.
+fn test_hook_after_measuring() {
+    let Some(path) = std::env::var_os(TEST_HOOK_AFTER_MEASURING_ENV) else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    if std::fs::write(&path, b"measured\n").is_err() {
+        return;
+    }
+    let deadline = Instant::now() + TEST_HOOK_WAIT;
+    while path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -451,6 +510,7 @@ fn launch(
     spec: &MonitorSpec,
     backend: Option<&dyn crate::backend::Backend>,
     alloc: &crate::allocator::Allocation,
+    image: &crate::imagecache::OpenImage,
     measured: cloister_eif::Measurements,
     metadata: Option<cloister_eif::Metadata>,
     partial: &mut Partial<'_>,
@@ -477,14 +537,16 @@ fn launch(
     };
 
     let dir = run.enclave_dir(id);
-    let host_id = crate::sandbox::enclave_host_id(alloc.cid);
+    // The enclave's own host uid/gid, allocated with its other resources: no other live
+    // enclave has it.
+    let host_id = alloc.host_id;
     let cid = u32::try_from(alloc.cid)
         .map_err(|_| StartFailure::new(FailureKind::CidInvalid, "CID out of range"))?;
     let console_path = run.console_path(id);
     let (pid, beat, console_thread, nsm) = match backend {
         Some(backend) => {
             let (pid, thread, nsm) = launch_process(
-                run, id, spec, backend, alloc, &make_nsm, cid, host_id, partial,
+                run, id, backend, alloc, image, &make_nsm, cid, host_id, partial,
             )?;
             (pid, Beat::Broker, Some(thread), nsm)
         }
@@ -496,7 +558,7 @@ fn launch(
             let (tx, rx) = std::sync::mpsc::channel();
             let vm = crate::vmbackend::start(crate::vmbackend::VmLaunch {
                 enclave_id: id.to_owned(),
-                eif_path: spec.eif_path.clone(),
+                image: image.clone(),
                 enclave_dir: dir.clone(),
                 run_dir: run.root().to_owned(),
                 cid,
@@ -543,6 +605,7 @@ fn launch(
             .and_then(|r| r.accelerator())
             .map(str::to_owned),
         state: EnclaveState::Booting,
+        host_uid: Some(host_id),
         measurements: Measurements {
             pcr0: measured.pcr0_hex(),
             pcr1: measured.pcr1_hex(),
@@ -642,9 +705,9 @@ fn launch(
 fn launch_process(
     run: &RunDir,
     id: &str,
-    spec: &MonitorSpec,
     backend: &dyn crate::backend::Backend,
     alloc: &crate::allocator::Allocation,
+    image: &crate::imagecache::OpenImage,
     make_nsm: &dyn Fn() -> Result<std::sync::Arc<crate::nsm::EnclaveNsm>, StartFailure>,
     cid: u32,
     host_id: u32,
@@ -665,7 +728,7 @@ fn launch_process(
     let netns = partial.netns.as_ref().and_then(sys::NetnsHelper::handle);
     let launch = LaunchSpec {
         enclave_id: id.to_owned(),
-        eif_path: spec.eif_path.clone(),
+        image: image.clone(),
         memory_mib: alloc.memory_mib,
         cpus: alloc.cpus.clone(),
         root_mount,
@@ -714,7 +777,11 @@ fn launch_process(
 
     let nsm = make_nsm()?;
     let broker = cloister_vsock::Broker::start_bound(
-        cloister_vsock::BrokerConfig::new(cid, run.root(), &enclave_socket, nsm.clone()),
+        // The enclave's connections to host listeners carry its host identity, never root's,
+        // and its NSM requests run on its own CPUs.
+        cloister_vsock::BrokerConfig::new(cid, run.root(), &enclave_socket, nsm.clone())
+            .with_enclave_identity(host_id, host_id)
+            .with_enclave_cpus(alloc.cpus.clone()),
         enclave_sock,
     )
     .map_err(|e| StartFailure::chain(FailureKind::System, &e))?;

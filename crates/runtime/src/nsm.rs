@@ -192,6 +192,16 @@ impl NsmService for EnclaveNsm {
     }
 }
 
+/// Checks that the PKI directory `dir`, when it exists, is owned by root (or this user) and not
+/// writable by others ([`crate::state::check_trusted_dir`]): whoever could write there could
+/// replace the host CA. A missing one is created on first use by [`open_pki`].
+pub fn check_pki_dir(dir: &Path) -> Result<(), crate::state::UnsafeDirError> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => crate::state::check_trusted_dir(dir),
+    }
+}
+
 /// Opens (creating on first use) the PKI in `dir`, serialised by a lock file in `run_dir`.
 pub fn open_pki(dir: &Path, run_dir: &Path) -> Result<Pki, NsmSetupError> {
     std::fs::create_dir_all(run_dir).map_err(NsmSetupError::Lock)?;

@@ -1,6 +1,8 @@
 //! The `process` isolation backend: an enclave is a process tree in fresh namespaces.
 //!
-//! [`ProcessBackend::create`] looks up the image's unpacked root ([`crate::imagecache`]) and an
+//! [`ProcessBackend::create`] looks up the unpacked root of the image the monitor opened and
+//! measured ([`crate::imagecache`]; the image is read only through that open file,
+//! [`LaunchSpec::image`], never its path) and an
 //! idmapping user namespace for the enclave's host uid, clones a child into new mount, PID,
 //! IPC and UTS namespaces and a network namespace (the one the monitor had made meanwhile,
 //! [`crate::sys::NetnsHelper`], which the child enters first; else a new one at the clone),
@@ -11,7 +13,9 @@
 //! socket was bound before the clone, so init's first connection waits in its backlog at worst
 //! ([`Pending::start`] then waits for the exec). The child, still host root inside its private
 //! namespaces:
-//! 1. makes every mount private;
+//! 1. makes every mount private, and lowers its OOM score adjustment to
+//!    [`INIT_OOM_SCORE_ADJ`] (only host root may lower it; init inherits it, so the OOM killer
+//!    of the enclave's memory cgroup takes the enclave's other processes before its PID 1);
 //! 2. mounts a scratch tmpfs (size = the enclave's memory) on the run directory's `root/` and
 //!    builds the enclave's root on it: an overlay whose lower layer is the image's unpacked
 //!    root from [`crate::imagecache::unpacked_root`] (unpacked once per image version, mounted
@@ -21,26 +25,47 @@
 //!    overlay is unavailable (an old kernel, a run directory on a file system without idmapped
 //!    mounts) every ramdisk is copied into the tmpfs instead ([`crate::rootfs`]);
 //! 3. builds `/dev` (a small tmpfs with null, zero, full, random, urandom and tty made by
-//!    `mknod`), a fresh `/proc`, and the same for `/rootfs` (`/rootfs/dev` alike, fresh
-//!    `/rootfs/proc`, a tmpfs `/rootfs/tmp`) when the image has a `rootfs/`. Mount targets are
-//!    opened with `O_PATH|O_NOFOLLOW` under the root and mounted through `/proc/self/fd/N`, so
-//!    a symlink in the image cannot redirect a mount to the host;
+//!    `mknod`) and a fresh `/proc` in the application's root: `rootfs/` when the image has one
+//!    (with a tmpfs `rootfs/tmp`), else the whole tree. `/proc` is masked as container
+//!    runtimes do: `/dev/null` over the files of [`PROC_MASKED`] (kcore, keys, kallsyms, ...),
+//!    an empty read-only tmpfs over its directories, and [`PROC_READ_ONLY`] (sys,
+//!    sysrq-trigger, ...) bound read-only. Mount targets are opened with `O_PATH|O_NOFOLLOW`
+//!    under the root and mounted through `/proc/self/fd/N`, so a symlink in the image cannot
+//!    redirect a mount to the host;
 //! 4. sets the hostname to the enclave id and brings `lo` up (the only interface there is;
 //!    already up in a namespace made ahead);
 //!    waits for the go, enters the enclave's cgroup (on v1 it moves itself in: a thread moving
 //!    itself avoids the kernel's global lock and its RCU grace period, see
 //!    [`EnclaveCgroup::join_self`]), then a new cgroup namespace rooted there, and binds the
-//!    broker's socket as `/dev/vsock.sock` (and `/rootfs/dev/vsock.sock`);
+//!    broker's socket as `dev/vsock.sock` of the application's root;
 //! 5. `pivot_root`s into the root and detaches the old one (the scratch tmpfs's other
-//!    directories and the lower layer's mount go with it);
-//! 6. becomes the enclave's host uid/gid (`UID_BASE + cid % UID_SPAN`), unshares a user
+//!    directories and the lower layer's mount go with it); opens `/init` (`O_PATH`), `/cmd` and
+//!    `/env` there, so that symlinks resolve inside the enclave; then, when the image has a
+//!    `rootfs/`, bind-mounts it onto itself and `pivot_root`s again into it, so that the
+//!    application's root is the root of the mount namespace and the bootstrap tree is out of
+//!    reach (this is the chroot Cloister's init used to do itself);
+//! 6. becomes the enclave's host uid/gid (one of its own, from the allocator), unshares a user
 //!    namespace and maps uid/gid 0 inside to it (so root in the enclave is an unprivileged,
 //!    per-enclave host uid, and the mount and network namespaces stay owned by the host's user
-//!    namespace: nothing inside can mount or configure interfaces even before init's seccomp);
-//! 7. sets no_new_privs and the parent-death signal (SIGKILL; set last because credential
-//!    changes clear it), marks every descriptor but stdio close-on-exec, and execs `/init` with
-//!    the environment `CLOISTER_ISOLATION=process` only. stdin is `/dev/null`; stdout and stderr
-//!    are the console pipe.
+//!    namespace: nothing inside can mount or configure interfaces);
+//! 7. confines itself ([`cloister_confine`]): drops every capability (bounding set first, so
+//!    that no exec can give root in the enclave's user namespace any back; then ambient,
+//!    inheritable, effective and permitted) and sets no_new_privs; sets the parent-death
+//!    signal (SIGKILL; after the credential changes, which clear it); marks every descriptor
+//!    but stdio and the `/cmd` and `/env` descriptors close-on-exec; installs the seccomp
+//!    filter last; and execs the `/init` descriptor (`execveat`, allowed by the filter) with
+//!    the environment `CLOISTER_ISOLATION=process` and the numbers of those two descriptors
+//!    ([`cloister_confine::CMD_FD_ENV`], [`cloister_confine::ENV_FD_ENV`]). stdin is
+//!    `/dev/null`; stdout and stderr are the console pipe.
+//!
+//! The host, not the image, confines the enclave: the filter, the empty capability sets and
+//! no_new_privs hold from the first instruction of whatever the image's `/init` is (Cloister's
+//! init, AWS's, or a hostile program), and bind everything it starts. Cloister's init needs no
+//! privilege for its part: it sees that it is confined, sends the heartbeat, reads the command
+//! and its environment from the inherited descriptors (closing them), and forks, execs and
+//! reaps the command; it raises the command's OOM score back to 0 (raising needs no
+//! privilege). A foreign init that expects the bootstrap tree (`/cmd`, `/rootfs`) or mounts
+//! does not work in process mode; its children keep init's OOM score.
 //!
 //! Setup errors travel back through a close-on-exec pipe: EOF with no bytes means `/init` runs.
 //! A created enclave that is dropped before it is started (the monitor failed in between, e.g.
@@ -51,6 +76,7 @@ use crate::cgroup::{EnclaveCgroup, Layout, Limits};
 use crate::imagecache::CachedRoot;
 use crate::rootfs::Unpacker;
 use crate::sys::{self, ExitStatus, Forked};
+use cloister_confine::{caps, seccomp, CMD_FD_ENV, ENV_FD_ENV};
 use nix::mount::MsFlags;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -58,7 +84,8 @@ use std::path::{Path, PathBuf};
 
 /// First host uid (and gid) used for enclave roots.
 pub const UID_BASE: u32 = 1_000_000_000;
-/// Number of distinct enclave uids (the CID is reduced modulo this).
+/// Number of enclave uids: every live enclave holds one of `UID_BASE..UID_BASE + UID_SPAN`
+/// of its own, handed out by the allocator ([`crate::allocator::Allocation::host_id`]).
 pub const UID_SPAN: u32 = 1_000_000_000;
 /// The character devices of an enclave's `/dev`: name, major, minor (Linux's fixed numbers,
 /// the same as the host's nodes).
@@ -78,11 +105,6 @@ pub const VSOCK_NODE: &str = "vsock.sock";
 const MAX_SETUP_ERROR: u64 = 4096;
 /// Overlay options; the directories are relative to the scratch tmpfs (the child's cwd).
 const OVERLAY_OPTIONS: &str = "lowerdir=lower,upperdir=upper,workdir=work";
-
-/// The host uid/gid an enclave's root maps to.
-pub fn enclave_host_id(cid: u64) -> u32 {
-    UID_BASE + (cid % u64::from(UID_SPAN)) as u32
-}
 
 /// The process isolation backend.
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,14 +135,18 @@ struct RootSource {
 }
 
 /// Looks up (or creates) the image's unpacked root and the enclave's idmapping; `None` (the
-/// child then copies the ramdisks) when either is unavailable.
-fn root_source(spec: &LaunchSpec) -> Option<RootSource> {
+/// child then copies the ramdisks) when either is unavailable. An image that changed since the
+/// monitor opened and measured it is an error: nothing of it may boot.
+fn root_source(spec: &LaunchSpec) -> Result<Option<RootSource>, BackendError> {
     let run = crate::state::RunDir::from_env();
-    let cached = match crate::imagecache::unpacked_root(&run, &spec.eif_path) {
+    let cached = match crate::imagecache::unpacked_root(&run, &spec.image) {
         Ok(c) => c,
+        Err(e @ crate::imagecache::RootCacheError::Changed(_)) => {
+            return Err(BackendError::Image(e.to_string()));
+        }
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "no cached image root; copying the ramdisks");
-            return None;
+            return Ok(None);
         }
     };
     crate::boottrace::mark(if cached.created() {
@@ -131,11 +157,11 @@ fn root_source(spec: &LaunchSpec) -> Option<RootSource> {
     match sys::idmap_userns(spec.host_uid, spec.host_gid) {
         Ok(userns) => {
             crate::boottrace::mark("monitor: idmapping created");
-            Some(RootSource { cached, userns })
+            Ok(Some(RootSource { cached, userns }))
         }
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "no idmapping; copying the ramdisks");
-            None
+            Ok(None)
         }
     }
 }
@@ -172,7 +198,7 @@ impl Backend for ProcessBackend {
         console: OwnedFd,
     ) -> Result<Box<dyn Pending>, BackendError> {
         let cgroup = EnclaveCgroup::new(Layout::detect()?, &spec.enclave_id);
-        let source = root_source(spec);
+        let source = root_source(spec)?;
         let (go_r, go_w) = sys::pipe()?;
         let (err_r, err_w) = sys::pipe()?;
         let mut flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS;
@@ -359,6 +385,12 @@ fn child(
         None,
     )
     .map_err(s)?;
+    // Shield init from the OOM killer: lowering a score needs CAP_SYS_RESOURCE in the host's
+    // user namespace, which this child has only until it becomes the enclave's user (and
+    // only where the runtime's root has it: not in every container).
+    if let Err(e) = std::fs::write(OOM_SCORE_ADJ_PATH, INIT_OOM_SCORE_ADJ.to_string()) {
+        tracing::warn!(error = %e, "cannot shield the enclave's init from the OOM killer");
+    }
     let (uid, gid) = (spec.host_uid, spec.host_gid);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let scratch_path = &spec.root_mount;
@@ -396,14 +428,19 @@ fn child(
     }
     drop(scratch);
     let mut unpacker = Unpacker::new(sys::open_dir(&root_path).map_err(s)?, uid, gid);
-    populate_dev(&mut unpacker, &[b"dev"], spec)?;
-    mount_proc(&mut unpacker, &[b"proc"])?;
-    crate::boottrace::mark("child: /dev and /proc done");
+    // The enclave runs in the image's `rootfs/` when it has one (the bootstrap's files stay
+    // behind, see `enter_rootfs`), else in the whole tree: /dev and /proc go there only.
     let has_rootfs =
         sys::kind_at(unpacker.root(), b"rootfs").map_err(s)? == Some(sys::NodeKind::Dir);
+    let (dev_dir, proc_dir): (&[&[u8]], &[&[u8]]) = if has_rootfs {
+        (&[b"rootfs", b"dev"], &[b"rootfs", b"proc"])
+    } else {
+        (&[b"dev"], &[b"proc"])
+    };
+    populate_dev(&mut unpacker, dev_dir, spec)?;
+    mount_proc(&mut unpacker, proc_dir, dev_dir)?;
+    crate::boottrace::mark("child: /dev and /proc done");
     if has_rootfs {
-        populate_dev(&mut unpacker, &[b"rootfs", b"dev"], spec)?;
-        mount_proc(&mut unpacker, &[b"rootfs", b"proc"])?;
         let tmp = unpacker
             .ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp")
             .map_err(s)?;
@@ -421,6 +458,8 @@ fn child(
     sys::sethostname(&spec.enclave_id).map_err(s)?;
     crate::boottrace::mark("child: hostname, lo done");
 
+    // The seccomp filter, compiled while the monitor makes the cgroup.
+    let filters = seccomp::build().map_err(s)?;
     wait_for_go(go);
     if let Some(cgroup) = join {
         cgroup.join_self().map_err(s)?;
@@ -443,15 +482,7 @@ fn child(
         sys::loopback_up().map_err(s)?;
     }
     // The broker's socket was bound before the clone; the broker serves it once it starts.
-    bind_node(&mut unpacker, &[b"dev"], &spec.enclave_socket, VSOCK_NODE)?;
-    if has_rootfs {
-        bind_node(
-            &mut unpacker,
-            &[b"rootfs", b"dev"],
-            &spec.enclave_socket,
-            VSOCK_NODE,
-        )?;
-    }
+    bind_node(&mut unpacker, dev_dir, &spec.enclave_socket, VSOCK_NODE)?;
     drop(unpacker);
     crate::boottrace::mark("child: vsock socket bound");
     sys::chdir(&root_path).map_err(s)?;
@@ -459,6 +490,15 @@ fn child(
     sys::umount_detach(Path::new(".")).map_err(s)?;
     sys::chdir(Path::new("/")).map_err(s)?;
     crate::boottrace::mark("child: pivot_root done");
+    // What init needs of the bootstrap tree, opened now that symlinks resolve in the enclave's
+    // root: init itself (run by descriptor below) and the command and its environment.
+    let init = sys::open_exec(Path::new(INIT_PATH)).map_err(s)?;
+    let cmd = sys::open_regular(Path::new(CMD_PATH)).map_err(s)?;
+    let env = sys::open_regular(Path::new(ENV_PATH)).map_err(s)?;
+    if has_rootfs {
+        enter_rootfs()?;
+        crate::boottrace::mark("child: entered /rootfs");
+    }
 
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     sys::dup_onto(null.as_fd(), 0).map_err(s)?;
@@ -475,7 +515,10 @@ fn child(
     write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
     write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
 
-    sys::set_no_new_privs().map_err(s)?;
+    // No capability left in any set (the bounding set included, so that exec cannot give
+    // root in the enclave's user namespace any either), and no_new_privs.
+    caps::drop_all().map_err(s)?;
+    caps::set_no_new_privs().map_err(s)?;
     sys::reset_signals().map_err(s)?;
     sys::set_parent_death_kill().map_err(s)?;
     // The monitor keeps its end of `go` open until we exec: a hang-up means it died before the
@@ -484,13 +527,18 @@ fn child(
         sys::exit_now(1);
     }
     sys::cloexec_from(3).map_err(s)?;
+    let mut init_env = vec!["CLOISTER_ISOLATION=process".to_owned()];
+    for (var, fd) in [(CMD_FD_ENV, &cmd), (ENV_FD_ENV, &env)] {
+        if let Some(fd) = fd {
+            sys::clear_cloexec(fd.as_fd()).map_err(s)?;
+            init_env.push(format!("{var}={}", std::os::fd::AsRawFd::as_raw_fd(fd)));
+        }
+    }
+    let init_env: Vec<&str> = init_env.iter().map(String::as_str).collect();
     crate::boottrace::mark("child: exec /init");
-    Err(sys::exec(
-        Path::new("/init"),
-        &["/init"],
-        &["CLOISTER_ISOLATION=process"],
-    )
-    .to_string())
+    // Last: the filter. From here on every process of the enclave runs under it.
+    seccomp::install(&filters).map_err(s)?;
+    Err(sys::exec_fd(init.as_fd(), &[INIT_PATH], &init_env).to_string())
 }
 
 fn s(e: impl std::error::Error) -> String {
@@ -545,14 +593,15 @@ fn mount_overlay(
     .map_err(s)
 }
 
-/// Unpacks every ramdisk of the image, in order.
+/// Unpacks every ramdisk of the image, in order, from the monitor's open image (the measured
+/// file), and fails if that file was written to meanwhile.
 fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
-    let mut eif = cloister_eif::EifReader::open(&spec.eif_path).map_err(s)?;
+    let mut eif = spec.image.reader().map_err(s)?;
     for (n, index) in eif.ramdisks().into_iter().enumerate() {
         let reader = eif.section_reader(index).map_err(s)?;
         unpacker.unpack(n, reader).map_err(s)?;
     }
-    Ok(())
+    spec.image.check_unchanged().map_err(s)
 }
 
 /// Mounts a small tmpfs on `<dir>` (owned by the enclave's root, `nosuid,noexec`) and makes
@@ -613,27 +662,137 @@ fn bind_at(dev: &OwnedFd, source: &Path, name: &str) -> Result<(), String> {
     .map_err(s)
 }
 
-/// Mounts a fresh proc (of the new PID namespace) on `dir`.
-fn mount_proc(unpacker: &mut Unpacker, dir: &[&[u8]]) -> Result<(), String> {
+/// The image's init, in the bootstrap tree.
+const INIT_PATH: &str = "/init";
+/// The image's command, in the bootstrap tree.
+const CMD_PATH: &str = "/cmd";
+/// The image's environment, in the bootstrap tree.
+const ENV_PATH: &str = "/env";
+/// The application's root in the bootstrap tree.
+const ROOTFS_PATH: &str = "/rootfs";
+
+/// The OOM score adjustment of an enclave's init. One above the lowest: -1000 would make init
+/// unkillable even when it alone holds the enclave's memory, which leaves the memory cgroup
+/// without a victim; -999 lets the enclave's OOM killer take every other process of the
+/// enclave first. Cloister's init gives its command the default 0 back; the processes of a
+/// foreign init inherit -999 (and any process may come back down to it, never below).
+pub const INIT_OOM_SCORE_ADJ: i32 = -999;
+
+/// Where a process sets its own OOM score adjustment.
+const OOM_SCORE_ADJ_PATH: &str = "/proc/self/oom_score_adj";
+
+/// `/proc` entries that show the host's kernel (its memory, keyrings, timers, symbols,
+/// hardware), masked where the kernel has them: `/dev/null` bound over files, an empty
+/// read-only tmpfs over directories.
+pub const PROC_MASKED: [&str; 11] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "config.gz",
+    "iomem",
+    "kallsyms",
+    "latency_stats",
+    "timer_stats",
+    "scsi",
+    "acpi",
+];
+/// `/proc` entries through which a writer could reconfigure the host's kernel, made read-only
+/// mounts (the enclave's root could not write most of them anyway: they belong to the host's
+/// root).
+pub const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Mounts a fresh proc (of the new PID namespace) on `dir` and masks it ([`PROC_MASKED`],
+/// [`PROC_READ_ONLY`]) with the `null` node of `dev_dir` ([`populate_dev`] made it). The mounts
+/// belong to the host's user namespace, so nothing in the enclave can remove them.
+fn mount_proc(unpacker: &mut Unpacker, dir: &[&[u8]], dev_dir: &[&[u8]]) -> Result<(), String> {
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let d = unpacker.ensure_dir(dir, "proc").map_err(s)?;
     sys::mount(
         Some(Path::new("proc")),
         &sys::fd_path(d.as_fd()),
         Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        hidden,
         None,
     )
-    .map_err(s)
+    .map_err(s)?;
+    // Opened again: the proc just mounted, not the directory beneath it.
+    let proc = unpacker.ensure_dir(dir, "proc").map_err(s)?;
+    let dev = unpacker.ensure_dir(dev_dir, "dev").map_err(s)?;
+    let null = sys::open_path_nofollow(dev.as_fd(), b"null").map_err(s)?;
+    for name in PROC_MASKED {
+        let Some(kind) = sys::kind_at(proc.as_fd(), name.as_bytes()).map_err(s)? else {
+            continue;
+        };
+        let target = sys::open_path_nofollow(proc.as_fd(), name.as_bytes()).map_err(s)?;
+        if kind == sys::NodeKind::Dir {
+            sys::mount(
+                Some(Path::new("tmpfs")),
+                &sys::fd_path(target.as_fd()),
+                Some("tmpfs"),
+                hidden | MsFlags::MS_RDONLY,
+                Some("size=4k,mode=0555"),
+            )
+        } else {
+            sys::mount(
+                Some(&sys::fd_path(null.as_fd())),
+                &sys::fd_path(target.as_fd()),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+        }
+        .map_err(s)?;
+    }
+    for name in PROC_READ_ONLY {
+        if sys::kind_at(proc.as_fd(), name.as_bytes())
+            .map_err(s)?
+            .is_none()
+        {
+            continue;
+        }
+        let target = sys::open_path_nofollow(proc.as_fd(), name.as_bytes()).map_err(s)?;
+        let path = sys::fd_path(target.as_fd());
+        sys::mount(
+            Some(&path),
+            &path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(s)?;
+        // The remount must reach the bind mount, not the proc beneath: open the name again.
+        let bound = sys::open_path_nofollow(proc.as_fd(), name.as_bytes()).map_err(s)?;
+        sys::mount(
+            None,
+            &sys::fd_path(bound.as_fd()),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hidden,
+            None,
+        )
+        .map_err(s)?;
+    }
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ids_are_unprivileged_and_per_cid() {
-        assert_eq!(enclave_host_id(4), UID_BASE + 4);
-        assert_ne!(enclave_host_id(4), enclave_host_id(5));
-        assert!(enclave_host_id(u64::from(u32::MAX) - 1) < u32::MAX - 1);
-    }
+/// Makes `/rootfs` (with its /dev, /proc and /tmp mounts) the root, the way the first
+/// `pivot_root` made the enclave's tree the root: the bootstrap tree (init, `/cmd`, `/env`)
+/// is no longer reachable from the enclave, only through the descriptors opened before.
+/// `/rootfs` is a real directory of the enclave's tree (checked before, and nothing of the
+/// enclave runs yet), and paths now resolve inside that tree.
+fn enter_rootfs() -> Result<(), String> {
+    let rootfs = Path::new(ROOTFS_PATH);
+    // pivot_root needs a mount point.
+    sys::mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(s)?;
+    sys::chdir(rootfs).map_err(s)?;
+    sys::pivot_root(Path::new("."), Path::new(".")).map_err(s)?;
+    sys::umount_detach(Path::new(".")).map_err(s)?;
+    sys::chdir(Path::new("/")).map_err(s)
 }

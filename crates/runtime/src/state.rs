@@ -10,10 +10,16 @@
 //!   leftover cgroup), so no stale enclave is ever reported;
 //! - `enclaves/<id>/console.log`: the enclave console (the monitor's pid is in the record);
 //! - `vsock/`: the host side of the vsock fabric.
+//!
+//! The run directory holds what the runtime trusts (records, locks, cached image roots and
+//! measurements, the fabric), so it must be owned by root (or the user running cloister) and
+//! writable by nobody else; [`RunDir::prepare`] creates it or refuses one that is not
+//! ([`check_trusted_dir`], also used for the attestation PKI's directory).
 
 use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Default run directory.
@@ -39,6 +45,71 @@ pub enum StateError {
     /// Locking failed.
     #[error("cannot lock {0}")]
     Lock(PathBuf, #[source] sys::SysError),
+}
+
+/// A directory the runtime trusts (the run directory, the PKI directory) is unsafe to use.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeDirError {
+    /// It cannot be examined or created.
+    #[error("cannot examine {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// It is not a directory.
+    #[error("{0} is not a directory")]
+    NotDir(PathBuf),
+    /// Someone else owns it.
+    #[error(
+        "{path} is owned by uid {owner}, not by root or the user running cloister (uid {euid});          refusing to use it: give it to root (`chown root {path}`) or use another directory"
+    )]
+    Owner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// Its group or other users may write to it.
+    #[error(
+        "{path} is writable by {who} (mode {mode:04o}); refusing to use it:          run `chmod go-w {path}` or use another directory"
+    )]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// `its group`, `other users`, or both.
+        who: &'static str,
+    },
+}
+
+/// Checks that `path` is a directory owned by root or the effective user and not writable by
+/// its group or by other users (anyone who could write to it could replace what the runtime
+/// keeps there).
+pub fn check_trusted_dir(path: &Path) -> Result<(), UnsafeDirError> {
+    let m = std::fs::metadata(path).map_err(|e| UnsafeDirError::Io(path.into(), e))?;
+    if !m.is_dir() {
+        return Err(UnsafeDirError::NotDir(path.into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if m.uid() != 0 && m.uid() != euid {
+        return Err(UnsafeDirError::Owner {
+            path: path.into(),
+            owner: m.uid(),
+            euid,
+        });
+    }
+    let mode = m.mode() & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "its group",
+        (false, true) => "other users",
+        (true, true) => "its group and other users",
+    };
+    Err(UnsafeDirError::Writable {
+        path: path.into(),
+        mode,
+        who,
+    })
 }
 
 /// Lifecycle state of an enclave, as nitro-cli reports it.
@@ -104,6 +175,9 @@ pub struct EnclaveRecord {
     pub accelerator: Option<String>,
     /// Lifecycle state.
     pub state: EnclaveState,
+    /// The host uid (and gid) the enclave runs as, its own among the live enclaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_uid: Option<u32>,
     /// Image measurements.
     pub measurements: Measurements,
     /// Image metadata.
@@ -141,6 +215,29 @@ impl RunDir {
     /// Its root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Creates the run directory if it does not exist, then checks that it is safe to use
+    /// ([`check_trusted_dir`]). The directories it creates (the run directory and any missing
+    /// parent) get mode 0755 whatever the umask: searchable by others, as a VM enclave's QEMU
+    /// (running as the enclave's own uid) must pass through them.
+    pub fn prepare(&self) -> Result<(), UnsafeDirError> {
+        let missing: Vec<&Path> = self
+            .root
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+                Ok(()) => {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                        .map_err(|e| UnsafeDirError::Io(dir.into(), e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(UnsafeDirError::Io(dir.into(), e)),
+            }
+        }
+        check_trusted_dir(&self.root)
     }
 
     /// `<run>/enclaves`.
@@ -303,6 +400,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_private_run_directories_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("a/run"));
+        run.prepare().unwrap();
+        // Made searchable whatever the umask (this process's may be anything).
+        for d in [run.root(), &dir.path().join("a")] {
+            assert_eq!(std::fs::metadata(d).unwrap().mode() & 0o777, 0o755);
+        }
+        let chmod = |m: u32| {
+            std::fs::set_permissions(run.root(), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod(0o700);
+        run.prepare().unwrap();
+        chmod(0o1777);
+        match run.prepare() {
+            Err(e @ UnsafeDirError::Writable { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("writable by its group and other users"),
+                    "{msg}"
+                );
+                assert!(msg.contains("chmod go-w"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        chmod(0o775);
+        assert!(matches!(
+            run.prepare(),
+            Err(UnsafeDirError::Writable {
+                who: "its group",
+                ..
+            })
+        ));
+        chmod(0o755);
+        // Owned by someone else (only root can give it away).
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(run.root(), Some(12345), None).unwrap();
+            assert!(matches!(
+                run.prepare(),
+                Err(UnsafeDirError::Owner { owner: 12345, .. })
+            ));
+        }
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            check_trusted_dir(&file),
+            Err(UnsafeDirError::NotDir(_))
+        ));
+    }
+
+    #[test]
     fn dead_entries_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
@@ -321,6 +469,7 @@ mod tests {
             isolation: "process".into(),
             accelerator: None,
             state: EnclaveState::Running,
+            host_uid: None,
             measurements: Measurements {
                 pcr0: "00".into(),
                 pcr1: "00".into(),

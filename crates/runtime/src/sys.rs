@@ -1309,10 +1309,111 @@ pub fn set_idle_scheduling(tid: i32, idle: bool) -> SysResult<()> {
     Ok(())
 }
 
+/// Opens `path` as an `O_PATH|O_CLOEXEC` handle to run later with [`exec_fd`]. Symlinks are
+/// followed: call it only once the process's root is the enclave's.
+pub fn open_exec(path: &Path) -> SysResult<OwnedFd> {
+    let c = cpath("open", path)?;
+    // SAFETY: `c` is a valid NUL-terminated string; open returns a new descriptor or -1.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    let fd = check("open", path.as_os_str().as_bytes(), fd)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `path` read-only and close-on-exec if it is a regular file; `None` when nothing is
+/// there or something else is (opened `O_NONBLOCK`, so a FIFO cannot block the caller; a
+/// regular file ignores the flag). Symlinks are followed, as for [`open_exec`].
+pub fn open_regular(path: &Path) -> SysResult<Option<OwnedFd>> {
+    let c = cpath("open", path)?;
+    // SAFETY: `c` is a valid NUL-terminated string; open returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return match Errno::last() {
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ENXIO => Ok(None),
+            e => Err(SysError::new("open", path.display().to_string(), e)),
+        };
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map_err(|e| SysError::new("fstat", path.display().to_string(), e))?;
+    Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(fd))
+}
+
+/// Clears `FD_CLOEXEC` on `fd`, so that it is inherited across exec.
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: fcntl(F_SETFD) takes a valid (borrowed) descriptor and an integer.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+    if ret < 0 {
+        Err(SysError::last(
+            "fcntl",
+            format!("F_SETFD 0 on {}", fd.as_raw_fd()),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `execveat(fd, "", argv, env, AT_EMPTY_PATH)`: runs the file `fd` refers to (opened before,
+/// e.g. with [`open_exec`], possibly from a root the process has left since). Returns only on
+/// failure.
+pub fn exec_fd(fd: BorrowedFd<'_>, argv: &[&str], env: &[&str]) -> SysError {
+    let to_c =
+        |v: &[&str]| -> Option<Vec<CString>> { v.iter().map(|s| CString::new(*s).ok()).collect() };
+    let (Some(a), Some(e)) = (to_c(argv), to_c(env)) else {
+        return SysError::new("execveat", format!("fd {}", fd.as_raw_fd()), Errno::EINVAL);
+    };
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv_p, env_p) = (ptrs(&a), ptrs(&e));
+    // SAFETY: `fd` is a valid descriptor for the call; the path is an empty NUL-terminated
+    // string; `argv_p` and `env_p` are NULL-terminated arrays of pointers into `a` and `e`,
+    // which outlive the call. execveat returns only on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            argv_p.as_ptr(),
+            env_p.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    SysError::last("execveat", format!("fd {}", fd.as_raw_fd()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn open_regular_takes_only_regular_files_and_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cmd");
+        std::fs::write(&file, b"/app\n").unwrap();
+        let fd = open_regular(&file).unwrap().expect("a regular file opens");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text).unwrap();
+        assert_eq!(text, "/app\n");
+        assert!(open_regular(&dir.path().join("missing")).unwrap().is_none());
+        assert!(open_regular(dir.path()).unwrap().is_none(), "a directory");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(
+            open_regular(&fifo).unwrap().is_none(),
+            "a FIFO, without blocking"
+        );
+    }
 
     #[test]
     fn replace_file_creates_then_swaps_and_leaves_no_temp_file() {

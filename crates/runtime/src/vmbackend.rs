@@ -1,23 +1,30 @@
 //! The `vm` isolation backend: an enclave is a QEMU microVM ([`cloister_vm`]).
 //!
-//! The monitor calls [`check_host`] first (QEMU present), then [`start`], which:
+//! The monitor calls [`prepare_paths`] first (QEMU, running as the enclave's uid, must be able
+//! to reach the enclave's files: a run directory closed to other users fails here, at once,
+//! with a message saying how to fix it), then [`check_host`] (QEMU present), [`check_kernel`]
+//! and [`start`], which:
 //! 1. checks that the image's kernel section is a bootable bzImage (the setup header's `HdrS`
 //!    magic at [`BZIMAGE_MAGIC_OFFSET`]); an image built without a kernel fails here with an
 //!    image-class error;
 //! 2. writes the kernel and the concatenation of every ramdisk (in order, each padded to
 //!    4 bytes, as the kernel's initramfs unpacker takes them) into the enclave's directory,
-//!    mode 0400 and owned by the enclave's host uid, the only user QEMU runs as;
+//!    mode 0400 and owned by the enclave's host uid, the only user QEMU runs as; they are copied
+//!    from the monitor's open image (the file it measured, [`OpenImage`]), never from its path,
+//!    and refused if that file changed meanwhile;
 //! 3. creates the enclave's cgroup (cpuset = its CPUs, memory = its memory plus
 //!    [`QEMU_OVERHEAD_MIB`], pids = [`QEMU_PIDS_MAX`]) that QEMU joins before it runs;
 //! 4. starts the VM: one vCPU per allocated CPU, each pinned; the enclave's memory; its cid;
 //!    its NSM (served at cid 0 port 1 by the vsock device); the debug console into the
-//!    enclave's console file. The vsock device joins the host fabric itself (no broker).
+//!    enclave's console file. The vsock device joins the host fabric itself (no broker), by the
+//!    broker's rules: it dials parent listeners as the enclave's host uid/gid, never as root.
 //!
 //! [`VmRunning`] is the [`Running`] handle: exit status, kill, cgroup cleanup, and the VM's
 //! own account of how it ended (a guest kernel panic is reported as such).
 
 use crate::backend::{BackendError, Running};
 use crate::cgroup::{EnclaveCgroup, Layout, Limits};
+use crate::imagecache::{ImageCursor, OpenImage};
 use crate::sys::ExitStatus;
 use cloister_vm::{Accel, VmConfig, VmEnclave, VmExit};
 use std::io::{Read, Write};
@@ -47,8 +54,9 @@ pub const INITRD_FILE: &str = "vm-initrd";
 pub struct VmLaunch {
     /// The enclave id (its cgroup's name).
     pub enclave_id: String,
-    /// The image.
-    pub eif_path: PathBuf,
+    /// The image, opened once by the monitor and measured from that open file: the boot files
+    /// are copied from it, never from its path.
+    pub image: OpenImage,
     /// The enclave's directory (kernel and initrd are written there).
     pub enclave_dir: PathBuf,
     /// The run directory (`<run>/vsock` is the fabric).
@@ -63,7 +71,8 @@ pub struct VmLaunch {
     pub debug: bool,
     /// The enclave's console file.
     pub console: PathBuf,
-    /// Host uid/gid QEMU runs as.
+    /// The enclave's host uid/gid: QEMU runs as it, and the enclave's connections to parent
+    /// listeners carry it.
     pub host_id: (u32, u32),
     /// The enclave's NSM.
     pub nsm: Arc<dyn cloister_vsock::NsmService>,
@@ -116,6 +125,48 @@ fn find_program(program: &Path) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
+/// Directories of the run directory that QEMU passes through: `enclaves/` (to the enclave's
+/// kernel and initrd) and `vm/` (to its vhost-user and QMP sockets).
+const QEMU_REACHED_DIRS: [&str; 2] = ["enclaves", "vm"];
+
+/// Makes sure QEMU, which runs as the enclave's own uid, can reach the enclave's directory and
+/// its socket directory: every directory from `/` down to the run directory must be
+/// searchable by other users (they are not the runtime's to change, so one that is not fails
+/// at once with [`BackendError::VmPathClosed`], e.g. a run directory made by `mktemp -d`,
+/// mode 0700); the directories the runtime makes below it (`enclaves/`, `vm/` and the
+/// enclave's directory) are made searchable (never listable or writable) by others.
+pub fn prepare_paths(run_dir: &Path, enclave_dir: &Path) -> Result<(), BackendError> {
+    let setup = |what: &str, p: &Path, e| io_setup(what, p, e);
+    let run = std::fs::canonicalize(run_dir).map_err(|e| setup("cannot examine", run_dir, e))?;
+    for dir in run.ancestors() {
+        let m = std::fs::metadata(dir).map_err(|e| setup("cannot examine", dir, e))?;
+        if m.permissions().mode() & 0o001 == 0 {
+            return Err(BackendError::VmPathClosed {
+                dir: dir.to_owned(),
+                mode: m.permissions().mode() & 0o7777,
+                run: run_dir.to_owned(),
+            });
+        }
+    }
+    for sub in QEMU_REACHED_DIRS {
+        let dir = run_dir.join(sub);
+        std::fs::create_dir_all(&dir).map_err(|e| setup("cannot create", &dir, e))?;
+        make_searchable(&dir)?;
+    }
+    make_searchable(enclave_dir)
+}
+
+/// Adds search permission for other users to `dir` (a directory the runtime made).
+fn make_searchable(dir: &Path) -> Result<(), BackendError> {
+    let m = std::fs::metadata(dir).map_err(|e| io_setup("cannot examine", dir, e))?;
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+            .map_err(|e| io_setup("cannot change the mode of", dir, e))?;
+    }
+    Ok(())
+}
+
 /// True when `head` (the first bytes of a kernel) carries the bzImage setup header magic.
 pub fn is_bzimage(head: &[u8]) -> bool {
     head.get(BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + BZIMAGE_MAGIC.len())
@@ -163,12 +214,12 @@ pub struct BootFiles {
 
 /// Fails with [`BackendError::Image`] unless the image's kernel is a bootable bzImage (the
 /// monitor checks this before it allocates anything).
-pub fn check_kernel(eif_path: &Path) -> Result<(), BackendError> {
-    let mut eif = cloister_eif::EifReader::open(eif_path).map_err(image_err)?;
+pub fn check_kernel(image: &OpenImage) -> Result<(), BackendError> {
+    let mut eif = image.reader().map_err(image_err)?;
     check_kernel_of(&mut eif)
 }
 
-fn check_kernel_of(eif: &mut cloister_eif::EifReader<std::fs::File>) -> Result<(), BackendError> {
+fn check_kernel_of(eif: &mut cloister_eif::EifReader<ImageCursor>) -> Result<(), BackendError> {
     let kernel_index = eif.kernel();
     let mut head = [0u8; BZIMAGE_MAGIC_OFFSET + 4];
     let mut got = 0;
@@ -195,13 +246,13 @@ fn check_kernel_of(eif: &mut cloister_eif::EifReader<std::fs::File>) -> Result<(
 }
 
 /// Checks the image's kernel and writes the kernel and the initrd into `dir`, readable only by
-/// `owner`.
+/// `owner`, from the open (measured) image; fails if that file was written to meanwhile.
 pub fn write_boot_files(
-    eif_path: &Path,
+    image: &OpenImage,
     dir: &Path,
     owner: (u32, u32),
 ) -> Result<BootFiles, BackendError> {
-    let mut eif = cloister_eif::EifReader::open(eif_path).map_err(image_err)?;
+    let mut eif = image.reader().map_err(image_err)?;
     let cmdline = eif.cmdline().map_err(image_err)?;
     check_kernel_of(&mut eif)?;
     let kernel_index = eif.kernel();
@@ -224,6 +275,11 @@ pub fn write_boot_files(
         }
         Ok(())
     })?;
+    if let Err(e) = image.check_unchanged() {
+        let _ = std::fs::remove_file(&kernel);
+        let _ = std::fs::remove_file(&initrd);
+        return Err(image_err(e));
+    }
     Ok(BootFiles {
         kernel,
         initrd,
@@ -234,7 +290,7 @@ pub fn write_boot_files(
 /// Starts a VM enclave (returns once its vCPUs run; the heartbeat comes later).
 pub fn start(launch: VmLaunch) -> Result<VmRunning, BackendError> {
     let owner = launch.host_id;
-    let files = write_boot_files(&launch.eif_path, &launch.enclave_dir, owner)?;
+    let files = write_boot_files(&launch.image, &launch.enclave_dir, owner)?;
     let cgroup = EnclaveCgroup::new(Layout::detect()?, &launch.enclave_id);
     cgroup.create(&Limits {
         cpus: launch.cpus.clone(),
@@ -259,6 +315,12 @@ pub fn start(launch: VmLaunch) -> Result<VmRunning, BackendError> {
     cfg.on_heartbeat = Some(launch.on_heartbeat);
     cfg.boot_timeout = launch.boot_timeout + WATCHDOG_GRACE;
     cfg.run_as = Some(owner);
+    // The enclave's connections to parent listeners carry its host identity, never root's
+    // (as the process backend's broker does).
+    cfg.enclave_identity = Some(cloister_vm::HostIdentity {
+        uid: owner.0,
+        gid: owner.1,
+    });
     cfg.cgroup_procs = cgroup
         .dirs()
         .iter()
@@ -386,8 +448,9 @@ mod tests {
     fn an_image_without_a_kernel_is_an_image_error() {
         let dir = tempfile::tempdir().unwrap();
         let eif = eif_with_kernel(dir.path(), b"not a kernel".to_vec());
-        assert!(matches!(check_kernel(&eif), Err(BackendError::Image(_))));
-        match write_boot_files(&eif, dir.path(), (0, 0)) {
+        let image = OpenImage::open(&eif).unwrap();
+        assert!(matches!(check_kernel(&image), Err(BackendError::Image(_))));
+        match write_boot_files(&image, dir.path(), (0, 0)) {
             Err(BackendError::Image(m)) => {
                 assert!(m.contains("cloister blobs prepare"), "{m}");
                 assert!(m.contains("build-enclave --blobs"), "{m}");
@@ -404,7 +467,8 @@ mod tests {
         k[0x202..0x206].copy_from_slice(b"HdrS");
         let eif = eif_with_kernel(dir.path(), k.clone());
         let owner = (1_000_000_123, 1_000_000_123);
-        let files = write_boot_files(&eif, dir.path(), owner).unwrap();
+        let image = OpenImage::open(&eif).unwrap();
+        let files = write_boot_files(&image, dir.path(), owner).unwrap();
         assert_eq!(files.cmdline, "console=ttyS0 extra=1");
         assert_eq!(std::fs::read(&files.kernel).unwrap(), k);
         assert_eq!(
@@ -423,7 +487,94 @@ mod tests {
             );
         }
         // Written again (a retry in the same directory) replaces them.
-        write_boot_files(&eif, dir.path(), owner).unwrap();
+        write_boot_files(&image, dir.path(), owner).unwrap();
+    }
+
+    /// Another image renamed over the path after the monitor opened (and measured) the first:
+    /// the boot files are the first one's. Rewritten in place instead: refused.
+    #[test]
+    fn boot_files_come_from_the_open_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = vec![0u8; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        let eif = eif_with_kernel(dir.path(), k.clone());
+        let image = OpenImage::open(&eif).unwrap();
+        let measured = image.reader().unwrap().measure().unwrap();
+        let other_dir = dir.path().join("other");
+        std::fs::create_dir(&other_dir).unwrap();
+        let mut k2 = k.clone();
+        k2[0x300] = 0xee;
+        let other = eif_with_kernel(&other_dir, k2.clone());
+        std::fs::rename(&other, &eif).unwrap();
+        // Read from the open file: the measured image, never the one now at the path ...
+        check_kernel(&image).unwrap();
+        assert_eq!(image.reader().unwrap().measure().unwrap(), measured);
+        // ... and since the file that was opened changed status (it was replaced), its boot
+        // files are refused rather than booted.
+        assert!(matches!(
+            write_boot_files(&image, dir.path(), (0, 0)),
+            Err(BackendError::Image(m)) if m.contains("modified or replaced")
+        ));
+        assert!(!dir.path().join(KERNEL_FILE).exists());
+        // Opened after the replacement: the new image.
+        let now = OpenImage::open(&eif).unwrap();
+        let files = write_boot_files(&now, dir.path(), (0, 0)).unwrap();
+        assert_eq!(std::fs::read(&files.kernel).unwrap(), k2);
+
+        // In place: the open file itself changes.
+        let image = OpenImage::open(&eif).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let bytes = std::fs::read(&eif).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&eif).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes).unwrap();
+        drop(f);
+        assert!(matches!(
+            write_boot_files(&image, dir.path(), (0, 0)),
+            Err(BackendError::Image(_))
+        ));
+        assert!(!dir.path().join(KERNEL_FILE).exists());
+    }
+
+    #[test]
+    fn a_run_directory_closed_to_qemu_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // Like `mktemp -d`: mode 0700.
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        chmod(dir.path(), 0o755);
+        chmod(&run, 0o700);
+        let enclave = run.join("enclaves").join("e");
+        std::fs::create_dir_all(&enclave).unwrap();
+        match prepare_paths(&run, &enclave) {
+            Err(e @ BackendError::VmPathClosed { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("{} (mode 0700)", run.display())),
+                    "{msg}"
+                );
+                assert!(msg.contains("chmod o+x"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An ancestor closed to others is named too.
+        chmod(&run, 0o711);
+        chmod(dir.path(), 0o700);
+        assert!(matches!(
+            prepare_paths(&run, &enclave),
+            Err(BackendError::VmPathClosed { dir: d, .. }) if d == dir.path().canonicalize().unwrap()
+        ));
+        // Searchable all the way: what the runtime made is made searchable, nothing more.
+        chmod(dir.path(), 0o711);
+        chmod(&run.join("enclaves"), 0o700);
+        chmod(&enclave, 0o700);
+        prepare_paths(&run, &enclave).unwrap();
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&run.join("enclaves")), 0o701);
+        assert_eq!(mode(&enclave), 0o701);
+        assert_eq!(mode(&run.join("vm")) & 0o001, 0o001);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use cloister_vsock::{VsockAddr, VsockListener, VsockStream, PARENT_CID};
 use std::io::{BufRead, BufReader, Read, Write};
 
+mod hostile;
+
 fn main() {
     // Started as an enclave's `/init` (PID 1 of the bootstrap ramdisk), where there is no
     // /cmd: the subcommand and its arguments come from `/testapp.mode` when the image has one
@@ -46,6 +48,7 @@ fn main() {
             send_report(num(2), &report)
         }
         "sleep" => sleep_forever(),
+        "hostile-init" => hostile::run(num(1)),
         "signal-unix" => match std::os::unix::net::UnixStream::connect(arg(1)) {
             Ok(mut s) => i32::from(s.write_all(b"R").is_err()),
             Err(e) => {
@@ -415,6 +418,10 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
         format!("{} processes visible", pids.len()),
     );
 
+    // /proc: the kernel's secrets masked, its knobs read-only, init shielded from the OOM
+    // killer while its children are not.
+    line_proc(&mut line);
+
     // Another enclave over vsock.
     let r = VsockStream::connect(VsockAddr::new(other_cid, 5000));
     line(
@@ -431,6 +438,81 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
     // Memory beyond the cap kills only the hog.
     line_memory(&mut line, memory_mib);
     out
+}
+
+/// `/proc` files that must read as empty (masked by `/dev/null` or an empty tmpfs) where the
+/// kernel has them.
+const PROC_MASKED: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "config.gz",
+    "iomem",
+    "kallsyms",
+    "latency_stats",
+    "timer_stats",
+    "scsi",
+    "acpi",
+];
+/// `/proc` paths that must be read-only mounts.
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+fn line_proc(line: &mut dyn FnMut(bool, &str, String)) {
+    let mut leaks = Vec::new();
+    for name in PROC_MASKED {
+        let path = std::path::Path::new("/proc").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // this kernel has no such file
+        };
+        let empty = if meta.is_dir() {
+            std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none())
+        } else {
+            let mut buf = [0u8; 64];
+            std::fs::File::open(&path).is_ok_and(|mut f| f.read(&mut buf).is_ok_and(|n| n == 0))
+        };
+        if !empty {
+            leaks.push(*name);
+        }
+    }
+    line(
+        leaks.is_empty(),
+        "proc_masked",
+        format!("not masked: {leaks:?}"),
+    );
+    // Mount points under /proc and their options (mountinfo fields 5 and 6).
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let read_only = |target: &str| {
+        info.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 5 && f[4] == target && f[5].split(',').any(|o| o == "ro")
+        })
+    };
+    let writable: Vec<&str> = PROC_READ_ONLY
+        .iter()
+        .copied()
+        .filter(|n| std::path::Path::new("/proc").join(n).exists())
+        .filter(|n| !read_only(&format!("/proc/{n}")))
+        .collect();
+    line(
+        writable.is_empty(),
+        "proc_readonly",
+        format!("writable: {writable:?}"),
+    );
+    let adj = |who: &str| {
+        std::fs::read_to_string(format!("/proc/{who}/oom_score_adj"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    // The host checks init's exact value where its root may lower scores (it may not in
+    // every container); here: init is never more likely a victim than its command.
+    let (init, me) = (adj("1"), adj("self"));
+    let init_n: i32 = init.parse().unwrap_or(i32::MAX);
+    line(
+        me == "0" && init_n <= 0,
+        "oom_score_adj",
+        format!("init={init} command={me}"),
+    );
 }
 
 fn tcp_connect(ip: [u8; 4], port: u16) -> (i32, i32) {

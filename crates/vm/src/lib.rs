@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 pub use accel::Accel;
 use cloister_vsock::broker::NsmService;
+pub use cloister_vsock::HostIdentity;
 pub use device::{DeviceError, VsockDevice};
 pub use muxer::{Heartbeat, Limits, Muxer, MuxerConfig, MuxerError};
 use qemu::{ConsoleTail, QemuArgs, QemuError};
@@ -85,6 +86,11 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Run QEMU as this (uid, gid). The kernel and initrd must be readable by it.
     pub run_as: Option<(u32, u32)>,
+    /// The enclave's host identity: the vsock device connects to parent listeners with it
+    /// (never as root) and gives `<run>/vsock/<cid>.sock` its gid as group, so listeners
+    /// believe the enclave's `CONNECT-FROM` preambles ([`MuxerConfig::enclave_identity`]).
+    /// Normally the identity QEMU runs as ([`VmConfig::run_as`]).
+    pub enclave_identity: Option<HostIdentity>,
     /// `cgroup.procs` files QEMU writes itself into before it drops its privileges (one per
     /// cgroup hierarchy of the enclave's cgroup). Empty: QEMU stays in the monitor's cgroup.
     pub cgroup_procs: Vec<PathBuf>,
@@ -95,7 +101,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// A configuration with defaults: 256 MiB, one unpinned vCPU, no debug, QEMU as root.
+    /// A configuration with defaults: 256 MiB, one unpinned vCPU, no debug, QEMU as root, no
+    /// enclave identity.
     pub fn new(
         kernel: impl Into<PathBuf>,
         initrd: impl Into<PathBuf>,
@@ -118,6 +125,7 @@ impl VmConfig {
             on_heartbeat: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             run_as: None,
+            enclave_identity: None,
             cgroup_procs: Vec::new(),
             accel: None,
             limits: Limits::default(),
@@ -136,6 +144,8 @@ impl std::fmt::Debug for VmConfig {
             .field("cid", &self.cid)
             .field("run_dir", &self.run_dir)
             .field("debug", &self.debug)
+            .field("run_as", &self.run_as)
+            .field("enclave_identity", &self.enclave_identity)
             .finish_non_exhaustive()
     }
 }
@@ -375,6 +385,7 @@ impl VmEnclave {
             heartbeat: heartbeat.clone(),
             limits: cfg.limits.clone(),
             bind_host_socket: true,
+            enclave_identity: cfg.enclave_identity,
         })?;
         let vhost_socket = dir.join("vsock.sock");
         let qmp_socket = dir.join("qmp.sock");

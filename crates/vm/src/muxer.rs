@@ -12,14 +12,24 @@
 //! Routing is the broker's (`cloister_vsock::broker`), so a VM enclave and a process enclave look
 //! the same to parent processes:
 //! - guest `REQUEST` to `(3, P)`: connect `<fabric>/3_P.sock`, write
-//!   `CONNECT-FROM <cid> <guest_port>\n`, answer `RESPONSE` (or `RST` when nothing listens); the
-//!   first request to `(3, 9000)` is the boot heartbeat, answered here (0xB7 echoed);
+//!   `CONNECT-FROM <cid> <guest_port>\n`, answer `RESPONSE` (or `RST` when nothing listens or
+//!   the entry is refused, see below); the first request to `(3, 9000)` is the boot heartbeat,
+//!   answered here (0xB7 echoed);
 //! - guest `REQUEST` to `(0, 1)`: the NSM channel (u32 big-endian length-prefixed CBOR frames),
 //!   served by the [`NsmService`]; other cid-0 ports and other cids: `RST`;
 //! - a parent connects `<fabric>/<cid>.sock` and writes `CONNECT <port>\n`: the muxer sends the
 //!   guest a `REQUEST` from `(3, <host_port>)`; on `RESPONSE` it writes `OK <host_port>\n` and
 //!   the connection is the stream; on `RST` or after [`Limits::handshake_timeout`] it closes the
 //!   connection with no answer.
+//!
+//! The fabric directory is shared by every host user and the device runs as root, so it follows
+//! the broker's filesystem rules (`cloister_vsock::hostfs`): it dials `3_P.sock` through
+//! [`FabricDir::connect`] (no symlink, a singly linked socket served by root or its owner) with
+//! the enclave's unprivileged [`HostIdentity`] ([`MuxerConfig::enclave_identity`]), so a parent
+//! listener never sees root as the peer of an enclave's connection; and it binds `<cid>.sock` as
+//! an [`EnclaveHostSocket`], which replaces only a stale socket of its own and carries the
+//! enclave's gid as its group, so listeners believe the `CONNECT-FROM <cid>` preamble of a
+//! connection made with that identity.
 //!
 //! Threat model: the guest is hostile. Every header field is checked; a guest that writes more
 //! than the credit it was given, answers out of turn or uses an unknown connection gets `RST`;
@@ -31,15 +41,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cloister_vsock::broker::NsmService;
+use cloister_vsock::hostfs::{
+    EnclaveHostSocket, FabricDir, FabricError, HostIdentity, HostSocketError,
+};
 use cloister_vsock::nsm_frame::{read_frame, write_frame, NSM_FRAME_HARD_CAP};
 use cloister_vsock::proto::{self, LineBuf};
 use cloister_vsock::ratelimit::RateLimiter;
@@ -107,6 +119,9 @@ pub enum MuxerError {
         /// Its socket.
         path: PathBuf,
     },
+    /// The fabric directory does not meet the rules.
+    #[error("vsock fabric")]
+    Fabric(#[source] FabricError),
     /// A system call failed.
     #[error("vsock device: {context}")]
     Io {
@@ -196,6 +211,11 @@ pub struct MuxerConfig {
     pub limits: Limits,
     /// Bind `<fabric>/<cid>.sock` for host-initiated connections (false in fuzzing).
     pub bind_host_socket: bool,
+    /// The enclave's host identity (the uid and gid it runs as on the host): connections to
+    /// parent listeners carry it, and `<cid>.sock` gets its gid as group. `None` only where the
+    /// device does not run as root (tests, fuzzing): root's connections would then carry root's
+    /// credentials.
+    pub enclave_identity: Option<HostIdentity>,
 }
 
 /// Identifies a connection: the host-side address and the guest port.
@@ -339,14 +359,15 @@ pub struct MuxerStats {
 /// The multiplexer (one per guest).
 pub struct Muxer {
     cid: u32,
-    fabric_dir: PathBuf,
+    fabric: FabricDir,
+    identity: Option<HostIdentity>,
     nsm: Arc<dyn NsmService>,
     heartbeat: Arc<Heartbeat>,
     heartbeat_claimed: bool,
     limits: Limits,
     epoll: Epoll,
     _timer: TimerFd,
-    listener: Option<(UnixListener, PathBuf)>,
+    listener: Option<EnclaveHostSocket>,
     conns: HashMap<Key, Conn>,
     by_token: HashMap<u64, Key>,
     pending: HashMap<u64, PendingHost>,
@@ -368,27 +389,22 @@ impl std::fmt::Debug for Muxer {
     }
 }
 
-/// Binds `<fabric>/<cid>.sock`, replacing a stale socket but never a live one.
-fn bind_host_socket(fabric_dir: &Path, cid: u32) -> Result<(UnixListener, PathBuf), MuxerError> {
-    if !fabric_dir.is_dir() {
-        std::fs::create_dir_all(fabric_dir).map_err(io_err("creating the fabric directory"))?;
-        std::fs::set_permissions(fabric_dir, std::fs::Permissions::from_mode(0o1777))
-            .map_err(io_err("setting the fabric directory's mode"))?;
-    }
-    let path = fabric_dir.join(format!("{cid}.sock"));
-    if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            return Err(MuxerError::CidInUse { cid, path });
-        }
-        std::fs::remove_file(&path).map_err(io_err("removing a stale socket"))?;
-    }
-    let listener = UnixListener::bind(&path).map_err(io_err("binding the host socket"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-        .map_err(io_err("setting the host socket's mode"))?;
-    listener
+/// Binds `<fabric>/<cid>.sock` (non-blocking), replacing a stale socket of ours but nothing
+/// else.
+fn bind_host_socket(
+    fabric_dir: &Path,
+    cid: u32,
+    identity: Option<HostIdentity>,
+) -> Result<EnclaveHostSocket, MuxerError> {
+    let socket = EnclaveHostSocket::bind(fabric_dir, cid, identity).map_err(|e| match e {
+        HostSocketError::InUse(path) => MuxerError::CidInUse { cid, path },
+        HostSocketError::Io { context, source } => MuxerError::Io { context, source },
+    })?;
+    socket
+        .socket()
         .set_nonblocking(true)
         .map_err(io_err("setting the host socket non-blocking"))?;
-    Ok((listener, path))
+    Ok(socket)
 }
 
 impl Muxer {
@@ -409,18 +425,30 @@ impl Muxer {
         epoll
             .add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER))
             .map_err(nix_err("epoll_ctl timer"))?;
+        let fabric = FabricDir::open(&config.fabric_dir).map_err(MuxerError::Fabric)?;
+        if config.enclave_identity.is_none() && nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                cid = config.cid,
+                "vsock device runs as root without the enclave's host identity: host listeners \
+                 will see root's credentials on the enclave's connections"
+            );
+        }
         let listener = if config.bind_host_socket {
-            let (l, path) = bind_host_socket(&config.fabric_dir, config.cid)?;
+            let l = bind_host_socket(&config.fabric_dir, config.cid, config.enclave_identity)?;
             epoll
-                .add(&l, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER))
+                .add(
+                    l.socket(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+                )
                 .map_err(nix_err("epoll_ctl listener"))?;
-            Some((l, path))
+            Some(l)
         } else {
             None
         };
         Ok(Muxer {
             cid: config.cid,
-            fabric_dir: config.fabric_dir,
+            fabric,
+            identity: config.enclave_identity,
             nsm: config.nsm,
             heartbeat: config.heartbeat,
             heartbeat_claimed: false,
@@ -448,7 +476,7 @@ impl Muxer {
 
     /// The host socket's path, when bound.
     pub fn host_socket(&self) -> Option<&Path> {
-        self.listener.as_ref().map(|(_, p)| p.as_path())
+        self.listener.as_ref().map(EnclaveHostSocket::path)
     }
 
     /// Counters.
@@ -711,13 +739,21 @@ impl Muxer {
         self.sync(key);
     }
 
-    /// Connects `<fabric>/3_<port>.sock` without blocking (a full backlog is a refusal).
+    /// Connects `<fabric>/3_<port>.sock` without blocking (a full backlog is a refusal), with
+    /// the fabric's checks and as the enclave's host identity; any failure is a refusal (`RST`).
     fn connect_parent(&self, port: u32, guest_port: u32) -> Option<(UnixStream, String)> {
-        let path = self.fabric_dir.join(format!("{PARENT_CID}_{port}.sock"));
-        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).ok()?;
-        sock.set_nonblocking(true).ok()?;
-        sock.connect(&socket2::SockAddr::unix(&path).ok()?).ok()?;
-        let stream = UnixStream::from(std::os::fd::OwnedFd::from(sock));
+        let name = format!("{PARENT_CID}_{port}.sock");
+        let sock = match self.fabric.connect(&name, self.identity, None) {
+            Ok(sock) => sock,
+            // Nothing (or nothing live) listens: the guest's ordinary refusal.
+            Err(FabricError::Missing(_) | FabricError::Io { .. }) => return None,
+            // Something planted in the fabric, or a broken setup.
+            Err(e) => {
+                self.warn(format_args!("guest connection to {name} refused: {e}"));
+                return None;
+            }
+        };
+        let stream = UnixStream::from(OwnedFd::from(sock));
         let line = proto::connect_from_line(cloister_vsock::VsockAddr::new(self.cid, guest_port));
         Some((stream, line))
     }
@@ -925,11 +961,11 @@ impl Muxer {
 
     fn accept_host(&mut self) {
         loop {
-            let Some((listener, _)) = &self.listener else {
+            let Some(listener) = &self.listener else {
                 return;
             };
-            let sock = match listener.accept() {
-                Ok((s, _)) => s,
+            let sock = match listener.socket().accept() {
+                Ok((s, _)) => UnixStream::from(OwnedFd::from(s)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
@@ -1047,9 +1083,9 @@ impl Muxer {
 
     /// Stops accepting host connections and removes `<fabric>/<cid>.sock`.
     pub fn close_host_socket(&mut self) {
-        if let Some((listener, path)) = self.listener.take() {
-            let _ = self.epoll.delete(&listener);
-            let _ = std::fs::remove_file(path);
+        if let Some(listener) = self.listener.take() {
+            let _ = self.epoll.delete(listener.socket());
+            // Dropping it removes the file (when it is still ours).
         }
         let pending: Vec<u64> = self.pending.keys().copied().collect();
         for t in pending {
@@ -1073,9 +1109,7 @@ impl Muxer {
 impl Drop for Muxer {
     fn drop(&mut self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        if let Some((_, path)) = &self.listener {
-            let _ = std::fs::remove_file(path);
-        }
+        // The host socket's file goes with `listener`.
     }
 }
 
@@ -1103,6 +1137,7 @@ mod tests {
             heartbeat: hb.clone(),
             limits: Limits::default(),
             bind_host_socket: true,
+            enclave_identity: None,
         })
         .unwrap();
         (m, hb)

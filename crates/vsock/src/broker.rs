@@ -24,9 +24,9 @@
 //! SCM_RIGHTS, so their throughput is that of a Unix socket pair. What the ends can learn from
 //! the passed socket: `getsockname`/`getpeername` reveal Unix socket paths on the host (the
 //! fabric directory, e.g. `/run/cloister/vsock/3_5000.sock`), and `SO_PEERCRED` gives the
-//! credentials of the process that connected or listened (the monitor for the host, the host
-//! listener for the enclave, translated through the enclave's namespaces: pid 0 and the
-//! overflow uid when unmapped). Either end can send descriptors or credentials over the stream
+//! credentials of the process that connected or listened (for a host listener: the monitor's
+//! pid with the enclave's host uid and gid, see below; for the enclave: the host listener,
+//! translated through the enclave's namespaces: pid 0 and the overflow uid when unmapped). Either end can send descriptors or credentials over the stream
 //! with `sendmsg`; a reader that uses plain `read` discards them. Neither end learns anything
 //! about the other's process or can reach anything but that one stream.
 //!
@@ -35,13 +35,29 @@
 //! timeout; the numbers of concurrent enclave connections, pending host handshakes and listeners
 //! are capped ([`BrokerLimits`]); NSM frames above the hard cap close the connection; log lines
 //! a peer can trigger are rate-limited; no input can panic a broker thread.
+//!
+//! What is in the fabric directory is untrusted too: any host user can create names there. The
+//! broker runs as root, so for `CONNECT 3 <port>` it dials only a singly linked socket bound in
+//! the fabric directory, opened without following symlinks and connected through its `O_PATH`
+//! descriptor, served by root or by the socket's owner; and it connects with the enclave's
+//! unprivileged host identity ([`BrokerConfig::with_enclave_identity`]), so a host listener
+//! never sees root's credentials on an enclave's connection and the kernel checks the socket's
+//! permissions against the enclave's ids. The broker's own sockets replace only stale sockets
+//! of the broker's user, never a symlink or another user's file; the host socket `<cid>.sock`
+//! gets the enclave's host gid as its group, which is how host listeners tell the broker's
+//! connections from forged ones. The full rules: [`crate::hostfs`].
+//!
+//! NSM work is the enclave's: the NSM channels of one enclave (each a broker thread) are pinned
+//! to the enclave's CPUs when the broker knows them ([`BrokerConfig::with_enclave_cpus`]), and
+//! at most as many `NsmService::handle` calls run at once as the enclave has CPUs (at least 1,
+//! at most [`BrokerLimits::max_nsm_workers`]). A channel waiting for its turn waits in its own
+//! thread, so neither the accept loop nor other enclaves' brokers wait with it; the uncontended
+//! path costs one mutex round trip per request.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -56,12 +72,13 @@ use crate::addr::{
     VMADDR_CID_HYPERVISOR,
 };
 use crate::fdpass::send_with_fd;
+use crate::hostfs::{
+    bind_unix_replacing_stale, set_entry_group, BindError, FabricDir, FabricError, HostIdentity,
+};
 use crate::nsm_frame::{read_frame, write_frame, FrameError, NSM_FRAME_HARD_CAP};
 use crate::proto::{self, EnclaveRequest, LineBuf};
 use crate::ratelimit::RateLimiter;
-use crate::stream::{
-    bind_unix_replacing_stale, connect_unix, ensure_fabric_dir, remove_if_same, BindError,
-};
+use crate::stream::{ensure_fabric_dir, remove_if_same};
 
 /// The NSM behind the broker's `(0, 1)` channel.
 pub trait NsmService: Send + Sync {
@@ -86,6 +103,8 @@ pub struct BrokerLimits {
     pub max_host_pending: usize,
     /// Longest time a peer may take to send its request line (and to read our answer).
     pub handshake_timeout: Duration,
+    /// Most NSM requests served at once, whatever the enclave's CPU count (at least 1).
+    pub max_nsm_workers: usize,
 }
 
 impl Default for BrokerLimits {
@@ -95,6 +114,7 @@ impl Default for BrokerLimits {
             max_listeners: 64,
             max_host_pending: 128,
             handshake_timeout: Duration::from_secs(5),
+            max_nsm_workers: 4,
         }
     }
 }
@@ -113,6 +133,13 @@ pub struct BrokerConfig {
     pub on_heartbeat: Option<HeartbeatCallback>,
     /// Resource caps.
     pub limits: BrokerLimits,
+    /// The host uid and gid the enclave's root maps to: connections to host listeners carry
+    /// them. `None` keeps the broker's own credentials (only for brokers not run as root, such
+    /// as tests: a root broker must be given one).
+    pub enclave_identity: Option<HostIdentity>,
+    /// The enclave's CPUs: NSM requests run there, as many at once as there are CPUs (bounded
+    /// by [`BrokerLimits::max_nsm_workers`]). Empty: one at a time, on any CPU.
+    pub enclave_cpus: Vec<u32>,
 }
 
 impl BrokerConfig {
@@ -130,7 +157,21 @@ impl BrokerConfig {
             nsm,
             on_heartbeat: None,
             limits: BrokerLimits::default(),
+            enclave_identity: None,
+            enclave_cpus: Vec::new(),
         }
+    }
+
+    /// Sets the enclave's host identity (the uid and gid its root maps to).
+    pub fn with_enclave_identity(mut self, uid: u32, gid: u32) -> Self {
+        self.enclave_identity = Some(HostIdentity { uid, gid });
+        self
+    }
+
+    /// Sets the enclave's CPUs.
+    pub fn with_enclave_cpus(mut self, cpus: Vec<u32>) -> Self {
+        self.enclave_cpus = cpus;
+        self
     }
 
     /// Sets the heartbeat callback.
@@ -153,6 +194,8 @@ impl std::fmt::Debug for BrokerConfig {
             .field("fabric_dir", &self.fabric_dir)
             .field("enclave_socket", &self.enclave_socket)
             .field("limits", &self.limits)
+            .field("enclave_identity", &self.enclave_identity)
+            .field("enclave_cpus", &self.enclave_cpus)
             .finish_non_exhaustive()
     }
 }
@@ -207,8 +250,11 @@ struct Listener {
 
 struct Shared {
     cid: u32,
-    fabric_dir: PathBuf,
+    fabric: FabricDir,
+    identity: Option<HostIdentity>,
     nsm: Arc<dyn NsmService>,
+    nsm_gate: NsmGate,
+    nsm_cpus: Vec<u32>,
     on_heartbeat: Option<HeartbeatCallback>,
     limits: BrokerLimits,
     stopping: AtomicBool,
@@ -232,6 +278,78 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// A counting semaphore: at most `n` NSM requests of one enclave are served at once.
+struct NsmGate {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+/// One NSM request's turn; dropping it lets the next one go.
+struct NsmTurn<'a>(&'a NsmGate);
+
+impl NsmGate {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> NsmTurn<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = match self.cv.wait(free) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+        *free -= 1;
+        NsmTurn(self)
+    }
+}
+
+impl Drop for NsmTurn<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// How many NSM requests of an enclave with `cpus` run at once.
+fn nsm_workers(cpus: &[u32], max: usize) -> usize {
+    let mut distinct = cpus.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct.len().clamp(1, max.max(1))
+}
+
+/// Pins the calling thread to `cpus` (ids beyond the kernel's set size are ignored).
+fn pin_current_thread(cpus: &[u32]) -> io::Result<()> {
+    // SAFETY: all-zero bytes are an empty `cpu_set_t` (a plain bit array).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let capacity = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    let mut any = false;
+    for &cpu in cpus {
+        let Ok(cpu) = usize::try_from(cpu) else {
+            continue;
+        };
+        if cpu < capacity {
+            // SAFETY: `cpu` is below the set's capacity in bits.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+            any = true;
+        }
+    }
+    if !any {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// First ephemeral port handed out (ports below are conventionally reserved).
@@ -319,14 +437,6 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-fn file_id(path: &Path) -> Result<(u64, u64), BrokerError> {
-    let meta = fs::metadata(path).map_err(|source| BrokerError::Io {
-        context: "inspecting a bound socket",
-        source,
-    })?;
-    Ok((meta.dev(), meta.ino()))
-}
-
 /// A broker's enclave-facing socket, bound and listening before the broker runs, so that an
 /// enclave can be set up (the socket bind-mounted into it) while its NSM is still being
 /// prepared: connections wait in the backlog until [`Broker::start_bound`] serves them.
@@ -342,11 +452,10 @@ impl EnclaveSocket {
     /// Binds `path` (mode 0666; a stale socket file there is replaced, a live one refused).
     pub fn bind(path: impl Into<PathBuf>) -> Result<Self, BrokerError> {
         let path = path.into();
-        let sock = bind_unix_replacing_stale(&path).map_err(|e| match e {
+        let (sock, id) = bind_unix_replacing_stale(&path).map_err(|e| match e {
             BindError::InUse => BrokerError::EnclaveSocketInUse(path.clone()),
             BindError::Io(context, source) => BrokerError::Io { context, source },
         })?;
-        let id = file_id(&path)?;
         Ok(Self {
             sock: Some(sock),
             path,
@@ -387,21 +496,28 @@ impl Broker {
         if !is_enclave_cid(config.cid) {
             return Err(BrokerError::InvalidCid(config.cid));
         }
-        ensure_fabric_dir(&config.fabric_dir).map_err(|e| BrokerError::Io {
-            context: "creating the fabric directory",
+        let fabric = ensure_fabric_dir(&config.fabric_dir).map_err(|e| BrokerError::Io {
+            context: "opening the fabric directory",
             source: io::Error::from(e),
         })?;
         let host_path = config.fabric_dir.join(format!("{}.sock", config.cid));
-        let host = bind_unix_replacing_stale(&host_path).map_err(|e| match e {
+        let (host, host_id) = bind_unix_replacing_stale(&host_path).map_err(|e| match e {
             BindError::InUse => BrokerError::CidInUse {
                 cid: config.cid,
                 path: host_path.clone(),
             },
             BindError::Io(context, source) => BrokerError::Io { context, source },
         })?;
-        let host_id = file_id(&host_path).inspect_err(|_| {
-            let _ = fs::remove_file(&host_path);
-        })?;
+        if let Some(identity) = config.enclave_identity {
+            // The group vouches for the enclave's connections to host listeners.
+            if let Err(source) = set_entry_group(&host_path, host_id, identity.gid) {
+                remove_if_same(&host_path, host_id);
+                return Err(BrokerError::Io {
+                    context: "giving the host socket the enclave's group",
+                    source,
+                });
+            }
+        }
         // From here on the broker owns the enclave socket's file (it removes it on shutdown).
         let Some(enclave) = enclave_socket.sock.take() else {
             remove_if_same(&host_path, host_id);
@@ -428,10 +544,24 @@ impl Broker {
             .map_err(io_err("making the enclave socket non-blocking"))?;
         let (wake_rx, wake_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io_err("creating the wake-up pipe")(io::Error::from(e)))?;
+        if config.enclave_identity.is_none() && nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                cid = config.cid,
+                "vsock broker runs as root without the enclave's host identity: host listeners \
+                 will see root's credentials on the enclave's connections"
+            );
+        }
+        let nsm_gate = NsmGate::new(nsm_workers(
+            &config.enclave_cpus,
+            config.limits.max_nsm_workers,
+        ));
         let shared = Arc::new(Shared {
             cid: config.cid,
-            fabric_dir: config.fabric_dir,
+            fabric,
+            identity: config.enclave_identity,
             nsm: config.nsm,
+            nsm_gate,
+            nsm_cpus: config.enclave_cpus,
             on_heartbeat: config.on_heartbeat,
             limits: config.limits,
             stopping: AtomicBool::new(false),
@@ -789,22 +919,23 @@ fn heartbeat(shared: &Arc<Shared>, conn: &Socket) {
     }
 }
 
-/// `CONNECT 3 <port>`: dial `3_<port>.sock`, send the preamble, pass the socket back.
+/// `CONNECT 3 <port>`: dial `3_<port>.sock` (checked, as the enclave's host identity), send
+/// the preamble, pass the socket back.
 fn connect_parent(shared: &Arc<Shared>, conn: &Socket, port: u32) {
-    let path = shared.fabric_dir.join(format!("{PARENT_CID}_{port}.sock"));
+    let name = format!("{PARENT_CID}_{port}.sock");
     let timeout = shared.limits.handshake_timeout;
-    let host = match connect_unix(&path, timeout) {
+    let host = match shared.fabric.connect(&name, shared.identity, Some(timeout)) {
         Ok(s) => s,
         Err(e) => {
-            let errno = match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTSOCK) => {
-                    libc::ECONNREFUSED
+            match e {
+                FabricError::Missing(_) | FabricError::Io { .. } => {
+                    tracing::debug!(port, error = %e, "enclave connect to the parent failed");
                 }
-                Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => libc::ETIMEDOUT,
-                _ => libc::EIO,
-            };
-            tracing::debug!(port, error = %e, "enclave connect to the parent failed");
-            reply(shared, conn, &proto::err_line(errno));
+                // Something planted in the fabric, or a broken setup: worth a (rate-limited)
+                // warning.
+                _ => shared.warn("refused a fabric entry", &e),
+            }
+            reply(shared, conn, &proto::err_line(e.errno()));
             return;
         }
     };
@@ -839,6 +970,12 @@ fn serve_nsm(shared: &Arc<Shared>, conn: &Socket) {
         shared.warn("NSM channel setup failed", &e);
         return;
     }
+    // This thread serves the enclave's NSM requests from now on: on the enclave's CPUs.
+    if !shared.nsm_cpus.is_empty() {
+        if let Err(e) = pin_current_thread(&shared.nsm_cpus) {
+            shared.warn("cannot pin an NSM channel to the enclave's CPUs", &e);
+        }
+    }
     loop {
         let request = match read_frame(&mut &*conn, NSM_FRAME_HARD_CAP) {
             Ok(Some(r)) => r,
@@ -852,7 +989,10 @@ fn serve_nsm(shared: &Arc<Shared>, conn: &Socket) {
                 return;
             }
         };
-        let response = shared.nsm.handle(&request);
+        let response = {
+            let _turn = shared.nsm_gate.acquire();
+            shared.nsm.handle(&request)
+        };
         if let Err(e) = write_frame(&mut &*conn, &response) {
             shared.warn("cannot send an NSM response", &e);
             return;

@@ -31,14 +31,18 @@
 //! - Inside a process enclave the local cid is unknown; `local_addr().cid` is
 //!   `VMADDR_CID_ANY` there.
 //! - Fabric trust: a host client checks that `<cid>.sock` is held by root or by its own uid, and
-//!   a host listener accepts `CONNECT-FROM` only from root or its own uid (`SO_PEERCRED`), so
-//!   an unprivileged host user can neither impersonate an enclave nor fake a broker. The fabric
-//!   directory is created with mode 1777 and sockets with mode 0666: any host user may act as
-//!   a parent process, as on a Nitro parent instance.
+//!   a host listener accepts `CONNECT-FROM` only from root, its own uid, or the host identity
+//!   the named cid's broker socket vouches for (`SO_PEERCRED`), so an unprivileged host user can
+//!   neither impersonate an enclave nor fake a broker. The fabric directory is created with
+//!   mode 1777 (and refused when others may write to it without the sticky bit) and sockets
+//!   with mode 0666: any host user may act as a parent process, as on a Nitro parent instance.
+//!   The broker dials only singly linked sockets bound in the fabric directory, never through a
+//!   symlink, and with the enclave's unprivileged host identity, never root's: see [`hostfs`].
 
 pub mod addr;
 pub mod broker;
 pub(crate) mod fdpass;
+pub mod hostfs;
 pub mod nsm_frame;
 pub mod proto;
 pub mod ratelimit;
@@ -54,6 +58,7 @@ pub use addr::{
 pub use broker::{
     Broker, BrokerConfig, BrokerError, BrokerLimits, BrokerStats, EnclaveSocket, NsmService,
 };
+pub use hostfs::{FabricDir, FabricError, HostIdentity};
 pub use stream::{
     fabric_dir, run_dir, Transport, VsockError, VsockListener, VsockStream, ENCLAVE_SOCKET_PATH,
 };

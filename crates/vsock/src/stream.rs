@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,6 +20,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::addr::{is_enclave_cid, VsockAddr, PARENT_CID, VMADDR_CID_ANY, VMADDR_PORT_ANY};
 use crate::fdpass::FdLine;
+use crate::hostfs::{
+    bind_unix_replacing_stale, broker_vouches, peer_ids, BindError, FabricDir, FabricError,
+};
 use crate::proto::{self, BrokerReply, LineBuf, ProtoError};
 use crate::ratelimit::RateLimiter;
 
@@ -77,14 +80,18 @@ pub enum VsockError {
         /// The errno value of its `ERR` line.
         errno: i32,
     },
-    /// A fabric socket belongs to a user that is neither root nor us.
-    #[error("fabric socket {path} is held by uid {uid}, neither root nor us")]
+    /// A fabric peer is neither root nor us (nor, for a listener, an enclave identity the
+    /// named cid's broker socket vouches for).
+    #[error("fabric peer at {path} is uid {uid}: neither root, us, nor vouched for")]
     UntrustedPeer {
         /// The socket path.
         path: PathBuf,
         /// The peer's uid.
         uid: u32,
     },
+    /// The host fabric directory or one of its entries failed a check.
+    #[error("host fabric check failed")]
+    Fabric(#[source] FabricError),
     /// The peer broke the handshake protocol (or timed out in it).
     #[error("vsock handshake failed while {context}")]
     Protocol {
@@ -133,9 +140,9 @@ impl VsockError {
     pub fn kind(&self) -> io::ErrorKind {
         match self {
             VsockError::Refused { .. } => io::ErrorKind::ConnectionRefused,
-            VsockError::NotPermitted { .. } | VsockError::UntrustedPeer { .. } => {
-                io::ErrorKind::PermissionDenied
-            }
+            VsockError::NotPermitted { .. }
+            | VsockError::UntrustedPeer { .. }
+            | VsockError::Fabric(_) => io::ErrorKind::PermissionDenied,
             VsockError::AddrInUse { .. } => io::ErrorKind::AddrInUse,
             VsockError::InvalidAddress { .. } => io::ErrorKind::InvalidInput,
             VsockError::Remote { errno, .. } => io::Error::from_raw_os_error(*errno).kind(),
@@ -220,9 +227,7 @@ pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> io::Result<Socket>
 
 /// The uid of the process at the other end of a Unix socket.
 pub(crate) fn peer_uid(sock: &Socket) -> io::Result<u32> {
-    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(io::Error::from)?;
-    Ok(cred.uid())
+    peer_ids(sock).map(|(uid, _)| uid)
 }
 
 /// Fabric peers we believe: root (the runtime) or our own user.
@@ -275,15 +280,22 @@ impl VsockStream {
                 reason: "cannot connect to the wildcard port",
             });
         }
-        let path = dir.join(format!("{}.sock", addr.cid));
-        let sock = match connect_unix(&path, HANDSHAKE_TIMEOUT) {
+        // The broker's socket, reached as the fabric's rules say (no symlink, a singly linked
+        // socket served by its owner), then believed only when root or we serve it.
+        let name = format!("{}.sock", addr.cid);
+        let path = dir.join(&name);
+        let connected = FabricDir::open_existing(dir)
+            .and_then(|fabric| fabric.connect(&name, None, Some(HANDSHAKE_TIMEOUT)));
+        let sock = match connected {
             Ok(s) => s,
-            Err(e) if is_refusal(&e) => return Err(VsockError::Refused { addr }),
-            Err(e) => {
-                return Err(VsockError::io("connecting to the enclave's fabric socket")(
-                    e,
-                ))
+            Err(FabricError::Missing(_)) => return Err(VsockError::Refused { addr }),
+            Err(FabricError::Io { source, .. }) if is_refusal(&source) => {
+                return Err(VsockError::Refused { addr })
             }
+            Err(FabricError::Io { context, source }) => {
+                return Err(VsockError::Io { context, source })
+            }
+            Err(e) => return Err(VsockError::Fabric(e)),
         };
         let uid = peer_uid(&sock).map_err(VsockError::io("reading the broker's credentials"))?;
         if !trusted_uid(uid) {
@@ -560,17 +572,12 @@ impl VsockListener {
         }
         ensure_fabric_dir(dir)?;
         let path = dir.join(format!("{PARENT_CID}_{port}.sock"));
-        let sock = bind_unix_replacing_stale(&path).map_err(|e| match e {
+        let (sock, id) = bind_unix_replacing_stale(&path).map_err(|e| match e {
             BindError::InUse => VsockError::AddrInUse { port },
             BindError::Io(context, source) => VsockError::Io { context, source },
         })?;
-        let meta = fs::metadata(&path).map_err(VsockError::io("inspecting the bound socket"))?;
         Ok(Self {
-            kind: ListenerKind::Fabric {
-                sock,
-                path,
-                id: (meta.dev(), meta.ino()),
-            },
+            kind: ListenerKind::Fabric { sock, path, id },
             local: addr,
         })
     }
@@ -644,6 +651,14 @@ impl VsockListener {
         self.local
     }
 
+    /// The fabric directory a fabric listener is bound in.
+    pub(crate) fn fabric_dir(&self) -> Option<&Path> {
+        match &self.kind {
+            ListenerKind::Fabric { path, .. } => path.parent(),
+            _ => None,
+        }
+    }
+
     /// Waits for a connection. On the fabric, connections that fail the `CONNECT-FROM`
     /// handshake or come from an untrusted uid are dropped (logged, rate-limited) and the wait
     /// goes on.
@@ -654,13 +669,15 @@ impl VsockListener {
                     let peer = s.peer_addr();
                     return Ok((s, peer));
                 }
-                RawAccept::Fabric(sock) => match fabric_handshake(sock, self.local) {
-                    Ok(s) => {
-                        let peer = s.peer_addr();
-                        return Ok((s, peer));
+                RawAccept::Fabric(sock) => {
+                    match fabric_handshake(sock, self.local, self.fabric_dir()) {
+                        Ok(s) => {
+                            let peer = s.peer_addr();
+                            return Ok((s, peer));
+                        }
+                        Err(e) => log_dropped(&e),
                     }
-                    Err(e) => log_dropped(&e),
-                },
+                }
             }
         }
     }
@@ -743,10 +760,18 @@ impl VsockListener {
     }
 }
 
-/// Reads the broker's `CONNECT-FROM` preamble from a freshly accepted fabric connection.
-pub(crate) fn fabric_handshake(sock: Socket, local: VsockAddr) -> Result<VsockStream, VsockError> {
-    let uid = peer_uid(&sock).map_err(VsockError::io("reading the peer's credentials"))?;
-    if !trusted_uid(uid) {
+/// Reads the broker's `CONNECT-FROM` preamble from a freshly accepted fabric connection in
+/// the fabric directory `dir`. The preamble is believed from root or our own uid, or from a
+/// peer whose gid the broker socket of the cid it names vouches for (a broker connects with
+/// its enclave's host identity; see [`crate::hostfs`]).
+pub(crate) fn fabric_handshake(
+    sock: Socket,
+    local: VsockAddr,
+    dir: Option<&Path>,
+) -> Result<VsockStream, VsockError> {
+    let (uid, gid) = peer_ids(&sock).map_err(VsockError::io("reading the peer's credentials"))?;
+    let trusted = trusted_uid(uid);
+    if !trusted && dir.is_none() {
         return Err(VsockError::UntrustedPeer {
             path: PathBuf::new(),
             uid,
@@ -758,6 +783,14 @@ pub(crate) fn fabric_handshake(sock: Socket, local: VsockAddr) -> Result<VsockSt
     proto::read_line(&mut &sock, &mut line).map_err(VsockError::proto("reading CONNECT-FROM"))?;
     let peer = proto::parse_connect_from(line.line())
         .map_err(VsockError::proto("reading CONNECT-FROM"))?;
+    if let (false, Some(dir)) = (trusted, dir) {
+        if !broker_vouches(dir, peer.cid, gid) {
+            return Err(VsockError::UntrustedPeer {
+                path: dir.join(format!("{}.sock", peer.cid)),
+                uid,
+            });
+        }
+    }
     sock.set_read_timeout(None)
         .map_err(VsockError::io("clearing handshake timeouts"))?;
     Ok(VsockStream { sock, local, peer })
@@ -805,54 +838,7 @@ pub(crate) fn remove_if_same(path: &Path, id: (u64, u64)) {
 }
 
 /// Creates the fabric directory (mode 1777: any host user may listen, nobody may remove
-/// another's socket) when it does not exist.
-pub(crate) fn ensure_fabric_dir(dir: &Path) -> Result<(), VsockError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    match fs::create_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(VsockError::io("creating the fabric directory")(e)),
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))
-        .map_err(VsockError::io("setting the fabric directory's mode"))
-}
-
-pub(crate) enum BindError {
-    InUse,
-    Io(&'static str, io::Error),
-}
-
-/// Binds and listens on a Unix socket path (mode 0666), replacing a stale socket file.
-pub(crate) fn bind_unix_replacing_stale(path: &Path) -> Result<Socket, BindError> {
-    let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
-        .map_err(|e| BindError::Io("creating a Unix socket", e))?;
-    let addr = SockAddr::unix(path).map_err(|e| BindError::Io("socket path too long", e))?;
-    match sock.bind(&addr) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
-            // Someone's file: live (answers) or stale (refuses)?
-            match connect_unix(path, Duration::from_millis(200)) {
-                Ok(_) => return Err(BindError::InUse),
-                Err(ce) if ce.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    let _ = fs::remove_file(path);
-                    sock.bind(&addr).map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                            BindError::InUse
-                        } else {
-                            BindError::Io("binding a Unix socket", e)
-                        }
-                    })?;
-                }
-                Err(_) => return Err(BindError::InUse),
-            }
-        }
-        Err(e) => return Err(BindError::Io("binding a Unix socket", e)),
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
-        .map_err(|e| BindError::Io("setting the socket's mode", e))?;
-    sock.listen(LISTEN_BACKLOG)
-        .map_err(|e| BindError::Io("listening on a Unix socket", e))?;
-    Ok(sock)
+/// another's socket) when it does not exist, and checks it (see [`crate::hostfs`]).
+pub(crate) fn ensure_fabric_dir(dir: &Path) -> Result<FabricDir, VsockError> {
+    FabricDir::open(dir).map_err(VsockError::Fabric)
 }

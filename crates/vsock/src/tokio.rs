@@ -227,10 +227,12 @@ impl VsockListener {
                 RawAccept::Ready(s) => s,
                 RawAccept::Fabric(sock) => {
                     let local = self.local_addr();
-                    let finished =
-                        ::tokio::task::spawn_blocking(move || fabric_handshake(sock, local))
-                            .await
-                            .map_err(join_error)?;
+                    let dir = self.inner.get_ref().fabric_dir().map(PathBuf::from);
+                    let finished = ::tokio::task::spawn_blocking(move || {
+                        fabric_handshake(sock, local, dir.as_deref())
+                    })
+                    .await
+                    .map_err(join_error)?;
                     match finished {
                         Ok(s) => s,
                         Err(e) => {

@@ -280,6 +280,7 @@ fn demo_steps(args: &DemoArgs, paths: &Paths, blobs: Option<&Path>) -> CliResult
             max_age_seconds: None,
         },
         credentials: vec![app_credential.clone()],
+        server: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -145,7 +145,7 @@ pub struct MonitorArgs {
     pub enclave_id: String,
 }
 
-/// Error codes of this area (and the VM backend's E701).
+/// Error codes of this area (and the VM backend's E701 and E702).
 pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E301", exit: ExitKind::Usage, summary: "Invalid enclave arguments", explanation: "The run-enclave arguments or --config file are inconsistent: a CPU list that does not parse, a duplicate or empty enclave name, zero CPUs, or CPUs that are not whole cores (enclaves take every hyperthread of a core: --cpu-count must be a multiple of the threads per core and --cpu-ids must list whole cores). The message says which." },
     ErrorInfo { code: "E302", exit: ExitKind::Usage, summary: "Invalid enclave CID", explanation: "CIDs 1, 2 and 3 are reserved (3 is the parent) and CIDs must be below 4294967295. Use 0 (or leave --enclave-cid out) to have one assigned from 4 up." },
@@ -164,7 +164,10 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E315", exit: ExitKind::System, summary: "Enclave runtime failure", explanation: "The runtime could not start the enclave's monitor, read or write its run directory (CLOISTER_RUN_DIR, default /run/cloister), set up cgroups or the vsock broker. Enclaves need root." },
     ErrorInfo { code: "E316", exit: ExitKind::InvalidInput, summary: "Invalid enclave config file", explanation: "The --config file must be nitro-cli's JSON: eif_path, memory_mib, and cpu_count or cpu_ids; optionally enclave_cid, debug_mode, attach_console, enclave_name; nothing else." },
     ErrorInfo { code: "E317", exit: ExitKind::Failure, summary: "Enclave terminated while booting", explanation: "terminate-enclave (or a SIGTERM, SIGINT or SIGHUP to the enclave's monitor) arrived before the enclave's init sent its boot heartbeat. Everything started for the enclave was torn down; run it again if that was not intended." },
+    ErrorInfo { code: "E318", exit: ExitKind::VerificationFailed, summary: "Enclave image signature check failed", explanation: "The image is signed, but its signature does not verify (it was not made with the signing certificate's key, or it signs another PCR0: the image was changed after it was signed), or the signing certificate is expired or not yet valid at the current time. As with nitro-cli, such an image does not run. `cloister describe-eif --eif-path FILE` shows the certificate and the signature check; sign the image again with `cloister sign-eif` and a valid certificate." },
+    ErrorInfo { code: "E319", exit: ExitKind::System, summary: "Unsafe run or PKI directory", explanation: "The run directory (CLOISTER_RUN_DIR, default /run/cloister) and the attestation PKI directory (CLOISTER_PKI_DIR, default /var/lib/cloister/pki) hold what the runtime trusts: enclave records and locks, cached image roots and measurements, the vsock fabric, the host CA. Each must be a directory owned by root (or the user running cloister) and not writable by its group or other users. The message names the directory and what is wrong; fix its owner or mode (`chmod go-w DIR`) or use another directory." },
     ErrorInfo { code: "E701", exit: ExitKind::Unavailable, summary: "VM isolation unavailable on this host", explanation: "--isolation vm runs the enclave as a QEMU microVM and needs qemu-system-x86_64 (Debian/Ubuntu: apt-get install qemu-system-x86; CLOISTER_QEMU names another binary). KVM is used where /dev/kvm runs normal guests, TCG emulation otherwise. Install QEMU or use --isolation process." },
+    ErrorInfo { code: "E702", exit: ExitKind::System, summary: "Run directory out of QEMU's reach", explanation: "A VM enclave's QEMU runs as the enclave's own unprivileged uid and must reach the enclave's kernel, initrd and sockets inside the run directory, so the run directory and every directory above it must be searchable by other users (the x bit for others; a directory made by `mktemp -d` has mode 0700 and is not). The message names the directory: `chmod o+x DIR` (e.g. mode 0711, which lets others pass through without listing it) or use another run directory (CLOISTER_RUN_DIR, default /run/cloister). The directories cloister creates itself are made searchable." },
 ];
 
 /// Runs one subcommand.
@@ -287,6 +290,9 @@ fn map_err(e: LifecycleError) -> CliError {
     let code = match &e {
         LifecycleError::Invalid(f) | LifecycleError::Start(f) => match f.kind {
             FailureKind::Image => "E307",
+            FailureKind::Signature => "E318",
+            FailureKind::UnsafeDir => "E319",
+            FailureKind::VmPathClosed => "E702",
             FailureKind::BadRequest => {
                 if f.message.contains("too little") {
                     "E306"
@@ -511,6 +517,13 @@ mod tests {
         assert_eq!(code(FailureKind::Unsupported, "no qemu"), "E701");
         assert_eq!(code(FailureKind::Image, "not a bzImage"), "E307");
         assert!(CODES.iter().any(|c| c.code == "E317"));
+        assert_eq!(code(FailureKind::Signature, "bad signature"), "E318");
+        assert_eq!(code(FailureKind::UnsafeDir, "writable"), "E319");
+        assert_eq!(code(FailureKind::VmPathClosed, "mode 0700"), "E702");
+        let exit = |c: &str| crate::errors::lookup(c).unwrap().exit.status();
+        assert_eq!(exit("E318"), 4, "a failed signature check exits with 4");
+        assert_eq!(exit("E319"), 6);
+        assert_eq!(exit("E702"), 6);
     }
 
     #[test]

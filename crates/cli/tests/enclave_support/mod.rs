@@ -94,6 +94,13 @@ impl Env {
             .prefix("cloister-enc")
             .tempdir()
             .unwrap();
+        // Searchable by others (not listable): a VM enclave's QEMU runs as the enclave's own
+        // uid and must reach the run directory inside it.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let run = dir.path().join("run");
         let pki = dir.path().join("pki");
         let alloc = dir.path().join("allocator.yaml");

@@ -340,6 +340,75 @@ def encryption_context_conditions():
 
 
 @check
+def encryption_context_deny_without_context():
+    pol = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
+         "Condition": {"StringNotEquals": {"kms:EncryptionContext:tenant": "a"}}},
+    ]}
+    k = new_key(Policy=json.dumps(pol))["KeyId"]
+    # No encryption context: the key is absent, StringNotEquals holds, the Deny applies.
+    expect_error("AccessDeniedException", admin.encrypt, KeyId=k, Plaintext=b"x")
+    expect_error("AccessDeniedException", admin.encrypt, KeyId=k, Plaintext=b"x", EncryptionContext={"other": "a"})
+    expect_error("AccessDeniedException", admin.encrypt, KeyId=k, Plaintext=b"x", EncryptionContext={"tenant": "b"})
+    blob = admin.encrypt(KeyId=k, Plaintext=b"x", EncryptionContext={"tenant": "a"})["CiphertextBlob"]
+    expect_error("AccessDeniedException", admin.decrypt, CiphertextBlob=blob)
+    assert admin.decrypt(CiphertextBlob=blob, EncryptionContext={"tenant": "a"})["Plaintext"] == b"x"
+
+
+def lockout_policies():
+    root = f"arn:aws:iam::{ACCOUNT}:root"
+    only_other = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/other"}, "Action": "kms:*", "Resource": "*"}]}
+    no_put = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": root}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*"}]}
+    return [json.dumps(only_other), json.dumps(no_put)]
+
+
+@check
+def policy_lockout_safety_check():
+    k = new_key()["KeyId"]
+    for p in lockout_policies():
+        e = expect_error("MalformedPolicyDocumentException", admin.put_key_policy, KeyId=k, PolicyName="default", Policy=p)
+        assert "update the key policy in the future" in e.response["Error"]["Message"], e.response
+        expect_error("MalformedPolicyDocumentException", admin.put_key_policy, KeyId=k, PolicyName="default",
+                     Policy=p, BypassPolicyLockoutSafetyCheck=False)
+        e = expect_error("MalformedPolicyDocumentException", admin.create_key, Policy=p)
+        assert "update the key policy in the future" in e.response["Error"]["Message"], e.response
+    # The refused policies were not stored.
+    assert json.loads(admin.get_key_policy(KeyId=k, PolicyName="default")["Policy"])["Statement"][0]["Action"] == "kms:*"
+    # With the bypass they are accepted, and then lock the caller out.
+    only_other, no_put = lockout_policies()
+    c = admin.create_key(Policy=only_other, BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    expect_error("AccessDeniedException", admin.describe_key, KeyId=c)
+    admin.put_key_policy(KeyId=k, PolicyName="default", Policy=no_put, BypassPolicyLockoutSafetyCheck=True)
+    assert admin.get_key_policy(KeyId=k, PolicyName="default")["Policy"] == no_put
+    expect_error("AccessDeniedException", admin.put_key_policy, KeyId=k, PolicyName="default",
+                 Policy=lockout_policies()[0], BypassPolicyLockoutSafetyCheck=True)
+
+
+@check
+def dry_run():
+    k = new_key()["KeyId"]
+    blob = admin.encrypt(KeyId=k, Plaintext=b"dry", EncryptionContext={"a": "1"})["CiphertextBlob"]
+    e = expect_error("DryRunOperationException", admin.encrypt, KeyId=k, Plaintext=b"x", DryRun=True, status=400)
+    assert "DryRun" in e.response["Error"]["Message"], e.response
+    expect_error("DryRunOperationException", admin.decrypt, CiphertextBlob=blob, EncryptionContext={"a": "1"},
+                 DryRun=True, status=400)
+    expect_error("DryRunOperationException", admin.generate_data_key, KeyId=k, KeySpec="AES_256", DryRun=True)
+    expect_error("DryRunOperationException", admin.re_encrypt, CiphertextBlob=blob,
+                 SourceEncryptionContext={"a": "1"}, DestinationKeyId=k, DryRun=True)
+    # A request that would fail gets the real error.
+    expect_error("InvalidCiphertextException", admin.decrypt, CiphertextBlob=blob, DryRun=True)
+    expect_error("NotFoundException", admin.encrypt, KeyId="alias/no-such-key", Plaintext=b"x", DryRun=True)
+    locked = admin.create_key(Policy=lockout_policies()[0], BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    expect_error("AccessDeniedException", admin.encrypt, KeyId=locked, Plaintext=b"x", DryRun=True)
+    # DryRun=False is an ordinary call.
+    assert admin.decrypt(CiphertextBlob=blob, EncryptionContext={"a": "1"}, DryRun=False)["Plaintext"] == b"dry"
+
+
+@check
 def tags():
     k = new_key(Tags=[{"TagKey": "a", "TagValue": "1"}])["KeyId"]
     admin.tag_resource(KeyId=k, Tags=[{"TagKey": "b", "TagValue": "2"}, {"TagKey": "a", "TagValue": "one"}])
@@ -417,20 +486,35 @@ def recipient_decrypt_allowed_image_and_denied_image():
     assert "kms:Decrypt" in e.response["Error"]["Message"]
 
 
+# The README's hardware-boundary statement (Key service section), after an Allow for the account.
+HARDWARE_BOUNDARY = {"Sid": "vm-only", "Effect": "Deny", "Principal": "*",
+                     "Action": ["kms:Decrypt", "kms:ReEncrypt*"], "Resource": "*",
+                     "Condition": {"StringNotEquals": {"cloister:RecipientAttestation:Isolation": ["vm", "nitro"]}}}
+
+
 @check
 def recipient_isolation_condition():
     root = f"arn:aws:iam::{ACCOUNT}:root"
     policy = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": root}, "Action": "kms:*", "Resource": "*"},
-        {"Sid": "vm-only", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEquals": {"cloister:RecipientAttestation:Isolation": ["vm", "nitro"]}}},
+        HARDWARE_BOUNDARY,
     ]})
     k = new_key(Policy=policy)["KeyId"]
     blob = admin.encrypt(KeyId=k, Plaintext=b"vm secret")["CiphertextBlob"]
     r = app.decrypt(CiphertextBlob=blob, Recipient=recipient(DOC_A_VM))
+    assert "Plaintext" not in r
     assert openssl_open(r["CiphertextForRecipient"]) == b"vm secret"
     # The same image in a process enclave is refused by the Deny.
     expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob, Recipient=recipient(DOC_A))
+    # So is a Decrypt with no Recipient at all: the negated condition holds on the absent key.
+    expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob)
+    expect_error("AccessDeniedException", admin.decrypt, CiphertextBlob=blob)
+    # And moving the ciphertext to a key without the Deny.
+    expect_error("AccessDeniedException", admin.re_encrypt, CiphertextBlob=blob, DestinationKeyId=new_key()["KeyId"])
+    # DryRun answers the same way without releasing anything.
+    expect_error("DryRunOperationException", app.decrypt, CiphertextBlob=blob, Recipient=recipient(DOC_A_VM), DryRun=True)
+    expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob, Recipient=recipient(DOC_A), DryRun=True)
+    expect_error("AccessDeniedException", app.decrypt, CiphertextBlob=blob, DryRun=True)
     # A typo in a cloister: key is a malformed policy, not a silently dead condition.
     bad = policy.replace("Isolation", "Isolaton")
     expect_error("MalformedPolicyDocumentException", admin.put_key_policy, KeyId=k, PolicyName="default", Policy=bad)

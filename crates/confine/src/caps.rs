@@ -94,6 +94,16 @@ pub fn set_no_new_privs() -> Result<(), CapsError> {
     check("setting no_new_privs", rc.into())
 }
 
+/// Whether the bounding set holds no capability (exec can then grant none, even to root).
+pub fn bounding_set_is_empty() -> bool {
+    (0..=MAX_CAP).all(|cap| {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        // 1: held; 0: not held; EINVAL: past the kernel's last capability.
+        rc != 1
+    })
+}
+
 /// The effective, permitted and inheritable sets of the calling thread (low 64 bits each).
 pub fn current() -> Result<[u64; 3], CapsError> {
     let header = CapHeader {
@@ -140,6 +150,9 @@ mod tests {
                 // SAFETY: prctl with integer arguments only.
                 if unsafe { libc::prctl(libc::PR_CAPBSET_READ, 21, 0, 0, 0) } != 0 {
                     return 3; // CAP_SYS_ADMIN still in the bounding set
+                }
+                if !bounding_set_is_empty() {
+                    return 6;
                 }
                 // SAFETY: prctl with integer arguments only.
                 if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {

@@ -1,4 +1,6 @@
-//! The seccomp policy of process enclaves: an allowlist (rules as data, each with the reason it
+//! The seccomp policy of process enclaves, installed by the runtime on the enclave's first
+//! process before it execs anything from the image (so it binds whatever the image's `/init`
+//! is, and everything that process starts): an allowlist (rules as data, each with the reason it
 //! exists), everything else failing with EPERM, plus a second filter that makes `clone3` fail
 //! with ENOSYS so that libc falls back to `clone`, whose flags a filter can inspect.
 //!
@@ -11,9 +13,10 @@
 
 use std::collections::BTreeMap;
 
+pub use seccompiler::BpfProgram;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
 /// Errors building or installing the filter.
@@ -978,6 +981,13 @@ mod tests {
             assert!(seen.insert(a.nr), "{} listed twice", a.name);
             assert!(!a.why.is_empty());
         }
+    }
+
+    #[test]
+    fn the_runtime_can_exec_init_by_descriptor() {
+        // The runtime installs the filter and then execs the image's `/init` through a
+        // descriptor opened before it left the bootstrap tree.
+        assert!(allowlist().any(|a| a.nr == libc::SYS_execveat && a.args == Args::Any));
     }
 
     #[test]
