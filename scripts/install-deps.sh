@@ -6,7 +6,12 @@ need_apt=()
 for pkg in "$@"; do need_apt+=("$pkg"); done
 # Tools used by tests: bwrap and socat (benchmark baselines), cpio (checks ramdisks
 # independently), openssl (an independent CMS and TLS peer for the key service).
-for bin_pkg in bwrap:bubblewrap socat:socat cpio:cpio openssl:openssl; do
+# buildah, skopeo and docker-registry: engine-free Dockerfile builds and registry pulls
+# (nitro-cli compatibility tests).
+# umoci and busybox-static: an OCI layout made by a tool of Debian's, holding busybox, for
+# the installed-package test (scripts/package-test.sh).
+for bin_pkg in bwrap:bubblewrap socat:socat cpio:cpio openssl:openssl buildah:buildah \
+    skopeo:skopeo docker-registry:docker-registry umoci:umoci busybox:busybox-static; do
   bin=${bin_pkg%%:*}; pkg=${bin_pkg##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -24,3 +29,5 @@ fi
 python3 - <<'PY' || python3 -m pip install -q --disable-pip-version-check boto3 cryptography cbor2
 import boto3, cryptography, cbor2  # noqa: F401
 PY
+# The AWS CLI, a second real client of the key service (crates/kms/tests/asymmetric.rs).
+command -v aws >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check awscli

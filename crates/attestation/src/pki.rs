@@ -11,7 +11,9 @@
 //! authorityKeyIdentifier. A leaf's subject is `O=Cloister, OU=isolation=<process|vm>,
 //! CN=<enclave id>`: the OU records the enclave's isolation kind so relying parties and key
 //! policies can tell process enclaves from VM enclaves (the verifier exposes it as
-//! `VerifiedDocument::isolation`).
+//! `VerifiedDocument::isolation`). When the runtime ran Cloister's init in place of the image's
+//! own (an image built by nitro-cli, see [`LeafFacts`]), a second OU, [`INIT_REPLACED_OU`],
+//! says so; verifiers that look only for the isolation OU ignore it.
 //!
 //! Key files are PKCS#8 PEM written with mode 0600 in a directory with mode 0700; loading
 //! refuses key files that group or others can read. A leaf's private key never leaves memory;
@@ -567,6 +569,22 @@ impl HostCa {
         self.issue_enclave_signer_between(enclave_id, isolation, not_before, not_after)
     }
 
+    /// Like [`HostCa::issue_enclave_signer`], recording `facts` in every leaf it issues.
+    pub fn issue_enclave_signer_noting(
+        &self,
+        enclave_id: &str,
+        isolation: Isolation,
+        facts: LeafFacts,
+        not_after: SystemTime,
+    ) -> Result<DocumentSigner, PkiError> {
+        let not_before = SystemTime::now()
+            .checked_sub(BACKDATE)
+            .unwrap_or(UNIX_EPOCH);
+        self.issue_enclave_signer_between_noting(
+            enclave_id, isolation, facts, not_before, not_after,
+        )
+    }
+
     /// Like [`HostCa::issue_enclave_signer`] with an explicit notBefore (tests, replays).
     pub fn issue_enclave_signer_between(
         &self,
@@ -575,10 +593,27 @@ impl HostCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<DocumentSigner, PkiError> {
+        self.issue_enclave_signer_between_noting(
+            enclave_id,
+            isolation,
+            LeafFacts::default(),
+            not_before,
+            not_after,
+        )
+    }
+
+    fn issue_enclave_signer_between_noting(
+        &self,
+        enclave_id: &str,
+        isolation: Isolation,
+        facts: LeafFacts,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<DocumentSigner, PkiError> {
         check_enclave_id(enclave_id)?;
         let nb = unix_secs(not_before);
         let na = unix_secs(not_after);
-        let leaf = self.issue_leaf(enclave_id, isolation, nb, na)?;
+        let leaf = self.issue_leaf(enclave_id, isolation, facts, nb, na)?;
         Ok(DocumentSigner {
             current: Mutex::new(Arc::new(leaf)),
             cabundle: vec![
@@ -588,6 +623,7 @@ impl HostCa {
             ca: self.clone(),
             enclave_id: enclave_id.to_string(),
             isolation,
+            facts,
             lifetime: na - nb,
             rng: SystemRandom::new(),
         })
@@ -597,6 +633,7 @@ impl HostCa {
         &self,
         enclave_id: &str,
         isolation: Isolation,
+        facts: LeafFacts,
         not_before: u64,
         not_after: u64,
     ) -> Result<Leaf, PkiError> {
@@ -620,6 +657,10 @@ impl HostCa {
             DnType::OrganizationalUnitName,
             format!("{}{}", crate::cert::ISOLATION_OU_PREFIX, isolation.as_str()),
         );
+        if facts.init_replaced {
+            // A second OU (rcgen keeps one value per attribute type, so it is spelt by OID).
+            dn.push(DnType::CustomDnType(OU_OID.to_vec()), INIT_REPLACED_OU);
+        }
         dn.push(DnType::CommonName, enclave_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
@@ -646,6 +687,19 @@ impl HostCa {
             not_after,
         })
     }
+}
+
+/// The OU a leaf carries when the enclave's init is Cloister's, run in place of the image's.
+pub const INIT_REPLACED_OU: &str = "init=replaced";
+/// id-at-organizationalUnitName.
+const OU_OID: [u64; 4] = [2, 5, 4, 11];
+
+/// What a leaf records about its enclave besides the enclave id and isolation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeafFacts {
+    /// The runtime ran Cloister's init instead of the image's own (PCR1 still measures the
+    /// image's): [`INIT_REPLACED_OU`].
+    pub init_replaced: bool,
 }
 
 /// One leaf certificate and its key.
@@ -680,6 +734,7 @@ pub struct DocumentSigner {
     ca: HostCa,
     enclave_id: String,
     isolation: Isolation,
+    facts: LeafFacts,
     lifetime: u64,
     rng: SystemRandom,
 }
@@ -742,7 +797,10 @@ impl DocumentSigner {
         let now = unix_secs(SystemTime::now());
         let nb = now.saturating_sub(BACKDATE.as_secs());
         let na = nb.saturating_add(self.lifetime);
-        match self.ca.issue_leaf(&self.enclave_id, self.isolation, nb, na) {
+        match self
+            .ca
+            .issue_leaf(&self.enclave_id, self.isolation, self.facts, nb, na)
+        {
             Ok(fresh) if ts >= fresh.not_before && ts <= fresh.not_after => {
                 let fresh = Arc::new(fresh);
                 *guard = fresh.clone();

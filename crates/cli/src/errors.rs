@@ -100,6 +100,7 @@ pub fn all_codes() -> impl Iterator<Item = &'static ErrorInfo> {
         .chain(crate::commands::proxy::CODES)
         .chain(crate::commands::image::CODES)
         .chain(crate::commands::demo::CODES)
+        .chain(crate::commands::vsock::CODES)
 }
 
 /// Looks a code up.

@@ -7,6 +7,7 @@
 
 pub mod commands;
 pub mod errors;
+pub mod nitro;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -42,6 +43,8 @@ pub enum Command {
     Image(commands::image::ImageCommand),
     #[command(flatten)]
     Demo(commands::demo::DemoCommand),
+    #[command(flatten)]
+    Vsock(commands::vsock::VsockCommand),
     /// Explain an error code reported by cloister.
     Explain(commands::explain::ExplainArgs),
 }
@@ -53,6 +56,18 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // The name the binary runs as picks the command line and the error contract (nitro.rs).
+    let personality = args
+        .first()
+        .map(|a| nitro::Personality::from_argv0(a))
+        .unwrap_or(nitro::Personality::Cloister);
+    let style_env = std::env::var(nitro::ERROR_STYLE_ENV).ok();
+    nitro::set_style(personality.error_style(style_env.as_deref()));
+    nitro::apply_nitro_env();
+    let args = nitro::rewrite_argv(personality, args);
+    if let Some(verb) = args.get(1) {
+        nitro::set_verb(&verb.to_string_lossy());
+    }
     // `run-enclave` is on the boot path: parse it against its own small command tree instead
     // of building every area's. Anything that does not parse there (help, a typo, another
     // verb) goes through the full tree, which gives the canonical output.
@@ -81,12 +96,17 @@ where
 
 /// The exit status for a command's result (reporting the error, if any).
 fn exit_status(result: CliResult<()>) -> i32 {
-    match result {
-        Ok(()) => 0,
-        Err(err) => {
+    match (result, nitro::style()) {
+        (Ok(()), nitro::ErrorStyle::Cloister) => 0,
+        (Ok(()), nitro::ErrorStyle::Nitro) => {
+            nitro::log_line("ok");
+            0
+        }
+        (Err(err), nitro::ErrorStyle::Cloister) => {
             err.report();
             err.exit_status()
         }
+        (Err(err), nitro::ErrorStyle::Nitro) => nitro::report_nitro(&err),
     }
 }
 
@@ -132,6 +152,7 @@ pub fn run(command: Command) -> CliResult<()> {
         Command::Proxy(c) => commands::proxy::run(c),
         Command::Image(c) => commands::image::run(c),
         Command::Demo(c) => commands::demo::run(c),
+        Command::Vsock(c) => commands::vsock::run(c),
         Command::Explain(a) => commands::explain::run(a),
     }
 }

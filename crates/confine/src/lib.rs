@@ -3,6 +3,8 @@
 //! when something other than the runtime started it).
 //!
 //! - [`seccomp`]: the baseline filter, an allowlist with a reason per rule;
+//! - [`notify`]: the seccomp user-notification filter a supervisor answers (AF_VSOCK,
+//!   `/dev/nsm`) for programs written for Nitro Enclaves;
 //! - [`caps`]: dropping every capability (bounding, ambient, inheritable, effective,
 //!   permitted) and setting no_new_privs.
 //!
@@ -15,6 +17,7 @@
 //! are in the environment variables [`CMD_FD_ENV`] and [`ENV_FD_ENV`].
 
 pub mod caps;
+pub mod notify;
 pub mod seccomp;
 
 /// Serialises the unit tests that fork (a child forked while another test holds a lock could

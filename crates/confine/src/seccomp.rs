@@ -924,10 +924,30 @@ fn arg_rules(args: Args) -> Result<Vec<SeccompRule>, SeccompError> {
 /// Compiles the two filters, in installation order: the allowlist (EPERM otherwise), then the
 /// `clone3` -> ENOSYS filter (installed last, so its errno wins for `clone3`).
 pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
+    build_with(false)
+}
+
+/// [`build`] for an enclave whose `AF_VSOCK` sockets a supervisor serves ([`crate::notify`]):
+/// the allowlist lets `socket(AF_VSOCK, ..)` through to the notification filter, whose
+/// verdict (`SECCOMP_RET_USER_NOTIF`) then decides; the supervisor never lets that call reach
+/// the kernel, so no real vsock socket can exist in the enclave. An errno from this filter
+/// would win over the notification, which is why the rule must be here.
+pub fn build_supervised() -> Result<Vec<BpfProgram>, SeccompError> {
+    build_with(true)
+}
+
+fn build_with(vsock_notified: bool) -> Result<Vec<BpfProgram>, SeccompError> {
     let arch = target_arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for allow in allowlist() {
         rules.insert(allow.nr, arg_rules(allow.args)?);
+    }
+    if vsock_notified {
+        use SeccompCmpArgLen::Dword;
+        use SeccompCmpOp::Eq;
+        if let Some(socket) = rules.get_mut(&libc::SYS_socket) {
+            socket.push(rule(vec![cond(0, Dword, Eq, libc::AF_VSOCK as u64)?])?);
+        }
     }
     let allow = SeccompFilter::new(
         rules,

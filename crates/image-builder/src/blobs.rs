@@ -1,19 +1,50 @@
 //! Boot blobs: the kernel, its command line, the init binary and kernel modules that go into
-//! every enclave image, read from a blobs directory, and [`prepare`], which assembles such a
-//! directory from a Debian cloud kernel package.
+//! every enclave image, read from a blobs directory; [`locate`], which finds the installed
+//! directory; and [`prepare`], which assembles a VM blobs directory from a Debian cloud kernel
+//! package.
 //!
-//! A blobs directory holds `bzImage` (or `vmlinuz`), `cmdline`, `init`, optionally `nsm.ko`
-//! (AWS's blobs: the image is then laid out as nitro-cli does) and optionally `modules/` with
-//! `*.ko` files (for VM enclaves) and an optional `modules/load_order` (one file name per line;
-//! otherwise name order).
+//! A blobs directory holds `cmdline` and `init`, optionally `bzImage` (or `vmlinuz`: only VM
+//! enclaves boot a kernel, so the blobs Cloister installs for process enclaves have none),
+//! optionally `nsm.ko` (AWS's blobs: the image is then laid out as nitro-cli does) and
+//! optionally `modules/` with `*.ko` files (for VM enclaves) and an optional
+//! `modules/load_order` (one file name per line; otherwise name order).
+//!
+//! An image built from blobs without a kernel carries an empty kernel section: the EIF keeps
+//! its fixed layout (kernel, cmdline, ramdisks, as nitro-cli writes it), and PCR0 and PCR1 are
+//! measured over the sections' bytes exactly as with a kernel (the kernel contributing none).
+//! Such an image runs under process isolation; the VM backend refuses it before it allocates
+//! anything. An image built with a kernel is unchanged, byte for byte.
+//!
+//! Lookup ([`locate`]), first match wins: `--blobs DIR`; `CLOISTER_BLOBS`; `NITRO_CLI_BLOBS`
+//! (nitro-cli's variable); `<dir of the executable>/../share/cloister/blobs` (an unpacked
+//! release tarball, or any prefix the package is installed under); `/usr/share/cloister/blobs`
+//! (the Debian package). A directory named by a flag or a variable is used as given (a wrong
+//! one is an error, not a reason to look further).
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Default blobs directory (where AWS's package installs them).
+/// AWS's blobs directory (nitro-cli's default). Cloister does not look there on its own: its
+/// `init` is AWS's; name it with `--blobs` or `NITRO_CLI_BLOBS` to build images with it.
 pub const DEFAULT_BLOBS_DIR: &str = "/usr/share/nitro_enclaves/blobs";
+/// Environment variable naming a blobs directory.
+pub const BLOBS_ENV: &str = "CLOISTER_BLOBS";
+/// nitro-cli's environment variable naming a blobs directory (honoured after [`BLOBS_ENV`]).
+pub const NITRO_BLOBS_ENV: &str = "NITRO_CLI_BLOBS";
+/// Cloister's data directory below an installation prefix (`<prefix>/share/cloister`).
+pub const SHARE_SUBDIR: &str = "share/cloister";
+/// The data directory of the Debian package.
+pub const SYSTEM_SHARE_DIR: &str = "/usr/share/cloister";
+/// The blobs directory inside a data directory.
+pub const BLOBS_SUBDIR: &str = "blobs";
+/// How to get blobs, for error messages.
+pub const INSTALL_HINT: &str = "install Cloister's package (cloister_*.deb puts them in \
+     /usr/share/cloister/blobs) or unpack its release tarball (they are in \
+     share/cloister/blobs, found next to bin/cloister), or name a directory with --blobs DIR or \
+     CLOISTER_BLOBS; in a source tree, `cargo xtask dist` builds them into \
+     target/dist/cloister/share/cloister/blobs";
 /// Largest `cmdline` file.
 pub const MAX_CMDLINE_FILE: u64 = 4096;
 /// The virtio transport of QEMU's microvm machine. Debian builds it as a module; a kernel that
@@ -65,6 +96,30 @@ pub enum BlobsError {
     /// The kernel package lacks something.
     #[error("kernel package: {0}")]
     Package(String),
+    /// No blobs directory was named and none is installed.
+    #[error("no blobs directory found (looked in {}): {}", searched_list(.searched), INSTALL_HINT)]
+    NotInstalled {
+        /// The directories looked at, in order.
+        searched: Vec<PathBuf>,
+    },
+    /// A blobs directory was named but does not exist.
+    #[error(
+        "blobs directory {dir} (from {origin}) does not exist: {}",
+        INSTALL_HINT
+    )]
+    NamedMissing {
+        /// The directory.
+        dir: String,
+        /// Where its name came from.
+        origin: BlobsOrigin,
+    },
+}
+
+fn searched_list(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobsError + '_ {
@@ -77,8 +132,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobsError + '_ {
 /// A loaded blobs directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blobs {
-    /// Kernel image.
-    pub kernel: PathBuf,
+    /// Kernel image; `None` in blobs for process enclaves (the image gets an empty kernel
+    /// section).
+    pub kernel: Option<PathBuf>,
     /// Kernel command line (trailing whitespace removed).
     pub cmdline: String,
     /// The init binary.
@@ -97,11 +153,13 @@ impl Blobs {
             dir: d.clone(),
             what,
         };
+        if !dir.is_dir() {
+            return Err(missing("the directory itself"));
+        }
         let kernel = ["bzImage", "vmlinuz", "Image"]
             .iter()
             .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| missing("bzImage (or vmlinuz)"))?;
+            .find(|p| p.is_file());
         let init = dir.join("init");
         if !init.is_file() {
             return Err(missing("init"));
@@ -177,6 +235,119 @@ impl Blobs {
     pub fn is_aws_layout(&self) -> bool {
         self.nsm_ko.is_some()
     }
+
+    /// The kernel, or [`BlobsError::Missing`] naming `dir` (for VM images, which boot one).
+    pub fn require_kernel(&self, dir: &Path) -> Result<&Path, BlobsError> {
+        self.kernel.as_deref().ok_or_else(|| BlobsError::Missing {
+            dir: dir.display().to_string(),
+            what: "bzImage (or vmlinuz): VM enclaves boot a kernel; `cloister blobs prepare \
+                   --kernel-version V` makes a blobs directory with one",
+        })
+    }
+}
+
+/// Where a blobs directory's name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobsOrigin {
+    /// `--blobs DIR`.
+    Flag,
+    /// An environment variable.
+    Env(&'static str),
+    /// `<dir of the executable>/../share/cloister/blobs`.
+    NextToExecutable,
+    /// `/usr/share/cloister/blobs`.
+    System,
+}
+
+impl std::fmt::Display for BlobsOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobsOrigin::Flag => f.write_str("--blobs"),
+            BlobsOrigin::Env(var) => f.write_str(var),
+            BlobsOrigin::NextToExecutable => f.write_str("next to the executable"),
+            BlobsOrigin::System => f.write_str(SYSTEM_SHARE_DIR),
+        }
+    }
+}
+
+/// A blobs directory found by [`locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Where its name came from.
+    pub origin: BlobsOrigin,
+}
+
+/// Cloister's installed data directories, in lookup order: `<dir of the executable>/../share/
+/// cloister` (when the executable's path is known) and `/usr/share/cloister`.
+pub fn share_dirs() -> Vec<(PathBuf, BlobsOrigin)> {
+    let mut dirs = Vec::new();
+    if let Some(prefix) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+    {
+        dirs.push((prefix.join(SHARE_SUBDIR), BlobsOrigin::NextToExecutable));
+    }
+    let system = PathBuf::from(SYSTEM_SHARE_DIR);
+    if !dirs.iter().any(|(d, _)| *d == system) {
+        dirs.push((system, BlobsOrigin::System));
+    }
+    dirs
+}
+
+/// Finds the blobs directory: `explicit` (`--blobs`), else [`BLOBS_ENV`], else
+/// [`NITRO_BLOBS_ENV`], else the first of [`share_dirs`]' `blobs/` that exists. A named
+/// directory must exist ([`BlobsError::NamedMissing`]); with none named and none installed the
+/// error is [`BlobsError::NotInstalled`], which says how to install them.
+pub fn locate(explicit: Option<&Path>) -> Result<Located, BlobsError> {
+    let env = |var: &'static str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(|v| (PathBuf::from(v), BlobsOrigin::Env(var)))
+    };
+    let named = explicit
+        .map(|d| (d.to_path_buf(), BlobsOrigin::Flag))
+        .or_else(|| env(BLOBS_ENV))
+        .or_else(|| env(NITRO_BLOBS_ENV));
+    locate_in(named, &share_dirs())
+}
+
+/// [`locate`] over given candidates (for tests).
+pub fn locate_in(
+    named: Option<(PathBuf, BlobsOrigin)>,
+    share: &[(PathBuf, BlobsOrigin)],
+) -> Result<Located, BlobsError> {
+    if let Some((dir, origin)) = named {
+        if !dir.is_dir() {
+            return Err(BlobsError::NamedMissing {
+                dir: dir.display().to_string(),
+                origin,
+            });
+        }
+        return Ok(Located { dir, origin });
+    }
+    let candidates: Vec<(PathBuf, BlobsOrigin)> = share
+        .iter()
+        .map(|(d, o)| (d.join(BLOBS_SUBDIR), *o))
+        .collect();
+    candidates
+        .iter()
+        .find(|(d, _)| d.is_dir())
+        .map(|(dir, origin)| Located {
+            dir: dir.clone(),
+            origin: *origin,
+        })
+        .ok_or_else(|| BlobsError::NotInstalled {
+            searched: candidates.into_iter().map(|(d, _)| d).collect(),
+        })
+}
+
+/// The command line of the blobs Cloister ships (for process enclaves, which boot no kernel;
+/// measured into PCR0 and PCR1 all the same). Host-independent, unlike [`default_cmdline`]
+/// with a TSC frequency, so the shipped blobs give the same PCR1 on every machine.
+pub fn shipped_cmdline() -> String {
+    default_cmdline(None)
 }
 
 /// What [`prepare`] builds from.
@@ -319,19 +490,72 @@ fn find_files(dir: &Path, out: &mut Vec<PathBuf>, depth: u32) -> io::Result<()> 
     Ok(())
 }
 
+/// Package names of Debian's cloud kernels: `linux-image-<version>-cloud-amd64-unsigned`.
+const CLOUD_KERNEL_PREFIX: &str = "linux-image-";
+const CLOUD_KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
+
+/// The newest cloud kernel version apt knows of (`apt-cache search`), e.g. `6.1.0-28`.
+fn latest_cloud_kernel() -> Result<String, BlobsError> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only"])
+        .arg(format!(
+            "^{CLOUD_KERNEL_PREFIX}[0-9][0-9.]*-[0-9]+{CLOUD_KERNEL_SUFFIX}$"
+        ))
+        .output()
+        .map_err(|e| BlobsError::Tool {
+            tool: "apt-cache search",
+            message: e.to_string(),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    newest_cloud_kernel(&text).ok_or_else(|| {
+        BlobsError::Package(
+            "apt knows no linux-image-*-cloud-amd64-unsigned package (run apt-get update, or \
+             give --kernel-deb)"
+                .into(),
+        )
+    })
+}
+
+/// The newest version among `apt-cache search` lines naming cloud kernel packages.
+fn newest_cloud_kernel(search_output: &str) -> Option<String> {
+    // Numeric runs compare as numbers, so 6.1.0-10 sorts after 6.1.0-9.
+    fn key(v: &str) -> Vec<u64> {
+        v.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    }
+    search_output
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|name| {
+            name.strip_prefix(CLOUD_KERNEL_PREFIX)?
+                .strip_suffix(CLOUD_KERNEL_SUFFIX)
+        })
+        .max_by_key(|v| key(v))
+        .map(str::to_owned)
+}
+
 /// Builds a blobs directory from a Debian kernel package and an init binary.
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
     let work = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
     let deb = match (&opts.kernel_deb, &opts.kernel_version) {
         (Some(d), _) => d.clone(),
         (None, Some(v)) => {
+            let latest;
+            let v = if v == "latest" {
+                latest = latest_cloud_kernel()?;
+                &latest
+            } else {
+                v
+            };
             if !v
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-+~".contains(c))
             {
                 return Err(BlobsError::Package(format!("bad kernel version {v:?}")));
             }
-            let pkg = format!("linux-image-{v}-cloud-amd64-unsigned");
+            let pkg = format!("{CLOUD_KERNEL_PREFIX}{v}{CLOUD_KERNEL_SUFFIX}");
             run(
                 "apt-get download",
                 Command::new("apt-get")
@@ -506,5 +730,74 @@ mod tests {
         );
         assert!(module_depends(b"nothing").is_empty());
         assert!(default_cmdline(Some(2_999_999)).ends_with("tsc_early_khz=2999999"));
+    }
+
+    #[test]
+    fn blobs_without_a_kernel_load() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("init"), b"i").unwrap();
+        fs::write(d.path().join("cmdline"), shipped_cmdline()).unwrap();
+        let b = Blobs::load(d.path()).unwrap();
+        assert_eq!(b.kernel, None);
+        assert_eq!(b.cmdline, shipped_cmdline());
+        assert!(!shipped_cmdline().contains("tsc"), "host-dependent");
+        let e = b.require_kernel(d.path()).unwrap_err().to_string();
+        assert!(e.contains("blobs prepare"), "{e}");
+        fs::write(d.path().join("vmlinuz"), b"k").unwrap();
+        let b = Blobs::load(d.path()).unwrap();
+        assert_eq!(
+            b.require_kernel(d.path()).unwrap(),
+            d.path().join("vmlinuz")
+        );
+        assert!(matches!(
+            Blobs::load(&d.path().join("absent")),
+            Err(BlobsError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn newest_cloud_kernel_sorts_numerically() {
+        let out = "linux-image-6.1.0-9-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud\n\
+                   linux-image-6.1.0-10-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud\n\
+                   linux-image-5.10.0-30-cloud-amd64-unsigned - Linux 5.10\n";
+        assert_eq!(newest_cloud_kernel(out).as_deref(), Some("6.1.0-10"));
+        assert_eq!(newest_cloud_kernel(""), None);
+    }
+
+    #[test]
+    fn lookup_order() {
+        let d = tempfile::tempdir().unwrap();
+        let flag = d.path().join("flag");
+        let exe_share = d.path().join("prefix/share/cloister");
+        let system = d.path().join("usr/share/cloister");
+        let share = [
+            (exe_share.clone(), BlobsOrigin::NextToExecutable),
+            (system.clone(), BlobsOrigin::System),
+        ];
+        // Nothing installed: the error lists where it looked and how to install.
+        let e = locate_in(None, &share).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, BlobsError::NotInstalled { ref searched } if searched.len() == 2));
+        assert!(
+            text.contains(&exe_share.join("blobs").display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("/usr/share/cloister/blobs") && text.contains("--blobs"));
+        // The system directory, then the one next to the executable, which wins.
+        fs::create_dir_all(system.join("blobs")).unwrap();
+        let l = locate_in(None, &share).unwrap();
+        assert_eq!(
+            (l.dir, l.origin),
+            (system.join("blobs"), BlobsOrigin::System)
+        );
+        fs::create_dir_all(exe_share.join("blobs")).unwrap();
+        let l = locate_in(None, &share).unwrap();
+        assert_eq!(l.origin, BlobsOrigin::NextToExecutable);
+        // A named directory wins, and must exist: no falling back to an installed one.
+        let e = locate_in(Some((flag.clone(), BlobsOrigin::Env(BLOBS_ENV))), &share).unwrap_err();
+        assert!(e.to_string().contains("CLOISTER_BLOBS"), "{e}");
+        fs::create_dir_all(&flag).unwrap();
+        let l = locate_in(Some((flag.clone(), BlobsOrigin::Flag)), &share).unwrap();
+        assert_eq!((l.dir, l.origin), (flag, BlobsOrigin::Flag));
     }
 }

@@ -6,8 +6,9 @@
 //! 2. ramdisks: the bootstrap ramdisk (`dev/`, `init`, `nsm.ko` for AWS blobs, modules under
 //!    `lib/modules/` for VM blobs) and the customer ramdisk (`cmd`, `env`, `rootfs/...`, with
 //!    `rootfs/{dev,proc,run,sys,tmp,var}` added when missing, as nitro-cli does);
-//! 3. EIF: kernel, cmdline, metadata, ramdisks written and measured in one pass by
-//!    [`cloister_eif::EifBuilder`] ([`write_eif`] is the one function that does it).
+//! 3. EIF: kernel (an empty section when the blobs have none), cmdline, metadata, ramdisks
+//!    written and measured in one pass by [`cloister_eif::EifBuilder`] ([`write_eif`] is the
+//!    one function that does it).
 //!
 //! Determinism: entries are sorted by path bytes; every mtime is 0 or `SOURCE_DATE_EPOCH`;
 //! owners and permission bits come from the image (never from the host's umask or user);
@@ -222,8 +223,9 @@ pub struct Timings {
 /// The ramdisks and metadata of an image, ready to be written as an EIF.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Kernel image.
-    pub kernel: PathBuf,
+    /// Kernel image; `None` writes an empty kernel section (an image for process isolation,
+    /// see [`crate::blobs`]).
+    pub kernel: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
     /// Bootstrap ramdisk (temporary file).
@@ -749,8 +751,11 @@ pub fn write_eif(
     output: &Path,
     signer: Option<EifSigner>,
 ) -> Result<Measurements, BuildError> {
-    let mut b = EifBuilder::new()
-        .kernel_path(&prepared.kernel)
+    let b = match &prepared.kernel {
+        Some(kernel) => EifBuilder::new().kernel_path(kernel),
+        None => EifBuilder::new().kernel_bytes(Vec::new()),
+    };
+    let mut b = b
         .cmdline(prepared.cmdline.clone())
         .ramdisk_path(prepared.bootstrap.path())
         .ramdisk_path(prepared.customer.path())

@@ -20,7 +20,9 @@ pub mod blobs;
 pub mod build;
 pub mod config;
 pub mod digest;
+pub mod dockerfile;
 pub mod layer;
+pub mod registry;
 pub mod source;
 pub mod tree;
 

@@ -16,6 +16,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::nsm_device::{self, NsmDevice, Supervisor};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+
 /// Signals PID 1 passes on to the command.
 pub const FORWARDED: &[Signal] = &[
     Signal::SIGTERM,
@@ -130,6 +134,70 @@ fn signal_set() -> SigSet {
 /// Forks and execs `path` with `argv` and exactly `env`, then waits: forwards [`FORWARDED`]
 /// signals to the command, reaps every child, and returns when the command itself ended.
 pub fn run(path: &CStr, argv: &[CString], env: &[CString]) -> Result<Outcome, LaunchError> {
+    run_inner(path, argv, env, None)
+}
+
+/// Like [`run`], and serves `/dev/nsm` meanwhile: the command runs under
+/// [`nsm_device::filter`], whose notifications init answers with `device` while it waits.
+/// Where the filter cannot be installed, the command runs without it (and says so).
+pub fn run_with_nsm(
+    path: &CStr,
+    argv: &[CString],
+    env: &[CString],
+    device: NsmDevice,
+) -> Result<Outcome, LaunchError> {
+    run_inner(path, argv, env, Some(device))
+}
+
+/// The filter's program and the socket pair its listener crosses, made before the fork.
+struct FilterHandoff {
+    program: Vec<libc::sock_filter>,
+    ours: OwnedFd,
+    theirs: OwnedFd,
+}
+
+fn filter_handoff() -> Result<FilterHandoff, LaunchError> {
+    nsm_device::check_sizes().map_err(|e| LaunchError::Syscall {
+        what: "checking seccomp notifications",
+        source: io::Error::other(e),
+    })?;
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
+    Ok(FilterHandoff {
+        program: nsm_device::filter(),
+        ours,
+        theirs,
+    })
+}
+
+fn run_inner(
+    path: &CStr,
+    argv: &[CString],
+    env: &[CString],
+    device: Option<NsmDevice>,
+) -> Result<Outcome, LaunchError> {
+    let handoff = match device.as_ref().map(|_| filter_handoff()) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            let _ = writeln!(
+                io::stderr(),
+                "cloister-init: /dev/nsm is not served: {e}: {}",
+                cause.unwrap_or_default()
+            );
+            None
+        }
+        None => None,
+    };
+    let fprog = handoff.as_ref().map(|h| libc::sock_fprog {
+        len: h.program.len() as libc::c_ushort,
+        filter: h.program.as_ptr().cast_mut(),
+    });
     let set = signal_set();
     let mut old = SigSet::empty();
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
@@ -161,6 +229,14 @@ pub fn run(path: &CStr, argv: &[CString], env: &[CString]) -> Result<Outcome, La
                 libc::write(adj, value.as_ptr().cast(), value.len());
                 libc::close(adj);
             }
+            if let (Some(prog), Some(h)) = (&fprog, &handoff) {
+                let listener = nsm_device::install_with_listener(prog);
+                if listener < 0 || !nsm_device::send_fd(h.theirs.as_raw_fd(), listener) {
+                    let msg = b"cloister-init: cannot install the /dev/nsm filter\n";
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                }
+                // The listener is close-on-exec: the command never holds it.
+            }
             libc::execve(path.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
             let msg = b"cloister-init: exec of the enclave command failed\n";
             libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -168,39 +244,126 @@ pub fn run(path: &CStr, argv: &[CString], env: &[CString]) -> Result<Outcome, La
         }
     }
     let child = Pid::from_raw(pid);
-    let outcome = wait_for(child, &set);
+    let supervisor = match (handoff, device) {
+        (Some(h), Some(device)) => {
+            drop(h.theirs);
+            match nsm_device::recv_fd(h.ours.as_raw_fd()) {
+                Ok(Some(listener)) => Some(Supervisor::new(listener, device)),
+                Ok(None) => None,
+                Err(e) => {
+                    let _ = writeln!(io::stderr(), "cloister-init: /dev/nsm is not served: {e}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let outcome = match supervisor {
+        Some(sup) => wait_serving(child, &set, sup),
+        None => wait_for(child, &set),
+    };
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     outcome
 }
 
+/// Reaps every child that has ended; `Some` once `child` itself has.
+fn reap(child: Pid) -> Result<Option<Outcome>, LaunchError> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                return Ok(Some(Outcome::Exited(code)));
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                return Ok(Some(Outcome::Signaled(sig as i32)));
+            }
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(_) => {} // an orphan reaped, or a stop/continue report
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::ECHILD) => {
+                return Err(LaunchError::Syscall {
+                    what: "waitpid (the command vanished)",
+                    source: io::Error::from_raw_os_error(libc::ECHILD),
+                })
+            }
+            Err(e) => return Err(sys("waitpid")(e)),
+        }
+    }
+}
+
+/// How long one wait for a signal (or a notification) lasts at most: keeps reaping going even
+/// if SIGCHLD went to another thread (only possible inside a multi-threaded test process).
+const WAIT_SLICE_MS: i32 = 200;
+
+/// Like [`wait_for`], serving `/dev/nsm` notifications as they come: polls a signalfd of the
+/// blocked signals next to the listener. A listener that hangs up (no process under the
+/// filter is left) is dropped; a supervisor error ends the serving, never the waiting.
+fn wait_serving(child: Pid, set: &SigSet, sup: Supervisor) -> Result<Outcome, LaunchError> {
+    let sfd = nix::sys::signalfd::SignalFd::with_flags(
+        set,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(sys("signalfd"))?;
+    let mut sup = Some(sup);
+    loop {
+        if let Some(outcome) = reap(child)? {
+            return Ok(outcome);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sup.as_ref().map_or(-1, Supervisor::listener),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd (a negative fd is ignored by poll).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, WAIT_SLICE_MS) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(LaunchError::Syscall {
+                what: "poll",
+                source: e,
+            });
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    // SAFETY: sending a signal to our own child.
+                    unsafe { libc::kill(child.as_raw(), sig) };
+                }
+            }
+        }
+        let ready = fds[1].revents;
+        if ready & libc::POLLIN != 0 {
+            if let Some(s) = sup.as_mut() {
+                if let Err(e) = s.serve_one() {
+                    let _ = writeln!(io::stderr(), "cloister-init: /dev/nsm stops: {e}");
+                    sup = None;
+                }
+            }
+        } else if ready & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            sup = None;
+        }
+    }
+}
+
 /// Reaps children until `child` ends; forwards signals meanwhile.
 fn wait_for(child: Pid, set: &SigSet) -> Result<Outcome, LaunchError> {
-    // A short timeout keeps reaping going even if SIGCHLD went to another thread (only
-    // possible when this runs inside a multi-threaded test process).
     let timeout = libc::timespec {
         tv_sec: 0,
-        tv_nsec: 200_000_000,
+        tv_nsec: i64::from(WAIT_SLICE_MS) * 1_000_000,
     };
     loop {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                    return Ok(Outcome::Exited(code));
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                    return Ok(Outcome::Signaled(sig as i32));
-                }
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) => {} // an orphan reaped, or a stop/continue report
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::ECHILD) => {
-                    return Err(LaunchError::Syscall {
-                        what: "waitpid (the command vanished)",
-                        source: io::Error::from_raw_os_error(libc::ECHILD),
-                    })
-                }
-                Err(e) => return Err(sys("waitpid")(e)),
-            }
+        if let Some(outcome) = reap(child)? {
+            return Ok(outcome);
         }
         // SAFETY: `set` is a valid signal set, `timeout` a valid timespec; no siginfo wanted.
         let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };

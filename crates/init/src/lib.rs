@@ -15,13 +15,15 @@
 //!
 //! VM mode (no variable; a real kernel booted us): mount /proc, /sys, /dev, load the kernel
 //! modules of the bootstrap ramdisk ([`vm`]), heartbeat over native AF_VSOCK, read `/env` and
-//! `/cmd`, give `/rootfs` its pseudo filesystems, chroot, run the command as above, and power
-//! the VM off when it ends.
+//! `/cmd`, give `/rootfs` its pseudo filesystems, make `/dev/nsm` ([`nsm_device`]), chroot,
+//! run the command as above under a seccomp filter that hands AWS's NSM ioctl to init, which
+//! answers it from this enclave's NSM while it reaps, and power the VM off when it ends.
 //!
 //! [`static_build::build_static_init`] builds the static binary for tests and tools.
 
 pub mod config;
 pub mod launch;
+pub mod nsm_device;
 pub mod static_build;
 pub mod vm;
 
@@ -99,6 +101,9 @@ pub enum InitError {
     /// VM set-up.
     #[error("VM set-up")]
     Vm(#[from] vm::VmError),
+    /// `/dev/nsm` could not be set up (the command runs without it).
+    #[error("/dev/nsm is not served")]
+    NsmDevice(#[source] nsm_device::NsmDeviceError),
 }
 
 /// Sends 0xB7 to (3, 9000) and waits for it to come back.
@@ -214,8 +219,21 @@ pub fn run_vm_mode() -> Result<launch::Outcome, InitError> {
     heartbeat(&Transport::Native)?;
     let cmd = read_command()?;
     vm::prepare_rootfs()?;
+    // `/dev/nsm`, served by init (see `nsm_device`); without it the command still runs.
+    let nsm = match nsm_device::NsmDevice::prepare(Path::new(nsm_device::NSM_NODE)) {
+        Ok(device) => device,
+        Err(e) => {
+            report(&InitError::NsmDevice(e));
+            None
+        }
+    };
     chroot_rootfs()?;
-    exec_and_wait(&cmd)
+    let program = cmd.argv.first().ok_or(config::ConfigError::EmptyCommand)?;
+    let path = launch::resolve(program, &config::search_path(&cmd.env))?;
+    Ok(match nsm {
+        Some(device) => launch::run_with_nsm(&path, &cmd.argv, &cmd.env, device)?,
+        None => launch::run(&path, &cmd.argv, &cmd.env)?,
+    })
 }
 
 fn report(e: &InitError) {
@@ -228,6 +246,10 @@ fn report(e: &InitError) {
     let _ = writeln!(io::stderr(), "{msg}");
 }
 
+/// A byte string every build of this init carries (its `main` refers to it): how the runtime
+/// tells Cloister's init from a foreign one in an image (`cloister_runtime::initswap`).
+pub const INIT_MARKER: &[u8] = b"cloister-init:pid1:7c3e9a51d04b";
+
 /// Exit status of `cloister-init` started anywhere but as PID 1.
 pub const NOT_PID1_EXIT: i32 = 2;
 
@@ -236,6 +258,8 @@ pub const NOT_PID1_EXIT: i32 = 2;
 /// Outside an enclave it refuses to run: as the PID 1 of a VM it ends by signalling every
 /// process and powering off, which on a host would take the host down.
 pub fn main() -> ! {
+    // Keeps the marker in the binary whatever the optimiser and linker drop.
+    std::hint::black_box(INIT_MARKER);
     let pid = std::process::id();
     if pid != 1 {
         let _ = writeln!(

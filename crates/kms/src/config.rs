@@ -70,8 +70,13 @@ pub struct CredentialConfig {
     /// Secret access key.
     pub secret_access_key: String,
     /// Principal ARN, e.g. `arn:aws:iam::111122223333:user/app`; a bare name becomes a user of
-    /// the configured account.
+    /// the configured account, `role/<name>` a role, and `assumed-role/<role>/<session>` a
+    /// session of a role (`arn:aws:sts::<account>:assumed-role/...`).
     pub principal: String,
+    /// Makes this a session credential (like one from STS AssumeRole): requests must carry this
+    /// token in `X-Amz-Security-Token` (16..4096 characters).
+    #[serde(default)]
+    pub session_token: Option<String>,
 }
 
 /// Attestation settings.
@@ -163,6 +168,9 @@ pub struct Config {
     /// AWS region the service answers as.
     #[serde(default)]
     pub region: Option<String>,
+    /// Further Regions the service also answers for (multi-Region keys replicate to them).
+    #[serde(default)]
+    pub other_regions: Vec<String>,
     /// 12-digit account id.
     #[serde(default)]
     pub account_id: Option<String>,
@@ -202,6 +210,13 @@ impl Config {
                 "account_id {account:?} must be 12 digits"
             )));
         }
+        for r in &self.other_regions {
+            if !valid_region(r) {
+                return Err(ConfigError::Invalid(format!(
+                    "other_regions entry {r:?} must be lower-case letters, digits and dashes"
+                )));
+            }
+        }
         let region = self.region();
         if region.is_empty()
             || region.len() > 32
@@ -228,6 +243,14 @@ impl Config {
                     "secret for {} is shorter than 16 characters",
                     c.access_key_id
                 )));
+            }
+            if let Some(t) = &c.session_token {
+                if t.len() < 16 || t.len() > 4096 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "session_token for {} must be 16..4096 printable characters",
+                        c.access_key_id
+                    )));
+                }
             }
             if c.principal.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -260,6 +283,10 @@ impl Config {
     pub fn principal_arn(&self, principal: &str) -> String {
         if principal.starts_with("arn:") {
             principal.to_string()
+        } else if principal.starts_with("assumed-role/") {
+            format!("arn:aws:sts::{}:{principal}", self.account_id())
+        } else if principal.starts_with("role/") || principal.starts_with("user/") {
+            format!("arn:aws:iam::{}:{principal}", self.account_id())
         } else {
             format!("arn:aws:iam::{}:user/{}", self.account_id(), principal)
         }
@@ -294,6 +321,13 @@ impl Config {
                 .unwrap_or(DEFAULT_ATTESTATION_MAX_AGE_S),
         )
     }
+}
+
+fn valid_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Extracts the DER of every `CERTIFICATE` block of a PEM file.

@@ -85,6 +85,27 @@ pub enum KmsError {
     /// The request used a method or path the service does not serve.
     #[error("{0}")]
     NotImplemented(String),
+    /// The signature of a Verify request does not verify.
+    #[error("{0}")]
+    KmsInvalidSignature(String),
+    /// The MAC of a VerifyMac request does not verify.
+    #[error("{0}")]
+    KmsInvalidMac(String),
+    /// A grant token is malformed, or names no grant of this service.
+    #[error("{0}")]
+    InvalidGrantToken(String),
+    /// A grant id names no grant of the key.
+    #[error("{0}")]
+    InvalidGrantId(String),
+    /// An import token is malformed, or was not issued for this key.
+    #[error("{0}")]
+    InvalidImportToken(String),
+    /// An import token (and its wrapping key) has expired.
+    #[error("{0}")]
+    ExpiredImportToken(String),
+    /// Imported key material differs from the material the key had before.
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
     /// A fault inside the key service.
     #[error("{0}")]
     Internal(String),
@@ -119,6 +140,13 @@ impl KmsError {
             KmsError::InvalidArn(_) => "InvalidArnException",
             KmsError::RequestTooLarge(_) => "RequestEntityTooLargeException",
             KmsError::NotImplemented(_) => "UnknownOperationException",
+            KmsError::KmsInvalidSignature(_) => "KMSInvalidSignatureException",
+            KmsError::KmsInvalidMac(_) => "KMSInvalidMacException",
+            KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
+            KmsError::InvalidGrantId(_) => "InvalidGrantIdException",
+            KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::Internal(_) => "KMSInternalException",
         }
     }
@@ -154,6 +182,22 @@ impl KmsError {
         KmsError::Validation(format!(
             "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
         ))
+    }
+}
+
+impl From<crate::keys::KeyError> for KmsError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError as K;
+        match e {
+            K::IncompatibleAlgorithm(m) => KmsError::InvalidKeyUsage(m),
+            K::DigestLength(_) | K::PlaintextTooLong(..) | K::InvalidPublicKey => {
+                KmsError::Validation(e.to_string())
+            }
+            K::InvalidSignature => KmsError::KmsInvalidSignature(e.to_string()),
+            K::InvalidMac => KmsError::KmsInvalidMac(e.to_string()),
+            K::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
+            K::Internal(context) => KmsError::internal(context, "key material"),
+        }
     }
 }
 

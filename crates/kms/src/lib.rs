@@ -3,10 +3,13 @@
 //! The parts, from the wire inwards:
 //! - [`server`]: HTTP/1.1 (and HTTPS with rustls) on hyper, body caps, dispatch.
 //! - [`sigv4`]: AWS Signature Version 4 verification with cached signing keys.
-//! - [`service`]: the KMS operations (CreateKey, Encrypt, Decrypt, GenerateDataKey, ...).
+//! - [`service`]: the KMS operations (CreateKey, Encrypt, Decrypt, GenerateDataKey, ...); its
+//!   [`service::ops`] holds grants, imported key material, Regions and multi-Region keys,
+//!   ListKeyRotations, and the request scope (caller, Region, address).
 //! - [`policy`]: IAM-style key policies with `kms:RecipientAttestation:*` conditions.
 //! - [`recipient`] and [`cms`]: attestation-bound release (`Recipient` ->
 //!   `CiphertextForRecipient`, CMS EnvelopedData with RSAES-OAEP and AES-256-CBC).
+//! - [`keys`]: key specs, usages and algorithms of asymmetric and HMAC keys, and their material.
 //! - [`blob`]: the ciphertext blob format (key id, material version, AES-256-GCM, context AAD).
 //! - [`store`]: durable storage in redb (see its docs for why), key material sealed under a
 //!   master key kept in a separate file.
@@ -18,6 +21,7 @@ pub mod blob;
 pub mod cms;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod policy;
 pub mod recipient;
 pub mod server;

@@ -3,7 +3,15 @@
 //! A policy is parsed once (on PutKeyPolicy / CreateKey / load) into [`Policy`]; evaluation is a
 //! walk over its statements with the request's principal, action, key ARN and condition values.
 //! Rules, as AWS evaluates them: an explicit `Deny` that matches wins; otherwise a matching
-//! `Allow` allows; otherwise the request is denied.
+//! `Allow` allows; otherwise the request is denied ([`Policy::decision`] tells "no statement
+//! matched" apart, so that a grant can still allow).
+//!
+//! Every IAM condition operator is supported: `String*`, `Numeric*` (integers and decimals),
+//! `Date*` (ISO 8601 or epoch seconds), `Bool`, `BinaryEquals` (base64), `IpAddress` and
+//! `NotIpAddress` (CIDR, IPv4 and IPv6), `ArnEquals`/`ArnLike` and their `Not` forms (each of the
+//! six ARN parts matched on its own), `Null`, each with `...IfExists` (but `Null`) and the
+//! `ForAnyValue:`/`ForAllValues:` qualifiers. Policy values an operator cannot compare (a
+//! `NumericLessThan` on `"ten"`) make the policy malformed.
 //!
 //! A condition on a key the request does not carry follows IAM's rules (see `Condition::holds`):
 //! a positive operator (`StringEquals`, `StringLike`, `Bool`, ...) is false, so a policy that
@@ -40,6 +48,17 @@ pub const CONTEXT_KEYS_KEY: &str = "kms:encryptioncontextkeys";
 /// Condition key (lower case) of the caller's account.
 pub const CALLER_ACCOUNT_KEY: &str = "kms:calleraccount";
 
+/// What a policy says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A matching `Deny` statement: nothing (not even a grant) can allow the request.
+    Deny,
+    /// A matching `Allow` statement and no matching `Deny`.
+    Allow,
+    /// No statement matches.
+    NoMatch,
+}
+
 /// A parsed policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -63,7 +82,26 @@ enum Op {
     StringNotEqualsIgnoreCase,
     StringLike,
     StringNotLike,
+    NumericEquals,
+    NumericNotEquals,
+    NumericLessThan,
+    NumericLessThanEquals,
+    NumericGreaterThan,
+    NumericGreaterThanEquals,
+    DateEquals,
+    DateNotEquals,
+    DateLessThan,
+    DateLessThanEquals,
+    DateGreaterThan,
+    DateGreaterThanEquals,
     Bool,
+    BinaryEquals,
+    IpAddress,
+    NotIpAddress,
+    ArnEquals,
+    ArnLike,
+    ArnNotEquals,
+    ArnNotLike,
     Null,
 }
 
@@ -159,7 +197,26 @@ fn parse_op(name: &str) -> KmsResult<(Op, SetQualifier, bool)> {
         "StringNotEqualsIgnoreCase" => Op::StringNotEqualsIgnoreCase,
         "StringLike" => Op::StringLike,
         "StringNotLike" => Op::StringNotLike,
+        "NumericEquals" => Op::NumericEquals,
+        "NumericNotEquals" => Op::NumericNotEquals,
+        "NumericLessThan" => Op::NumericLessThan,
+        "NumericLessThanEquals" => Op::NumericLessThanEquals,
+        "NumericGreaterThan" => Op::NumericGreaterThan,
+        "NumericGreaterThanEquals" => Op::NumericGreaterThanEquals,
+        "DateEquals" => Op::DateEquals,
+        "DateNotEquals" => Op::DateNotEquals,
+        "DateLessThan" => Op::DateLessThan,
+        "DateLessThanEquals" => Op::DateLessThanEquals,
+        "DateGreaterThan" => Op::DateGreaterThan,
+        "DateGreaterThanEquals" => Op::DateGreaterThanEquals,
         "Bool" => Op::Bool,
+        "BinaryEquals" => Op::BinaryEquals,
+        "IpAddress" => Op::IpAddress,
+        "NotIpAddress" => Op::NotIpAddress,
+        "ArnEquals" => Op::ArnEquals,
+        "ArnLike" => Op::ArnLike,
+        "ArnNotEquals" => Op::ArnNotEquals,
+        "ArnNotLike" => Op::ArnNotLike,
         "Null" if !if_exists => Op::Null,
         _ => return Err(malformed(format!("unsupported condition operator {name}"))),
     };
@@ -287,6 +344,11 @@ fn parse_statement(v: &Value) -> KmsResult<Statement> {
                 if lower.starts_with(CLOISTER_PREFIX) && lower != ISOLATION_KEY {
                     return Err(malformed(format!("unknown condition key {key}")));
                 }
+                for v in &values {
+                    check_policy_value(op, v).map_err(|why| {
+                        malformed(format!("{op_name} value {v:?} for {key} {why}"))
+                    })?;
+                }
                 conditions.push(Condition {
                     op,
                     qualifier,
@@ -347,6 +409,35 @@ impl Policy {
         format!(
             "{{\n  \"Version\" : \"2012-10-17\",\n  \"Id\" : \"key-default-1\",\n  \"Statement\" : [ {{\n    \"Sid\" : \"Enable IAM User Permissions\",\n    \"Effect\" : \"Allow\",\n    \"Principal\" : {{\n      \"AWS\" : \"arn:aws:iam::{account}:root\"\n    }},\n    \"Action\" : \"kms:*\",\n    \"Resource\" : \"*\"\n  }} ]\n}}"
         )
+    }
+
+    /// The policy's decision on a request: an explicit deny, an allow, or no statement
+    /// matching (which a grant can still turn into an allow).
+    pub fn decision(&self, ctx: &RequestContext<'_>) -> Decision {
+        let mut decision = Decision::NoMatch;
+        for st in &self.statements {
+            if !st.matches(ctx) {
+                continue;
+            }
+            if !st.allow {
+                return Decision::Deny;
+            }
+            decision = Decision::Allow;
+        }
+        decision
+    }
+
+    /// True if some statement has a condition.
+    pub fn has_conditions(&self) -> bool {
+        self.statements.iter().any(|s| !s.conditions.is_empty())
+    }
+
+    /// True if some condition of the policy tests `key` (lower case), so a caller computes
+    /// costly condition values only for policies that use them.
+    pub fn mentions(&self, key: &str) -> bool {
+        self.statements
+            .iter()
+            .any(|s| s.conditions.iter().any(|c| c.key == key))
     }
 
     /// True if the request is allowed.
@@ -415,21 +506,44 @@ fn account_of(arn: &str) -> Option<&str> {
     Some(acct)
 }
 
-impl Statement {
-    fn principal_matches(&self, ctx: &RequestContext<'_>) -> bool {
-        self.principals.iter().any(|p| {
-            if p == "*" || p == ctx.principal {
+/// True when the principal `p` of a policy statement (or a grant's grantee) covers the caller
+/// `principal` of account `account`: `*`, the same ARN, the caller's account (its root ARN or
+/// bare id), or the role whose session the caller is.
+pub fn principal_covers(p: &str, principal: &str, account: &str) -> bool {
+    if p == "*" || p == principal {
+        return true;
+    }
+    // A role principal stands for its sessions
+    // (`arn:aws:sts::<account>:assumed-role/<role>/<session>`), as in IAM.
+    if let (Some(role), Some(session)) = (
+        p.strip_prefix("arn:aws:iam::"),
+        principal.strip_prefix("arn:aws:sts::"),
+    ) {
+        if let (Some((acct, role)), Some((sacct, rest))) = (
+            role.split_once(":role/"),
+            session.split_once(":assumed-role/"),
+        ) {
+            let role_name = role.rsplit('/').next().unwrap_or(role);
+            if acct == sacct && rest.rsplit_once('/').is_some_and(|(r, _)| r == role_name) {
                 return true;
             }
-            let root = p
-                .strip_prefix("arn:aws:iam::")
-                .and_then(|r| r.strip_suffix(":root"));
-            let account = root.or_else(|| (p.len() == 12).then_some(p.as_str()));
-            match account {
-                Some(a) => account_of(ctx.principal) == Some(a) && a == ctx.account,
-                None => false,
-            }
-        })
+        }
+    }
+    let root = p
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|r| r.strip_suffix(":root"));
+    let acct = root.or_else(|| (p.len() == 12).then_some(p));
+    match acct {
+        Some(a) => account_of(principal) == Some(a) && a == account,
+        None => false,
+    }
+}
+
+impl Statement {
+    fn principal_matches(&self, ctx: &RequestContext<'_>) -> bool {
+        self.principals
+            .iter()
+            .any(|p| principal_covers(p, ctx.principal, ctx.account))
     }
 
     fn matches(&self, ctx: &RequestContext<'_>) -> bool {
@@ -440,15 +554,212 @@ impl Statement {
     }
 }
 
+/// Checks at parse time that a policy value can be compared by `op` (AWS refuses a policy with,
+/// say, a `NumericLessThan` on `"ten"`).
+fn check_policy_value(op: Op, v: &str) -> Result<(), &'static str> {
+    match op {
+        Op::NumericEquals
+        | Op::NumericNotEquals
+        | Op::NumericLessThan
+        | Op::NumericLessThanEquals
+        | Op::NumericGreaterThan
+        | Op::NumericGreaterThanEquals => parse_number(v).map(drop).ok_or("is not a number"),
+        Op::DateEquals
+        | Op::DateNotEquals
+        | Op::DateLessThan
+        | Op::DateLessThanEquals
+        | Op::DateGreaterThan
+        | Op::DateGreaterThanEquals => parse_date(v).map(drop).ok_or("is not a date"),
+        Op::BinaryEquals => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(drop)
+                .map_err(|_| "is not base64")
+        }
+        Op::IpAddress | Op::NotIpAddress => parse_cidr(v).map(drop).ok_or("is not an IP range"),
+        Op::Bool => (v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false"))
+            .then_some(())
+            .ok_or("is not true or false"),
+        _ => Ok(()),
+    }
+}
+
+/// Longest number or date text compared (longer values never match).
+const MAX_SCALAR_LEN: usize = 64;
+
+/// A policy or request number: an integer or a decimal (`"10"`, `"1.5"`, `"-3"`).
+fn parse_number(v: &str) -> Option<f64> {
+    if v.is_empty()
+        || v.len() > MAX_SCALAR_LEN
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.'))
+    {
+        return None;
+    }
+    v.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// A date as IAM accepts it: ISO 8601 (`2020-01-01`, `2020-01-01T00:00:00Z`, with optional
+/// fraction and `Z` or `+hh:mm` offset) or seconds since the epoch. Returns epoch seconds.
+pub fn parse_date(v: &str) -> Option<f64> {
+    if v.is_empty() || v.len() > MAX_SCALAR_LEN {
+        return None;
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<f64>().ok();
+    }
+    let b = v.as_bytes();
+    let num = |s: &[u8]| -> Option<i64> {
+        (!s.is_empty() && s.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(s).ok()?.parse().ok())
+            .flatten()
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(&b[..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = crate::sigv4::days_from_civil(y, m, d);
+    let mut secs = (days * 86_400) as f64;
+    let rest = &b[10..];
+    if rest.is_empty() {
+        return Some(secs);
+    }
+    if rest[0] != b'T' || rest.len() < 9 || rest[3] != b':' || rest[6] != b':' {
+        return None;
+    }
+    let (hh, mm, ss) = (num(&rest[1..3])?, num(&rest[4..6])?, num(&rest[7..9])?);
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    secs += (hh * 3600 + mm * 60 + ss) as f64;
+    let mut tail = &rest[9..];
+    if let Some(frac) = tail.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        let f: f64 = format!("0.{}", std::str::from_utf8(&frac[..n]).ok()?)
+            .parse()
+            .ok()?;
+        secs += f;
+        tail = &frac[n..];
+    }
+    match tail {
+        b"" | b"Z" | b"z" => Some(secs),
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let off = (num(&[*h1, *h2])? * 3600 + num(&[*m1, *m2])? * 60) as f64;
+            Some(if *sign == b'+' {
+                secs - off
+            } else {
+                secs + off
+            })
+        }
+        _ => None,
+    }
+}
+
+/// An IPv4 or IPv6 range in CIDR notation (a bare address is a /32 or /128).
+fn parse_cidr(v: &str) -> Option<(std::net::IpAddr, u8)> {
+    if v.len() > MAX_SCALAR_LEN {
+        return None;
+    }
+    let (addr, bits) = match v.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (v, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max)?,
+        None => max,
+    };
+    Some((ip, bits))
+}
+
+/// True when `ip` lies in the range `cidr`. An IPv4 address is also matched against IPv6
+/// ranges in its IPv4-mapped form.
+fn ip_in(cidr: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (net, bits) = cidr;
+    let prefix = |a: u128, b: u128, width: u32| {
+        let bits = u32::from(bits);
+        if bits == 0 {
+            return true;
+        }
+        let shift = width - bits;
+        (a >> shift) == (b >> shift)
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            prefix(u128::from(u32::from(n)), u128::from(u32::from(i)), 32)
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => prefix(u128::from(n), u128::from(i), 128),
+        (IpAddr::V6(n), IpAddr::V4(i)) => {
+            prefix(u128::from(n), u128::from(i.to_ipv6_mapped()), 128)
+        }
+        (IpAddr::V4(n), IpAddr::V6(i)) => match i.to_ipv4_mapped() {
+            Some(i) => prefix(u128::from(u32::from(n)), u128::from(u32::from(i)), 32),
+            None => false,
+        },
+    }
+}
+
+/// `ArnLike`/`ArnEquals`: each of the six colon-separated parts is matched on its own, with
+/// `*` and `?` wildcards, case-sensitively.
+fn arn_matches(pattern: &str, arn: &str) -> bool {
+    let p: Vec<&str> = pattern.splitn(6, ':').collect();
+    let a: Vec<&str> = arn.splitn(6, ':').collect();
+    p.len() == 6 && a.len() == 6 && p.iter().zip(&a).all(|(p, a)| glob(p, a, false))
+}
+
 impl Condition {
     fn value_matches(&self, policy_value: &str, request_value: &str) -> bool {
+        use std::cmp::Ordering;
+        let numeric =
+            |want: &[Ordering]| match (parse_number(request_value), parse_number(policy_value)) {
+                (Some(r), Some(p)) => r.partial_cmp(&p).is_some_and(|o| want.contains(&o)),
+                _ => false,
+            };
+        let date = |want: &[Ordering]| match (parse_date(request_value), parse_date(policy_value)) {
+            (Some(r), Some(p)) => r.partial_cmp(&p).is_some_and(|o| want.contains(&o)),
+            _ => false,
+        };
         match self.op {
             Op::StringEquals | Op::StringNotEquals => policy_value == request_value,
             Op::StringEqualsIgnoreCase | Op::StringNotEqualsIgnoreCase => {
                 policy_value.eq_ignore_ascii_case(request_value)
             }
             Op::StringLike | Op::StringNotLike => glob(policy_value, request_value, false),
+            Op::NumericEquals | Op::NumericNotEquals => numeric(&[Ordering::Equal]),
+            Op::NumericLessThan => numeric(&[Ordering::Less]),
+            Op::NumericLessThanEquals => numeric(&[Ordering::Less, Ordering::Equal]),
+            Op::NumericGreaterThan => numeric(&[Ordering::Greater]),
+            Op::NumericGreaterThanEquals => numeric(&[Ordering::Greater, Ordering::Equal]),
+            Op::DateEquals | Op::DateNotEquals => date(&[Ordering::Equal]),
+            Op::DateLessThan => date(&[Ordering::Less]),
+            Op::DateLessThanEquals => date(&[Ordering::Less, Ordering::Equal]),
+            Op::DateGreaterThan => date(&[Ordering::Greater]),
+            Op::DateGreaterThanEquals => date(&[Ordering::Greater, Ordering::Equal]),
             Op::Bool => policy_value.eq_ignore_ascii_case(request_value),
+            Op::BinaryEquals => {
+                use base64::Engine as _;
+                let d = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+                matches!((d(policy_value), d(request_value)), (Some(p), Some(r)) if p == r)
+            }
+            Op::IpAddress | Op::NotIpAddress => {
+                match (parse_cidr(policy_value), request_value.parse()) {
+                    (Some(c), Ok(ip)) => ip_in(c, ip),
+                    _ => false,
+                }
+            }
+            Op::ArnEquals | Op::ArnLike | Op::ArnNotEquals | Op::ArnNotLike => {
+                arn_matches(policy_value, request_value)
+            }
             Op::Null => false,
         }
     }
@@ -456,7 +767,14 @@ impl Condition {
     fn negated(&self) -> bool {
         matches!(
             self.op,
-            Op::StringNotEquals | Op::StringNotEqualsIgnoreCase | Op::StringNotLike
+            Op::StringNotEquals
+                | Op::StringNotEqualsIgnoreCase
+                | Op::StringNotLike
+                | Op::NumericNotEquals
+                | Op::DateNotEquals
+                | Op::NotIpAddress
+                | Op::ArnNotEquals
+                | Op::ArnNotLike
         )
     }
 
@@ -626,7 +944,12 @@ mod tests {
             r#"{"Statement":{"Effect":"Maybe","Principal":"*","Action":"kms:*","Resource":"*"}}"#,
             r#"{"Statement":{"Effect":"Allow","Action":"kms:*","Resource":"*"}}"#,
             r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:*","Resource":"*"}}"#,
-            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"NumericEquals":{"a":"1"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"NumericEquals":{"a":"one"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"NumericEqualsSometimes":{"a":"1"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"DateLessThan":{"aws:CurrentTime":"yesterday"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"10.0.0.0/33"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"BinaryEquals":{"a":"!!"}}}}"#,
+            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"yes"}}}}"#,
             r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEquals":{"kms:RecipientAttestation:PCR32":"1"}}}}"#,
             r#"{"Version":"1999","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}}"#,
         ] {
@@ -916,6 +1239,459 @@ mod tests {
             &[(tenant, "a"), ("kms:EncryptionContext:TENANT", "b")]
         )));
         assert!(p.allows(&ctx(user, "kms:DescribeKey", &[])));
+    }
+
+    /// One condition block, the request's condition values, and whether the condition holds.
+    struct Example {
+        condition: &'static str,
+        values: &'static [(&'static str, &'static str)],
+        holds: bool,
+    }
+
+    /// The examples of AWS's IAM and KMS documentation ("IAM JSON policy elements: Condition
+    /// operators", "AWS KMS condition keys"), on present and absent keys.
+    const AWS_EXAMPLES: &[Example] = &[
+        // Numeric: "NumericLessThanEquals": {"s3:max-keys": "10"}.
+        Example {
+            condition: r#"{"NumericLessThanEquals":{"s3:max-keys":"10"}}"#,
+            values: &[("s3:max-keys", "10")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NumericLessThanEquals":{"s3:max-keys":"10"}}"#,
+            values: &[("s3:max-keys", "11")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"NumericLessThanEquals":{"s3:max-keys":"10"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"NumericLessThanEqualsIfExists":{"s3:max-keys":"10"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NumericEquals":{"n":"1.50"}}"#,
+            values: &[("n", "1.5")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NumericNotEquals":{"n":"2"}}"#,
+            values: &[("n", "2")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"NumericNotEquals":{"n":"2"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NumericGreaterThan":{"n":"2"}}"#,
+            values: &[("n", "3")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NumericGreaterThanEquals":{"n":"2"}}"#,
+            values: &[("n", "1")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"NumericLessThan":{"n":"2"}}"#,
+            values: &[("n", "not a number")],
+            holds: false,
+        },
+        // Date: a window of aws:CurrentTime.
+        Example {
+            condition: r#"{"DateGreaterThan":{"aws:CurrentTime":"2020-04-01T00:00:00Z"},"DateLessThan":{"aws:CurrentTime":"2020-06-30T23:59:59Z"}}"#,
+            values: &[("aws:CurrentTime", "2020-05-15T12:00:00Z")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"DateGreaterThan":{"aws:CurrentTime":"2020-04-01T00:00:00Z"},"DateLessThan":{"aws:CurrentTime":"2020-06-30T23:59:59Z"}}"#,
+            values: &[("aws:CurrentTime", "2020-07-01T00:00:00Z")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"DateLessThanEquals":{"aws:EpochTime":"1590000000"}}"#,
+            values: &[("aws:EpochTime", "2020-05-20T18:40:00Z")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"DateEquals":{"d":"2020-01-01"}}"#,
+            values: &[("d", "2020-01-01T00:00:00+00:00")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"DateGreaterThanEquals":{"d":"2020-01-01T00:00:00Z"}}"#,
+            values: &[("d", "2019-12-31T23:00:00-02:00")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"DateNotEquals":{"d":"2020-01-01"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"DateLessThan":{"d":"2020-01-01"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"DateLessThanIfExists":{"d":"2020-01-01"}}"#,
+            values: &[],
+            holds: true,
+        },
+        // Bool: deny plain HTTP with "Bool": {"aws:SecureTransport": "false"}.
+        Example {
+            condition: r#"{"Bool":{"aws:SecureTransport":"false"}}"#,
+            values: &[("aws:SecureTransport", "false")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"Bool":{"aws:SecureTransport":"false"}}"#,
+            values: &[("aws:SecureTransport", "true")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"Bool":{"aws:SecureTransport":"false"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"BoolIfExists":{"aws:MultiFactorAuthPresent":"true"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"Bool":{"kms:GrantIsForAWSResource":true}}"#,
+            values: &[("kms:GrantIsForAWSResource", "false")],
+            holds: false,
+        },
+        // Binary.
+        Example {
+            condition: r#"{"BinaryEquals":{"key":"QmluYXJ5VmFsdWVJbkJhc2U2NA=="}}"#,
+            values: &[("key", "QmluYXJ5VmFsdWVJbkJhc2U2NA==")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"BinaryEquals":{"key":"QmluYXJ5VmFsdWVJbkJhc2U2NA=="}}"#,
+            values: &[("key", "QmluYXJ5")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"BinaryEquals":{"key":"QmluYXJ5VmFsdWVJbkJhc2U2NA=="}}"#,
+            values: &[],
+            holds: false,
+        },
+        // IP addresses: "IpAddress": {"aws:SourceIp": "203.0.113.0/24"}, IPv6 ranges.
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}"#,
+            values: &[("aws:SourceIp", "203.0.113.7")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}"#,
+            values: &[("aws:SourceIp", "203.0.114.7")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":["203.0.113.0/24","2001:DB8:1234:5678::/64"]}}"#,
+            values: &[("aws:SourceIp", "2001:db8:1234:5678::1")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":"10.1.2.3"}}"#,
+            values: &[("aws:SourceIp", "10.1.2.3")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"IpAddress":{"aws:SourceIp":"0.0.0.0/0"}}"#,
+            values: &[("aws:SourceIp", "192.0.2.1")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NotIpAddress":{"aws:SourceIp":["192.0.2.0/24","203.0.113.0/24"]}}"#,
+            values: &[("aws:SourceIp", "198.51.100.1")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"NotIpAddress":{"aws:SourceIp":["192.0.2.0/24","203.0.113.0/24"]}}"#,
+            values: &[("aws:SourceIp", "192.0.2.9")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"NotIpAddress":{"aws:SourceIp":"192.0.2.0/24"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"IpAddressIfExists":{"aws:SourceIp":"192.0.2.0/24"}}"#,
+            values: &[],
+            holds: true,
+        },
+        // ARNs: each of the six parts is matched on its own.
+        Example {
+            condition: r#"{"ArnEquals":{"aws:SourceArn":"arn:aws:sns:us-east-1:123456789012:my-topic"}}"#,
+            values: &[(
+                "aws:SourceArn",
+                "arn:aws:sns:us-east-1:123456789012:my-topic",
+            )],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ArnLike":{"aws:PrincipalArn":"arn:aws:iam::*:role/Admin*"}}"#,
+            values: &[(
+                "aws:PrincipalArn",
+                "arn:aws:iam::111122223333:role/AdminOps",
+            )],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ArnLike":{"aws:PrincipalArn":"arn:aws:iam::*:role/Admin*"}}"#,
+            values: &[(
+                "aws:PrincipalArn",
+                "arn:aws:iam::111122223333:user/AdminOps",
+            )],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ArnLike":{"aws:PrincipalArn":"arn:aws:iam::*:role/Admin*"}}"#,
+            values: &[("aws:PrincipalArn", "not-an-arn")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ArnNotLike":{"aws:PrincipalArn":"arn:aws:iam::*:role/Admin*"}}"#,
+            values: &[("aws:PrincipalArn", "arn:aws:iam::111122223333:user/bob")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ArnNotEquals":{"aws:SourceArn":"arn:aws:sns:*:*:t"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ArnLike":{"aws:SourceArn":"arn:aws:sns:*:*:t"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ArnLikeIfExists":{"aws:SourceArn":"arn:aws:sns:*:*:t"}}"#,
+            values: &[],
+            holds: true,
+        },
+        // Null: "Null": {"aws:TokenIssueTime": "true"} holds when the key is absent.
+        Example {
+            condition: r#"{"Null":{"aws:TokenIssueTime":"true"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"Null":{"aws:TokenIssueTime":"false"}}"#,
+            values: &[("aws:TokenIssueTime", "2020-01-01T00:00:00Z")],
+            holds: true,
+        },
+        // KMS: kms:CallerAccount, kms:ViaService (absent: no AWS service calls through Cloister).
+        Example {
+            condition: r#"{"StringEquals":{"kms:CallerAccount":"111122223333"}}"#,
+            values: &[("kms:CallerAccount", "111122223333")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEquals":{"kms:ViaService":"ec2.us-west-2.amazonaws.com"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"StringNotEquals":{"kms:ViaService":"ec2.us-west-2.amazonaws.com"}}"#,
+            values: &[],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringLike":{"kms:ViaService":"*.amazonaws.com"}}"#,
+            values: &[("kms:ViaService", "rds.us-east-1.amazonaws.com")],
+            holds: true,
+        },
+        // kms:EncryptionAlgorithm, kms:SigningAlgorithm, kms:KeySpec, kms:KeyUsage.
+        Example {
+            condition: r#"{"StringEquals":{"kms:EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}}"#,
+            values: &[("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEquals":{"kms:EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}}"#,
+            values: &[("kms:EncryptionAlgorithm", "RSAES_OAEP_SHA_256")],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"StringLike":{"kms:SigningAlgorithm":"ECDSA_*"}}"#,
+            values: &[("kms:SigningAlgorithm", "ECDSA_SHA_256")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringLike":{"kms:SigningAlgorithm":"ECDSA_*"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"StringEquals":{"kms:KeySpec":["RSA_2048","SYMMETRIC_DEFAULT"]}}"#,
+            values: &[("kms:KeySpec", "SYMMETRIC_DEFAULT")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEquals":{"kms:KeyUsage":"SIGN_VERIFY"}}"#,
+            values: &[("kms:KeyUsage", "ENCRYPT_DECRYPT")],
+            holds: false,
+        },
+        // kms:GrantOperations: ForAllValues (every requested operation listed).
+        Example {
+            condition: r#"{"ForAllValues:StringEquals":{"kms:GrantOperations":["Decrypt","RetireGrant"]}}"#,
+            values: &[
+                ("kms:GrantOperations", "Decrypt"),
+                ("kms:GrantOperations", "RetireGrant"),
+            ],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ForAllValues:StringEquals":{"kms:GrantOperations":["Decrypt","RetireGrant"]}}"#,
+            values: &[
+                ("kms:GrantOperations", "Decrypt"),
+                ("kms:GrantOperations", "Encrypt"),
+            ],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ForAnyValue:StringEquals":{"kms:GrantOperations":["Encrypt"]}}"#,
+            values: &[
+                ("kms:GrantOperations", "Decrypt"),
+                ("kms:GrantOperations", "Encrypt"),
+            ],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ForAnyValue:StringEquals":{"kms:GrantOperations":["Encrypt"]}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ForAllValues:StringEquals":{"kms:GrantOperations":["Encrypt"]}}"#,
+            values: &[],
+            holds: true,
+        },
+        // kms:EncryptionContextKeys: "ForAllValues:StringEquals" with AppName and FilePath.
+        Example {
+            condition: r#"{"ForAllValues:StringEquals":{"kms:EncryptionContextKeys":["AppName","FilePath"]}}"#,
+            values: &[("kms:EncryptionContextKeys", "AppName")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ForAllValues:StringEquals":{"kms:EncryptionContextKeys":["AppName","FilePath"]}}"#,
+            values: &[
+                ("kms:EncryptionContextKeys", "AppName"),
+                ("kms:EncryptionContextKeys", "Other"),
+            ],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ForAnyValue:StringEquals":{"kms:EncryptionContextKeys":"AppName"}}"#,
+            values: &[
+                ("kms:EncryptionContextKeys", "Other"),
+                ("kms:EncryptionContextKeys", "AppName"),
+            ],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ForAnyValue:IpAddress":{"aws:SourceIp":"10.0.0.0/8"}}"#,
+            values: &[("aws:SourceIp", "10.9.9.9")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"ForAllValues:NumericLessThan":{"n":"5"}}"#,
+            values: &[("n", "1"), ("n", "7")],
+            holds: false,
+        },
+        // kms:RequestAlias and kms:ResourceAliases.
+        Example {
+            condition: r#"{"StringEquals":{"kms:RequestAlias":"alias/finance-key"}}"#,
+            values: &[("kms:RequestAlias", "alias/finance-key")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEquals":{"kms:RequestAlias":"alias/finance-key"}}"#,
+            values: &[],
+            holds: false,
+        },
+        Example {
+            condition: r#"{"ForAnyValue:StringEquals":{"kms:ResourceAliases":"alias/finance-key"}}"#,
+            values: &[
+                ("kms:ResourceAliases", "alias/x"),
+                ("kms:ResourceAliases", "alias/finance-key"),
+            ],
+            holds: true,
+        },
+        // aws:PrincipalArn with StringLike, and kms:RecipientAttestation keys.
+        Example {
+            condition: r#"{"StringLike":{"aws:PrincipalArn":"arn:aws:iam::111122223333:role/*"}}"#,
+            values: &[("aws:PrincipalArn", "arn:aws:iam::111122223333:role/app")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEqualsIgnoreCase":{"kms:RecipientAttestation:ImageSha384":"ABCD"}}"#,
+            values: &[("kms:RecipientAttestation:ImageSha384", "abcd")],
+            holds: true,
+        },
+        Example {
+            condition: r#"{"StringEqualsIgnoreCase":{"kms:RecipientAttestation:PCR8":"00"}}"#,
+            values: &[],
+            holds: false,
+        },
+    ];
+
+    #[test]
+    fn aws_documented_examples() {
+        for (i, e) in AWS_EXAMPLES.iter().enumerate() {
+            let text = format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{}}}]}}"#,
+                e.condition
+            );
+            let p = Policy::parse(&text).unwrap_or_else(|err| panic!("example {i}: {err}"));
+            let c = ctx(
+                "arn:aws:iam::111122223333:user/app",
+                "kms:Decrypt",
+                e.values,
+            );
+            assert_eq!(
+                p.allows(&c),
+                e.holds,
+                "example {i}: {} with {:?}",
+                e.condition,
+                e.values
+            );
+        }
+    }
+
+    #[test]
+    fn dates_parse_as_iam_does() {
+        assert_eq!(parse_date("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(parse_date("1970-01-02"), Some(86_400.0));
+        assert_eq!(parse_date("1970-01-01T01:00:00+01:00"), Some(0.0));
+        assert_eq!(parse_date("1970-01-01T00:00:00.5Z"), Some(0.5));
+        assert_eq!(parse_date("86400"), Some(86_400.0));
+        for bad in [
+            "",
+            "yesterday",
+            "2020-13-01",
+            "2020-01-01T25:00:00Z",
+            "2020-01-01T00:00:00Q",
+        ] {
+            assert!(parse_date(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

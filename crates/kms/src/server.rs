@@ -128,11 +128,17 @@ pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredenti
             .map_err(|e| ServerError::TrustAnchors(e.to_string()))?;
         Some(RecipientGate::new(verifier, config.attestation_max_age()))
     };
-    let service = Service::new(store, config.region(), config.account_id(), gate);
+    let service = Service::new(store, config.region(), config.account_id(), gate)
+        .with_regions(&config.other_regions);
     service
         .maintain()
         .map_err(|e| ServerError::Admin(format!("initial upkeep: {e}")))?;
-    let verifier = Verifier::new(config.region(), creds);
+    let mut verifier = Verifier::new(config.region(), creds).with_regions(&config.other_regions);
+    for c in &config.credentials {
+        if let Some(t) = &c.session_token {
+            verifier = verifier.with_session_token(&c.access_key_id, t);
+        }
+    }
     let limits = Limits {
         header_read: config.server.header_read_timeout(),
         body_read: config.server.body_read_timeout(),
@@ -211,10 +217,21 @@ fn respond(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
     );
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        h.insert("x-amzn-requestid", v);
-    }
+    h.insert("x-amzn-requestid", request_id());
     r
+}
+
+/// A fresh request id (a random UUID, as AWS sends), drawn from aws-lc's generator: no system
+/// call and no intermediate `String` per response.
+fn request_id() -> hyper::header::HeaderValue {
+    let mut bytes = [0u8; 16];
+    // A failed draw leaves zeros: the id only correlates logs, it protects nothing.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    hyper::header::HeaderValue::from_str(text)
+        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("0"))
 }
 
 fn error_response(e: &KmsError) -> Response<Full<Bytes>> {
@@ -369,7 +386,12 @@ fn dispatch(
         headers: &headers,
         body,
     };
-    let principal = app.verifier.verify(&signed, epoch_now())?;
+    let (principal, region) = app.verifier.verify_scoped(&signed, epoch_now())?;
+    let mut caller = cloister_kms_caller(principal, region);
+    if let Some(client) = parts.extensions.get::<ClientAddr>() {
+        caller.source_ip = Some(client.0.ip());
+        caller.secure_transport = Some(client.1);
+    }
     let target = parts
         .headers
         .get("x-amz-target")
@@ -379,9 +401,23 @@ fn dispatch(
         .strip_prefix("TrentService.")
         .ok_or_else(|| KmsError::UnknownOperation(format!("Unknown target {target}")))?;
     if is_blocking(op) {
-        tokio::task::block_in_place(|| app.service.handle(op, &principal, body))
+        tokio::task::block_in_place(|| app.service.handle_as(op, &caller, body))
     } else {
-        app.service.handle(op, &principal, body)
+        app.service.handle_as(op, &caller, body)
+    }
+}
+
+/// The address of the client of a request, and whether it came over TLS (a request extension:
+/// `aws:SourceIp` and `aws:SecureTransport` of the request's policy evaluation).
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(SocketAddr, bool);
+
+/// The caller of a verified request: its principal and the Region of its credential scope.
+fn cloister_kms_caller(principal: String, region: String) -> crate::service::ops::Caller {
+    crate::service::ops::Caller {
+        principal,
+        region: Some(region),
+        ..Default::default()
     }
 }
 
@@ -449,7 +485,7 @@ async fn connection(
     let conn = guard.conn().clone();
     let io = Tracked::new(stream, conn.clone());
     match tls {
-        None => drive(io, peer, conn, app).await,
+        None => drive(io, ClientAddr(peer, false), conn, app).await,
         Some(acceptor) => {
             // The handshake counts as part of the first request head.
             conn.enter(Phase::Head);
@@ -460,7 +496,7 @@ async fn connection(
             match handshake {
                 Ok(Ok(s)) => {
                     conn.enter(Phase::Idle);
-                    drive(s, peer, conn, app).await;
+                    drive(s, ClientAddr(peer, true), conn, app).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -471,13 +507,15 @@ async fn connection(
 }
 
 /// Runs HTTP/1.1 on `io` under the connection's deadlines.
-async fn drive<S>(io: S, peer: SocketAddr, conn: Arc<Conn>, app: Arc<App>)
+async fn drive<S>(io: S, client: ClientAddr, conn: Arc<Conn>, app: Arc<App>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = client.0;
     let limits = app.limits;
     let svc_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |req| -> ReplyFuture {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| -> ReplyFuture {
+        req.extensions_mut().insert(client);
         let app = app.clone();
         let conn = svc_conn.clone();
         let n = conn.begin_request();

@@ -33,6 +33,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+mod asymmetric;
+mod mac;
+#[path = "ops/mod.rs"]
+pub mod ops;
+
 /// Largest Encrypt plaintext (AWS: 4096).
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Largest attestation document (AWS: 262144).
@@ -118,6 +123,15 @@ struct Req {
     custom_key_store_id: Option<String>,
     grant_tokens: Option<Vec<String>>,
     dry_run: Option<bool>,
+    // Sign, Verify, GenerateMac, VerifyMac, DeriveSharedSecret (see `asymmetric` and `mac`).
+    message: Option<Blob>,
+    message_type: Option<String>,
+    signing_algorithm: Option<String>,
+    signature: Option<Blob>,
+    mac_algorithm: Option<String>,
+    mac: Option<Blob>,
+    public_key: Option<Blob>,
+    key_agreement_algorithm: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +180,11 @@ pub const DRY_RUN_OPERATIONS: &[&str] = &[
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
     "ReEncrypt",
+    "Sign",
+    "Verify",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
 ];
 
 /// AWS's message for a policy that fails the lockout safety check.
@@ -177,7 +196,9 @@ pub const DRY_RUN_MESSAGE: &str = "The request would have succeeded, but the Dry
 
 /// Operations that may be slow (key-pair generation, attestation verification).
 pub fn is_blocking(op: &str) -> bool {
-    WRITE_OPERATIONS.contains(&op) || op.starts_with("GenerateDataKeyPair")
+    WRITE_OPERATIONS.contains(&op)
+        || op.starts_with("GenerateDataKeyPair")
+        || ops::BLOCKING_OPERATIONS.contains(&op)
 }
 
 /// The key service.
@@ -186,6 +207,8 @@ pub struct Service {
     region: String,
     account: String,
     recipient: Option<RecipientGate>,
+    /// Every Region this service answers for (its own first).
+    served_regions: Vec<String>,
 }
 
 impl std::fmt::Debug for Service {
@@ -294,8 +317,9 @@ fn generate_key_pair(spec: &str) -> KmsResult<(Zeroizing<Vec<u8>>, Vec<u8>)> {
         "ECC_NIST_P256" => ec(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING),
         "ECC_NIST_P384" => ec(&aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING),
         "ECC_NIST_P521" => ec(&aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1_SIGNING),
+        "ECC_SECG_P256K1" => ec(&aws_lc_rs::signature::ECDSA_P256K1_SHA256_ASN1_SIGNING),
         other => Err(KmsError::Validation(format!(
-            "1 validation error detected: Value '{other}' at 'keyPairSpec' failed to satisfy constraint: Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521]"
+            "1 validation error detected: Value '{other}' at 'keyPairSpec' failed to satisfy constraint: Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1]"
         ))),
     }
 }
@@ -374,7 +398,18 @@ impl Service {
             region: region.to_string(),
             account: account.to_string(),
             recipient,
+            served_regions: vec![region.to_string()],
         }
+    }
+
+    /// Also answers for these Regions (multi-Region keys can have replicas there).
+    pub fn with_regions(mut self, regions: &[String]) -> Self {
+        for r in regions {
+            if !self.served_regions.contains(r) {
+                self.served_regions.push(r.clone());
+            }
+        }
+        self
     }
 
     /// The store.
@@ -394,22 +429,34 @@ impl Service {
 
     /// A key's ARN.
     pub fn key_arn(&self, id: &str) -> String {
-        format!("arn:aws:kms:{}:{}:key/{id}", self.region, self.account)
+        format!(
+            "arn:aws:kms:{}:{}:key/{id}",
+            self.request_region(),
+            self.account
+        )
     }
 
     fn alias_arn(&self, name: &str) -> String {
-        format!("arn:aws:kms:{}:{}:{name}", self.region, self.account)
+        format!(
+            "arn:aws:kms:{}:{}:{name}",
+            self.request_region(),
+            self.account
+        )
     }
 
     /// Runs one operation. `principal` is the authenticated caller's ARN.
     pub fn handle(&self, op: &str, principal: &str, body: &[u8]) -> KmsResult<Vec<u8>> {
+        let _scope = self.enter_direct(op, principal, body);
+        if let Some(out) = self.extension(op, principal, body) {
+            return out;
+        }
         let req = parse_req(body)?;
         if req.custom_key_store_id.is_some() {
             return Err(KmsError::UnsupportedOperation(
                 "Custom key stores are not supported".into(),
             ));
         }
-        let _ = &req.grant_tokens;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
         if req.dry_run == Some(true) {
             if !DRY_RUN_OPERATIONS.contains(&op) {
                 // AWS has no DryRun on this operation; refuse rather than do for real what the
@@ -462,6 +509,12 @@ impl Service {
             "GetKeyRotationStatus" => self.rotation_status(principal, req)?,
             "RotateKeyOnDemand" => self.rotate_on_demand(principal, req)?,
             "UpdateKeyDescription" => self.update_description(principal, req)?,
+            "Sign" => self.sign(principal, req)?,
+            "Verify" => self.verify(principal, req)?,
+            "GetPublicKey" => self.get_public_key(principal, req)?,
+            "DeriveSharedSecret" => self.derive_shared_secret(principal, req)?,
+            "GenerateMac" => self.generate_mac(principal, req)?,
+            "VerifyMac" => self.verify_mac(principal, req)?,
             _ => {
                 return Err(KmsError::UnknownOperation(format!(
                     "Operation {op} is not supported by this key service"
@@ -486,7 +539,7 @@ impl Service {
             if partition != "aws" || service != "kms" {
                 return Err(KmsError::InvalidArn(format!("Invalid arn {key_id}")));
             }
-            if region != self.region || account != self.account {
+            if region != self.request_region() || account != self.account {
                 return Err(not_found());
             }
             if let Some(id) = resource.strip_prefix("key/") {
@@ -514,6 +567,8 @@ impl Service {
                 self.key_arn(&entry.record.id)
             )));
         }
+        self.check_in_region(&entry.record)?;
+        let entry = self.expire_imported(&id, entry)?;
         let arn = self.key_arn(&entry.record.id);
         Ok(Resolved { id, entry, arn })
     }
@@ -552,7 +607,7 @@ impl Service {
                 }
             }
         }
-        if key.entry.policy.allows(&ctx) {
+        if self.permits(key, &mut ctx, context) {
             Ok(())
         } else {
             Err(KmsError::AccessDenied(format!(
@@ -607,6 +662,10 @@ impl Service {
             KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", key.arn))),
             KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
                 "{} is pending deletion.",
+                key.arn
+            ))),
+            KeyState::PendingImport => Err(KmsError::InvalidState(format!(
+                "{} is pending import.",
                 key.arn
             ))),
         }
@@ -713,6 +772,7 @@ impl Service {
             })?;
         if let Some(named) = key_id {
             let want = self.resolve(named)?;
+            Self::require_symmetric(&want, action)?;
             if want.id != key.id {
                 return Err(KmsError::IncorrectKey(
                     "The key ID in the request does not identify a CMK that can perform this operation.".into(),
@@ -732,6 +792,9 @@ impl Service {
     // ---- cryptographic operations ----
 
     fn decrypt(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
+        if asymmetric::is_rsa_algorithm(&req.encryption_algorithm) {
+            return self.rsa_decrypt(principal, req);
+        }
         check_symmetric_algorithm(&req.encryption_algorithm)?;
         let ct = required(req.ciphertext_blob, "ciphertextBlob")?;
         let recipient = self.attested(req.recipient)?;
@@ -758,8 +821,11 @@ impl Service {
     }
 
     fn encrypt(&self, principal: &str, req: Req) -> KmsResult<Value> {
+        let key = self.resolve(required(req.key_id.as_deref(), "keyId")?)?;
+        if !key.entry.record.key_spec.is_symmetric() {
+            return self.rsa_encrypt(principal, key, req);
+        }
         check_symmetric_algorithm(&req.encryption_algorithm)?;
-        let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let pt = required(req.plaintext, "plaintext")?;
         check_len("plaintext", pt.0.len(), 1, MAX_PLAINTEXT)?;
         let ctx = req.encryption_context.unwrap_or_default();
@@ -780,6 +846,7 @@ impl Service {
         with_plaintext: bool,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        Self::require_symmetric(&key, "kms:GenerateDataKey")?;
         let n = match (req.key_spec.as_deref(), req.number_of_bytes) {
             (Some(_), Some(_)) => {
                 return Err(KmsError::Validation(
@@ -824,6 +891,7 @@ impl Service {
         with_plaintext: bool,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
+        Self::require_symmetric(&key, "kms:GenerateDataKeyPair")?;
         let spec = required(req.key_pair_spec, "keyPairSpec")?;
         let (ctx, recipient) = self.authorize_generation(
             &key,
@@ -874,6 +942,7 @@ impl Service {
         check_symmetric_algorithm(&req.destination_encryption_algorithm)?;
         let ct = required(req.ciphertext_blob, "ciphertextBlob")?;
         let dest = self.resolve(&required(req.destination_key_id, "destinationKeyId")?)?;
+        Self::require_symmetric(&dest, "kms:ReEncryptTo")?;
         let src_ctx = req.source_encryption_context.unwrap_or_default();
         let dst_ctx = req.destination_encryption_context.unwrap_or_default();
         let (src, plain) = self.symmetric_decrypt(
@@ -916,51 +985,34 @@ impl Service {
             "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
             "MultiRegion": false,
         });
+        r.key_spec.describe(r.usage(), &mut m);
         if let Some(d) = r.deletion_date {
             m["DeletionDate"] = json!(d);
         }
         if let Some(w) = r.pending_window_days {
             m["PendingDeletionWindowInDays"] = json!(w);
         }
+        self.import_metadata(r, &mut m);
+        self.region_metadata(r, &mut m);
         m
     }
 
     fn create_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
-        if let Some(u) = req.key_usage.as_deref() {
-            if u != "ENCRYPT_DECRYPT" {
-                return Err(KmsError::UnsupportedOperation(format!(
-                    "KeyUsage {u} is not supported; only ENCRYPT_DECRYPT symmetric keys exist here"
-                )));
-            }
-        }
-        for spec in [
-            req.key_spec.as_deref(),
-            req.customer_master_key_spec.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if spec != "SYMMETRIC_DEFAULT" {
-                return Err(KmsError::UnsupportedOperation(format!(
-                    "KeySpec {spec} is not supported; only SYMMETRIC_DEFAULT keys exist here"
-                )));
-            }
-        }
+        let (key_spec, key_usage) = asymmetric::spec_and_usage(&req)?;
         if let Some(o) = req.origin.as_deref() {
-            if o != "AWS_KMS" {
+            if o != "AWS_KMS" && o != "EXTERNAL" {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "Origin {o} is not supported"
                 )));
             }
         }
-        if req.multi_region == Some(true) {
-            return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys are not supported".into(),
-            ));
-        }
         let description = req.description.unwrap_or_default();
         check_len("description", description.len(), 0, MAX_DESCRIPTION)?;
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let id = if req.multi_region == Some(true) {
+            ops::regions::new_mrk_id()?
+        } else {
+            uuid::Uuid::new_v4().hyphenated().to_string()
+        };
         let policy = match req.policy {
             Some(p) => {
                 check_len("policy", p.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
@@ -981,8 +1033,13 @@ impl Service {
                 "A key can have at most {MAX_TAGS} tags"
             )));
         }
-        let material = random(MATERIAL_LEN)?;
-        let record = KeyRecord {
+        let material = match crate::keys::generate_material(key_spec)? {
+            Some(private) => private,
+            None => random(MATERIAL_LEN)?,
+        };
+        let mut record = KeyRecord {
+            key_spec,
+            key_usage,
             materials: vec![self.store.seal_material(&id, 0, &material)?],
             id,
             created: now(),
@@ -994,7 +1051,13 @@ impl Service {
             tags,
             rotation_period_days: None,
             rotations: vec![],
+            grants: vec![],
+            import: None,
+            on_demand_rotations: vec![],
+            multi_region: None,
         };
+        self.apply_origin(&mut record, req.origin.as_deref());
+        self.apply_multi_region(&mut record, req.multi_region == Some(true));
         let entry = self.store.insert_key(record)?;
         Ok(json!({ "KeyMetadata": self.metadata(&entry) }))
     }
@@ -1029,6 +1092,7 @@ impl Service {
                 !(e.record.state == KeyState::PendingDeletion
                     && e.record.deletion_date.is_some_and(|d| d <= t))
             })
+            .filter(|e| self.in_request_region(&e.record))
             .map(|e| json!({ "KeyId": e.record.id, "KeyArn": self.key_arn(&e.record.id) }))
             .collect();
         let mut out = json!({ "Keys": list, "Truncated": more });
@@ -1054,6 +1118,9 @@ impl Service {
                 return Err(KmsError::InvalidState(format!(
                     "{arn} is pending deletion."
                 )));
+            }
+            if r.state == KeyState::PendingImport {
+                return Err(KmsError::InvalidState(format!("{arn} is pending import.")));
             }
             r.state = if enable {
                 KeyState::Enabled
@@ -1316,6 +1383,8 @@ impl Service {
         };
         self.authorize(&key, principal, action, None, None)?;
         self.require_enabled(&key)?;
+        Self::require_rotatable(&key)?;
+        self.check_rotatable(&key.entry.record)?;
         self.store.update_key(&key.id, |r| {
             r.rotation_period_days = if enable {
                 u32::try_from(period).ok()
@@ -1348,13 +1417,18 @@ impl Service {
         Ok(out)
     }
 
-    fn rotate(&self, id: &[u8; 16]) -> KmsResult<()> {
+    fn rotate(&self, id: &[u8; 16], on_demand: bool) -> KmsResult<()> {
         let material = random(MATERIAL_LEN)?;
         self.store.update_key(id, |r| {
+            self.check_rotatable(r)?;
             let version = r.materials.len();
             r.materials
                 .push(self.store.seal_material(&r.id, version, &material)?);
-            r.rotations.push(now());
+            let t = now();
+            r.rotations.push(t);
+            if on_demand {
+                r.on_demand_rotations.push(t);
+            }
             Ok(())
         })?;
         Ok(())
@@ -1364,7 +1438,8 @@ impl Service {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         self.authorize(&key, principal, "kms:RotateKeyOnDemand", None, None)?;
         self.require_enabled(&key)?;
-        self.rotate(&key.id)?;
+        Self::require_rotatable(&key)?;
+        self.rotate(&key.id, true)?;
         Ok(json!({ "KeyId": key.arn }))
     }
 
@@ -1394,7 +1469,7 @@ impl Service {
                     && Self::next_rotation(&e.record).is_some_and(|n| n <= t)
                 {
                     if let Some(id) = parse_key_id(&e.record.id) {
-                        self.rotate(&id)?;
+                        self.rotate(&id, false)?;
                         rotated += 1;
                     }
                 }

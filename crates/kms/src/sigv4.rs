@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 /// Largest accepted clock difference between client and server, in seconds (AWS: 5 minutes).
 pub const MAX_CLOCK_SKEW_S: i64 = 300;
-/// Most entries kept in the signing-key cache before it is cleared.
+/// Most access keys with cached signing keys before the cache is cleared.
 pub const SIGNING_KEY_CACHE_MAX: usize = 4096;
 /// Longest Authorization header accepted.
 pub const MAX_AUTH_HEADER: usize = 4096;
@@ -59,13 +59,30 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Derived signing keys by (access key id, yyyymmdd).
-type SigningKeyCache = HashMap<(String, [u8; 8]), Zeroizing<[u8; 32]>>;
+/// Derived signing keys by access key id, then (yyyymmdd, region). Keyed by the access key id
+/// alone so that a lookup borrows the request's `&str` instead of allocating a key.
+type SigningKeyCache = HashMap<String, Vec<CachedKey>>;
+
+/// One derived signing key of an access key.
+struct CachedKey {
+    date: [u8; 8],
+    region: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// Most (day, region) signing keys kept per access key; the oldest goes first. A client needs
+/// one per Region it signs for, plus one for the day before around midnight.
+pub const SIGNING_KEYS_PER_ACCESS_KEY: usize = 16;
 
 /// SigV4 verifier with a credential table and a signing-key cache.
 pub struct Verifier {
     region: String,
     credentials: HashMap<String, Credential>,
+    /// Session tokens by access key id: a request with such a key must carry the token in
+    /// `X-Amz-Security-Token`.
+    session_tokens: HashMap<String, Zeroizing<String>>,
+    /// Further Regions accepted in the credential scope.
+    other_regions: Vec<String>,
     cache: RwLock<SigningKeyCache>,
 }
 
@@ -200,11 +217,14 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 fn uri_encode(out: &mut String, bytes: &[u8], keep_slash: bool) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if is_unreserved(b) || (keep_slash && b == b'/') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
         }
     }
 }
@@ -252,14 +272,21 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-fn canonical_path(path: &str) -> String {
-    if path.is_empty() {
-        return "/".into();
+/// Lower-case hex of a 32-byte digest, on the stack (the verifier's hot path).
+fn hex32(bytes: &[u8]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes.iter().take(32)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    let mut out = String::with_capacity(path.len());
-    // Non-S3 services encode the already-encoded path once more, segment by segment.
-    uri_encode(&mut out, path.as_bytes(), true);
     out
+}
+
+/// [`hex32`] as text.
+fn hex32_str(buf: &[u8; 64]) -> &str {
+    // Only ASCII hex digits are written into the buffer.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -289,18 +316,24 @@ pub fn string_to_sign(
     let mut canonical = String::with_capacity(512);
     canonical.push_str(req.method);
     canonical.push('\n');
-    canonical.push_str(&canonical_path(req.path));
+    if req.path.is_empty() {
+        canonical.push('/');
+    } else {
+        // Non-S3 services encode the already-encoded path once more, segment by segment.
+        uri_encode(&mut canonical, req.path.as_bytes(), true);
+    }
     canonical.push('\n');
-    canonical.push_str(&canonical_query(req.query));
+    if !req.query.is_empty() {
+        canonical.push_str(&canonical_query(req.query));
+    }
     canonical.push('\n');
     let mut content_sha = None;
-    let names: Vec<&str> = signed_headers.split(';').collect();
-    if names.len() > MAX_SIGNED_HEADERS {
+    if signed_headers.split(';').count() > MAX_SIGNED_HEADERS {
         return Err(KmsError::IncompleteSignature(
             "too many signed headers".into(),
         ));
     }
-    for name in &names {
+    for name in signed_headers.split(';') {
         if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(KmsError::IncompleteSignature(
                 "SignedHeaders must be lower-case names separated by ';'".into(),
@@ -340,14 +373,15 @@ pub fn string_to_sign(
             )));
         }
         canonical.push('\n');
-        if *name == "x-amz-content-sha256" {
+        if name == "x-amz-content-sha256" {
             content_sha = Some(());
         }
     }
     canonical.push('\n');
     canonical.push_str(signed_headers);
     canonical.push('\n');
-    let body_hash = hex::encode(digest::digest(&digest::SHA256, req.body));
+    let body_hash_hex = hex32(digest::digest(&digest::SHA256, req.body).as_ref());
+    let body_hash = hex32_str(&body_hash_hex);
     if content_sha.is_some() {
         let claimed = req
             .headers
@@ -361,11 +395,17 @@ pub fn string_to_sign(
             ));
         }
     }
-    canonical.push_str(&body_hash);
-    let creq_hash = hex::encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
-    Ok(format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{creq_hash}"
-    ))
+    canonical.push_str(body_hash);
+    let creq_hash = hex32(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
+    // The canonical request's buffer is reused for the string to sign.
+    canonical.clear();
+    canonical.push_str("AWS4-HMAC-SHA256\n");
+    canonical.push_str(amz_date);
+    canonical.push('\n');
+    canonical.push_str(scope);
+    canonical.push('\n');
+    canonical.push_str(hex32_str(&creq_hash));
+    Ok(canonical)
 }
 
 impl Verifier {
@@ -374,13 +414,34 @@ impl Verifier {
         Self {
             region: region.to_string(),
             credentials,
+            session_tokens: HashMap::new(),
+            other_regions: Vec::new(),
             cache: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Also accepts credential scopes of these Regions (one server answering for several).
+    pub fn with_regions(mut self, regions: &[String]) -> Self {
+        self.other_regions.extend(regions.iter().cloned());
+        self
+    }
+
+    /// Requires `token` in `X-Amz-Security-Token` on requests signed with `access_key` (a
+    /// session credential, as STS issues them).
+    pub fn with_session_token(mut self, access_key: &str, token: &str) -> Self {
+        self.session_tokens
+            .insert(access_key.to_string(), Zeroizing::new(token.to_string()));
+        self
     }
 
     /// Verifies the request's signature at `now` (seconds since the epoch) and returns the
     /// principal ARN it authenticates.
     pub fn verify(&self, req: &SignedRequest<'_>, now: i64) -> KmsResult<String> {
+        self.verify_scoped(req, now).map(|(principal, _)| principal)
+    }
+
+    /// Like [`Verifier::verify`], and also returns the Region of the credential scope.
+    pub fn verify_scoped(&self, req: &SignedRequest<'_>, now: i64) -> KmsResult<(String, String)> {
         let header = |name: &str| {
             req.headers
                 .iter()
@@ -403,7 +464,17 @@ impl Verifier {
                 "The security token included in the request is invalid.".into(),
             )
         })?;
-        if auth.service != SERVICE || auth.region != self.region {
+        if let Some(want) = self.session_tokens.get(auth.access_key) {
+            let got = header("x-amz-security-token").unwrap_or_default();
+            if constant_time::verify_slices_are_equal(want.as_bytes(), got).is_err() {
+                return Err(KmsError::UnrecognizedClient(
+                    "The security token included in the request is invalid.".into(),
+                ));
+            }
+        }
+        let region_ok =
+            auth.region == self.region || self.other_regions.iter().any(|r| r == auth.region);
+        if auth.service != SERVICE || !region_ok {
             return Err(KmsError::InvalidSignature(format!(
                 "Credential should be scoped to a valid region and service ('{}', '{SERVICE}')",
                 self.region
@@ -436,37 +507,49 @@ impl Verifier {
             auth.date, auth.region, auth.service
         );
         let sts = string_to_sign(req, auth.signed_headers, amz_date, &scope)?;
-        let key = self.cached_signing_key(auth.access_key, auth.date, cred);
-        let expected = hex::encode(hmac_sha256(&*key, sts.as_bytes()));
-        if constant_time::verify_slices_are_equal(expected.as_bytes(), auth.signature.as_bytes())
-            .is_err()
-        {
+        let key = self.cached_signing_key(auth.access_key, auth.date, auth.region, cred);
+        let expected = hex32(&hmac_sha256(&*key, sts.as_bytes()));
+        if constant_time::verify_slices_are_equal(&expected, auth.signature.as_bytes()).is_err() {
             return Err(KmsError::InvalidSignature(
                 "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
             ));
         }
-        Ok(cred.principal.clone())
+        Ok((cred.principal.clone(), auth.region.to_string()))
     }
 
     fn cached_signing_key(
         &self,
         access_key: &str,
         date: &str,
+        region: &str,
         cred: &Credential,
     ) -> Zeroizing<[u8; 32]> {
         let mut d = [0u8; 8];
         d.copy_from_slice(&date.as_bytes()[..8]);
         if let Ok(cache) = self.cache.read() {
-            if let Some(k) = cache.get(&(access_key.to_string(), d)) {
-                return k.clone();
+            if let Some(k) = cache
+                .get(access_key)
+                .and_then(|keys| keys.iter().find(|k| k.date == d && k.region == region))
+            {
+                return k.key.clone();
             }
         }
-        let k = signing_key(&cred.secret, date, &self.region, SERVICE);
+        let k = signing_key(&cred.secret, date, region, SERVICE);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= SIGNING_KEY_CACHE_MAX {
                 cache.clear();
             }
-            cache.insert((access_key.to_string(), d), k.clone());
+            let keys = cache.entry(access_key.to_string()).or_default();
+            if !keys.iter().any(|c| c.date == d && c.region == region) {
+                if keys.len() >= SIGNING_KEYS_PER_ACCESS_KEY {
+                    keys.remove(0);
+                }
+                keys.push(CachedKey {
+                    date: d,
+                    region: region.to_string(),
+                    key: k.clone(),
+                });
+            }
         }
         k
     }
@@ -635,6 +718,40 @@ mod tests {
             check(&v, now, &amz, "AWS4-HMAC-SHA256 garbage", b"{}"),
             Err(KmsError::IncompleteSignature(_))
         ));
+    }
+
+    #[test]
+    fn session_credentials_need_their_token() {
+        let v = verifier().with_session_token("AKIDEXAMPLE0000001", "session-token-0001");
+        let now = 1_700_000_000;
+        let (amz, auth) = signed(now, "AKIDEXAMPLE0000001", "secret-secret-secret", b"{}");
+        let call = |token: Option<&[u8]>| {
+            let mut headers: Vec<(&str, &[u8])> = vec![
+                ("Host", b"localhost"),
+                ("X-Amz-Date", amz.as_bytes()),
+                ("X-Amz-Target", b"TrentService.ListKeys"),
+                ("Authorization", auth.as_bytes()),
+            ];
+            if let Some(t) = token {
+                headers.push(("X-Amz-Security-Token", t));
+            }
+            v.verify(
+                &SignedRequest {
+                    method: "POST",
+                    path: "/",
+                    query: "",
+                    headers: &headers,
+                    body: b"{}",
+                },
+                now,
+            )
+        };
+        assert!(call(Some(b"session-token-0001")).is_ok());
+        for bad in [None, Some(&b"session-token-0002"[..]), Some(&b""[..])] {
+            assert!(matches!(call(bad), Err(KmsError::UnrecognizedClient(_))));
+        }
+        // A credential without a session token ignores the header.
+        assert!(check(&verifier(), now, &amz, &auth, b"{}").is_ok());
     }
 
     #[test]

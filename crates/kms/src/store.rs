@@ -23,6 +23,7 @@
 
 use crate::blob::aead_key;
 use crate::error::{KmsError, KmsResult};
+use crate::keys::{KeyMaterial, KeySpec, KeyUsage};
 use crate::policy::Policy;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use base64::Engine as _;
@@ -80,6 +81,8 @@ pub enum KeyState {
     Disabled,
     /// Scheduled for deletion.
     PendingDeletion,
+    /// An EXTERNAL-origin key without (or whose imported) key material (has expired).
+    PendingImport,
 }
 
 impl KeyState {
@@ -89,6 +92,7 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
         }
     }
 }
@@ -128,6 +132,32 @@ pub struct KeyRecord {
     pub rotations: Vec<f64>,
     /// Sealed key material, one per version (index = version), base64.
     pub materials: Vec<String>,
+    /// Key spec (absent for symmetric keys, as in records of earlier versions). An asymmetric
+    /// key's material is its sealed PKCS#8 private key, an HMAC key's its sealed key bytes.
+    #[serde(default, skip_serializing_if = "KeySpec::is_symmetric")]
+    pub key_spec: KeySpec,
+    /// Key usage (absent for symmetric keys: ENCRYPT_DECRYPT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_usage: Option<KeyUsage>,
+    /// Grants on the key (absent in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<crate::service::ops::grants::GrantRecord>,
+    /// Imported key material of an EXTERNAL-origin key (absent for AWS_KMS keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<crate::service::ops::import::ImportRecord>,
+    /// Which entries of `rotations` were on-demand rotations (the others were automatic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand_rotations: Vec<f64>,
+    /// The Regions of a multi-Region key (absent for single-Region keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_region: Option<crate::service::ops::regions::MultiRegionRecord>,
+}
+
+impl KeyRecord {
+    /// The key's usage (ENCRYPT_DECRYPT when the record names none).
+    pub fn usage(&self) -> KeyUsage {
+        self.key_usage.unwrap_or(KeyUsage::EncryptDecrypt)
+    }
 }
 
 /// An alias.
@@ -150,6 +180,8 @@ pub struct KeyEntry {
     pub materials: Arc<Vec<LessSafeKey>>,
     /// Parsed policy.
     pub policy: Arc<Policy>,
+    /// The parsed private material of an asymmetric or HMAC key (then `materials` is empty).
+    pub private: Option<Arc<KeyMaterial>>,
 }
 
 impl fmt::Debug for KeyEntry {
@@ -202,16 +234,38 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Parses a UUID string into its 16 bytes.
+/// Prefix of multi-Region key ids.
+pub const MRK_PREFIX: &str = "mrk-";
+
+/// True when the 16 bytes of a key id are those of a multi-Region key: its "version" nibble
+/// (the high nibble of byte 6) is 0xF, which no UUID key id (version 4) has.
+pub fn is_mrk_id(id: &[u8; 16]) -> bool {
+    id[6] >> 4 == 0xF
+}
+
+/// Parses a key id (a UUID, or `mrk-` and 32 hex digits) into its 16 bytes.
 pub fn parse_key_id(id: &str) -> Option<[u8; 16]> {
+    if let Some(hex_part) = id.strip_prefix(MRK_PREFIX) {
+        if hex_part.len() != 32 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(hex_part, &mut out).ok()?;
+        return is_mrk_id(&out).then_some(out);
+    }
     let u = uuid::Uuid::try_parse(id).ok()?;
     // Only the canonical hyphenated form names a key.
-    (u.hyphenated().to_string() == id.to_ascii_lowercase()).then(|| *u.as_bytes())
+    (u.hyphenated().to_string() == id.to_ascii_lowercase() && !is_mrk_id(u.as_bytes()))
+        .then(|| *u.as_bytes())
 }
 
 /// Formats 16 bytes as a key id.
 pub fn format_key_id(id: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*id).hyphenated().to_string()
+    if is_mrk_id(id) {
+        format!("{MRK_PREFIX}{}", hex::encode(id))
+    } else {
+        uuid::Uuid::from_bytes(*id).hyphenated().to_string()
+    }
 }
 
 /// Seconds since the epoch, with millisecond precision.
@@ -531,9 +585,21 @@ impl Store {
         self.seal_bytes(&Self::material_aad(key_id, version), material)
     }
 
+    /// Opens what [`Store::seal_material`] sealed for `key_id` version `version`.
+    pub fn unseal_material(
+        &self,
+        key_id: &str,
+        version: usize,
+        sealed: &str,
+    ) -> KmsResult<Zeroizing<Vec<u8>>> {
+        self.unseal_bytes(&Self::material_aad(key_id, version), sealed)
+    }
+
     /// Builds the served entry, reusing already-unsealed material where given.
     fn entry(&self, record: KeyRecord, prev: Option<&KeyEntry>) -> KmsResult<KeyEntry> {
+        let private = self.private_material(&record, prev)?;
         let materials = match prev {
+            _ if private.is_some() => Arc::new(Vec::new()),
             Some(p) if p.materials.len() == record.materials.len() => p.materials.clone(),
             _ => {
                 let mut v = Vec::with_capacity(record.materials.len());
@@ -558,7 +624,33 @@ impl Store {
             record,
             materials,
             policy,
+            private,
         })
+    }
+
+    /// Unseals and parses the material of an asymmetric or HMAC key (one version: these keys do
+    /// not rotate); `None` for a symmetric key.
+    fn private_material(
+        &self,
+        record: &KeyRecord,
+        prev: Option<&KeyEntry>,
+    ) -> KmsResult<Option<Arc<KeyMaterial>>> {
+        if record.key_spec.is_symmetric() {
+            return Ok(None);
+        }
+        if let Some(p) = prev.and_then(|p| p.private.as_ref()) {
+            return Ok(Some(p.clone()));
+        }
+        let [sealed] = &record.materials[..] else {
+            return Err(KmsError::Internal(format!(
+                "key {} of spec {} has {} material versions",
+                record.id,
+                record.key_spec,
+                record.materials.len()
+            )));
+        };
+        let bytes = self.unseal_bytes(&Self::material_aad(&record.id, 0), sealed)?;
+        Ok(Some(Arc::new(KeyMaterial::load(record.key_spec, &bytes)?)))
     }
 
     fn write_tx<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>) -> KmsResult<T> {
@@ -850,6 +942,12 @@ mod tests {
             tags: vec![],
             rotation_period_days: None,
             rotations: vec![],
+            grants: vec![],
+            import: None,
+            on_demand_rotations: vec![],
+            multi_region: None,
+            key_spec: KeySpec::SymmetricDefault,
+            key_usage: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Crash safety: a key server in a child process is killed with SIGKILL at random moments under
-//! a write load (CreateKey, CreateAlias, PutKeyPolicy, TagResource, Encrypt); after each restart
+//! a write load (CreateKey, CreateAlias, PutKeyPolicy, TagResource, CreateGrant, Encrypt); after each restart
 //! every acknowledged change must be present and work, and nothing half-written may show (every
 //! key that exists is complete and usable, every alias points at an existing key).
 //!
@@ -111,6 +111,7 @@ struct Acked {
     alias: Option<String>,
     policy: Option<String>,
     tag: Option<(String, String)>,
+    grant: Option<String>,
     ciphertext: Option<(String, String, Value)>,
 }
 
@@ -188,6 +189,15 @@ fn worker(addr: SocketAddr, akid: String, secret: String, tag: String) -> Vec<Ac
         }
         a.tag = Some(t);
         *out.last_mut().unwrap() = a.clone();
+        let Some(g) = call(
+            &mut c,
+            "CreateGrant",
+            json!({"KeyId": a.key_id, "GranteePrincipal": "arn:aws:iam::111122223333:user/app", "Operations": ["Decrypt"]}),
+        ) else {
+            break;
+        };
+        a.grant = Some(g["GrantId"].as_str().unwrap().into());
+        *out.last_mut().unwrap() = a.clone();
         let plain = format!("secret {tag} {n}");
         let ctx = json!({"n": n.to_string()});
         let Some(e) = call(
@@ -244,6 +254,15 @@ fn verify(c: &mut RawClient, acked: &[Acked]) {
                     .iter()
                     .any(|x| x["TagKey"] == k.as_str() && x["TagValue"] == v.as_str()),
                 "tag {k} missing on {}",
+                a.key_id
+            );
+        }
+        if let Some(grant) = &a.grant {
+            let l = ok(c, "ListGrants", json!({"KeyId": a.key_id}));
+            assert_eq!(
+                l["Grants"][0]["GrantId"],
+                grant.as_str(),
+                "grant on {}",
                 a.key_id
             );
         }

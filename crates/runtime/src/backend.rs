@@ -111,6 +111,9 @@ pub struct LaunchSpec {
     /// A network namespace being made meanwhile ([`crate::sys::NetnsHelper`], loopback up)
     /// for the enclave to enter; `None`: the backend makes one at the clone.
     pub netns: Option<crate::sys::NetnsHandle>,
+    /// Cloister's init, opened by the monitor, to run in place of the image's `/init`
+    /// ([`crate::initswap`]); `None`: the image's own.
+    pub replacement_init: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A created enclave, stopped before its init runs.
@@ -143,6 +146,11 @@ pub trait Running: Send {
     fn oom_kills(&self) -> u64;
     /// Host directories to remove if the monitor dies without cleaning up.
     fn leftovers(&self) -> Vec<PathBuf>;
+    /// The seccomp notification listener of a supervised enclave (a process enclave's
+    /// `AF_VSOCK` and `/dev/nsm`, see `cloister_supervisor`), once; `None` for others.
+    fn take_notify_listener(&mut self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
     /// How it ended, in words, when the backend knows more than the exit status (a VM: a
     /// guest kernel panic, a power-off).
     fn exit_detail(&self) -> Option<String> {

@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod console;
 pub mod ids;
 pub mod imagecache;
+pub mod initswap;
 pub mod lifecycle;
 pub mod monitor;
 pub mod nsm;

@@ -372,6 +372,12 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         crate::vmbackend::check_kernel(&image)
             .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     }
+    // A process enclave runs Cloister's init in place of AWS's (images built by nitro-cli).
+    let init_choice = match spec.isolation {
+        Isolation::Process => crate::initswap::choose(&image)
+            .map_err(|e| StartFailure::chain(FailureKind::Image, &e))?,
+        Isolation::Vm => crate::initswap::InitChoice::Image,
+    };
     test_hook_after_measuring();
 
     let pool = Pool::load().map_err(|e| StartFailure::chain(alloc_kind(&e), &e))?;
@@ -406,6 +412,7 @@ fn start(run: &RunDir, id: &str) -> Result<Live, StartFailure> {
         &image,
         measured,
         metadata,
+        init_choice,
         &mut partial,
     ) {
         Ok((record, console_thread, nsm)) => {
@@ -513,8 +520,14 @@ fn launch(
     image: &crate::imagecache::OpenImage,
     measured: cloister_eif::Measurements,
     metadata: Option<cloister_eif::Metadata>,
+    init_choice: crate::initswap::InitChoice,
     partial: &mut Partial<'_>,
 ) -> Result<Launched, StartFailure> {
+    let init_replaced = init_choice.replaced();
+    let replacement_init = match init_choice {
+        crate::initswap::InitChoice::Replace { file, .. } => Some(std::sync::Arc::new(file)),
+        crate::initswap::InitChoice::Image => None,
+    };
     let sys_err = |e: &dyn std::error::Error| StartFailure::chain(FailureKind::System, e);
     // The NSM (host CA loaded, leaf deferred); a process enclave sets it up once cloned, while
     // the enclave builds its root, as only the broker needs it.
@@ -527,6 +540,7 @@ fn launch(
             &pki,
             id,
             spec.isolation,
+            init_replaced,
             &measured,
             spec.debug_mode,
             &instance,
@@ -546,7 +560,16 @@ fn launch(
     let (pid, beat, console_thread, nsm) = match backend {
         Some(backend) => {
             let (pid, thread, nsm) = launch_process(
-                run, id, backend, alloc, image, &make_nsm, cid, host_id, partial,
+                run,
+                id,
+                backend,
+                alloc,
+                image,
+                &make_nsm,
+                cid,
+                host_id,
+                replacement_init,
+                partial,
             )?;
             (pid, Beat::Broker, Some(thread), nsm)
         }
@@ -599,6 +622,7 @@ fn launch(
         memory_mib: alloc.memory_mib,
         debug_mode: spec.debug_mode,
         isolation: spec.isolation.as_str().to_owned(),
+        init_replaced,
         accelerator: partial
             .running
             .as_ref()
@@ -711,6 +735,7 @@ fn launch_process(
     make_nsm: &dyn Fn() -> Result<std::sync::Arc<crate::nsm::EnclaveNsm>, StartFailure>,
     cid: u32,
     host_id: u32,
+    replacement_init: Option<std::sync::Arc<OwnedFd>>,
     partial: &mut Partial<'_>,
 ) -> Result<
     (
@@ -737,6 +762,7 @@ fn launch_process(
         host_gid: host_id,
         pids_max: crate::cgroup::DEFAULT_PIDS_MAX,
         netns,
+        replacement_init,
     };
     // The enclave's socket is bound (and given to the enclave's uid) before the clone, so the
     // child can bind-mount it and init can connect while the broker is still being set up.
@@ -788,12 +814,26 @@ fn launch_process(
     partial.broker = Some(broker);
     crate::boottrace::mark("monitor: broker started");
 
-    let running = pending
+    let mut running = pending
         .start()
         .map_err(|e| StartFailure::chain(backend_kind(&e), &e))?;
     // Init runs, in the namespace: the helper has let go of it (or is stopped now).
     drop(partial.netns.take());
-    partial.running = Some(running);
+    // The supervisor of the enclave's AF_VSOCK sockets and /dev/nsm: it dials the broker as
+    // the enclave does, and ends when the enclave's last process is gone.
+    if let Some(listener) = running.take_notify_listener() {
+        let fabric = std::sync::Arc::new(cloister_supervisor::EnclaveFabric::new(
+            enclave_socket.clone(),
+            cid,
+        ));
+        partial.running = Some(running);
+        cloister_supervisor::Supervisor::spawn(listener, fabric)
+            .map_err(|e| sys_err(&e))?
+            .detach();
+        crate::boottrace::mark("monitor: supervisor started");
+    } else {
+        partial.running = Some(running);
+    }
     crate::boottrace::mark("monitor: init executing");
     Ok((pid, console_thread, nsm))
 }

@@ -67,6 +67,8 @@ struct Recipe {
     pki_dir: PathBuf,
     enclave_id: String,
     isolation: cloister_attestation::Isolation,
+    /// Cloister's init runs in place of the image's (its leaves say so).
+    init_replaced: bool,
     pcrs: ImagePcrs,
     role_arn: Option<String>,
     instance_id: String,
@@ -79,7 +81,14 @@ impl Recipe {
         let not_after = SystemTime::now() + LEAF_LIFETIME;
         let signer = self
             .ca
-            .issue_enclave_signer(&self.enclave_id, self.isolation, not_after)
+            .issue_enclave_signer_noting(
+                &self.enclave_id,
+                self.isolation,
+                cloister_attestation::pki::LeafFacts {
+                    init_replaced: self.init_replaced,
+                },
+                not_after,
+            )
             .map_err(|e| NsmSetupError::Pki(self.pki_dir.clone(), e))?;
         Ok(Nsm::new(NsmConfig {
             module_id: self.enclave_id.clone(),
@@ -213,10 +222,14 @@ pub fn open_pki(dir: &Path, run_dir: &Path) -> Result<Pki, NsmSetupError> {
 
 /// Builds the NSM of an enclave: loads the host CA now (so a broken PKI fails the start) and
 /// defers the leaf certificate and the [`Nsm`] to first use.
+/// `init_replaced`: the runtime runs Cloister's init in place of the image's
+/// ([`crate::initswap`]); the enclave's leaf certificates then carry
+/// [`cloister_attestation::pki::INIT_REPLACED_OU`].
 pub fn enclave_nsm(
     pki: &Pki,
     enclave_id: &str,
     isolation: Isolation,
+    init_replaced: bool,
     measurements: &cloister_eif::Measurements,
     debug_mode: bool,
     instance_id: &str,
@@ -225,6 +238,7 @@ pub fn enclave_nsm(
         pki,
         enclave_id,
         isolation,
+        init_replaced,
         measurements,
         debug_mode,
         instance_id,
@@ -232,10 +246,12 @@ pub fn enclave_nsm(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn enclave_nsm_with_clock(
     pki: &Pki,
     enclave_id: &str,
     isolation: Isolation,
+    init_replaced: bool,
     measurements: &cloister_eif::Measurements,
     debug_mode: bool,
     instance_id: &str,
@@ -255,6 +271,7 @@ fn enclave_nsm_with_clock(
             pki_dir: pki.dir().to_owned(),
             enclave_id: enclave_id.to_owned(),
             isolation: iso,
+            init_replaced,
             pcrs: ImagePcrs {
                 pcr0: measurements.pcr0,
                 pcr1: measurements.pcr1,
@@ -328,6 +345,7 @@ mod tests {
             &pki,
             id,
             Isolation::Process,
+            true,
             &measurements(),
             false,
             "i-0123456789abcdef0",
@@ -364,6 +382,17 @@ mod tests {
         assert_ne!(third.document().certificate, first.document().certificate);
         assert!(third.leaf_not_after_secs() > late / 1000);
         assert_eq!(third.document().module_id, id);
+        // Every leaf, the renewed one too, says that the image's init was replaced, next to
+        // the isolation OU, which the verifier still reads.
+        let ou = cloister_attestation::pki::INIT_REPLACED_OU.as_bytes();
+        for doc in [&first, &third] {
+            let cert = &doc.document().certificate;
+            assert!(cert.windows(ou.len()).any(|w| w == ou));
+            assert_eq!(
+                doc.isolation(),
+                Some(cloister_attestation::Isolation::Process)
+            );
+        }
     }
 
     #[test]
@@ -374,6 +403,7 @@ mod tests {
             &pki,
             "i-0123456789abcdef0-enc0123456789abcdef",
             Isolation::Process,
+            false,
             &measurements(),
             false,
             "i-0123456789abcdef0",
@@ -404,6 +434,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(again.document().certificate, first.document().certificate);
+        let ou = cloister_attestation::pki::INIT_REPLACED_OU.as_bytes();
+        assert!(!first
+            .document()
+            .certificate
+            .windows(ou.len())
+            .any(|w| w == ou));
         // Preparing an NSM that is ready does nothing.
         nsm.prepare_in_background();
         assert_eq!(nsm.preparer.load(Ordering::SeqCst), 0);
@@ -418,6 +454,7 @@ mod tests {
             &pki,
             "bad,id",
             Isolation::Process,
+            false,
             &measurements(),
             false,
             "i-0123456789abcdef0",

@@ -25,7 +25,8 @@
 //!    overlay is unavailable (an old kernel, a run directory on a file system without idmapped
 //!    mounts) every ramdisk is copied into the tmpfs instead ([`crate::rootfs`]);
 //! 3. builds `/dev` (a small tmpfs with null, zero, full, random, urandom and tty made by
-//!    `mknod`) and a fresh `/proc` in the application's root: `rootfs/` when the image has one
+//!    `mknod`; with the supervisor, also `nsm` and `vsock`, see [`SUPERVISED_DEV_NODES`]) and
+//!    a fresh `/proc` in the application's root: `rootfs/` when the image has one
 //!    (with a tmpfs `rootfs/tmp`), else the whole tree. `/proc` is masked as container
 //!    runtimes do: `/dev/null` over the files of [`PROC_MASKED`] (kcore, keys, kallsyms, ...),
 //!    an empty read-only tmpfs over its directories, and [`PROC_READ_ONLY`] (sys,
@@ -56,7 +57,13 @@
 //!    filter last; and execs the `/init` descriptor (`execveat`, allowed by the filter) with
 //!    the environment `CLOISTER_ISOLATION=process` and the numbers of those two descriptors
 //!    ([`cloister_confine::CMD_FD_ENV`], [`cloister_confine::ENV_FD_ENV`]). stdin is
-//!    `/dev/null`; stdout and stderr are the console pipe.
+//!    `/dev/null`; stdout and stderr are the console pipe. Unless
+//!    [`cloister_supervisor::SUPERVISOR_ENV`] is `off`, the notification filter
+//!    ([`cloister_confine::notify`]) goes on first, and its listener to the monitor over a
+//!    socket pair made before the clone; the allowlist is then
+//!    [`seccomp::build_supervised`], which leaves `socket(AF_VSOCK)` to that filter. The
+//!    monitor's supervisor ([`cloister_supervisor`]) answers the enclave's `AF_VSOCK` calls
+//!    through the enclave's own broker and `/dev/nsm`'s ioctl with the enclave's own NSM.
 //!
 //! The host, not the image, confines the enclave: the filter, the empty capability sets and
 //! no_new_privs hold from the first instruction of whatever the image's `/init` is (Cloister's
@@ -65,7 +72,10 @@
 //! and its environment from the inherited descriptors (closing them), and forks, execs and
 //! reaps the command; it raises the command's OOM score back to 0 (raising needs no
 //! privilege). A foreign init that expects the bootstrap tree (`/cmd`, `/rootfs`) or mounts
-//! does not work in process mode; its children keep init's OOM score.
+//! does not work in process mode; its children keep init's OOM score. The one foreign init
+//! Cloister knows, AWS's in an image built by nitro-cli, is not run at all: the monitor opens
+//! Cloister's own init and the child execs that instead ([`crate::initswap`],
+//! [`LaunchSpec::replacement_init`]).
 //!
 //! Setup errors travel back through a close-on-exec pipe: EOF with no bytes means `/init` runs.
 //! A created enclave that is dropped before it is started (the monitor failed in between, e.g.
@@ -76,7 +86,7 @@ use crate::cgroup::{EnclaveCgroup, Layout, Limits};
 use crate::imagecache::CachedRoot;
 use crate::rootfs::Unpacker;
 use crate::sys::{self, ExitStatus, Forked};
-use cloister_confine::{caps, seccomp, CMD_FD_ENV, ENV_FD_ENV};
+use cloister_confine::{caps, notify, seccomp, CMD_FD_ENV, ENV_FD_ENV};
 use nix::mount::MsFlags;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -97,6 +107,11 @@ pub const DEV_NODES: [(&str, u32, u32); 6] = [
     ("urandom", 1, 9),
     ("tty", 5, 0),
 ];
+/// The device nodes a supervised enclave gets besides [`DEV_NODES`]: `/dev/nsm` and
+/// `/dev/vsock`, both the null device (reads and writes behave as on `/dev/null`); their
+/// ioctls (AWS's NSM request, `IOCTL_VM_SOCKETS_GET_LOCAL_CID`) are answered by the monitor's
+/// supervisor ([`cloister_supervisor`]) through the notification filter.
+pub const SUPERVISED_DEV_NODES: [(&str, u32, u32); 2] = [("nsm", 1, 3), ("vsock", 1, 3)];
 /// Mount options of an enclave's `/dev` tmpfs (besides its owner): a few nodes and sockets.
 const DEV_TMPFS_OPTIONS: &str = "size=1m,nr_inodes=256,mode=0755";
 /// Name of the fabric socket inside `/dev`.
@@ -126,6 +141,8 @@ struct PendingParts {
     errors: OwnedFd,
     cgroup: EnclaveCgroup,
     image_root: Option<CachedRoot>,
+    /// Where the child sends its seccomp notification listener (supervised enclaves).
+    supervisor: Option<OwnedFd>,
 }
 
 /// The image's unpacked root and the user namespace its idmapped mount maps through.
@@ -185,6 +202,8 @@ struct ProcessRunning {
     status: Option<ExitStatus>,
     /// Keeps the image's unpacked root from being pruned while the enclave runs from it.
     _image_root: Option<CachedRoot>,
+    /// The enclave's seccomp notification listener, until the monitor takes it.
+    notify: Option<OwnedFd>,
 }
 
 impl Backend for ProcessBackend {
@@ -201,6 +220,19 @@ impl Backend for ProcessBackend {
         let source = root_source(spec)?;
         let (go_r, go_w) = sys::pipe()?;
         let (err_r, err_w) = sys::pipe()?;
+        // A supervised enclave's child sends its notification listener over this pair.
+        let (sup_parent, sup_child) = if cloister_supervisor::enabled() {
+            let (a, b) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| BackendError::Setup(format!("socketpair: {e}")))?;
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
         let mut flags = sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS;
         if spec.netns.is_none() {
             flags |= sys::ns::NET;
@@ -212,8 +244,16 @@ impl Backend for ProcessBackend {
             Forked::Child => {
                 drop(go_w);
                 drop(err_r);
+                drop(sup_parent);
                 let join = cgroup.can_join_self().then_some(&cgroup);
-                let code = match child(spec, source.as_ref(), join, &go_r, &console) {
+                let code = match child(
+                    spec,
+                    source.as_ref(),
+                    join,
+                    &go_r,
+                    &console,
+                    sup_child.as_ref(),
+                ) {
                     Ok(never) => match never {},
                     Err(msg) => {
                         let mut f = std::fs::File::from(err_w);
@@ -227,6 +267,7 @@ impl Backend for ProcessBackend {
         };
         drop(go_r);
         drop(err_w);
+        drop(sup_child);
         drop(console);
         crate::boottrace::mark("monitor: enclave cloned");
         // From here on, dropping `pending` kills and reaps the child and removes the cgroup.
@@ -238,6 +279,7 @@ impl Backend for ProcessBackend {
                 errors: err_r,
                 cgroup,
                 image_root: source.map(|s| s.cached),
+                supervisor: sup_parent,
             }),
         };
         // The cgroup is made while the child builds its root: the child enters it only after
@@ -289,6 +331,7 @@ impl Pending for ProcessPending {
             errors,
             cgroup,
             image_root,
+            supervisor,
         }) = self.parts.take()
         else {
             return Err(BackendError::Setup(
@@ -300,6 +343,7 @@ impl Pending for ProcessPending {
             cgroup,
             status: None,
             _image_root: image_root,
+            notify: None,
         };
         let mut msg = String::new();
         let _ = std::fs::File::from(errors)
@@ -315,6 +359,26 @@ impl Pending for ProcessPending {
             let _ = running.kill();
             let _ = running.cleanup();
             return Err(BackendError::Setup(msg));
+        }
+        // Init runs: the child sent its listener before it execed.
+        if let Some(chan) = supervisor {
+            match cloister_supervisor::recv_listener(chan.as_fd()) {
+                Ok(Some(fd)) => running.notify = Some(fd),
+                Ok(None) => {
+                    let _ = running.kill();
+                    let _ = running.cleanup();
+                    return Err(BackendError::Setup(
+                        "the enclave sent no seccomp notification listener".into(),
+                    ));
+                }
+                Err(e) => {
+                    let _ = running.kill();
+                    let _ = running.cleanup();
+                    return Err(BackendError::Setup(format!(
+                        "receiving the enclave's seccomp notification listener: {e}"
+                    )));
+                }
+            }
         }
         Ok(Box::new(running))
     }
@@ -354,6 +418,10 @@ impl Running for ProcessRunning {
     fn leftovers(&self) -> Vec<PathBuf> {
         self.cgroup.dirs().to_vec()
     }
+
+    fn take_notify_listener(&mut self) -> Option<OwnedFd> {
+        self.notify.take()
+    }
 }
 
 /// Waits for the monitor's go; exits quietly if the monitor went away instead.
@@ -376,6 +444,7 @@ fn child(
     join: Option<&EnclaveCgroup>,
     go: &OwnedFd,
     console: &OwnedFd,
+    supervisor: Option<&OwnedFd>,
 ) -> Result<std::convert::Infallible, String> {
     sys::mount(
         None,
@@ -437,29 +506,38 @@ fn child(
     } else {
         (&[b"dev"], &[b"proc"])
     };
-    populate_dev(&mut unpacker, dev_dir, spec)?;
+    populate_dev(&mut unpacker, dev_dir, spec, supervisor.is_some())?;
     mount_proc(&mut unpacker, proc_dir, dev_dir)?;
     crate::boottrace::mark("child: /dev and /proc done");
-    if has_rootfs {
-        let tmp = unpacker
-            .ensure_dir(&[b"rootfs", b"tmp"], "rootfs/tmp")
-            .map_err(s)?;
-        let opts = format!("size={}m,mode=1777,uid={uid},gid={gid}", spec.memory_mib);
+    // /tmp and /run: tmpfs (capped by the enclave's memory, as all of its writes are), made
+    // when the image lacks them, as AWS's init mounts them.
+    let app_root: &[&[u8]] = if has_rootfs { &[b"rootfs"] } else { &[] };
+    for (name, mode) in [(&b"tmp"[..], "1777"), (b"run", "0755")] {
+        let dir: Vec<&[u8]> = app_root.iter().copied().chain([name]).collect();
+        let d = unpacker.ensure_dir(&dir, "tmp or run").map_err(s)?;
+        let opts = format!("size={}m,mode={mode},uid={uid},gid={gid}", spec.memory_mib);
         sys::mount(
             Some(Path::new("tmpfs")),
-            &sys::fd_path(tmp.as_fd()),
+            &sys::fd_path(d.as_fd()),
             Some("tmpfs"),
             nosuid_nodev,
             Some(&opts),
         )
         .map_err(s)?;
     }
-    crate::boottrace::mark("child: /rootfs mounts done");
+    crate::boottrace::mark("child: /tmp, /run mounts done");
     sys::sethostname(&spec.enclave_id).map_err(s)?;
     crate::boottrace::mark("child: hostname, lo done");
 
-    // The seccomp filter, compiled while the monitor makes the cgroup.
-    let filters = seccomp::build().map_err(s)?;
+    // The seccomp filters, compiled while the monitor makes the cgroup: with a supervisor,
+    // the notification filter too, and an allowlist that leaves AF_VSOCK to it.
+    let (filters, notify_filter) = match supervisor {
+        Some(chan) => (
+            seccomp::build_supervised().map_err(s)?,
+            Some((notify::build().map_err(s)?, chan)),
+        ),
+        None => (seccomp::build().map_err(s)?, None),
+    };
     wait_for_go(go);
     if let Some(cgroup) = join {
         cgroup.join_self().map_err(s)?;
@@ -481,6 +559,9 @@ fn child(
     if !entered {
         sys::loopback_up().map_err(s)?;
     }
+    // /sys, now that the enclave's network namespace is entered (sysfs shows the mounter's).
+    let sys_dir: Vec<&[u8]> = app_root.iter().copied().chain([&b"sys"[..]]).collect();
+    mount_sys(&mut unpacker, &sys_dir)?;
     // The broker's socket was bound before the clone; the broker serves it once it starts.
     bind_node(&mut unpacker, dev_dir, &spec.enclave_socket, VSOCK_NODE)?;
     drop(unpacker);
@@ -492,7 +573,17 @@ fn child(
     crate::boottrace::mark("child: pivot_root done");
     // What init needs of the bootstrap tree, opened now that symlinks resolve in the enclave's
     // root: init itself (run by descriptor below) and the command and its environment.
-    let init = sys::open_exec(Path::new(INIT_PATH)).map_err(s)?;
+    // Cloister's init when the monitor chose it in place of a foreign one
+    // (`crate::initswap`: it opened it on the host), else the image's own.
+    let image_init = match spec.replacement_init {
+        Some(_) => None,
+        None => Some(sys::open_exec(Path::new(INIT_PATH)).map_err(s)?),
+    };
+    let init = spec
+        .replacement_init
+        .as_deref()
+        .or(image_init.as_ref())
+        .ok_or("no init to run")?;
     let cmd = sys::open_regular(Path::new(CMD_PATH)).map_err(s)?;
     let env = sys::open_regular(Path::new(ENV_PATH)).map_err(s)?;
     if has_rootfs {
@@ -536,7 +627,15 @@ fn child(
     }
     let init_env: Vec<&str> = init_env.iter().map(String::as_str).collect();
     crate::boottrace::mark("child: exec /init");
-    // Last: the filter. From here on every process of the enclave runs under it.
+    // Last: the filters. From here on every process of the enclave runs under them. The
+    // notification filter goes first (the allowlist does not allow `seccomp`), and its
+    // listener to the monitor, whose supervisor answers for the enclave's AF_VSOCK sockets
+    // and `/dev/nsm`.
+    if let Some((filter, chan)) = &notify_filter {
+        let listener = notify::install(filter).map_err(s)?;
+        cloister_supervisor::send_listener(chan.as_fd(), listener.as_fd()).map_err(s)?;
+        drop(listener);
+    }
     seccomp::install(&filters).map_err(s)?;
     Err(sys::exec_fd(init.as_fd(), &[INIT_PATH], &init_env).to_string())
 }
@@ -610,7 +709,12 @@ fn fill_root(spec: &LaunchSpec, unpacker: &mut Unpacker) -> Result<(), String> {
 /// make them; the enclave never can (its root is an unprivileged host uid without
 /// `CAP_MKNOD`), so the tmpfs allows devices only for these nodes. Making nodes costs a few
 /// microseconds each, where bind-mounting the host's took a mount per node.
-fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec) -> Result<(), String> {
+fn populate_dev(
+    unpacker: &mut Unpacker,
+    dir: &[&[u8]],
+    spec: &LaunchSpec,
+    supervised: bool,
+) -> Result<(), String> {
     let shown = "dev";
     let (uid, gid) = (spec.host_uid, spec.host_gid);
     let mount_point = unpacker.ensure_dir(dir, shown).map_err(s)?;
@@ -623,8 +727,13 @@ fn populate_dev(unpacker: &mut Unpacker, dir: &[&[u8]], spec: &LaunchSpec) -> Re
     )
     .map_err(s)?;
     let dev = unpacker.ensure_dir(dir, shown).map_err(s)?;
-    for (name, major, minor) in DEV_NODES {
-        sys::mknod_char_at(dev.as_fd(), name.as_bytes(), major, minor, 0o666).map_err(s)?;
+    let supervised_nodes: &[(&str, u32, u32)] = if supervised {
+        &SUPERVISED_DEV_NODES
+    } else {
+        &[]
+    };
+    for (name, major, minor) in DEV_NODES.iter().chain(supervised_nodes) {
+        sys::mknod_char_at(dev.as_fd(), name.as_bytes(), *major, *minor, 0o666).map_err(s)?;
         sys::lchown_at(dev.as_fd(), Path::new(name), uid, gid).map_err(s)?;
     }
     Ok(())
@@ -771,6 +880,52 @@ fn mount_proc(unpacker: &mut Unpacker, dir: &[&[u8]], dev_dir: &[&[u8]]) -> Resu
             None,
         )
         .map_err(s)?;
+    }
+    Ok(())
+}
+
+/// `/sys` directories that show the host's firmware (ACPI tables, DMI, EFI variables) and its
+/// energy counters (powercap/RAPL, a side channel), masked by an empty read-only tmpfs as
+/// container runtimes mask them.
+pub const SYS_MASKED: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
+/// Mounts sysfs read-only on `<dir>`: the sysfs of the enclave's network namespace (the
+/// caller has entered it), so `class/net` holds only `lo`; [`SYS_MASKED`] hidden. The rest
+/// (devices, kernel, module parameters) is the host's, readable as by any unprivileged user:
+/// the enclave's root is one on the host, and the mount is read-only.
+fn mount_sys(unpacker: &mut Unpacker, dir: &[&[u8]]) -> Result<(), String> {
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    let d = unpacker.ensure_dir(dir, "sys").map_err(s)?;
+    sys::mount(
+        Some(Path::new("sysfs")),
+        &sys::fd_path(d.as_fd()),
+        Some("sysfs"),
+        hidden,
+        None,
+    )
+    .map_err(s)?;
+    // Opened again: the sysfs just mounted, not the directory beneath it.
+    let sysfs = unpacker.ensure_dir(dir, "sys").map_err(s)?;
+    for name in SYS_MASKED {
+        let mut at = sysfs.try_clone().map_err(|e| format!("sys: {e}"))?;
+        let mut parts = name.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if sys::kind_at(at.as_fd(), part.as_bytes()).map_err(s)? != Some(sys::NodeKind::Dir) {
+                break;
+            }
+            let next = sys::open_path_nofollow(at.as_fd(), part.as_bytes()).map_err(s)?;
+            if parts.peek().is_none() {
+                sys::mount(
+                    Some(Path::new("tmpfs")),
+                    &sys::fd_path(next.as_fd()),
+                    Some("tmpfs"),
+                    hidden,
+                    Some("size=4k,mode=0555"),
+                )
+                .map_err(s)?;
+            }
+            at = next;
+        }
     }
     Ok(())
 }

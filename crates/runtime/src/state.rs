@@ -173,6 +173,10 @@ pub struct EnclaveRecord {
     /// The VM's accelerator (`kvm` or `tcg`); none for process enclaves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// Cloister's init runs in place of the image's (an image built by nitro-cli in a process
+    /// enclave, see [`crate::initswap`]).
+    #[serde(default)]
+    pub init_replaced: bool,
     /// Lifecycle state.
     pub state: EnclaveState,
     /// The host uid (and gid) the enclave runs as, its own among the live enclaves.
@@ -468,6 +472,7 @@ mod tests {
             debug_mode: false,
             isolation: "process".into(),
             accelerator: None,
+            init_replaced: false,
             state: EnclaveState::Running,
             host_uid: None,
             measurements: Measurements {

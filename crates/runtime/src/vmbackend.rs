@@ -368,7 +368,7 @@ impl VmRunning {
 pub fn exit_status(exit: &VmExit) -> ExitStatus {
     match exit {
         VmExit::PoweredOff => ExitStatus::Exited(0),
-        VmExit::Panicked(_) => ExitStatus::Exited(1),
+        VmExit::Panicked(_) | VmExit::Unbootable(_) => ExitStatus::Exited(1),
         VmExit::Killed | VmExit::BootTimeout => ExitStatus::Signaled(libc::SIGKILL),
         VmExit::QemuFailed(Some(code), _) => ExitStatus::Exited(*code),
         VmExit::QemuFailed(None, _) => ExitStatus::Signaled(libc::SIGKILL),

@@ -3,6 +3,7 @@
 use cloister_vsock::{VsockAddr, VsockListener, VsockStream, PARENT_CID};
 use std::io::{BufRead, BufReader, Read, Write};
 
+mod bench;
 mod hostile;
 
 fn main() {
@@ -49,6 +50,7 @@ fn main() {
         }
         "sleep" => sleep_forever(),
         "hostile-init" => hostile::run(num(1)),
+        "vsock-bench" => bench::run(num(1), num(2), num(3), num(4)),
         "signal-unix" => match std::os::unix::net::UnixStream::connect(arg(1)) {
             Ok(mut s) => i32::from(s.write_all(b"R").is_err()),
             Err(e) => {
@@ -334,11 +336,22 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
     // SAFETY: socket takes integers.
     let r = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
     let e = errno();
+    // Refused, or (a supervised enclave) answered with the supervisor's Unix socket: never a
+    // real vsock socket.
+    let supervised = r >= 0 && socket_domain(r) == Some(libc::AF_UNIX);
     line(
-        r < 0 && (e == libc::EPERM || e == libc::EAFNOSUPPORT),
+        (r < 0 && (e == libc::EPERM || e == libc::EAFNOSUPPORT)) || supervised,
         "af_vsock",
-        errno_name(e),
+        if supervised {
+            "supervised (AF_UNIX)".to_owned()
+        } else {
+            errno_name(e)
+        },
     );
+    if r >= 0 {
+        // SAFETY: closing the descriptor just made.
+        unsafe { libc::close(r) };
+    }
 
     // /dev: the character devices and the vsock socket, nothing of the host's; working
     // nodes; and no way to make another.
@@ -359,6 +372,9 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
                 .is_ok()
             && b == [0u8; 8]
     };
+    // A supervised enclave also has `nsm` and `vsock` (both null devices, their ioctls
+    // answered by the supervisor).
+    dev.retain(|n| n != "nsm" && n != "vsock");
     line(
         dev == [
             "full",
@@ -421,6 +437,7 @@ fn isolation_suite(other_cid: u32, host_tcp_port: u32, host_pid: i32, memory_mib
     // /proc: the kernel's secrets masked, its knobs read-only, init shielded from the OOM
     // killer while its children are not.
     line_proc(&mut line);
+    line_sys(&mut line);
 
     // Another enclave over vsock.
     let r = VsockStream::connect(VsockAddr::new(other_cid, 5000));
@@ -457,6 +474,50 @@ const PROC_MASKED: &[&str] = &[
 ];
 /// `/proc` paths that must be read-only mounts.
 const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// `/sys` as AWS's init mounts it, but read-only and of the enclave's own network namespace
+/// (only `lo`), with the host's firmware masked; `/tmp` and `/run` tmpfs.
+fn line_sys(line: &mut dyn FnMut(bool, &str, String)) {
+    let mut nets: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    nets.sort();
+    line(nets == ["lo"], "sys_net", format!("{nets:?}"));
+    let flags = |path: &str| -> Option<(u64, i64)> {
+        let c = std::ffi::CString::new(path).ok()?;
+        // SAFETY: valid NUL-terminated path and out-pointers to zeroed structs of ours.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let ok = unsafe {
+            libc::statvfs(c.as_ptr(), &mut vfs) == 0 && libc::statfs(c.as_ptr(), &mut fs) == 0
+        };
+        ok.then_some((vfs.f_flag, fs.f_type))
+    };
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let sys = flags("/sys");
+    line(
+        matches!(sys, Some((f, t)) if f & libc::ST_RDONLY != 0 && t == SYSFS_MAGIC),
+        "sys_readonly",
+        format!("{sys:?}"),
+    );
+    let firmware: Vec<_> = std::fs::read_dir("/sys/firmware")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    line(firmware.is_empty(), "sys_masked", format!("{firmware:?}"));
+    let (tmp, run) = (flags("/tmp"), flags("/run"));
+    line(
+        matches!((tmp, run), (Some((_, a)), Some((_, b))) if a == TMPFS_MAGIC && b == TMPFS_MAGIC),
+        "tmp_run",
+        format!("{tmp:?} {run:?}"),
+    );
+}
 
 fn line_proc(line: &mut dyn FnMut(bool, &str, String)) {
     let mut leaks = Vec::new();
@@ -646,4 +707,21 @@ fn read_all(fd: i32) -> String {
     // SAFETY: closing our descriptor.
     unsafe { libc::close(fd) };
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The domain of socket `fd` (`SO_DOMAIN`), `None` when it is not a socket.
+pub(crate) fn socket_domain(fd: i32) -> Option<i32> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(domain)
 }

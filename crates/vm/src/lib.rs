@@ -159,6 +159,8 @@ pub enum VmExit {
     Panicked(String),
     /// Killed by [`VmEnclave::kill`].
     Killed,
+    /// The firmware found nothing to boot (its console line is kept); stopped at once.
+    Unbootable(String),
     /// Killed because the heartbeat did not come within the boot timeout.
     BootTimeout,
     /// QEMU failed (exit status, last stderr line).
@@ -172,6 +174,10 @@ impl std::fmt::Display for VmExit {
             VmExit::Panicked(line) => write!(f, "the guest kernel panicked: {line}"),
             VmExit::Killed => f.write_str("the VM was killed"),
             VmExit::BootTimeout => f.write_str("the VM was killed: no heartbeat in time"),
+            VmExit::Unbootable(line) => write!(
+                f,
+                "the guest's firmware could not boot the kernel ({line:?}); the VM was stopped"
+            ),
             VmExit::QemuFailed(Some(code), last) => {
                 write!(f, "QEMU exited with status {code}: {last}")
             }
@@ -248,6 +254,8 @@ impl Shared {
             VmExit::BootTimeout
         } else if self.killed.load(Ordering::SeqCst) {
             VmExit::Killed
+        } else if let Some(line) = self.console.boot_failure() {
+            VmExit::Unbootable(line)
         } else if let Some(at) = console.find(PANIC_MARKER) {
             // From the marker to the end of its line (without the kernel's timestamp).
             let line = console[at..].lines().next().unwrap_or(PANIC_MARKER);
@@ -394,6 +402,8 @@ impl VmEnclave {
         chown(&vhost_socket, cfg.run_as)?;
 
         let cmdline = kernel_cmdline(&cfg, accel);
+        let qemu_bin = qemu::qemu_binary();
+        let firmware = qemu::select_firmware(&qemu_bin);
         let args = qemu::command_line(&QemuArgs {
             accel,
             kernel: &cfg.kernel,
@@ -404,9 +414,10 @@ impl VmEnclave {
             vhost_socket: &vhost_socket,
             qmp_socket: &qmp_socket,
             hugepages: qemu::hugepages_available(cfg.memory_mib),
+            firmware: &firmware,
             sandbox: true,
         });
-        let mut cmd = Command::new(qemu::qemu_binary());
+        let mut cmd = Command::new(&qemu_bin);
         cmd.args(&args)
             .env_clear()
             .stdin(Stdio::null())
@@ -430,7 +441,12 @@ impl VmEnclave {
         unsafe {
             cmd.pre_exec(move || jail.enter());
         }
-        tracing::info!(cid = cfg.cid, accel = accel.qemu_name(), "starting QEMU");
+        tracing::info!(
+            cid = cfg.cid,
+            accel = accel.qemu_name(),
+            firmware = firmware.name(),
+            "starting QEMU"
+        );
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
         let pid = child.id();
@@ -503,6 +519,11 @@ impl VmEnclave {
                     let deadline = started + timeout;
                     while Instant::now() < deadline {
                         if hb.booted() || shared.poll().is_some() {
+                            return;
+                        }
+                        // A firmware that found nothing to boot waits forever: stop now.
+                        if shared.console.boot_failure().is_some() {
+                            shared.kill();
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(100));

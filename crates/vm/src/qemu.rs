@@ -1,5 +1,20 @@
-//! The QEMU microvm command line, a minimal QMP client (vCPU thread ids, `cont`), vCPU pinning
-//! and a bounded console capture.
+//! The QEMU microvm command line, the firmware it boots with, a minimal QMP client (vCPU thread
+//! ids, `cont`), vCPU pinning and a bounded console capture that spots a guest that cannot boot.
+//!
+//! Firmware ([`select_firmware`]): qboot (`qboot.rom`, shipped with QEMU in its data directory)
+//! where it exists: it boots the kernel straight from fw_cfg, with no option ROM, on every QEMU
+//! from 7.2 (Debian 12) to 10.0 (Debian 13). Cloister first used the microvm's default
+//! firmware with option ROMs off (`x-option-roms=off`), which QEMU 7.2's SeaBIOS boots but
+//! QEMU 10's does not ("No bootable device."): without qboot, the default firmware keeps its
+//! option ROMs (linuxboot_dma), which boots everywhere, a little slower. The data directory is
+//! looked for as QEMU does, but also next to a binary that is not where it was built for (an
+//! extracted package: `<prefix>/usr/bin/qemu-system-x86_64` -> `<prefix>/usr/share/qemu`),
+//! and is then passed with `-L`. `CLOISTER_QEMU_DATADIR` names it; `CLOISTER_VM_FIRMWARE`
+//! (`auto`, `qboot`, `seabios`, `seabios-no-option-roms`) overrides the choice.
+//!
+//! A guest whose firmware finds nothing to boot prints so on the console and would wait there
+//! until the boot timeout: [`ConsoleTail::boot_failure`] reports the line as soon as it appears,
+//! and the VM is stopped at once.
 //!
 //! The guest gets: no network, no disk, no display, no firmware option ROMs, no default
 //! devices; a serial console (QEMU's stdout, captured through a pipe into a capped file);
@@ -31,6 +46,183 @@ pub const TCG_TB_SIZE_MIB: u32 = 64;
 const MAX_QMP_LINE: u64 = 256 * 1024;
 /// Longest wait for QEMU's QMP socket.
 pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Environment variable naming QEMU's data directory (where `qboot.rom` is).
+pub const DATADIR_ENV: &str = "CLOISTER_QEMU_DATADIR";
+/// Environment override of the firmware: `auto`, `qboot`, `seabios`, `seabios-no-option-roms`.
+pub const FIRMWARE_ENV: &str = "CLOISTER_VM_FIRMWARE";
+/// qboot's file name in QEMU's data directory.
+pub const QBOOT_ROM: &str = "qboot.rom";
+/// Data directories distributions install QEMU's firmware in (after the binary's own).
+pub const STANDARD_DATADIRS: &[&str] = &["/usr/share/qemu", "/usr/local/share/qemu"];
+/// Console lines of a firmware that found nothing to boot (SeaBIOS), which then waits
+/// forever. The first one seen ends the VM.
+pub const BOOT_FAILURE_MARKERS: &[&str] = &["No bootable device"];
+
+/// The firmware a VM boots with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// qboot (`-bios <rom>`): direct Linux boot from fw_cfg, no option ROMs. `datadir` is
+    /// passed with `-L` (the binary's own data directory, where it is not the built-in one).
+    Qboot {
+        /// The ROM.
+        rom: PathBuf,
+        /// Its directory.
+        datadir: Option<PathBuf>,
+    },
+    /// The microvm's default firmware (SeaBIOS) with its option ROMs (linuxboot_dma).
+    Default {
+        /// Data directory passed with `-L`, when found.
+        datadir: Option<PathBuf>,
+    },
+    /// The default firmware with option ROMs off: what Cloister used before qboot. QEMU 7.2
+    /// boots with it; QEMU 10 (its SeaBIOS 1.16.3) stops at "No bootable device" (kept to
+    /// test that detection).
+    DefaultNoOptionRoms {
+        /// Data directory passed with `-L`, when found.
+        datadir: Option<PathBuf>,
+    },
+}
+
+impl Firmware {
+    /// The `-M` machine options and the extra arguments (`-L`, `-bios`).
+    fn args(&self) -> (&'static str, Vec<OsString>) {
+        let mut extra: Vec<OsString> = Vec::new();
+        let mut datadir = |d: &Option<PathBuf>| {
+            if let Some(d) = d {
+                extra.push("-L".into());
+                extra.push(d.as_os_str().to_owned());
+            }
+        };
+        match self {
+            Firmware::Qboot { rom, datadir: d } => {
+                datadir(d);
+                extra.push("-bios".into());
+                extra.push(rom.as_os_str().to_owned());
+                (
+                    "microvm,x-option-roms=off,isa-serial=on,memory-backend=mem",
+                    extra,
+                )
+            }
+            Firmware::Default { datadir: d } => {
+                datadir(d);
+                ("microvm,isa-serial=on,memory-backend=mem", extra)
+            }
+            Firmware::DefaultNoOptionRoms { datadir: d } => {
+                datadir(d);
+                (
+                    "microvm,x-option-roms=off,isa-serial=on,memory-backend=mem",
+                    extra,
+                )
+            }
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Firmware::Qboot { .. } => "qboot",
+            Firmware::Default { .. } => "seabios",
+            Firmware::DefaultNoOptionRoms { .. } => "seabios-no-option-roms",
+        }
+    }
+}
+
+/// `bin` as a path: itself when it names a directory part, else its first match on `PATH`.
+fn resolve_binary(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 {
+        return Some(bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// QEMU's data directories for `bin`, in lookup order: [`DATADIR_ENV`], the binary's own
+/// (`<dir of the resolved binary>/../share/qemu`), then [`STANDARD_DATADIRS`].
+pub fn datadir_candidates(bin: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os(DATADIR_ENV).filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(real) = resolve_binary(bin).and_then(|b| std::fs::canonicalize(b).ok()) {
+        if let Some(prefix) = real.parent().and_then(Path::parent) {
+            dirs.push(prefix.join("share/qemu"));
+        }
+    }
+    for d in STANDARD_DATADIRS {
+        let d = PathBuf::from(d);
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// The data directories `bin -L help` lists (its built-in ones), for installs the standard
+/// places miss. Runs QEMU, so it is the last resort.
+fn datadirs_from_qemu(bin: &Path) -> Vec<PathBuf> {
+    let Ok(out) = std::process::Command::new(bin)
+        .args(["-L", "help"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .take(16)
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+/// The firmware for QEMU binary `bin` (see the module comment): `CLOISTER_VM_FIRMWARE`, else
+/// qboot when a data directory has it, else the default firmware with its option ROMs.
+pub fn select_firmware(bin: &Path) -> Firmware {
+    let choice = std::env::var(FIRMWARE_ENV).unwrap_or_default();
+    let candidates = datadir_candidates(bin);
+    let find_qboot = || {
+        candidates
+            .iter()
+            .find(|d| d.join(QBOOT_ROM).is_file())
+            .cloned()
+            .or_else(|| {
+                datadirs_from_qemu(bin)
+                    .into_iter()
+                    .find(|d| d.join(QBOOT_ROM).is_file())
+            })
+    };
+    let qboot = |d: PathBuf| Firmware::Qboot {
+        rom: d.join(QBOOT_ROM),
+        datadir: Some(d),
+    };
+    match choice.trim() {
+        "seabios-no-option-roms" => Firmware::DefaultNoOptionRoms {
+            datadir: candidates.into_iter().find(|d| d.is_dir()),
+        },
+        "seabios" => Firmware::Default {
+            datadir: candidates.into_iter().find(|d| d.is_dir()),
+        },
+        // Forced: without a ROM on disk, QEMU looks for it in its own directories and says
+        // so clearly when it is not there.
+        "qboot" => find_qboot().map_or_else(
+            || Firmware::Qboot {
+                rom: PathBuf::from(QBOOT_ROM),
+                datadir: None,
+            },
+            qboot,
+        ),
+        _ => find_qboot().map_or_else(
+            || Firmware::Default {
+                datadir: candidates.into_iter().find(|d| d.is_dir()),
+            },
+            qboot,
+        ),
+    }
+}
 
 /// Errors of the launcher.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +264,8 @@ pub struct QemuArgs<'a> {
     pub hugepages: bool,
     /// Apply `-sandbox` (off only for debugging).
     pub sandbox: bool,
+    /// Firmware ([`select_firmware`]).
+    pub firmware: &'a Firmware,
 }
 
 /// The arguments after the binary.
@@ -79,8 +273,9 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
     let mut v: Vec<OsString> = Vec::new();
     let mut push = |s: &str| v.push(s.into());
     let mem = format!("{}M", a.memory_mib);
+    let (machine, firmware) = a.firmware.args();
     push("-M");
-    push("microvm,x-option-roms=off,isa-serial=on,memory-backend=mem");
+    push(machine);
     push("-accel");
     if a.accel == Accel::Tcg {
         // Bounds the translation cache (QEMU's default is 1 GiB), part of QEMU's memory
@@ -133,6 +328,7 @@ pub fn command_line(a: &QemuArgs<'_>) -> Vec<OsString> {
         push("-sandbox");
         push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     }
+    v.extend(firmware);
     v.push("-kernel".into());
     v.push(a.kernel.as_os_str().to_owned());
     v.push("-initrd".into());
@@ -159,22 +355,65 @@ pub fn hugepages_available(memory_mib: u64) -> bool {
     )
 }
 
-/// The console: a capped file plus an in-memory tail.
+/// The console: a capped file plus an in-memory tail, watched for [`BOOT_FAILURE_MARKERS`].
 #[derive(Debug, Clone, Default)]
-pub struct ConsoleTail(Arc<Mutex<Vec<u8>>>);
+pub struct ConsoleTail(Arc<Mutex<TailState>>);
+
+#[derive(Debug, Default)]
+struct TailState {
+    bytes: Vec<u8>,
+    boot_failure: Option<String>,
+}
+
+/// Longest boot-failure line kept.
+const MAX_FAILURE_LINE: usize = 200;
 
 impl ConsoleTail {
     /// The last bytes of console output, lossily decoded.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        String::from_utf8_lossy(&self.lock().bytes).into_owned()
+    }
+
+    /// The console line of a firmware that found nothing to boot, once one was printed.
+    pub fn boot_failure(&self) -> Option<String> {
+        self.lock().boot_failure.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TailState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        t.extend_from_slice(bytes);
-        if t.len() > CONSOLE_TAIL_BYTES {
-            let cut = t.len() - CONSOLE_TAIL_BYTES;
-            t.drain(..cut);
+        let mut t = self.lock();
+        let before = t.bytes.len();
+        t.bytes.extend_from_slice(bytes);
+        if t.boot_failure.is_none() {
+            // The new bytes and enough before them to hold a marker split across reads.
+            let longest = BOOT_FAILURE_MARKERS
+                .iter()
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0);
+            let from = before.saturating_sub(longest);
+            let found = BOOT_FAILURE_MARKERS.iter().find_map(|m| {
+                t.bytes[from..]
+                    .windows(m.len())
+                    .position(|w| w == m.as_bytes())
+                    .map(|at| from + at)
+            });
+            if let Some(at) = found {
+                let line: Vec<u8> = t.bytes[at..]
+                    .iter()
+                    .take_while(|&&b| b != b'\n' && b != b'\r')
+                    .take(MAX_FAILURE_LINE)
+                    .copied()
+                    .collect();
+                t.boot_failure = Some(String::from_utf8_lossy(&line).trim().to_owned());
+            }
+        }
+        if t.bytes.len() > CONSOLE_TAIL_BYTES {
+            let cut = t.bytes.len() - CONSOLE_TAIL_BYTES;
+            t.bytes.drain(..cut);
         }
     }
 }
@@ -383,6 +622,10 @@ mod tests {
             qmp_socket: Path::new("/run/q.sock"),
             hugepages: false,
             sandbox: true,
+            firmware: &Firmware::Qboot {
+                rom: PathBuf::from("/q/qboot.rom"),
+                datadir: Some(PathBuf::from("/q")),
+            },
         };
         let line: Vec<String> = command_line(&args)
             .into_iter()
@@ -398,10 +641,58 @@ mod tests {
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-smp 2",
             "-append console=ttyS0",
+            "-M microvm,x-option-roms=off,isa-serial=on,memory-backend=mem",
+            "-L /q -bios /q/qboot.rom",
         ] {
             assert!(joined.contains(needle), "{needle} missing from {joined}");
         }
         assert!(!joined.contains("-netdev") && !joined.contains("-drive"));
+        // Without qboot, the default firmware keeps the option ROM that boots Linux.
+        let seabios = Firmware::Default { datadir: None };
+        let line = command_line(&QemuArgs {
+            firmware: &seabios,
+            ..args
+        });
+        let joined: Vec<String> = line.into_iter().map(|s| s.into_string().unwrap()).collect();
+        let joined = joined.join(" ");
+        assert!(
+            joined.contains("-M microvm,isa-serial=on,memory-backend=mem"),
+            "{joined}"
+        );
+        assert!(!joined.contains("x-option-roms") && !joined.contains("-bios"));
+    }
+
+    #[test]
+    fn qboot_is_found_next_to_an_extracted_binary() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("usr/bin/qemu-system-x86_64");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, b"").unwrap();
+        let data = d.path().join("usr/share/qemu");
+        assert_eq!(datadir_candidates(&bin).first(), Some(&data));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join(QBOOT_ROM), b"rom").unwrap();
+        assert_eq!(
+            select_firmware(&bin),
+            Firmware::Qboot {
+                rom: data.join(QBOOT_ROM),
+                datadir: Some(data)
+            }
+        );
+    }
+
+    #[test]
+    fn a_firmware_that_finds_nothing_to_boot_is_spotted() {
+        let t = ConsoleTail::default();
+        t.push(b"SeaBIOS (version 1.16.3)\r\nBooting from Hard Disk...\r\nBoot failed\r\n");
+        assert_eq!(t.boot_failure(), None);
+        // Split across two reads.
+        t.push(b"No boota");
+        t.push(b"ble device.\r\nRetrying in 60 seconds.");
+        assert_eq!(t.boot_failure().as_deref(), Some("No bootable device."));
+        let k = ConsoleTail::default();
+        k.push(b"[    0.000000] Linux version 6.1.0\n");
+        assert_eq!(k.boot_failure(), None);
     }
 
     #[test]

@@ -174,10 +174,24 @@ fn guest_connects_to_a_parent_listener() {
     cfg.debug = true;
     cfg.boot_timeout = BOOT;
     cfg.run_as = Some(common::VM_USER);
+    // The listener (root's) believes the preamble of a peer with the enclave's identity
+    // because `<cid>.sock` vouches for its gid.
+    let identity = cloister_vm::HostIdentity {
+        uid: common::VM_USER.0,
+        gid: common::VM_USER.1,
+    };
+    cfg.enclave_identity = Some(identity);
     let mut vm = VmEnclave::start(cfg).unwrap();
     let (mut s, peer) = listener.accept().unwrap();
     assert_eq!(peer.cid, cid);
     assert!(vm.booted());
+    // The device connected as the enclave's host identity, not as root.
+    let cred = nix::sys::socket::getsockopt(
+        &std::os::fd::AsFd::as_fd(&s),
+        nix::sys::socket::sockopt::PeerCredentials,
+    )
+    .unwrap();
+    assert_eq!((cred.uid(), cred.gid()), (identity.uid, identity.gid));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut line = String::new();
     std::io::BufReader::new(&mut s)

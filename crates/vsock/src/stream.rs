@@ -458,6 +458,23 @@ impl VsockStream {
         self.sock.set_nonblocking(nonblocking)
     }
 
+    /// The connected socket, for callers that hand it on (a supervisor installing it in
+    /// another process).
+    pub fn into_fd(self) -> OwnedFd {
+        self.sock.into()
+    }
+
+    /// Host side: reads the broker's `CONNECT-FROM` preamble from `sock`, a connection accepted
+    /// on a fabric listener of port `port` bound in `dir` (the checks of
+    /// [`VsockListener::accept`]).
+    pub fn from_fabric_accept(sock: OwnedFd, port: u32, dir: &Path) -> Result<Self, VsockError> {
+        fabric_handshake(
+            Socket::from(sock),
+            VsockAddr::new(PARENT_CID, port),
+            Some(dir),
+        )
+    }
+
     #[cfg(feature = "tokio")]
     pub(crate) fn into_parts(self) -> (Socket, VsockAddr, VsockAddr) {
         (self.sock, self.local, self.peer)
@@ -644,6 +661,17 @@ impl VsockListener {
             kind: ListenerKind::Native { sock },
             local,
         })
+    }
+
+    /// The listening socket (fabric) or the broker control connection (enclave: it carries
+    /// `ACCEPT <cid> <port>` lines, each with a descriptor), for callers that hand it on. A
+    /// fabric listener's socket file stays (the next bind replaces it once nobody listens).
+    pub fn into_fd(mut self) -> io::Result<OwnedFd> {
+        if let ListenerKind::Fabric { id, .. } = &mut self.kind {
+            // No file has this identity: dropping the listener leaves the socket file.
+            *id = (u64::MAX, u64::MAX);
+        }
+        self.as_fd().try_clone_to_owned()
     }
 
     /// Our address (`(3, port)` on the fabric; cid `VMADDR_CID_ANY` inside an enclave).

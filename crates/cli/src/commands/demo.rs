@@ -1,7 +1,8 @@
 //! `cloister demo` (E8xx): the whole path on embedded defaults, self-contained.
 //!
-//! 1. builds the sample enclave image (static init + `cloister-sample-app`) and a modified copy
-//!    (one env line differs, so PCR0 differs), and prints their PCRs;
+//! 1. builds the sample enclave image (Cloister's blobs: `init` and `cmdline`, plus the static
+//!    `cloister-sample-app`) and a modified copy (one env line differs, so PCR0 differs), and
+//!    prints their PCRs;
 //! 2. starts the key service in-process (temp data dir; attestation trust anchor = the demo's
 //!    own PKI root) and a vsock-proxy whose allowlist holds only the key service's address, in a
 //!    temp run directory (`CLOISTER_RUN_DIR`), PKI (`CLOISTER_PKI_DIR`) and allocator pool
@@ -19,6 +20,18 @@
 //! 6. terminates both enclaves, stops the proxy and the key service, checks that no enclave,
 //!    monitor or socket is left, and removes the temp directories.
 //!
+//! Inputs ([`DemoInputs`]): the blobs are found as `build-enclave` finds them
+//! ([`cloister_image_builder::blobs::locate`]: `--blobs`, `CLOISTER_BLOBS`, `NITRO_CLI_BLOBS`,
+//! `<executable>/../share/cloister/blobs`, `/usr/share/cloister/blobs`), the sample app in
+//! Cloister's data directory (`<executable>/../share/cloister`, `/usr/share/cloister`, or the
+//! parent of a blobs directory named `.../share/cloister/blobs`). Process isolation needs no
+//! kernel (the images carry an empty kernel section); `--isolation vm` needs blobs with one.
+//! Nothing runs cargo, with one exception for developers: a `cloister` that is a cargo build
+//! output of its own source tree (`cargo run --release -- demo`) and finds nothing installed
+//! builds init and the sample app from that tree
+//! ([`cloister_init::static_build::source_tree_of`]); an installed or copied binary reports
+//! E610 / E814 instead, saying how to install them.
+//!
 //! Every step prints its duration in milliseconds. `--pause` waits for Enter once the sample
 //! enclave runs, to inspect it. SIGINT or SIGTERM at any point tears down what the demo started
 //! (enclaves through terminate, the proxy, the key service, the temp directories) and exits
@@ -31,6 +44,7 @@ use clap::{Args, Subcommand};
 use cloister_attestation::{Verifier, VerifyOptions};
 use cloister_cpio::CpioWriter;
 use cloister_eif::{EifBuilder, Measurements};
+use cloister_image_builder::blobs;
 use cloister_kms::config::{AttestationConfig, Config, CredentialConfig};
 use cloister_proxy::{AllowEntry, Allowlist, ProxyConfig, VsockProxy};
 use cloister_runtime::allocator::{format_cpu_list, CpuRequest, Pool};
@@ -57,13 +71,8 @@ const ACCOUNT: &str = "111122223333";
 const APP_USER: &str = "demo-app";
 /// The vsock port of the demo's vsock-proxy (inside the demo's private fabric).
 const PROXY_PORT: u32 = 8000;
-/// Placeholder kernel section when no blobs directory exists (process isolation boots none).
-const PLACEHOLDER_KERNEL: &[u8] =
-    b"cloister demo: placeholder kernel section; process isolation does not boot a kernel\n";
-/// Kernel command line of images built with the placeholder kernel.
-const PLACEHOLDER_CMDLINE: &str = "reboot=k panic=30 pci=off nomodules console=ttyS0";
-/// Environment variable naming a blobs directory (kernel + cmdline).
-const BLOBS_ENV: &str = "CLOISTER_BLOBS";
+/// The sample app's file name in Cloister's data directory (`share/cloister/`).
+pub const SAMPLE_APP_FILE: &str = "cloister-sample-app";
 /// How long the enclave's listener may take to come up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the enclave may take to answer (attest, KMS round trip, attest again).
@@ -102,8 +111,9 @@ pub struct DemoArgs {
     /// with a kernel). The key policy requires this isolation.
     #[arg(long, value_name = "KIND", default_value = "process")]
     pub isolation: Isolation,
-    /// Blobs directory (kernel, cmdline, init, modules; `cloister blobs prepare` makes one).
-    /// Default: CLOISTER_BLOBS, else /usr/share/nitro_enclaves/blobs when it exists.
+    /// Blobs directory (init, cmdline; for --isolation vm also a kernel and its modules, as
+    /// `cloister blobs prepare` makes). Default: CLOISTER_BLOBS, NITRO_CLI_BLOBS,
+    /// <executable>/../share/cloister/blobs, /usr/share/cloister/blobs.
     #[arg(long, value_name = "DIR")]
     pub blobs: Option<PathBuf>,
     /// Once the sample enclave runs, wait for Enter before going on (to inspect it with
@@ -114,7 +124,7 @@ pub struct DemoArgs {
 
 /// Error codes of this area.
 pub const CODES: &[ErrorInfo] = &[
-    ErrorInfo { code: "E801", exit: ExitKind::Failure, summary: "Cannot build the demo images", explanation: "Building the static init or the static sample app (cargo, from the source tree, cached in target/static), reading the blobs directory (CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs) or writing the images failed. The message carries cargo's output." },
+    ErrorInfo { code: "E801", exit: ExitKind::Failure, summary: "Cannot build the demo images", explanation: "Reading the blobs (init, cmdline) or the sample app, or writing the images, failed. A `cloister` run from its own source tree (`cargo run -- demo`) with nothing installed builds init and the sample app with cargo first; the message then carries cargo's output." },
     ErrorInfo { code: "E802", exit: ExitKind::System, summary: "Cannot set up the demo environment", explanation: "The temp directory, run directory, PKI or allocator pool of the demo could not be created, or the async runtime could not start." },
     ErrorInfo { code: "E803", exit: ExitKind::System, summary: "Demo key service failed", explanation: "The in-process key service could not open its temp data directory, load the PKI root as its attestation trust anchor, or listen on 127.0.0.1." },
     ErrorInfo { code: "E804", exit: ExitKind::System, summary: "Demo vsock-proxy failed", explanation: "vsock-proxy could not listen on its port in the demo's vsock fabric, or stopped with an error." },
@@ -126,7 +136,8 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E810", exit: ExitKind::VerificationFailed, summary: "Modified image was not refused", explanation: "The image with a different PCR0 either received the secret or failed with something other than AccessDeniedException: the key policy's attestation condition was not enforced as expected." },
     ErrorInfo { code: "E811", exit: ExitKind::System, summary: "Demo left something behind", explanation: "After terminating the enclaves and stopping the proxy, an enclave record, a live monitor process or a vsock socket was still present in the demo's run directory." },
     ErrorInfo { code: "E812", exit: ExitKind::Failure, summary: "Demo interrupted", explanation: "SIGINT (Ctrl-C) or SIGTERM arrived: the demo terminated its enclaves, stopped the vsock-proxy and the key service, removed its temp directory (unless --keep-temp) and exited with status 130." },
-    ErrorInfo { code: "E813", exit: ExitKind::Usage, summary: "VM demo needs a kernel", explanation: "`cloister demo --isolation vm` boots the EIF's kernel in QEMU, so the images need a real one: give a blobs directory (kernel, cmdline, init, vsock modules) with --blobs DIR or CLOISTER_BLOBS, or install one in /usr/share/nitro_enclaves/blobs. `cloister blobs prepare` builds one from a Debian cloud kernel." },
+    ErrorInfo { code: "E813", exit: ExitKind::Usage, summary: "VM demo needs a kernel", explanation: "`cloister demo --isolation vm` boots the EIF's kernel in QEMU, so the images need a real one, which Cloister's installed blobs (made for process enclaves) do not have: `cloister blobs prepare --output DIR --kernel-version latest` fetches Debian's cloud kernel and writes a blobs directory with it, its vsock modules and the installed init; pass it with --blobs DIR or CLOISTER_BLOBS." },
+    ErrorInfo { code: "E814", exit: ExitKind::Unavailable, summary: "Demo sample app not installed", explanation: "The demo's enclave application (cloister-sample-app) is installed with Cloister, in <dir of the cloister executable>/../share/cloister or /usr/share/cloister; neither has it. Install Cloister's package (cloister_*.deb) or unpack its release tarball; in a source tree, `cargo run --release -- demo` builds it." },
 ];
 
 /// Runs one subcommand.
@@ -182,7 +193,7 @@ struct Paths {
 
 fn demo(args: &DemoArgs) -> CliResult<()> {
     let total = Instant::now();
-    let blobs = blobs_dir(args)?;
+    let inputs = DemoInputs::find(args)?;
     let temp = tempfile::Builder::new()
         .prefix("cloister-demo")
         .tempdir()
@@ -220,7 +231,7 @@ fn demo(args: &DemoArgs) -> CliResult<()> {
     );
     println!("  workspace: {}", temp.path().display());
 
-    let result = demo_steps(args, &paths, blobs.as_deref());
+    let result = demo_steps(args, &paths, &inputs);
     if args.keep_temp {
         let kept = temp.keep();
         println!("  kept temp directory {}", kept.display());
@@ -244,15 +255,14 @@ fn demo(args: &DemoArgs) -> CliResult<()> {
     Ok(())
 }
 
-fn demo_steps(args: &DemoArgs, paths: &Paths, blobs: Option<&Path>) -> CliResult<()> {
+fn demo_steps(args: &DemoArgs, paths: &Paths, inputs: &DemoInputs) -> CliResult<()> {
     // 1. Images.
     let t = Instant::now();
     println!("[1/6] Build the enclave images");
-    let images = build_images(&paths.images, blobs)?;
-    println!(
-        "  static init + sample app: {} ms (cargo, cached in target/static)",
-        images.static_ms
-    );
+    let blobs = inputs.blobs()?;
+    println!("  blobs: {}", inputs.blobs_note);
+    println!("  sample app: {}", inputs.app_note);
+    let images = build_images(&paths.images, &blobs, &inputs.sample_app)?;
     println!("  kernel section: {}", images.kernel_note);
     print_pcrs("sample.eif", &images.genuine_pcrs);
     print_pcrs("modified.eif", &images.modified_pcrs);
@@ -269,9 +279,11 @@ fn demo_steps(args: &DemoArgs, paths: &Paths, blobs: Option<&Path>) -> CliResult
         access_key_id: format!("AKIA{}", hex::encode_upper(random::<8>()?)),
         secret_access_key: hex::encode(random::<20>()?),
         principal: APP_USER.into(),
+        session_token: None,
     };
     let config = Config {
         region: Some(REGION.into()),
+        other_regions: Vec::new(),
         account_id: Some(ACCOUNT.into()),
         master_key_path: None,
         attestation: AttestationConfig {
@@ -728,39 +740,144 @@ fn exchange(run: &RunDir, rec: &EnclaveRecord, request: &SecretRequest) -> CliRe
     })
 }
 
-/// The blobs directory the images use: `--blobs`, `CLOISTER_BLOBS`, or the default directory
-/// when it exists. `vm` isolation needs one (E813).
-fn blobs_dir(args: &DemoArgs) -> CliResult<Option<PathBuf>> {
-    let named = args
-        .blobs
-        .clone()
-        .or_else(|| std::env::var_os(BLOBS_ENV).map(PathBuf::from));
-    let dir = named.clone().or_else(|| {
-        let default = PathBuf::from(cloister_image_builder::blobs::DEFAULT_BLOBS_DIR);
-        default.is_dir().then_some(default)
-    });
-    if args.isolation == Isolation::Vm {
-        let Some(dir) = &dir else {
-            return Err(err(
-                "E813",
-                format!(
-                    "--isolation vm boots a real kernel: give --blobs DIR or {BLOBS_ENV} (no \
-                     blobs in {})",
-                    cloister_image_builder::blobs::DEFAULT_BLOBS_DIR
-                ),
-            ));
+/// What the demo's images are built from.
+#[derive(Debug)]
+struct DemoInputs {
+    /// The blobs directory, or `None` for the source tree's own init (see the module comment).
+    blobs_dir: Option<PathBuf>,
+    /// The source tree's init, when `blobs_dir` is `None`.
+    built_init: Option<PathBuf>,
+    /// Where the blobs came from, for the output.
+    blobs_note: String,
+    /// The static sample app.
+    sample_app: PathBuf,
+    /// Where it came from, for the output.
+    app_note: String,
+}
+
+impl DemoInputs {
+    /// Finds the blobs and the sample app (see the module comment), failing early: E610 (no
+    /// blobs installed), E813 (vm without a kernel), E814 (no sample app installed), E801 (a
+    /// source-tree build failed).
+    fn find(args: &DemoArgs) -> CliResult<DemoInputs> {
+        let exe = std::env::current_exe().ok();
+        let source_tree = exe
+            .as_deref()
+            .and_then(cloister_init::static_build::source_tree_of);
+        Self::find_with(
+            args,
+            blobs::locate(args.blobs.as_deref()),
+            &blobs::share_dirs(),
+            source_tree,
+        )
+    }
+
+    fn find_with(
+        args: &DemoArgs,
+        located: Result<blobs::Located, blobs::BlobsError>,
+        share: &[(PathBuf, blobs::BlobsOrigin)],
+        source_tree: Option<PathBuf>,
+    ) -> CliResult<DemoInputs> {
+        let vm = args.isolation == Isolation::Vm;
+        let (blobs_dir, built_init, blobs_note) = match located {
+            Ok(found) => {
+                let loaded = blobs::Blobs::load(&found.dir)
+                    .map_err(|e| err(if vm { "E813" } else { "E610" }, e))?;
+                if vm {
+                    loaded
+                        .require_kernel(&found.dir)
+                        .map_err(|e| err("E813", e))?;
+                }
+                let note = format!("{} ({})", found.dir.display(), found.origin);
+                (Some(found.dir), None, note)
+            }
+            Err(e @ blobs::BlobsError::NotInstalled { .. }) => {
+                if vm {
+                    return Err(err(
+                        "E813",
+                        format!(
+                            "--isolation vm boots a real kernel: give --blobs DIR or \
+                             {BLOBS_ENV} (a directory `cloister blobs prepare` made): {e}",
+                            BLOBS_ENV = blobs::BLOBS_ENV
+                        ),
+                    ));
+                }
+                let Some(tree) = &source_tree else {
+                    return Err(err("E610", e));
+                };
+                let init = cloister_init::build_static_init()
+                    .map_err(|e| err("E801", format!("static init: {e}")))?;
+                let note = format!(
+                    "none installed; init built with cargo in the source tree {} (an installed \
+                     cloister never builds anything)",
+                    tree.display()
+                );
+                (None, Some(init), note)
+            }
+            Err(e) => return Err(err(if vm { "E813" } else { "E610" }, e)),
         };
-        cloister_image_builder::blobs::Blobs::load(dir)
-            .map_err(|e| err("E813", format!("blobs directory {}: {e}", dir.display())))?;
-    } else if let Some(named) = &named {
-        if !named.is_dir() {
-            return Err(err(
-                "E801",
-                format!("blobs directory {} does not exist", named.display()),
-            ));
+        // The sample app: Cloister's data directories, then the one holding the blobs.
+        let mut dirs: Vec<PathBuf> = share.iter().map(|(d, _)| d.clone()).collect();
+        if let Some(parent) = blobs_dir.as_deref().and_then(Path::parent) {
+            dirs.push(parent.to_owned());
+        }
+        let installed = dirs
+            .iter()
+            .map(|d| d.join(SAMPLE_APP_FILE))
+            .find(|p| p.is_file());
+        let (sample_app, app_note) = match (installed, &source_tree) {
+            (Some(p), _) => {
+                let note = p.display().to_string();
+                (p, note)
+            }
+            (None, Some(tree)) => {
+                let p = cloister_sample_app::build_static_sample_app()
+                    .map_err(|e| err("E801", format!("static sample app: {e}")))?;
+                let note = format!(
+                    "{} (built with cargo in the source tree {})",
+                    p.display(),
+                    tree.display()
+                );
+                (p, note)
+            }
+            (None, None) => {
+                let looked: Vec<String> = dirs
+                    .iter()
+                    .map(|d| d.join(SAMPLE_APP_FILE).display().to_string())
+                    .collect();
+                return Err(err(
+                    "E814",
+                    format!(
+                        "{SAMPLE_APP_FILE} is not installed (looked for {}): install Cloister's \
+                         package or unpack its release tarball",
+                        looked.join(", ")
+                    ),
+                ));
+            }
+        };
+        Ok(DemoInputs {
+            blobs_dir,
+            built_init,
+            blobs_note,
+            sample_app,
+            app_note,
+        })
+    }
+
+    /// The blobs the images are built with.
+    fn blobs(&self) -> CliResult<blobs::Blobs> {
+        match (&self.blobs_dir, &self.built_init) {
+            (Some(dir), _) => blobs::Blobs::load(dir).map_err(|e| err("E610", e)),
+            (None, Some(init)) => Ok(blobs::Blobs {
+                kernel: None,
+                cmdline: blobs::shipped_cmdline(),
+                init: init.clone(),
+                nsm_ko: None,
+                modules: Vec::new(),
+            }),
+            (None, None) => Err(err("E610", "no blobs")),
         }
     }
-    Ok(dir)
 }
 
 /// Fails with E812 once SIGINT or SIGTERM arrived.
@@ -878,55 +995,29 @@ struct Images {
     genuine_pcrs: Measurements,
     modified_pcrs: Measurements,
     kernel_note: String,
-    static_ms: u128,
 }
 
-fn build_images(dir: &Path, blobs_dir: Option<&Path>) -> CliResult<Images> {
-    let t = Instant::now();
-    let init =
-        cloister_init::build_static_init().map_err(|e| err("E801", format!("static init: {e}")))?;
-    let app = cloister_sample_app::build_static_sample_app()
-        .map_err(|e| err("E801", format!("static sample app: {e}")))?;
-    let static_ms = ms(t);
+fn build_images(dir: &Path, blobs: &blobs::Blobs, app: &Path) -> CliResult<Images> {
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| err("E801", format!("{}: {e}", p.display())));
-    let app = read(&app)?;
-    let (kernel, cmdline, kernel_note, boot) = match blobs_dir {
-        Some(blobs_dir) => {
-            let blobs = cloister_image_builder::blobs::Blobs::load(blobs_dir)
-                .map_err(|e| err("E801", format!("blobs: {e}")))?;
-            let note = format!(
-                "{} from {} with {} module(s) in the bootstrap ramdisk",
-                blobs.kernel.display(),
-                blobs_dir.display(),
+    let app = read(app)?;
+    let (kernel, kernel_note) = match &blobs.kernel {
+        Some(k) => (
+            read(k)?,
+            format!(
+                "{} with {} module(s) in the bootstrap ramdisk",
+                k.display(),
                 blobs.modules.len()
-            );
-            // The blobs' bootstrap ramdisk (modules, modules.list) around the init just built.
-            let with_init = cloister_image_builder::blobs::Blobs {
-                init: init.clone(),
-                ..blobs.clone()
-            };
-            let boot =
-                cloister_image_builder::build::write_bootstrap_ramdisk(&with_init, 0, Vec::new())
-                    .map_err(|e| err("E801", format!("bootstrap ramdisk: {e}")))?;
-            (read(&blobs.kernel)?, blobs.cmdline, note, boot)
-        }
-        None => {
-            let init = read(&init)?;
-            let boot = ramdisk(|w| {
-                w.file("init", 0o755, 0, 0, init.len() as u64, &init[..])
-                    .map(|_| ())
-            })?;
-            (
-                PLACEHOLDER_KERNEL.to_vec(),
-                PLACEHOLDER_CMDLINE.to_owned(),
-                "embedded placeholder (no blobs directory; process isolation does not boot a \
-                 kernel)"
-                    .to_owned(),
-                boot,
-            )
-        }
+            ),
+        ),
+        None => (
+            Vec::new(),
+            "empty (the blobs have no kernel; process isolation boots none)".to_owned(),
+        ),
     };
+    let cmdline = blobs.cmdline.clone();
+    let boot = cloister_image_builder::build::write_bootstrap_ramdisk(blobs, 0, Vec::new())
+        .map_err(|e| err("E801", format!("bootstrap ramdisk: {e}")))?;
     let build = |name: &str, env: &str| -> CliResult<(PathBuf, Measurements)> {
         let cmd = format!("/sample-app\nserve\n{DEFAULT_PORT}\n");
         let user = ramdisk(|w| {
@@ -955,7 +1046,6 @@ fn build_images(dir: &Path, blobs_dir: Option<&Path>) -> CliResult<Images> {
         genuine_pcrs,
         modified_pcrs,
         kernel_note,
-        static_ms,
     })
 }
 
@@ -1059,23 +1149,92 @@ mod tests {
         assert!(crate::Cli::try_parse_from(["cloister", "demo", "--isolation", "tee"]).is_err());
     }
 
-    #[test]
-    fn vm_isolation_needs_a_blobs_directory() {
-        let args = |blobs: &str| DemoArgs {
+    fn args(isolation: Isolation) -> DemoArgs {
+        DemoArgs {
             memory: 256,
             keep_temp: false,
-            isolation: Isolation::Vm,
-            blobs: Some(PathBuf::from(blobs)),
+            isolation,
+            blobs: None,
             pause: false,
-        };
-        let missing = blobs_dir(&args("/nonexistent/blobs")).unwrap_err();
-        assert_eq!(missing.code, "E813");
-        let empty = tempfile::tempdir().unwrap();
-        let e = blobs_dir(&args(empty.path().to_str().unwrap())).unwrap_err();
+        }
+    }
+
+    /// A data directory as the package installs it: `blobs/{init,cmdline}` (no kernel) and
+    /// the sample app.
+    fn installed(share: &Path) {
+        std::fs::create_dir_all(share.join("blobs")).unwrap();
+        std::fs::write(share.join("blobs/init"), b"init").unwrap();
+        std::fs::write(share.join("blobs/cmdline"), blobs::shipped_cmdline()).unwrap();
+        std::fs::write(share.join(SAMPLE_APP_FILE), b"app").unwrap();
+    }
+
+    #[test]
+    fn vm_isolation_needs_a_blobs_directory_with_a_kernel() {
+        let d = tempfile::tempdir().unwrap();
+        let share = d.path().join("share/cloister");
+        installed(&share);
+        let dirs = [(share.clone(), blobs::BlobsOrigin::NextToExecutable)];
+        let vm = args(Isolation::Vm);
+        let named_missing = blobs::locate_in(
+            Some((d.path().join("absent"), blobs::BlobsOrigin::Flag)),
+            &dirs,
+        );
+        let e = DemoInputs::find_with(&vm, named_missing, &dirs, None).unwrap_err();
         assert_eq!(e.code, "E813");
-        assert!(e.to_string().contains("bzImage"), "{e}");
-        let mut process = args("/nonexistent/blobs");
-        process.isolation = Isolation::Process;
-        assert_eq!(blobs_dir(&process).unwrap_err().code, "E801");
+        // The installed blobs have no kernel.
+        let e = DemoInputs::find_with(&vm, blobs::locate_in(None, &dirs), &dirs, None).unwrap_err();
+        assert_eq!(e.code, "E813");
+        assert!(e.to_string().contains("blobs prepare"), "{e}");
+        // Process isolation takes them, and the sample app beside them.
+        let process = args(Isolation::Process);
+        let found =
+            DemoInputs::find_with(&process, blobs::locate_in(None, &dirs), &dirs, None).unwrap();
+        assert_eq!(found.blobs_dir, Some(share.join("blobs")));
+        assert_eq!(found.sample_app, share.join(SAMPLE_APP_FILE));
+        let b = found.blobs().unwrap();
+        assert_eq!((b.kernel, b.cmdline), (None, blobs::shipped_cmdline()));
+    }
+
+    #[test]
+    fn nothing_installed_says_how_to_install_and_never_builds() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = [(d.path().join("share/cloister"), blobs::BlobsOrigin::System)];
+        let process = args(Isolation::Process);
+        // No source tree: nothing is built, E610 names the package and the tarball.
+        let e = DemoInputs::find_with(&process, blobs::locate_in(None, &dirs), &dirs, None)
+            .unwrap_err();
+        assert_eq!(e.code, "E610");
+        let text = e.to_string();
+        assert!(
+            text.contains("/usr/share/cloister/blobs") && text.contains(".deb"),
+            "{text}"
+        );
+        // Blobs named elsewhere (a VM blobs directory), but no sample app installed: E814.
+        let named = d.path().join("vm-blobs");
+        installed(&named.join("x"));
+        std::fs::rename(named.join("x/blobs"), named.join("b")).unwrap();
+        let e = DemoInputs::find_with(
+            &process,
+            blobs::locate_in(Some((named.join("b"), blobs::BlobsOrigin::Flag)), &dirs),
+            &dirs,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "E814");
+        // A data directory named through CLOISTER_BLOBS=<prefix>/share/cloister/blobs brings
+        // its sample app along.
+        let prefix = d.path().join("opt/share/cloister");
+        installed(&prefix);
+        let found = DemoInputs::find_with(
+            &process,
+            blobs::locate_in(
+                Some((prefix.join("blobs"), blobs::BlobsOrigin::Env("X"))),
+                &dirs,
+            ),
+            &dirs,
+            None,
+        )
+        .unwrap();
+        assert_eq!(found.sample_app, prefix.join(SAMPLE_APP_FILE));
     }
 }

@@ -26,6 +26,9 @@ pub enum EnclaveCommand {
     TerminateEnclave(TerminateArgs),
     /// Stream a debug-mode enclave's console.
     Console(ConsoleArgs),
+    /// Serve run/describe/console/terminate to the members of a group over a Unix socket
+    /// (run as root; other users' CLIs use it by themselves).
+    Daemon(super::daemon::DaemonArgs),
     /// Internal: the per-enclave monitor started by run-enclave.
     #[command(name = "__enclave-monitor", hide = true)]
     Monitor(MonitorArgs),
@@ -37,14 +40,19 @@ pub struct RunEnclaveArgs {
     /// Enclave image file.
     #[arg(long, value_name = "FILE", required_unless_present = "config")]
     pub eif_path: Option<PathBuf>,
-    /// Number of CPUs.
-    #[arg(long, value_name = "N", conflicts_with = "cpu_ids")]
+    /// Number of CPUs (this or --cpu-ids is required without --config, as with nitro-cli).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "cpu_ids",
+        required_unless_present_any = ["config", "cpu_ids"]
+    )]
     pub cpu_count: Option<u32>,
     /// Exact CPU ids (list or ranges: 2,3 or 2-5).
     #[arg(long, value_name = "IDS", num_args = 1.., value_delimiter = ',')]
     pub cpu_ids: Option<Vec<String>>,
-    /// Memory in MiB.
-    #[arg(long, value_name = "MiB", required_unless_present = "config")]
+    /// Memory in MiB, or with a suffix: M (MiB), G (GiB), T (TiB), as nitro-cli takes it.
+    #[arg(long, value_name = "MiB", required_unless_present = "config", value_parser = parse_memory_mib)]
     pub memory: Option<u64>,
     /// Enclave CID (0 or absent: assign one).
     #[arg(long, value_name = "CID")]
@@ -55,7 +63,8 @@ pub struct RunEnclaveArgs {
     /// Stream the console after start (implies --debug-mode).
     #[arg(long)]
     pub attach_console: bool,
-    /// Enclave name (default: the image file's name).
+    /// Enclave name (default: the image file's name without `.eif`); a name already in use
+    /// gets `_1`, `_2`, ... appended, as with nitro-cli.
     #[arg(long, value_name = "NAME")]
     pub enclave_name: Option<String>,
     /// nitro-cli JSON config file (eif_path, enclave_cid, memory_mib, cpu_ids, cpu_count,
@@ -132,7 +141,7 @@ pub struct ConsoleArgs {
     /// Enclave name.
     #[arg(long, value_name = "NAME")]
     pub enclave_name: Option<String>,
-    /// Disconnect after this many seconds without console output.
+    /// Disconnect this many seconds after connecting, as nitro-cli does.
     #[arg(long, value_name = "S")]
     pub disconnect_timeout: Option<u64>,
 }
@@ -166,14 +175,137 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo { code: "E317", exit: ExitKind::Failure, summary: "Enclave terminated while booting", explanation: "terminate-enclave (or a SIGTERM, SIGINT or SIGHUP to the enclave's monitor) arrived before the enclave's init sent its boot heartbeat. Everything started for the enclave was torn down; run it again if that was not intended." },
     ErrorInfo { code: "E318", exit: ExitKind::VerificationFailed, summary: "Enclave image signature check failed", explanation: "The image is signed, but its signature does not verify (it was not made with the signing certificate's key, or it signs another PCR0: the image was changed after it was signed), or the signing certificate is expired or not yet valid at the current time. As with nitro-cli, such an image does not run. `cloister describe-eif --eif-path FILE` shows the certificate and the signature check; sign the image again with `cloister sign-eif` and a valid certificate." },
     ErrorInfo { code: "E319", exit: ExitKind::System, summary: "Unsafe run or PKI directory", explanation: "The run directory (CLOISTER_RUN_DIR, default /run/cloister) and the attestation PKI directory (CLOISTER_PKI_DIR, default /var/lib/cloister/pki) hold what the runtime trusts: enclave records and locks, cached image roots and measurements, the vsock fabric, the host CA. Each must be a directory owned by root (or the user running cloister) and not writable by its group or other users. The message names the directory and what is wrong; fix its owner or mode (`chmod go-w DIR`) or use another directory." },
+    ErrorInfo { code: "E320", exit: ExitKind::System, summary: "Cannot reach the enclave daemon", explanation: "Run by a user other than root, the enclave verbs (run-enclave, describe-enclaves, console, terminate-enclave) go through `cloister daemon`'s socket (CLOISTER_DAEMON_SOCKET, default /run/cloister-daemon.sock). The socket could not be reached or the daemon stopped answering: start `cloister daemon` as root, and check that you are in its group (default `ne`) so the socket (root:ne, mode 0660) lets you in." },
+    ErrorInfo { code: "E321", exit: ExitKind::Usage, summary: "The enclave daemon refused the request", explanation: "`cloister daemon` serves only members of its group (default `ne`, nitro-cli's), and only run-enclave, describe-enclaves, console and terminate-enclave, with arguments it checks itself; run-enclave must pass the image as an open file. The message says what was refused." },
+    ErrorInfo { code: "E322", exit: ExitKind::System, summary: "Cannot start the enclave daemon", explanation: "`cloister daemon` could not find its group (--group, default `ne`: create it with groupadd) or create its socket (--socket, CLOISTER_DAEMON_SOCKET, default /run/cloister-daemon.sock); it must run as root." },
     ErrorInfo { code: "E701", exit: ExitKind::Unavailable, summary: "VM isolation unavailable on this host", explanation: "--isolation vm runs the enclave as a QEMU microVM and needs qemu-system-x86_64 (Debian/Ubuntu: apt-get install qemu-system-x86; CLOISTER_QEMU names another binary). KVM is used where /dev/kvm runs normal guests, TCG emulation otherwise. Install QEMU or use --isolation process." },
     ErrorInfo { code: "E702", exit: ExitKind::System, summary: "Run directory out of QEMU's reach", explanation: "A VM enclave's QEMU runs as the enclave's own unprivileged uid and must reach the enclave's kernel, initrd and sockets inside the run directory, so the run directory and every directory above it must be searchable by other users (the x bit for others; a directory made by `mktemp -d` has mode 0700 and is not). The message names the directory: `chmod o+x DIR` (e.g. mode 0711, which lets others pass through without listing it) or use another run directory (CLOISTER_RUN_DIR, default /run/cloister). The directories cloister creates itself are made searchable." },
 ];
 
+/// Parses `--memory`: MiB as a number, or a number with an `M`, `G` or `T` suffix (binary
+/// units, as nitro-cli reads them: `4G` is 4096 MiB).
+pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, factor) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let factor: u64 = match c.to_ascii_uppercase() {
+                'M' => 1,
+                'G' => 1024,
+                'T' => 1024 * 1024,
+                _ => return Err(format!("unknown memory unit {c:?} (use M, G or T)")),
+            };
+            (&t[..i], factor)
+        }
+        _ => (t, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} is not a memory size (e.g. 512, 512M, 4G, 1T)"
+        ));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The name nitro-cli gives an enclave: `requested` or the image file's name without its
+/// `.eif` extension, with `_1`, `_2`, ... appended while that name is taken by `running`.
+pub fn enclave_name(
+    requested: Option<&str>,
+    eif_path: &std::path::Path,
+    running: &[String],
+) -> String {
+    let base = match requested {
+        Some(n) => n.to_owned(),
+        None => {
+            let file = eif_path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match file.strip_suffix(".eif") {
+                Some(stem) => stem.to_owned(),
+                None => file,
+            }
+        }
+    };
+    let mut name = base.clone();
+    let mut idx = 0u64;
+    while running.contains(&name) {
+        idx += 1;
+        name = format!("{base}_{idx}");
+    }
+    name
+}
+
+/// Writes through to `inner` until `deadline`, then fails with [`ConsoleDeadline`], so a
+/// console that keeps printing still ends on time.
+struct DeadlineWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    deadline: std::time::Instant,
+}
+
+/// The error [`DeadlineWriter`] returns once its deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("console disconnect timeout reached")]
+struct ConsoleDeadline;
+
+impl std::io::Write for DeadlineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() >= self.deadline {
+            return Err(std::io::Error::other(ConsoleDeadline));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams the console of `rec` to `out`: until the enclave ends, or, with `timeout`, until
+/// that long after connecting (nitro-cli's `--disconnect-timeout`, not an idle timeout).
+pub fn stream_console(
+    run_dir: &RunDir,
+    rec: &EnclaveRecord,
+    out: &mut dyn std::io::Write,
+    timeout: Option<Duration>,
+) -> CliResult<()> {
+    let Some(timeout) = timeout else {
+        return lifecycle::console(run_dir, rec, out, None).map_err(map_err);
+    };
+    if !rec.debug_mode {
+        return Err(map_err(LifecycleError::NotDebug(rec.enclave_id.clone())));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut writer = DeadlineWriter {
+        inner: out,
+        deadline,
+    };
+    let path = run_dir.console_path(&rec.enclave_id);
+    let id = rec.enclave_id.clone();
+    let stop = || !run_dir.is_alive(&id) || std::time::Instant::now() >= deadline;
+    match cloister_runtime::console::follow(&path, &mut writer, &stop, None) {
+        Ok(()) => Ok(()),
+        Err(e) if e.get_ref().is_some_and(|r| r.is::<ConsoleDeadline>()) => Ok(()),
+        Err(e) => Err(map_err(LifecycleError::Console(e))),
+    }
+}
+
 /// Runs one subcommand.
 pub fn run(command: EnclaveCommand) -> CliResult<()> {
+    if !matches!(
+        command,
+        EnclaveCommand::Daemon(_) | EnclaveCommand::Monitor(_)
+    ) {
+        if let Some(socket) = super::daemon::client_socket() {
+            return run_via_daemon(&socket, command);
+        }
+    }
     let run_dir = RunDir::from_env();
     match command {
+        EnclaveCommand::Daemon(a) => super::daemon::run_daemon(a),
         EnclaveCommand::RunEnclave(a) => run_enclave(&run_dir, a),
         EnclaveCommand::DescribeEnclaves(a) => {
             let recs = lifecycle::describe(&run_dir).map_err(map_err)?;
@@ -192,11 +324,7 @@ pub fn run(command: EnclaveCommand) -> CliResult<()> {
             let mut out = Vec::new();
             for rec in &recs {
                 lifecycle::terminate(&run_dir, rec).map_err(map_err)?;
-                out.push(TerminateOutput {
-                    enclave_name: rec.enclave_name.clone(),
-                    enclave_id: rec.enclave_id.clone(),
-                    terminated: true,
-                });
+                out.push(TerminateOutput::of(rec));
             }
             if matches!(sel, Selector::All) {
                 print_json(&out)
@@ -219,13 +347,12 @@ pub fn run(command: EnclaveCommand) -> CliResult<()> {
                 .map_err(map_err)?
                 .remove(0);
             let mut out = std::io::stdout().lock();
-            lifecycle::console(
+            stream_console(
                 &run_dir,
                 &rec,
                 &mut out,
                 a.disconnect_timeout.map(Duration::from_secs),
             )
-            .map_err(map_err)
         }
         EnclaveCommand::Monitor(a) => {
             let code = cloister_runtime::monitor_main(&a.enclave_id);
@@ -234,13 +361,111 @@ pub fn run(command: EnclaveCommand) -> CliResult<()> {
     }
 }
 
+/// `terminate-enclave`'s JSON, in nitro-cli's key order.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct TerminateOutput {
+pub struct TerminateOutput {
     enclave_name: String,
     #[serde(rename = "EnclaveID")]
     enclave_id: String,
     terminated: bool,
+}
+
+impl TerminateOutput {
+    /// The answer for a terminated `rec`.
+    pub fn of(rec: &EnclaveRecord) -> Self {
+        Self {
+            enclave_name: rec.enclave_name.clone(),
+            enclave_id: rec.enclave_id.clone(),
+            terminated: true,
+        }
+    }
+}
+
+/// Runs an enclave verb through the daemon (`cloister daemon`), for a user who is not root.
+fn run_via_daemon(socket: &std::path::Path, command: EnclaveCommand) -> CliResult<()> {
+    use super::daemon::{call, Request, Target};
+    let target = |id: Option<String>, name: Option<String>| match (id, name) {
+        (Some(id), _) => Target::Id(id),
+        (None, Some(n)) => Target::Name(n),
+        (None, None) => Target::All,
+    };
+    let console = |target: Target, timeout: Option<u64>| -> CliResult<()> {
+        let (conn, _) = call(
+            socket,
+            &Request::Console {
+                target,
+                disconnect_timeout_s: timeout,
+            },
+            None,
+        )?;
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut &conn, &mut out).code("E315")?;
+        Ok(())
+    };
+    match command {
+        EnclaveCommand::RunEnclave(a) => {
+            let (opts, attach) = run_options(a)?;
+            // Opened with the caller's rights; the daemon gets the open file, never the path.
+            let file = std::fs::File::open(&opts.eif_path)
+                .map_err(|e| {
+                    anyhow::Error::new(e)
+                        .context(format!("cannot read {}", opts.eif_path.display()))
+                })
+                .code("E307")?;
+            let fd = std::os::fd::OwnedFd::from(file);
+            let (cpu_count, cpu_ids) = match opts.cpus {
+                CpuRequest::Count(n) => (Some(n), None),
+                CpuRequest::Ids(ids) => (None, Some(ids)),
+            };
+            let req = Request::RunEnclave {
+                name: opts.name,
+                image_file_name: opts
+                    .eif_path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "enclave".into()),
+                cpu_count,
+                cpu_ids,
+                memory_mib: opts.memory_mib,
+                cid: opts.cid,
+                debug_mode: opts.debug_mode,
+                isolation: opts.isolation.as_str().to_owned(),
+            };
+            let (_, v) = call(socket, &req, Some(&fd))?;
+            print_json(&v)?;
+            if attach {
+                let id = v["EnclaveID"].as_str().unwrap_or_default().to_owned();
+                console(Target::Id(id), None)?;
+            }
+            Ok(())
+        }
+        EnclaveCommand::DescribeEnclaves(a) => {
+            let (_, v) = call(
+                socket,
+                &Request::DescribeEnclaves {
+                    metadata: a.metadata,
+                },
+                None,
+            )?;
+            print_json(&v)
+        }
+        EnclaveCommand::TerminateEnclave(a) => {
+            let t = if a.all {
+                Target::All
+            } else {
+                target(a.enclave_id, a.enclave_name)
+            };
+            let (_, v) = call(socket, &Request::TerminateEnclave { target: t }, None)?;
+            print_json(&v)
+        }
+        EnclaveCommand::Console(a) => {
+            console(target(a.enclave_id, a.enclave_name), a.disconnect_timeout)
+        }
+        EnclaveCommand::Daemon(_) | EnclaveCommand::Monitor(_) => {
+            Err(CliError::msg("E099", "not a daemon verb"))
+        }
+    }
 }
 
 /// `run-enclave`'s JSON.
@@ -256,7 +481,7 @@ pub fn run_json(rec: &EnclaveRecord) -> Value {
     })
 }
 
-/// One `describe-enclaves` entry.
+/// One `describe-enclaves` entry, in nitro-cli's key order (serde_json keeps insertion order).
 pub fn describe_json(rec: &EnclaveRecord, metadata: bool) -> Value {
     let mut v = run_json(rec);
     let state = match rec.state {
@@ -275,31 +500,28 @@ pub fn describe_json(rec: &EnclaveRecord, metadata: bool) -> Value {
     v["State"] = json!(state);
     v["Flags"] = json!(if rec.debug_mode { "DEBUG_MODE" } else { "NONE" });
     v["Measurements"] = measurements;
-    v["Isolation"] = json!(rec.isolation);
-    v["Accelerator"] = json!(rec.accelerator);
     if metadata {
         v["ImageName"] = json!(rec.metadata.image_name);
         v["ImageVersion"] = json!(rec.metadata.image_version);
         v["Metadata"] = rec.metadata.metadata.clone().unwrap_or(Value::Null);
     }
+    // Cloister's own fields come after nitro-cli's, which keep nitro-cli's order.
+    v["Isolation"] = json!(rec.isolation);
+    v["Accelerator"] = json!(rec.accelerator);
+    // Cloister's init runs in place of the image's (an image built by nitro-cli).
+    v["InitReplaced"] = json!(rec.init_replaced);
     v
 }
 
 /// Maps a lifecycle error to its code.
-fn map_err(e: LifecycleError) -> CliError {
+pub fn map_err(e: LifecycleError) -> CliError {
     let code = match &e {
         LifecycleError::Invalid(f) | LifecycleError::Start(f) => match f.kind {
             FailureKind::Image => "E307",
             FailureKind::Signature => "E318",
             FailureKind::UnsafeDir => "E319",
             FailureKind::VmPathClosed => "E702",
-            FailureKind::BadRequest => {
-                if f.message.contains("too little") {
-                    "E306"
-                } else {
-                    "E301"
-                }
-            }
+            FailureKind::BadRequest => "E301",
             FailureKind::CidInvalid => "E302",
             FailureKind::CidInUse => "E303",
             FailureKind::Cpus => "E304",
@@ -414,7 +636,20 @@ pub fn run_options(a: RunEnclaveArgs) -> CliResult<(RunOptions, bool)> {
 }
 
 fn run_enclave(run_dir: &RunDir, a: RunEnclaveArgs) -> CliResult<()> {
-    let (opts, attach) = run_options(a)?;
+    let (mut opts, attach) = run_options(a)?;
+    // The memory rule is checked here, so a request that breaks it gets its own code (E306)
+    // from this check rather than the runtime's general "bad request" class; the runtime
+    // checks it again on the file it opens.
+    if let Ok(meta) = std::fs::metadata(&opts.eif_path) {
+        cloister_runtime::monitor::check_memory(opts.memory_mib, meta.len())
+            .map_err(|f| CliError::new("E306", f))?;
+    }
+    let running: Vec<String> = lifecycle::describe(run_dir)
+        .map_err(map_err)?
+        .into_iter()
+        .map(|r| r.enclave_name)
+        .collect();
+    opts.name = Some(enclave_name(opts.name.as_deref(), &opts.eif_path, &running));
     let program = std::env::current_exe().code("E315")?;
     let monitor = MonitorCommand {
         program,
@@ -433,7 +668,7 @@ fn run_enclave(run_dir: &RunDir, a: RunEnclaveArgs) -> CliResult<()> {
     print_json(&run_json(&rec))?;
     if attach {
         let mut out = std::io::stdout().lock();
-        lifecycle::console(run_dir, &rec, &mut out, None).map_err(map_err)?;
+        stream_console(run_dir, &rec, &mut out, None)?;
     }
     Ok(())
 }
@@ -480,8 +715,16 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((o.cpus, o.cid), (CpuRequest::Count(2), 9));
-        let err = run_options(parse(&["--eif-path", "x.eif", "--memory", "64"])).unwrap_err();
-        assert_eq!(err.code, "E301");
+        // Neither --cpu-count nor --cpu-ids: refused by the parser, as nitro-cli does.
+        let argv = [
+            "cloister",
+            "run-enclave",
+            "--eif-path",
+            "x.eif",
+            "--memory",
+            "64",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
         let err = run_options(parse(&[
             "--eif-path",
             "x.eif",
@@ -524,6 +767,62 @@ mod tests {
         assert_eq!(exit("E318"), 4, "a failed signature check exits with 4");
         assert_eq!(exit("E319"), 6);
         assert_eq!(exit("E702"), 6);
+    }
+
+    #[test]
+    fn memory_takes_nitro_suffixes() {
+        for (text, mib) in [
+            ("512", 512),
+            ("256M", 256),
+            ("256m", 256),
+            ("4G", 4096),
+            ("1T", 1 << 20),
+        ] {
+            assert_eq!(parse_memory_mib(text), Ok(mib), "{text}");
+        }
+        for bad in ["", "G", "4K", "4GB", "-1", "1.5G", "99999999999999999999T"] {
+            assert!(parse_memory_mib(bad).is_err(), "{bad}");
+        }
+        let a = parse(&["--eif-path", "x.eif", "--cpu-count", "2", "--memory", "4G"]);
+        assert_eq!(a.memory, Some(4096));
+        let bad = [
+            "cloister",
+            "run-enclave",
+            "--eif-path",
+            "x",
+            "--cpu-count",
+            "2",
+        ];
+        assert!(Cli::try_parse_from(bad.iter().chain(&["--memory", "4X"])).is_err());
+    }
+
+    #[test]
+    fn names_follow_nitro_rules() {
+        let p = std::path::Path::new("/images/hello.eif");
+        let running = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(enclave_name(None, p, &[]), "hello");
+        assert_eq!(enclave_name(None, p, &running(&["hello"])), "hello_1");
+        assert_eq!(
+            enclave_name(None, p, &running(&["hello", "hello_1"])),
+            "hello_2"
+        );
+        assert_eq!(enclave_name(Some("n"), p, &running(&["n"])), "n_1");
+        let q = std::path::Path::new("/images/app.v2.img");
+        assert_eq!(enclave_name(None, q, &[]), "app.v2.img");
+    }
+
+    #[test]
+    fn console_deadline_writer_stops_a_busy_stream() {
+        let mut sink = Vec::new();
+        let mut w = DeadlineWriter {
+            inner: &mut sink,
+            deadline: std::time::Instant::now() + Duration::from_secs(3600),
+        };
+        std::io::Write::write_all(&mut w, b"abc").unwrap();
+        w.deadline = std::time::Instant::now();
+        let err = std::io::Write::write_all(&mut w, b"def").unwrap_err();
+        assert!(err.get_ref().is_some_and(|r| r.is::<ConsoleDeadline>()));
+        assert_eq!(sink, b"abc");
     }
 
     #[test]

@@ -45,12 +45,14 @@ pub struct PrepareArgs {
     /// A linux-image-*-cloud-amd64-unsigned .deb on disk.
     #[arg(long, value_name = "FILE")]
     pub kernel_deb: Option<PathBuf>,
-    /// Kernel version to fetch with `apt-get download linux-image-<V>-cloud-amd64-unsigned`.
+    /// Kernel version to fetch with `apt-get download linux-image-<V>-cloud-amd64-unsigned`
+    /// (e.g. 6.1.0-28), or `latest` for the newest one apt knows of.
     #[arg(long, value_name = "V")]
     pub kernel_version: Option<String>,
-    /// The static init binary to install as `init`.
+    /// The static init binary to install as `init` (default: the installed blobs' init, found
+    /// as build-enclave finds its blobs).
     #[arg(long, value_name = "FILE")]
-    pub init: PathBuf,
+    pub init: Option<PathBuf>,
     /// TSC frequency in kHz for `tsc_early_khz=` (default: detected from this host).
     #[arg(long, value_name = "KHZ")]
     pub tsc_khz: Option<u64>,
@@ -90,9 +92,11 @@ pub struct ContainerInputs {
     /// Combine Entrypoint and Cmd as Docker does, instead of nitro-cli's rule.
     #[arg(long)]
     pub docker_cmd_semantics: bool,
-    /// Blobs directory (bzImage, cmdline, init[, nsm.ko][, modules/]).
-    #[arg(long, value_name = "DIR", env = "CLOISTER_BLOBS", default_value = blobs::DEFAULT_BLOBS_DIR)]
-    pub blobs: PathBuf,
+    /// Blobs directory (init, cmdline[, bzImage][, nsm.ko][, modules/]; a kernel only for VM
+    /// images). Default: CLOISTER_BLOBS, NITRO_CLI_BLOBS, <executable>/../share/cloister/blobs,
+    /// /usr/share/cloister/blobs.
+    #[arg(long, value_name = "DIR")]
+    pub blobs: Option<PathBuf>,
     /// Directory for temporary files (default: the system's).
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
@@ -133,7 +137,7 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo {
         code: "E605",
         exit: ExitKind::Failure,
-        summary: "The Docker engine refused the request",
+        summary: "The Docker engine or the registry refused the request",
         explanation: "The engine answered with an HTTP error (for example, the image does not \
                       exist). Its message is shown.",
     },
@@ -171,9 +175,15 @@ pub const CODES: &[ErrorInfo] = &[
         code: "E610",
         exit: ExitKind::Unavailable,
         summary: "Blobs directory missing or incomplete",
-        explanation: "The blobs directory (--blobs, CLOISTER_BLOBS, default \
-                      /usr/share/nitro_enclaves/blobs) needs bzImage (or vmlinuz), cmdline and \
-                      init. `cloister blobs prepare` builds one.",
+        explanation: "Images are built around Cloister's blobs (init and cmdline; a kernel too \
+                      for VM images). They are looked for in --blobs DIR, CLOISTER_BLOBS, \
+                      NITRO_CLI_BLOBS, <dir of the cloister executable>/../share/cloister/blobs \
+                      and /usr/share/cloister/blobs, in this order. Install them with Cloister's \
+                      package (cloister_*.deb, into /usr/share/cloister/blobs) or its release \
+                      tarball (share/cloister/blobs beside bin/cloister); in a source tree, \
+                      `cargo xtask dist` builds them under target/dist/cloister. For VM images, \
+                      `cloister blobs prepare --output DIR --kernel-version V` adds a kernel and \
+                      its vsock modules; pass that directory with --blobs.",
     },
     ErrorInfo {
         code: "E611",
@@ -185,10 +195,11 @@ pub const CODES: &[ErrorInfo] = &[
     ErrorInfo {
         code: "E612",
         exit: ExitKind::Usage,
-        summary: "Dockerfile builds are not supported",
-        explanation: "--docker-dir needs a container engine to run the Dockerfile. Build the \
-                      image with docker, buildah or kaniko, then pass --docker-archive or \
-                      --oci-layout.",
+        summary: "Dockerfile build failed",
+        explanation: "--docker-dir builds the directory's Dockerfile with buildah (Debian: \
+                      apt-get install buildah), tagged with --docker-uri, without a Docker \
+                      engine. buildah is missing, the directory has no Dockerfile, or the \
+                      build failed: the message quotes buildah's error.",
     },
     ErrorInfo {
         code: "E613",
@@ -267,14 +278,32 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
     if given > 1 && !(given == 2 && c.docker_dir.is_some() && c.docker_uri.is_some()) {
         return Err(CliError::msg("E614", "give only one image input"));
     }
-    if c.docker_dir.is_some() {
-        return Err(CliError::new("E612", BuildError::DockerfileUnsupported));
+    if let Some(dir) = &c.docker_dir {
+        // No engine is needed: buildah builds it (image-builder's dockerfile.rs).
+        let tag = c
+            .docker_uri
+            .as_deref()
+            .unwrap_or("localhost/cloister-build:latest");
+        let file = cloister_image_builder::dockerfile::build_with_buildah(dir, tag)
+            .map_err(|e| CliError::new("E612", e))?;
+        return Ok(Some(ImageInput::DockerArchive { file, tag: None }));
     }
     Ok(if let Some(image) = &c.docker_uri {
-        Some(ImageInput::DockerEngine {
-            image: image.clone(),
-            socket: source::docker_socket_from_env(),
-        })
+        let socket = source::docker_socket_from_env();
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            Some(ImageInput::DockerEngine {
+                image: image.clone(),
+                socket,
+            })
+        } else {
+            // No engine: pull from the registry (image-builder's registry.rs).
+            let file =
+                cloister_image_builder::registry::pull_to_temp_archive(image).map_err(|e| {
+                    let e = BuildError::Source(e);
+                    CliError::new(build_error_code(&e), e)
+                })?;
+            Some(ImageInput::DockerArchive { file, tag: None })
+        }
     } else if let Some(spec) = &c.oci_layout {
         let (dir, tag) = source::split_tag(spec);
         Some(ImageInput::OciLayout { dir, tag })
@@ -313,7 +342,10 @@ pub fn build_from_container(
     let Some(input) = container_input(c)? else {
         return Ok(None);
     };
-    let mut req = BuildRequest::new(input, c.blobs.clone(), output.output_file.clone());
+    let blobs_dir = blobs::locate(c.blobs.as_deref())
+        .map_err(|e| CliError::new("E610", e))?
+        .dir;
+    let mut req = BuildRequest::new(input, blobs_dir, output.output_file.clone());
     req.overrides = CommandOverrides {
         entrypoint: c
             .entrypoint
@@ -348,23 +380,49 @@ pub fn build_from_container(
         _ => None,
     };
     let code = |e: BuildError| CliError::new(build_error_code(&e), e);
-    let mut prepared = prepare(&req).map_err(code)?;
+    let mut prepared = match prepare(&req) {
+        // The engine does not have the image: pull it from its registry instead.
+        Err(BuildError::Source(SourceError::Engine { status: 404, .. }))
+            if matches!(req.input, ImageInput::DockerEngine { .. }) =>
+        {
+            let image = c.docker_uri.clone().unwrap_or_default();
+            let file = cloister_image_builder::registry::pull_to_temp_archive(&image)
+                .map_err(|e| code(BuildError::Source(e)))?;
+            req.input = ImageInput::DockerArchive { file, tag: None };
+            prepare(&req)
+        }
+        r => r,
+    }
+    .map_err(|e| {
+        cloister_image_builder::dockerfile::cleanup();
+        code(e)
+    })?;
     if let Some(t) = &output.build_time {
         prepared.metadata.build_metadata.build_time = t.clone();
     }
-    let m = write_eif(&prepared, &req.output, signer).map_err(code)?;
-    Ok(Some(m))
+    let m = write_eif(&prepared, &req.output, signer).map_err(code);
+    cloister_image_builder::dockerfile::cleanup();
+    Ok(Some(m?))
 }
 
 /// Runs one subcommand.
 pub fn run(command: ImageCommand) -> CliResult<()> {
     match command {
         ImageCommand::Blobs(BlobsCommand::Prepare(a)) => {
+            let init = match a.init {
+                Some(init) => init,
+                None => {
+                    let found = blobs::locate(None).map_err(|e| CliError::new("E610", e))?;
+                    blobs::Blobs::load(&found.dir)
+                        .map_err(|e| CliError::new("E610", e))?
+                        .init
+                }
+            };
             let report = blobs::prepare(&blobs::PrepareOptions {
                 output: a.output,
                 kernel_deb: a.kernel_deb,
                 kernel_version: a.kernel_version,
-                init: a.init,
+                init,
                 tsc_khz: a.tsc_khz,
             })
             .map_err(|e| CliError::new("E613", e))?;

@@ -2,6 +2,7 @@
 //! [`crate::Command`]), its handlers and its table of error codes.
 
 pub mod attest;
+pub mod daemon;
 pub mod demo;
 pub mod eif;
 pub mod enclave;
@@ -9,3 +10,4 @@ pub mod explain;
 pub mod image;
 pub mod kms;
 pub mod proxy;
+pub mod vsock;

@@ -1,0 +1,208 @@
+//! Operations beyond the core set, each family in its own module, and the request scope.
+//!
+//! - [`scope`]: the caller of a request (principal, region, address, TLS) and the condition
+//!   values read from its body, seen by the policy evaluator.
+//! - [`grants`]: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant, grant
+//!   tokens, and grants in authorization.
+//! - [`import`]: keys of origin EXTERNAL: GetParametersForImport, ImportKeyMaterial,
+//!   DeleteImportedKeyMaterial, expiry at ValidTo.
+//! - [`regions`]: the Regions one server answers for, multi-Region keys, ReplicateKey,
+//!   UpdatePrimaryRegion.
+//! - [`rotations`]: the ListKeyRotations operation.
+//!
+//! These modules live under `service` so that they use its key resolution and authorization;
+//! [`Service::extension`] is the one dispatch point `Service::handle` calls for them.
+
+pub mod grants;
+pub mod import;
+pub mod regions;
+pub mod rotations;
+pub mod scope;
+
+use super::Service;
+use crate::error::{KmsError, KmsResult};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+pub use scope::Caller;
+
+/// The operations of these modules that write to the store or generate RSA keys.
+pub const BLOCKING_OPERATIONS: &[&str] = &[
+    "CreateGrant",
+    "RetireGrant",
+    "RevokeGrant",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "DeleteImportedKeyMaterial",
+    "ReplicateKey",
+    "UpdatePrimaryRegion",
+];
+
+/// Every operation of these modules.
+pub const EXTENSION_OPERATIONS: &[&str] = &[
+    "CreateGrant",
+    "ListGrants",
+    "ListRetirableGrants",
+    "RetireGrant",
+    "RevokeGrant",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "DeleteImportedKeyMaterial",
+    "ReplicateKey",
+    "UpdatePrimaryRegion",
+    "ListKeyRotations",
+];
+
+/// The operations of these modules that take `DryRun` (each checks it itself).
+pub const DRY_RUN_OPERATIONS: &[&str] = &["CreateGrant", "RetireGrant", "RevokeGrant"];
+
+/// Operations whose `kms:EncryptionAlgorithm` is `SYMMETRIC_DEFAULT` when the request names none.
+const ENCRYPTION_OPERATIONS: &[&str] = &[
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+];
+
+/// The body fields that become condition values.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Peek<'a> {
+    #[serde(borrow)]
+    key_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    encryption_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signing_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mac_algorithm: Option<Cow<'a, str>>,
+}
+
+/// Longest value taken from the body into a condition value.
+const MAX_PEEK_VALUE: usize = 2048;
+
+/// The condition values of a request body (lower-case key, value): `kms:RequestAlias`,
+/// `kms:EncryptionAlgorithm`, `kms:SigningAlgorithm`, `kms:MacAlgorithm`. `encryption_op`: the
+/// operation is one of [`ENCRYPTION_OPERATIONS`]. Computed by [`scope::extend`] only when a
+/// policy with conditions is evaluated, so a request under a policy without any (the default
+/// policy) parses its body once.
+pub(in crate::service) fn peek_values(encryption_op: bool, body: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(p) = serde_json::from_slice::<Peek<'_>>(body) else {
+        return out;
+    };
+    let short = |v: &Option<Cow<'_, str>>| {
+        v.as_deref()
+            .filter(|s| s.len() <= MAX_PEEK_VALUE)
+            .map(str::to_string)
+    };
+    let mut add = |key: &str, value: String| out.push((key.to_ascii_lowercase(), value));
+    if let Some(k) = short(&p.key_id) {
+        let alias = if k.starts_with("alias/") {
+            Some(k)
+        } else if k.starts_with("arn:") {
+            k.split_once(":alias/").map(|(_, a)| format!("alias/{a}"))
+        } else {
+            None
+        };
+        if let Some(a) = alias {
+            add("kms:RequestAlias", a);
+        }
+    }
+    match short(&p.encryption_algorithm) {
+        Some(a) => add("kms:EncryptionAlgorithm", a),
+        None if encryption_op => add("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT".into()),
+        None => {}
+    }
+    if let Some(a) = short(&p.signing_algorithm) {
+        add("kms:SigningAlgorithm", a);
+    }
+    if let Some(a) = short(&p.mac_algorithm) {
+        add("kms:MacAlgorithm", a);
+    }
+    out
+}
+
+impl Service {
+    /// Runs one operation for `caller` (whose region, address and transport become condition
+    /// values of the key policies evaluated).
+    pub fn handle_as(&self, op: &str, caller: &Caller, body: &[u8]) -> KmsResult<Vec<u8>> {
+        let _scope = scope::enter(caller);
+        scope::set_body(ENCRYPTION_OPERATIONS.contains(&op), body);
+        self.handle(op, &caller.principal, body)
+    }
+
+    /// For a direct call of `Service::handle` (no scope installed by [`Service::handle_as`]):
+    /// a scope with only the principal, and the condition values of the body.
+    pub(in crate::service) fn enter_direct(
+        &self,
+        op: &str,
+        principal: &str,
+        body: &[u8],
+    ) -> Option<scope::ScopeGuard> {
+        let guard = scope::ensure(principal)?;
+        scope::set_body(ENCRYPTION_OPERATIONS.contains(&op), body);
+        Some(guard)
+    }
+
+    /// Runs `op` if it is one of these modules' operations.
+    pub(in crate::service) fn extension(
+        &self,
+        op: &str,
+        principal: &str,
+        body: &[u8],
+    ) -> Option<KmsResult<Vec<u8>>> {
+        if !DRY_RUN_OPERATIONS.contains(&op) && EXTENSION_OPERATIONS.contains(&op) {
+            #[derive(Deserialize)]
+            struct DryRun {
+                #[serde(rename = "DryRun")]
+                dry_run: Option<bool>,
+            }
+            if let Ok(DryRun {
+                dry_run: Some(true),
+            }) = serde_json::from_slice(body)
+            {
+                // As for the core operations: refuse rather than do for real what the caller
+                // asked only to test.
+                return Some(Err(KmsError::UnsupportedOperation(format!(
+                    "DryRun is not a parameter of {op}"
+                ))));
+            }
+        }
+        let v = match op {
+            "CreateGrant" => grants::parse(body).and_then(|r| self.create_grant(principal, r)),
+            "ListGrants" => grants::parse(body).and_then(|r| self.list_grants(principal, r)),
+            "ListRetirableGrants" => {
+                grants::parse(body).and_then(|r| self.list_retirable_grants(principal, r))
+            }
+            "RetireGrant" => grants::parse(body).and_then(|r| self.retire_grant(principal, r)),
+            "RevokeGrant" => grants::parse(body).and_then(|r| self.revoke_grant(principal, r)),
+            "GetParametersForImport" => {
+                import::parse(body).and_then(|r| self.get_parameters_for_import(principal, r))
+            }
+            "ImportKeyMaterial" => {
+                import::parse(body).and_then(|r| self.import_key_material(principal, r))
+            }
+            "DeleteImportedKeyMaterial" => {
+                import::parse(body).and_then(|r| self.delete_imported_key_material(principal, r))
+            }
+            "ReplicateKey" => regions::parse(body).and_then(|r| self.replicate_key(principal, r)),
+            "UpdatePrimaryRegion" => {
+                regions::parse(body).and_then(|r| self.update_primary_region(principal, r))
+            }
+            "ListKeyRotations" => {
+                rotations::parse(body).and_then(|r| self.list_key_rotations(principal, r))
+            }
+            _ => return None,
+        };
+        Some(v.and_then(|v| {
+            serde_json::to_vec(&v).map_err(|e| KmsError::internal("encode response", e))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,744 @@
+//! The operations of these modules through `Service::handle`, with several principals.
+
+use super::*;
+use crate::store::Store;
+use serde_json::{json, Value};
+
+/// An administrator user (not the account principal, which a policy naming the account would
+/// extend to every user).
+const ROOT: &str = "arn:aws:iam::111122223333:user/admin";
+const APP: &str = "arn:aws:iam::111122223333:user/app";
+const OTHER: &str = "arn:aws:iam::111122223333:user/other";
+
+fn service() -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &dir.path().join("master.key")).unwrap();
+    (dir, Service::new(store, "us-east-1", "111122223333", None))
+}
+
+fn call_as(s: &Service, who: &str, op: &str, body: Value) -> KmsResult<Value> {
+    s.handle(op, who, &serde_json::to_vec(&body).unwrap())
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn code(r: KmsResult<Value>) -> &'static str {
+    r.map(|_| "ok").unwrap_or_else(|e| e.aws_type())
+}
+
+/// A key whose policy lets only the root principal in (so other users need grants).
+fn root_only_key(s: &Service) -> String {
+    let policy = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"}]});
+    let k = call_as(s, ROOT, "CreateKey", json!({"Policy": policy.to_string()})).unwrap();
+    k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn grant_lifecycle_with_a_second_principal() {
+    let (_d, s) = service();
+    let key = root_only_key(&s);
+    let enc = json!({"KeyId": key, "Plaintext": "aGVsbG8="});
+    assert_eq!(
+        code(call_as(&s, APP, "Encrypt", enc.clone())),
+        "AccessDeniedException"
+    );
+
+    // DryRun checks everything and creates nothing.
+    let create = json!({"KeyId": key, "GranteePrincipal": APP, "RetiringPrincipal": OTHER,
+        "Operations": ["Encrypt", "Decrypt"], "Name": "app-grant"});
+    let mut dry = create.clone();
+    dry["DryRun"] = json!(true);
+    assert_eq!(
+        code(call_as(&s, ROOT, "CreateGrant", dry)),
+        "DryRunOperationException"
+    );
+    assert_eq!(
+        code(call_as(&s, APP, "CreateGrant", {
+            let mut d = create.clone();
+            d["DryRun"] = json!(true);
+            d
+        })),
+        "AccessDeniedException"
+    );
+    let list = call_as(&s, ROOT, "ListGrants", json!({"KeyId": key})).unwrap();
+    assert_eq!(list["Grants"].as_array().unwrap().len(), 0);
+
+    let g = call_as(&s, ROOT, "CreateGrant", create.clone()).unwrap();
+    let grant_id = g["GrantId"].as_str().unwrap().to_string();
+    let token = g["GrantToken"].as_str().unwrap().to_string();
+    assert_eq!(grant_id.len(), 64);
+    // Same name and parameters: the same grant, a fresh token.
+    let again = call_as(&s, ROOT, "CreateGrant", create.clone()).unwrap();
+    assert_eq!(again["GrantId"], grant_id.as_str());
+    assert_ne!(again["GrantToken"], token.as_str());
+
+    // The grant token is honoured at once, and the grant authorizes the grantee.
+    let mut with_token = enc.clone();
+    with_token["GrantTokens"] = json!([token]);
+    let ct = call_as(&s, APP, "Encrypt", with_token).unwrap();
+    let dec = json!({"CiphertextBlob": ct["CiphertextBlob"]});
+    assert_eq!(
+        call_as(&s, APP, "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGVsbG8="
+    );
+    assert_eq!(
+        code(call_as(&s, APP, "DescribeKey", json!({"KeyId": key}))),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        code(call_as(&s, OTHER, "Decrypt", dec.clone())),
+        "AccessDeniedException"
+    );
+    // A forged token is refused.
+    let mut forged = enc.clone();
+    forged["GrantTokens"] = json!(["bm90LWEtdG9rZW4"]);
+    assert_eq!(
+        code(call_as(&s, APP, "Encrypt", forged)),
+        "InvalidGrantTokenException"
+    );
+
+    let list = call_as(&s, ROOT, "ListGrants", json!({"KeyId": key})).unwrap();
+    let grants = list["Grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["GranteePrincipal"], APP);
+    assert_eq!(grants[0]["Name"], "app-grant");
+    assert_eq!(grants[0]["Operations"], json!(["Encrypt", "Decrypt"]));
+    let retirable = call_as(
+        &s,
+        ROOT,
+        "ListRetirableGrants",
+        json!({"RetiringPrincipal": OTHER}),
+    )
+    .unwrap();
+    assert_eq!(retirable["Grants"][0]["GrantId"], grant_id.as_str());
+
+    // Revoke: the grantee is denied afterwards.
+    let revoke = json!({"KeyId": key, "GrantId": grant_id});
+    assert_eq!(
+        code(call_as(&s, APP, "RevokeGrant", revoke.clone())),
+        "AccessDeniedException"
+    );
+    let mut dry = revoke.clone();
+    dry["DryRun"] = json!(true);
+    assert_eq!(
+        code(call_as(&s, ROOT, "RevokeGrant", dry)),
+        "DryRunOperationException"
+    );
+    assert_eq!(
+        call_as(&s, APP, "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGVsbG8="
+    );
+    call_as(&s, ROOT, "RevokeGrant", revoke.clone()).unwrap();
+    assert_eq!(
+        code(call_as(&s, APP, "Decrypt", dec.clone())),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        code(call_as(&s, ROOT, "RevokeGrant", revoke)),
+        "NotFoundException"
+    );
+
+    // Retire by token, by the retiring principal only.
+    let g = call_as(
+        &s,
+        ROOT,
+        "CreateGrant",
+        json!({"KeyId": key, "GranteePrincipal": APP,
+        "RetiringPrincipal": OTHER, "Operations": ["Decrypt"]}),
+    )
+    .unwrap();
+    let retire = json!({"GrantToken": g["GrantToken"]});
+    assert_eq!(
+        code(call_as(&s, APP, "RetireGrant", retire.clone())),
+        "AccessDeniedException"
+    );
+    let mut dry = retire.clone();
+    dry["DryRun"] = json!(true);
+    assert_eq!(
+        code(call_as(&s, OTHER, "RetireGrant", dry)),
+        "DryRunOperationException"
+    );
+    assert_eq!(
+        call_as(&s, APP, "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGVsbG8="
+    );
+    call_as(&s, OTHER, "RetireGrant", retire.clone()).unwrap();
+    assert_eq!(
+        code(call_as(&s, APP, "Decrypt", dec)),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        code(call_as(&s, OTHER, "RetireGrant", retire)),
+        "InvalidGrantTokenException"
+    );
+}
+
+#[test]
+fn grant_constraints_and_validation() {
+    let (_d, s) = service();
+    let key = root_only_key(&s);
+    let grant = |c: Value| {
+        call_as(
+            &s,
+            ROOT,
+            "CreateGrant",
+            json!({"KeyId": key, "GranteePrincipal": APP,
+            "Operations": ["Encrypt"], "Constraints": c}),
+        )
+    };
+    grant(json!({"EncryptionContextEquals": {"app": "a"}})).unwrap();
+    grant(json!({"EncryptionContextSubset": {"tenant": "t1"}})).unwrap();
+    let enc = |ctx: Value| {
+        code(call_as(
+            &s,
+            APP,
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": "eA==", "EncryptionContext": ctx}),
+        ))
+    };
+    assert_eq!(enc(json!({"app": "a"})), "ok");
+    assert_eq!(enc(json!({"app": "a", "x": "y"})), "AccessDeniedException");
+    assert_eq!(enc(json!({"tenant": "t1", "x": "y"})), "ok");
+    assert_eq!(enc(json!({"tenant": "t2"})), "AccessDeniedException");
+    assert_eq!(enc(json!({})), "AccessDeniedException");
+
+    // Validation: unknown operations, constraints on operations that take no context, names.
+    for bad in [
+        json!({"KeyId": key, "GranteePrincipal": APP, "Operations": ["Fly"]}),
+        json!({"KeyId": key, "GranteePrincipal": APP, "Operations": []}),
+        json!({"KeyId": key, "GranteePrincipal": "nobody", "Operations": ["Encrypt"]}),
+        json!({"KeyId": key, "GranteePrincipal": APP, "Operations": ["DescribeKey"],
+            "Constraints": {"EncryptionContextSubset": {"a": "b"}}}),
+        json!({"KeyId": key, "GranteePrincipal": APP, "Operations": ["Encrypt"], "Name": "a b"}),
+        json!({"KeyId": key, "Operations": ["Encrypt"]}),
+    ] {
+        assert_eq!(
+            code(call_as(&s, ROOT, "CreateGrant", bad)),
+            "ValidationException"
+        );
+    }
+    assert_eq!(
+        code(call_as(
+            &s,
+            ROOT,
+            "ListGrants",
+            json!({"KeyId": key, "Limit": 1})
+        )),
+        "ok"
+    );
+    let page = call_as(&s, ROOT, "ListGrants", json!({"KeyId": key, "Limit": 1})).unwrap();
+    assert_eq!(page["Truncated"], true);
+    let next = call_as(
+        &s,
+        ROOT,
+        "ListGrants",
+        json!({"KeyId": key, "Limit": 1, "Marker": page["NextMarker"]}),
+    )
+    .unwrap();
+    assert_eq!(next["Truncated"], false);
+    assert_ne!(next["Grants"][0]["GrantId"], page["Grants"][0]["GrantId"]);
+}
+
+#[test]
+fn explicit_deny_beats_a_grant_and_grants_may_only_narrow() {
+    let (_d, s) = service();
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": OTHER}, "Action": "kms:Decrypt", "Resource": "*"}]});
+    let k = call_as(&s, ROOT, "CreateKey", json!({"Policy": policy.to_string()})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap();
+    for who in [APP, OTHER] {
+        call_as(
+            &s,
+            ROOT,
+            "CreateGrant",
+            json!({"KeyId": key, "GranteePrincipal": who,
+            "Operations": ["Encrypt", "Decrypt", "CreateGrant"]}),
+        )
+        .unwrap();
+    }
+    let ct = call_as(
+        &s,
+        ROOT,
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": "eA=="}),
+    )
+    .unwrap();
+    let dec = json!({"CiphertextBlob": ct["CiphertextBlob"]});
+    assert_eq!(code(call_as(&s, APP, "Decrypt", dec.clone())), "ok");
+    assert_eq!(
+        code(call_as(&s, OTHER, "Decrypt", dec)),
+        "AccessDeniedException"
+    );
+    // A grantee with CreateGrant passes on a subset of its operations, not more.
+    let sub = |ops: Value| {
+        code(call_as(
+            &s,
+            APP,
+            "CreateGrant",
+            json!({"KeyId": key, "GranteePrincipal": OTHER, "Operations": ops}),
+        ))
+    };
+    assert_eq!(sub(json!(["Encrypt"])), "ok");
+    assert_eq!(
+        sub(json!(["Encrypt", "DescribeKey"])),
+        "AccessDeniedException"
+    );
+}
+
+#[test]
+fn condition_keys_of_the_request_scope() {
+    let (_d, s) = service();
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:Encrypt", "Resource": "*",
+         "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"},
+                       "StringEquals": {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                                        "kms:RequestAlias": "alias/app"},
+                       "Bool": {"aws:SecureTransport": "true"}}},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:CreateGrant", "Resource": "*",
+         "Condition": {"ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
+                       "StringLike": {"kms:GranteePrincipal": "arn:aws:iam::111122223333:user/*"}}},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:DescribeKey", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:KeySpec": "SYMMETRIC_DEFAULT", "kms:KeyUsage": "ENCRYPT_DECRYPT"},
+                       "ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/app"}}}]});
+    let k = call_as(&s, ROOT, "CreateKey", json!({"Policy": policy.to_string()})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    assert_eq!(
+        code(call_as(&s, APP, "DescribeKey", json!({"KeyId": key}))),
+        "AccessDeniedException"
+    );
+    call_as(
+        &s,
+        ROOT,
+        "CreateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": key}),
+    )
+    .unwrap();
+    assert_eq!(
+        code(call_as(&s, APP, "DescribeKey", json!({"KeyId": key}))),
+        "ok"
+    );
+
+    let as_caller = |ip: &str, tls: bool, key_id: &str| {
+        let caller = Caller {
+            principal: APP.into(),
+            region: Some("us-east-1".into()),
+            source_ip: Some(ip.parse().unwrap()),
+            secure_transport: Some(tls),
+        };
+        let body = json!({"KeyId": key_id, "Plaintext": "eA=="});
+        s.handle_as("Encrypt", &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|_| "ok")
+            .unwrap_or_else(|e| e.aws_type())
+    };
+    assert_eq!(as_caller("10.1.2.3", true, "alias/app"), "ok");
+    assert_eq!(
+        as_caller("192.168.1.1", true, "alias/app"),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        as_caller("10.1.2.3", false, "alias/app"),
+        "AccessDeniedException"
+    );
+    assert_eq!(as_caller("10.1.2.3", true, &key), "AccessDeniedException");
+
+    let grant = |ops: Value, grantee: &str| {
+        code(call_as(
+            &s,
+            APP,
+            "CreateGrant",
+            json!({"KeyId": key, "GranteePrincipal": grantee, "Operations": ops}),
+        ))
+    };
+    assert_eq!(grant(json!(["Encrypt"]), OTHER), "ok");
+    assert_eq!(
+        grant(json!(["Encrypt", "ReEncryptFrom"]), OTHER),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        grant(json!(["Encrypt"]), "arn:aws:iam::111122223333:role/r"),
+        "AccessDeniedException"
+    );
+}
+
+#[test]
+fn list_key_rotations_tells_on_demand_from_automatic() {
+    let (_d, s) = service();
+    let k = call_as(&s, ROOT, "CreateKey", json!({})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let r = call_as(&s, ROOT, "ListKeyRotations", json!({"KeyId": key})).unwrap();
+    assert_eq!(r["Rotations"], json!([]));
+    call_as(&s, ROOT, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    call_as(&s, ROOT, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
+    let r = call_as(
+        &s,
+        ROOT,
+        "ListKeyRotations",
+        json!({"KeyId": key, "Limit": 1}),
+    )
+    .unwrap();
+    assert_eq!(r["Rotations"][0]["RotationType"], "ON_DEMAND");
+    assert_eq!(r["Truncated"], true);
+    let r2 = call_as(
+        &s,
+        ROOT,
+        "ListKeyRotations",
+        json!({"KeyId": key, "Marker": r["NextMarker"]}),
+    )
+    .unwrap();
+    assert_eq!(r2["Rotations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        code(call_as(
+            &s,
+            APP,
+            "ListKeyRotations",
+            json!({"KeyId": "alias/none"})
+        )),
+        "NotFoundException"
+    );
+}
+
+fn wrap_for_import(params: &Value, material: &[u8]) -> String {
+    use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(params["PublicKey"].as_str().unwrap())
+        .unwrap();
+    let public =
+        OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&der).unwrap()).unwrap();
+    let mut out = vec![0u8; 512];
+    let w = public
+        .encrypt(&OAEP_SHA256_MGF1SHA256, material, &mut out, None)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(w)
+}
+
+#[test]
+fn imported_key_material_lifecycle() {
+    let (_d, s) = service();
+    let k = call_as(&s, ROOT, "CreateKey", json!({"Origin": "EXTERNAL"})).unwrap();
+    assert_eq!(k["KeyMetadata"]["KeyState"], "PendingImport");
+    assert_eq!(k["KeyMetadata"]["Origin"], "EXTERNAL");
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let enc = json!({"KeyId": key, "Plaintext": "aGk="});
+    assert_eq!(
+        code(call_as(&s, ROOT, "Encrypt", enc.clone())),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(
+        code(call_as(&s, ROOT, "EnableKey", json!({"KeyId": key}))),
+        "KMSInvalidStateException"
+    );
+
+    let params = |alg: &str| {
+        call_as(
+            &s,
+            ROOT,
+            "GetParametersForImport",
+            json!({"KeyId": key,
+            "WrappingAlgorithm": alg, "WrappingKeySpec": "RSA_2048"}),
+        )
+        .unwrap()
+    };
+    let p = params("RSAES_OAEP_SHA_256");
+    assert!(p["ParametersValidTo"].as_f64().unwrap() > crate::store::now() + 86_000.0);
+    let material = [0x42u8; 32];
+    let import = |p: &Value, wrapped: String, extra: Value| {
+        let mut body = json!({"KeyId": key, "ImportToken": p["ImportToken"],
+            "EncryptedKeyMaterial": wrapped});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        call_as(&s, ROOT, "ImportKeyMaterial", body)
+    };
+    // Wrong length, and a token of another key's shape, are refused.
+    assert_eq!(
+        code(import(&p, wrap_for_import(&p, &[1u8; 16]), json!({}))),
+        "IncorrectKeyMaterialException"
+    );
+    let bogus = json!({"ImportToken": "AQID"});
+    assert_eq!(
+        code(import(&bogus, wrap_for_import(&p, &material), json!({}))),
+        "InvalidImportTokenException"
+    );
+    import(&p, wrap_for_import(&p, &material), json!({})).unwrap();
+    let ct = call_as(&s, ROOT, "Encrypt", enc.clone()).unwrap();
+    let dec = json!({"CiphertextBlob": ct["CiphertextBlob"]});
+    assert_eq!(
+        call_as(&s, ROOT, "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGk="
+    );
+    let d = call_as(&s, ROOT, "DescribeKey", json!({"KeyId": key})).unwrap();
+    assert_eq!(
+        d["KeyMetadata"]["ExpirationModel"],
+        "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    );
+    // The token was used up.
+    assert_eq!(
+        code(import(&p, wrap_for_import(&p, &material), json!({}))),
+        "InvalidImportTokenException"
+    );
+
+    // Delete, then import other material (refused) and the same material (old ciphertexts
+    // decrypt again), this time expiring.
+    call_as(&s, ROOT, "DeleteImportedKeyMaterial", json!({"KeyId": key})).unwrap();
+    assert_eq!(
+        code(call_as(&s, ROOT, "Decrypt", dec.clone())),
+        "KMSInvalidStateException"
+    );
+    let p = params("RSAES_OAEP_SHA_256");
+    assert_eq!(
+        code(import(&p, wrap_for_import(&p, &[7u8; 32]), json!({}))),
+        "IncorrectKeyMaterialException"
+    );
+    let t = crate::store::now();
+    assert_eq!(
+        code(import(
+            &p,
+            wrap_for_import(&p, &material),
+            json!({"ValidTo": t - 10.0, "ExpirationModel": "KEY_MATERIAL_EXPIRES"})
+        )),
+        "ValidationException"
+    );
+    import(
+        &p,
+        wrap_for_import(&p, &material),
+        json!({"ValidTo": t + 3600.0, "ExpirationModel": "KEY_MATERIAL_EXPIRES"}),
+    )
+    .unwrap();
+    assert_eq!(
+        call_as(&s, ROOT, "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGk="
+    );
+    let d = call_as(&s, ROOT, "DescribeKey", json!({"KeyId": key})).unwrap();
+    assert_eq!(d["KeyMetadata"]["ExpirationModel"], "KEY_MATERIAL_EXPIRES");
+    assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
+
+    // ValidTo passes: the material is deleted and the key waits for it again.
+    let id = crate::store::parse_key_id(&key).unwrap();
+    s.store()
+        .update_key(&id, |r| {
+            r.import.as_mut().unwrap().valid_to = Some(crate::store::now() - 1.0);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        code(call_as(&s, ROOT, "Decrypt", dec)),
+        "KMSInvalidStateException"
+    );
+    let d = call_as(&s, ROOT, "DescribeKey", json!({"KeyId": key})).unwrap();
+    assert_eq!(d["KeyMetadata"]["KeyState"], "PendingImport");
+    assert_eq!(
+        s.store().key(&id).unwrap().unwrap().record.materials.len(),
+        0
+    );
+
+    // Operations on a key that is not EXTERNAL.
+    let plain = call_as(&s, ROOT, "CreateKey", json!({})).unwrap();
+    let pk = plain["KeyMetadata"]["KeyId"].as_str().unwrap();
+    assert_eq!(
+        code(call_as(
+            &s,
+            ROOT,
+            "DeleteImportedKeyMaterial",
+            json!({"KeyId": pk})
+        )),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(call_as(
+            &s,
+            ROOT,
+            "RotateKeyOnDemand",
+            json!({"KeyId": key})
+        )),
+        "KMSInvalidStateException"
+    );
+}
+
+#[test]
+fn multi_region_keys_share_material_across_regions() {
+    let (_d, s) = service();
+    let s = s.with_regions(&["eu-west-1".to_string(), "ap-south-1".to_string()]);
+    let in_region = |region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: ROOT.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let k = in_region("us-east-1", "CreateKey", json!({"MultiRegion": true})).unwrap();
+    let m = &k["KeyMetadata"];
+    let key = m["KeyId"].as_str().unwrap().to_string();
+    assert!(key.starts_with("mrk-"), "{key}");
+    assert_eq!(m["MultiRegion"], true);
+    assert_eq!(
+        m["MultiRegionConfiguration"]["MultiRegionKeyType"],
+        "PRIMARY"
+    );
+    // Not yet in eu-west-1; a single-Region key never is.
+    assert_eq!(
+        code(in_region("eu-west-1", "DescribeKey", json!({"KeyId": key}))),
+        "NotFoundException"
+    );
+    let single = in_region("us-east-1", "CreateKey", json!({})).unwrap();
+    let single = single["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    assert_eq!(
+        code(in_region(
+            "eu-west-1",
+            "DescribeKey",
+            json!({"KeyId": single})
+        )),
+        "NotFoundException"
+    );
+    assert_eq!(
+        code(in_region(
+            "us-east-1",
+            "ReplicateKey",
+            json!({"KeyId": single, "ReplicaRegion": "eu-west-1"})
+        )),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(in_region(
+            "us-east-1",
+            "ReplicateKey",
+            json!({"KeyId": key, "ReplicaRegion": "us-west-2"})
+        )),
+        "UnsupportedOperationException"
+    );
+
+    let r = in_region(
+        "us-east-1",
+        "ReplicateKey",
+        json!({"KeyId": key, "ReplicaRegion": "eu-west-1"}),
+    )
+    .unwrap();
+    let rm = &r["ReplicaKeyMetadata"];
+    assert_eq!(
+        rm["Arn"],
+        format!("arn:aws:kms:eu-west-1:111122223333:key/{key}")
+    );
+    assert_eq!(
+        rm["MultiRegionConfiguration"]["MultiRegionKeyType"],
+        "REPLICA"
+    );
+    assert_eq!(
+        code(in_region(
+            "us-east-1",
+            "ReplicateKey",
+            json!({"KeyId": key, "ReplicaRegion": "eu-west-1"})
+        )),
+        "AlreadyExistsException"
+    );
+
+    // A ciphertext of the primary decrypts in the replica's Region.
+    let ct = in_region(
+        "us-east-1",
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": "bXJr"}),
+    )
+    .unwrap();
+    let d = in_region(
+        "eu-west-1",
+        "Decrypt",
+        json!({"CiphertextBlob": ct["CiphertextBlob"]}),
+    )
+    .unwrap();
+    assert_eq!(d["Plaintext"], "bXJr");
+    assert_eq!(
+        d["KeyId"],
+        format!("arn:aws:kms:eu-west-1:111122223333:key/{key}")
+    );
+    // ARNs of another Region do not resolve.
+    let arn_east = format!("arn:aws:kms:us-east-1:111122223333:key/{key}");
+    assert_eq!(
+        code(in_region(
+            "eu-west-1",
+            "DescribeKey",
+            json!({"KeyId": arn_east})
+        )),
+        "NotFoundException"
+    );
+    let keys = in_region("eu-west-1", "ListKeys", json!({})).unwrap();
+    assert_eq!(keys["Keys"].as_array().unwrap().len(), 1);
+
+    // The replica cannot replicate or change the primary; the primary can.
+    assert_eq!(
+        code(in_region(
+            "eu-west-1",
+            "UpdatePrimaryRegion",
+            json!({"KeyId": key, "PrimaryRegion": "eu-west-1"})
+        )),
+        "UnsupportedOperationException"
+    );
+    in_region(
+        "us-east-1",
+        "UpdatePrimaryRegion",
+        json!({"KeyId": key, "PrimaryRegion": "eu-west-1"}),
+    )
+    .unwrap();
+    let d = in_region("us-east-1", "DescribeKey", json!({"KeyId": key})).unwrap();
+    let cfg = &d["KeyMetadata"]["MultiRegionConfiguration"];
+    assert_eq!(cfg["MultiRegionKeyType"], "REPLICA");
+    assert_eq!(cfg["PrimaryKey"]["Region"], "eu-west-1");
+    assert_eq!(cfg["ReplicaKeys"][0]["Region"], "us-east-1");
+}
+
+#[test]
+fn dry_run_only_where_aws_has_it() {
+    let (_d, s) = service();
+    let k = call_as(&s, ROOT, "CreateKey", json!({})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    assert_eq!(
+        code(call_as(
+            &s,
+            ROOT,
+            "ListGrants",
+            json!({"KeyId": key, "DryRun": true})
+        )),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(call_as(
+            &s,
+            ROOT,
+            "ListGrants",
+            json!({"KeyId": key, "DryRun": false})
+        )),
+        "ok"
+    );
+}
+
+#[test]
+fn direct_calls_see_the_values_of_their_body() {
+    let (_d, s) = service();
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:Encrypt", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"},
+                       "Null": {"kms:RequestAlias": "true"}}}]});
+    let k = call_as(&s, ROOT, "CreateKey", json!({"Policy": policy.to_string()})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    call_as(
+        &s,
+        ROOT,
+        "CreateAlias",
+        json!({"AliasName": "alias/d", "TargetKeyId": key}),
+    )
+    .unwrap();
+    let enc = |id: &str| {
+        code(call_as(
+            &s,
+            APP,
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": "eA=="}),
+        ))
+    };
+    assert_eq!(enc(&key), "ok");
+    assert_eq!(enc("alias/d"), "AccessDeniedException");
+}
