@@ -10,11 +10,17 @@ for pkg in "$@"; do need_apt+=("$pkg"); done
 # (nitro-cli compatibility tests).
 # umoci and busybox-static: an OCI layout made by a tool of Debian's, holding busybox, for
 # the installed-package test (scripts/package-test.sh).
+# postgresql: the key service's PostgreSQL store tests start their own clusters (initdb).
 for bin_pkg in bwrap:bubblewrap socat:socat cpio:cpio openssl:openssl buildah:buildah \
-    skopeo:skopeo docker-registry:docker-registry umoci:umoci busybox:busybox-static; do
+    skopeo:skopeo docker-registry:docker-registry umoci:umoci; do
   bin=${bin_pkg%%:*}; pkg=${bin_pkg##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# Debian's dynamic busybox also answers to `busybox`: ask for the static one by its package.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+  need_apt+=(busybox-static)
+# PostgreSQL's server binaries are not on the PATH (/usr/lib/postgresql/<version>/bin).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +29,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else
     echo "warning: not root; cannot install ${need_apt[*]}" >&2
   fi
+fi
+
+# The target the enclave init is built for (static musl; rust-toolchain.toml names it too).
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
 fi
 
 # Python clients used as independent checkers.

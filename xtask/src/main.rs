@@ -12,14 +12,16 @@
 //!   blobs have (without `SOURCE_DATE_EPOCH`, which also stamps the bootstrap ramdisk).
 //!
 //! Reproducible: the toolchain is pinned (`rust-toolchain.toml`); the enclave binaries are
-//! built by [`cloister_init::static_build`] (static glibc, build paths remapped) and checked to
-//! be static ([`elf::check_static`]); every archive entry has owner root, mode from a fixed
-//! table and mtime `SOURCE_DATE_EPOCH` (default: the commit's time), in sorted order; gzip
-//! headers carry no time or name. `cargo xtask reproduce` builds init a second time from a
+//! built by [`cloister_init::static_build`] (init on static musl, the sample app on static
+//! glibc, build paths remapped) and checked to be static ([`elf::check_static`]); every
+//! archive entry has owner root, mode from a fixed table and mtime `SOURCE_DATE_EPOCH`
+//! (default: the commit's time), in sorted order; gzip headers carry no time or name. `cargo xtask reproduce` builds init a second time from a
 //! copy of the source tree at another path and checks that the bytes and PCR1 are the same.
 //!
-//! The `cloister` binary is built with `cargo build --release`, so in CI it comes from the
-//! target directory the release tests already filled.
+//! The `cloister` binary is built with `cargo build --release -p cloister` and shipped without
+//! its debug info. `dist --no-build` packages target/release/cloister as it is instead: in CI
+//! (scripts/package-test.sh) the one `cargo test --workspace --release` built and tested, with
+//! no further compiling.
 
 mod elf;
 
@@ -58,6 +60,13 @@ enum Task {
         /// release). The enclave binaries are release builds either way.
         #[arg(long)]
         debug: bool,
+        /// Package the `cloister` already in target/release (or target/debug) as it is,
+        /// without running cargo for it: the one `cargo test --workspace --release` built
+        /// and tested (scripts/package-test.sh). Its features are the test build's, which
+        /// dev-dependencies widen (regex-syntax's unicode tables, through proptest), so a
+        /// plain `cargo build -p cloister` would rebuild the command's crates.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Build the static init a second time from a copy of the source tree at another path,
     /// and check that it is byte-identical to target/static's and gives the same PCR1.
@@ -71,7 +80,12 @@ enum Task {
 
 fn main() -> Result<()> {
     match Args::parse().command {
-        Task::Dist { out, no_deb, debug } => dist(out, no_deb, debug),
+        Task::Dist {
+            out,
+            no_deb,
+            debug,
+            no_build,
+        } => dist(out, no_deb, debug, no_build),
         Task::Reproduce => reproduce(),
         Task::Pcr1 { dir } => {
             println!("{}", pcr1_of(&Blobs::load(&dir)?)?);
@@ -198,6 +212,21 @@ fn completions(tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
+/// `bin`'s bytes without its debug info (`objcopy --strip-debug`, binutils): the release
+/// profile keeps line tables for the tests' backtraces, which would make the package six
+/// times larger; the symbol table stays, so a backtrace still names functions.
+fn strip_debug(bin: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let tmp = scratch.join(".cloister.stripped");
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(bin)
+        .arg(&tmp))
+    .context("stripping the debug info (objcopy, from binutils)")?;
+    let bytes = fs::read(&tmp)?;
+    fs::remove_file(&tmp)?;
+    Ok(bytes)
+}
+
 /// Builds and checks a static enclave binary; returns its bytes.
 fn static_binary(package: &str, bin: &str) -> Result<Vec<u8>> {
     let path = cloister_init::static_build::build_static_binary(package, bin)
@@ -232,7 +261,7 @@ fn rustc_version() -> String {
         .unwrap_or_default()
 }
 
-fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool) -> Result<()> {
+fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool, no_build: bool) -> Result<()> {
     let started = Instant::now();
     let root = workspace();
     let out = out.unwrap_or_else(|| root.join("target/dist"));
@@ -250,15 +279,25 @@ fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool) -> Result<()> {
     };
     // Not SOURCE_DATE_EPOCH here: rustc does not read it, and C build scripts that watch it
     // (aws-lc-sys, zstd-sys) would rebuild what the release tests already built.
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .arg("build")
-        .args(profile_flag)
-        .args(["-p", "cloister", "--bin", "cloister"]))?;
-    let cloister_bin = fs::read(root.join("target").join(profile_dir).join("cloister"))?;
+    let built = root.join("target").join(profile_dir).join("cloister");
+    if no_build {
+        ensure!(
+            built.is_file(),
+            "{} is missing: build it first (cargo test --workspace --release --no-run)",
+            built.display()
+        );
+    } else {
+        run(Command::new(&cargo)
+            .current_dir(&root)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .arg("build")
+            .args(profile_flag)
+            .args(["-p", "cloister", "--bin", "cloister"]))?;
+    }
+    fs::create_dir_all(&out)?;
+    let cloister_bin = strip_debug(&built, &out)?;
     println!(
-        "  cloister: {} bytes ({} s)",
+        "  cloister: {} bytes without debug info ({} s)",
         cloister_bin.len(),
         t.elapsed().as_secs()
     );
@@ -318,8 +357,9 @@ fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool) -> Result<()> {
     write_tree(&staged, &tree, epoch)?;
     let pcr1 = pcr1_of(&Blobs::load(&staged.join("share/cloister/blobs"))?)?;
     let buildinfo = format!(
-        "Cloister {version}\nSOURCE_DATE_EPOCH={epoch}\nrustc: {}\nlibc6-dev (static glibc in \
-         init and the sample app): {}\nPCR1 of the shipped blobs (images built without \
+        "Cloister {version}\nSOURCE_DATE_EPOCH={epoch}\nrustc: {} (init: static musl of its \
+         x86_64-unknown-linux-musl target)\nlibc6-dev (static glibc in the sample app): \
+         {}\nPCR1 of the shipped blobs (images built without \
          SOURCE_DATE_EPOCH): {pcr1}\n",
         rustc_version(),
         dpkg_version("libc6-dev"),
@@ -529,53 +569,27 @@ fn md5(bytes: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Builds init from a copy of the tracked sources at another path with its own target
-/// directory, and compares it with target/static's build.
+/// Builds init from a copy of the source tree at another path (`target/reproduce/src`, with
+/// its own target directory, kept so that the next check rebuilds only what changed), and
+/// compares it with target/static's build: the same bytes and PCR1. Two checks at once are
+/// safe: cargo locks the target directory, and the copy's files are replaced atomically with
+/// the same contents.
 fn reproduce() -> Result<()> {
     let started = Instant::now();
     let root = workspace();
+    let base = root.join("target/reproduce");
+    fs::create_dir_all(&base)?;
     let here = cloister_init::static_build::build_static_init()?;
-    let copy = tempdir_in_target(&root)?;
-    let src = copy.join("src");
-    // The tracked files and the untracked ones git does not ignore: what a clone holds.
-    let files = Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(&root)
-        .output()?;
-    ensure!(files.status.success(), "git ls-files failed");
-    for f in files.stdout.split(|&b| b == 0).filter(|f| !f.is_empty()) {
-        let rel = Path::new(std::str::from_utf8(f)?);
-        let from = root.join(rel);
-        if !from.is_file() {
-            continue;
-        }
-        let to = src.join(rel);
-        fs::create_dir_all(to.parent().context("no parent")?)?;
-        fs::copy(&from, &to)?;
-    }
+    let src = base.join("src");
+    sync_sources(&root, &src)?;
     let there = cloister_init::static_build::build_static_binary_in(
         &src,
-        &copy.join("target"),
+        &base.join("target"),
         "cloister-init",
         "cloister-init",
     )?;
     let (a, b) = (fs::read(&here)?, fs::read(&there)?);
-    let pcr = |init: &Path| {
-        pcr1_of(&Blobs {
-            kernel: None,
-            cmdline: blobs::shipped_cmdline(),
-            init: init.to_owned(),
-            nsm_ko: None,
-            modules: Vec::new(),
-        })
-    };
-    let (pa, pb) = (pcr(&here)?, pcr(&there)?);
+    let (pa, pb) = (pcr1_of_init(&here)?, pcr1_of_init(&there)?);
     println!(
         "init at {}: sha256 {}, PCR1 {pa}",
         root.display(),
@@ -599,7 +613,6 @@ fn reproduce() -> Result<()> {
     if a != b {
         bail!("the two builds of init differ (PCR1 {pa} vs {pb})");
     }
-    fs::remove_dir_all(&copy)?;
     println!(
         "reproducible: byte-identical init and PCR1 from two source paths ({} s)",
         started.elapsed().as_secs()
@@ -607,18 +620,73 @@ fn reproduce() -> Result<()> {
     Ok(())
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+/// PCR1 of images built with `init` and the shipped cmdline (no kernel).
+fn pcr1_of_init(init: &Path) -> Result<String> {
+    pcr1_of(&Blobs {
+        kernel: None,
+        cmdline: blobs::shipped_cmdline(),
+        init: init.to_owned(),
+        nsm_ko: None,
+        modules: Vec::new(),
+    })
 }
 
-/// A fresh directory under `target/` (not /tmp: a build needs room).
-fn tempdir_in_target(root: &Path) -> Result<PathBuf> {
-    let base = root.join("target/reproduce");
-    if base.exists() {
-        fs::remove_dir_all(&base)?;
+/// Makes `dst` hold what a clone of `root` holds: its tracked files and the untracked ones git
+/// does not ignore. Files already equal are left alone (cargo then rebuilds only what
+/// changed); files that are no longer in the tree are removed.
+fn sync_sources(root: &Path, dst: &Path) -> Result<()> {
+    let files = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root)
+        .output()
+        .context("running git ls-files")?;
+    ensure!(files.status.success(), "git ls-files failed");
+    let mut keep = std::collections::BTreeSet::new();
+    for f in files.stdout.split(|&b| b == 0).filter(|f| !f.is_empty()) {
+        let rel = PathBuf::from(std::str::from_utf8(f)?);
+        let from = root.join(&rel);
+        if !from.is_file() {
+            continue;
+        }
+        let to = dst.join(&rel);
+        let bytes = fs::read(&from)?;
+        if fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
+            let dir = to.parent().context("no parent")?;
+            fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".xtask-{}.tmp", std::process::id()));
+            fs::write(&tmp, &bytes)?;
+            fs::set_permissions(&tmp, fs::metadata(&from)?.permissions())?;
+            fs::rename(&tmp, &to)?;
+        }
+        keep.insert(rel);
     }
-    fs::create_dir_all(&base)?;
-    Ok(base)
+    remove_others(dst, Path::new(""), &keep)
+}
+
+/// Removes the files under `dir/rel` that are not in `keep` (but not another check's
+/// `.xtask-*` file being written).
+fn remove_others(dir: &Path, rel: &Path, keep: &std::collections::BTreeSet<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir.join(rel))? {
+        let entry = entry?;
+        let r = rel.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            remove_others(dir, &r, keep)?;
+        } else if !keep.contains(&r) && !entry.file_name().to_string_lossy().starts_with(".xtask-")
+        {
+            fs::remove_file(dir.join(&r))?;
+        }
+    }
+    Ok(())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -688,6 +756,44 @@ mod tests {
         assert_eq!(deb_path("bin/cloister"), "usr/bin/cloister");
         assert_eq!(deb_path("etc/cloister/kms.yaml"), "etc/cloister/kms.yaml");
         assert_eq!(deb_path("lib/systemd/system/x"), "lib/systemd/system/x");
+    }
+
+    /// The init the release ships is static (no interpreter, no shared library), holds no build
+    /// path, and what it measures to does not depend on when or how often it is measured.
+    /// (`cargo xtask reproduce`, run by scripts/package-test.sh, builds it a second time from
+    /// another path and compares the bytes.)
+    #[test]
+    fn the_shipped_init_is_static_and_its_pcr1_is_deterministic() {
+        let init = cloister_init::static_build::build_static_init().unwrap();
+        let bytes = fs::read(&init).unwrap();
+        assert_eq!(elf::check_static(&bytes).unwrap(), "static-pie");
+        let root = workspace();
+        assert!(!contains(&bytes, root.to_string_lossy().as_bytes()));
+        assert!(!contains(&bytes, b"/.cargo/registry"));
+        let a = pcr1_of_init(&init).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let b = pcr1_of_init(&init).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 96, "{a}");
+        let flags = cloister_init::static_build::static_rustflags(&root);
+        let flags = flags.to_string_lossy();
+        assert!(flags.contains(&format!("--remap-path-prefix={}=/cloister", root.display())));
+    }
+
+    #[test]
+    fn sources_sync_incrementally() {
+        let d = std::env::temp_dir().join(format!("xtask-sync-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let dst = d.join("copy");
+        fs::create_dir_all(dst.join("stale")).unwrap();
+        fs::write(dst.join("stale/file"), b"old").unwrap();
+        sync_sources(&workspace(), &dst).unwrap();
+        assert!(!dst.join("stale/file").exists());
+        let manifest = dst.join("xtask/Cargo.toml");
+        let before = fs::metadata(&manifest).unwrap().modified().unwrap();
+        sync_sources(&workspace(), &dst).unwrap();
+        assert_eq!(fs::metadata(&manifest).unwrap().modified().unwrap(), before);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! [`errors`] gathers the codes for `cloister explain` and maps them to stable exit statuses.
 
 pub mod commands;
+pub mod docker_engine;
 pub mod errors;
+pub mod kms_signer;
 pub mod nitro;
 
 use clap::{Parser, Subcommand};

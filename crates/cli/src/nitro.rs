@@ -247,7 +247,7 @@ pub fn nitro_code_for(info: &ErrorInfo) -> &'static str {
         // Signatures and certificates.
         "E118" | "E119" | "E120" | "E121" | "E122" | "E123" => "E59",
         // Signing.
-        "E124" | "E125" | "E126" | "E127" => "E60",
+        "E124" | "E125" | "E126" | "E127" | "E131" | "E132" => "E60",
         "E128" | "E129" => "E48",
         "E130" => "E01",
         // Enclaves.

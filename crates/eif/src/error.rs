@@ -211,6 +211,24 @@ pub enum EifError {
     #[error("the private key does not match the signing certificate's public key")]
     KeyCertificateMismatch,
 
+    /// An external signer (a key service holding the private key) failed or gave an unusable
+    /// answer.
+    #[error("signing with {signer} failed")]
+    ExternalSigner {
+        /// The signer, e.g. a KMS key ARN.
+        signer: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The external signer's public key is not the one in the signing certificate.
+    #[error("the signing certificate's public key is not the public key of {signer}")]
+    ExternalKeyMismatch {
+        /// The signer, e.g. a KMS key ARN.
+        signer: String,
+    },
+
     /// The signature section would exceed the format's limit.
     #[error("signature section would be {size} bytes; at most {limit} are allowed")]
     SignatureTooLarge {

@@ -7,6 +7,7 @@
 //! - [`builder`]: [`EifBuilder`] writes an image from a kernel, a command line and ramdisks.
 //! - [`signature`]: the COSE_Sign1 signature section: [`EifSigner`] and verification.
 //! - [`sign`]: signing an existing image in place.
+//! - [`external`]: signing with a key held elsewhere (a KMS key) through [`ExternalSigner`].
 //! - [`measure`]: PCR values ([`Measurements`], [`Pcr`]) and streaming measurement.
 //! - [`metadata`]: the metadata section's JSON document.
 //! - [`describe`]: nitro-cli's `describe-eif` output.
@@ -18,6 +19,7 @@
 pub mod builder;
 pub mod describe;
 pub mod error;
+pub mod external;
 pub mod format;
 pub mod measure;
 pub mod metadata;
@@ -28,6 +30,7 @@ pub mod signature;
 pub use builder::{EifBuilder, Input};
 pub use describe::DescribeEif;
 pub use error::{EifError, Result};
+pub use external::{ecdsa_der_to_fixed, ExternalSigner};
 pub use format::{EifHeader, Section, SectionKind};
 pub use measure::{pcr_hex, pcr_of, pcr_of_reader, BuildOutput, Measurements, Pcr, PcrHasher};
 pub use metadata::{BuildMetadata, Metadata};

@@ -3,11 +3,13 @@
 //! text and the signature is an untagged COSE_Sign1 over the CBOR payload
 //! `{register_index: 0, register_value: [48 uints]}` (PCR0). Only the first entry is checked.
 //!
-//! [`EifSigner`] produces such a section from an ECDSA key and its certificate;
+//! [`EifSigner`] produces such a section from an ECDSA key and its certificate (the key in a PEM
+//! file, or held by an [`ExternalSigner`] such as a KMS key);
 //! [`EifSignature::parse`] reads one and [`EifSignature::verify`] checks it against the image's
 //! PCR0, returning a [`VerifiedSignature`] that only a successful check can construct.
 
 use crate::error::{EifError, Result};
+use crate::external::{self, ExternalSigner};
 use crate::format::MAX_SIGNATURE_SIZE;
 use crate::measure::{pcr_hex, pcr_of, Pcr, PCR_LEN};
 use aws_lc_rs::rand::SystemRandom;
@@ -162,28 +164,7 @@ impl SigningCertificate {
 
     /// The certificate's EC public key: its COSE algorithm (by curve) and uncompressed point.
     pub fn public_key(&self) -> Result<(CoseAlgorithm, &[u8])> {
-        let spki = &self.cert.tbs_certificate.subject_public_key_info;
-        if spki.algorithm.oid.to_string() != "1.2.840.10045.2.1" {
-            return Err(EifError::UnsupportedAlgorithm {
-                what: format!("public key type {} (need an EC key)", spki.algorithm.oid),
-            });
-        }
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
-            .ok_or_else(|| cert_err("EC public key without a named curve"))?;
-        let alg = CoseAlgorithm::from_curve_oid(&curve.to_string()).ok_or_else(|| {
-            EifError::UnsupportedAlgorithm {
-                what: format!("EC curve {curve}"),
-            }
-        })?;
-        let point = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or_else(|| cert_err("public key bit string has unused bits"))?;
-        Ok((alg, point))
+        ec_public_key(&self.cert.tbs_certificate.subject_public_key_info)
     }
 
     /// What `describe-eif` shows about the certificate.
@@ -218,6 +199,33 @@ impl SigningCertificate {
             not_after_unix: v.not_after.to_unix_duration().as_secs(),
         }
     }
+}
+
+/// An EC SubjectPublicKeyInfo's COSE algorithm (by curve) and point.
+fn ec_public_key(
+    spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
+) -> Result<(CoseAlgorithm, &[u8])> {
+    if spki.algorithm.oid.to_string() != "1.2.840.10045.2.1" {
+        return Err(EifError::UnsupportedAlgorithm {
+            what: format!("public key type {} (need an EC key)", spki.algorithm.oid),
+        });
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+        .ok_or_else(|| cert_err("EC public key without a named curve"))?;
+    let alg = CoseAlgorithm::from_curve_oid(&curve.to_string()).ok_or_else(|| {
+        EifError::UnsupportedAlgorithm {
+            what: format!("EC curve {curve}"),
+        }
+    })?;
+    let point = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| cert_err("public key bit string has unused bits"))?;
+    Ok((alg, point))
 }
 
 /// OpenSSL's long names for the name attributes certificates usually carry.
@@ -360,15 +368,25 @@ fn sig_structure(protected: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
 pub struct EifSigner {
     certificate: SigningCertificate,
     algorithm: CoseAlgorithm,
-    key: EcdsaKeyPair,
+    key: SigningKey,
+}
+
+/// Where the private key is: in this process, or behind an [`ExternalSigner`].
+enum SigningKey {
+    Local(EcdsaKeyPair),
+    External(Box<dyn ExternalSigner>),
 }
 
 impl std::fmt::Debug for EifSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = match &self.key {
+            SigningKey::Local(_) => "<redacted>".to_string(),
+            SigningKey::External(s) => s.name(),
+        };
         f.debug_struct("EifSigner")
             .field("algorithm", &self.algorithm)
             .field("certificate", &self.certificate)
-            .field("key", &"<redacted>")
+            .field("key", &key)
             .finish()
     }
 }
@@ -400,7 +418,38 @@ impl EifSigner {
         Ok(Self {
             certificate,
             algorithm,
-            key,
+            key: SigningKey::Local(key),
+        })
+    }
+
+    /// From a PEM certificate and a signer that holds the private key elsewhere. The signer's
+    /// public key must be the certificate's ([`EifError::ExternalKeyMismatch`] otherwise); it is
+    /// asked once, here.
+    pub fn external(cert_pem: &[u8], signer: Box<dyn ExternalSigner>) -> Result<Self> {
+        let certificate = SigningCertificate::from_pem(cert_pem)?;
+        let (algorithm, point) = certificate.public_key()?;
+        let spki_der = signer
+            .public_key_spki()
+            .map_err(|e| external::signer_error(&*signer, e))?;
+        let spki =
+            x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&spki_der).map_err(|e| {
+                external::signer_error(
+                    &*signer,
+                    format!("its public key is not a DER SubjectPublicKeyInfo: {e}").into(),
+                )
+            })?;
+        match ec_public_key(&spki) {
+            Ok((alg, p)) if alg == algorithm && p == point => {}
+            _ => {
+                return Err(EifError::ExternalKeyMismatch {
+                    signer: signer.name(),
+                })
+            }
+        }
+        Ok(Self {
+            certificate,
+            algorithm,
+            key: SigningKey::External(signer),
         })
     }
 
@@ -434,17 +483,37 @@ impl EifSigner {
         )]))?;
         let payload = pcr0_payload(pcr0)?;
         let tbs = sig_structure(&protected, &payload)?;
-        let signature =
-            self.key
+        let signature = match &self.key {
+            SigningKey::Local(key) => key
                 .sign(&SystemRandom::new(), &tbs)
                 .map_err(|_| EifError::Crypto {
                     what: "ECDSA signing",
-                })?;
+                })?
+                .as_ref()
+                .to_vec(),
+            SigningKey::External(signer) => {
+                let signature = external::sign_message(&**signer, self.algorithm, &tbs)?;
+                // A key service could answer with another key's signature: check it before it
+                // goes into an image.
+                let (_, point) = self.certificate.public_key()?;
+                UnparsedPublicKey::new(self.algorithm.verification(), point)
+                    .verify(&tbs, &signature)
+                    .map_err(|_| {
+                        external::signer_error(
+                            &**signer,
+                            Box::new(external::UnusableSignature(
+                                "its signature does not verify with the signing certificate",
+                            )),
+                        )
+                    })?;
+                signature
+            }
+        };
         cbor(&Value::Array(vec![
             Value::Bytes(protected),
             Value::Map(Vec::new()),
             Value::Bytes(payload),
-            Value::Bytes(signature.as_ref().to_vec()),
+            Value::Bytes(signature),
         ]))
     }
 

@@ -8,15 +8,21 @@
 //!
 //! ```text
 //! CARGO_TARGET_DIR=<workspace>/target/static CARGO_ENCODED_RUSTFLAGS=<STATIC_RUSTFLAGS> \
-//!   cargo build -p cloister-init --release --bin cloister-init --target x86_64-unknown-linux-gnu
+//!   cargo build -p cloister-init --release --bin cloister-init --target x86_64-unknown-linux-musl
 //! ```
 //!
-//! glibc, statically linked (`+crt-static`: `file` reports "static-pie linked"), without debug
-//! info. Reproducible: the toolchain is pinned (`rust-toolchain.toml`), the workspace and
-//! `CARGO_HOME` are remapped to fixed names (`/cloister`, `/cargo`) in panic locations, the
-//! flags go to the target crates only (`--target`, so build scripts and proc macros stay
-//! dynamic), and nothing else of the host enters the binary but the static glibc it links
-//! (Debian 12's `libc6-dev`): two builds of one commit, anywhere, give the same bytes.
+//! Init is linked against musl, the libc that the pinned toolchain's `rust-std` component ships
+//! for that target (static-pie: `file` reports "static-pie linked"), without debug info. So
+//! nothing of the host enters it: the toolchain is pinned (`rust-toolchain.toml`, which also
+//! names the musl target), the workspace and `CARGO_HOME` are remapped to fixed names
+//! (`/cloister`, `/cargo`) in panic locations, and the flags go to the target crates only
+//! (`--target`, so build scripts and proc macros stay dynamic): two builds of one commit,
+//! anywhere, give the same bytes and so the same PCR1.
+//!
+//! The test and sample applications link aws-lc's C code, which needs a C compiler for the
+//! target: they stay on glibc (`x86_64-unknown-linux-gnu` with `+crt-static`, static-pie as
+//! well, linking the host's static glibc from `libc6-dev`). They go into customer ramdisks
+//! (PCR2), never into the bootstrap ramdisk that PCR1 measures.
 
 use std::ffi::OsString;
 use std::io;
@@ -24,9 +30,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// The target the static binaries are built for (explicit, so that the static flags apply to
-/// the target crates only: build scripts and proc macros cannot link `+crt-static`).
+/// The target the static applications are built for (explicit, so that the static flags apply
+/// to the target crates only: build scripts and proc macros cannot link `+crt-static`).
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The target init is built for: musl from the pinned toolchain (see the module comment).
+pub const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The binary name of init.
+pub const INIT_BIN: &str = "cloister-init";
+
+/// The target binary `bin` is built for.
+pub fn static_target(bin: &str) -> &'static str {
+    if bin == INIT_BIN {
+        INIT_TARGET
+    } else {
+        STATIC_TARGET
+    }
+}
 /// What the workspace root is remapped to in the binaries.
 pub const REMAPPED_WORKSPACE: &str = "/cloister";
 /// What `CARGO_HOME` is remapped to in the binaries.
@@ -113,19 +132,22 @@ pub fn static_binary_path(bin: &str) -> PathBuf {
 
 /// Where [`build_static_binary_in`] puts binary `bin` under `target_dir`.
 pub fn static_binary_path_in(target_dir: &Path, bin: &str) -> PathBuf {
-    target_dir.join(STATIC_TARGET).join("release").join(bin)
+    target_dir
+        .join(static_target(bin))
+        .join("release")
+        .join(bin)
 }
 
 /// Where [`build_static_init`] puts the binary.
 pub fn static_init_path() -> PathBuf {
-    static_binary_path("cloister-init")
+    static_binary_path(INIT_BIN)
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Builds (or brings up to date) the statically linked `cloister-init` and returns its path.
 pub fn build_static_init() -> Result<PathBuf, StaticBuildError> {
-    build_static_binary("cloister-init", "cloister-init")
+    build_static_binary("cloister-init", INIT_BIN)
 }
 
 /// Builds (or brings up to date) binary `bin` of workspace package `package`, statically linked
@@ -157,7 +179,7 @@ pub fn build_static_binary_in(
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .args(["build", "-p", package, "--release", "--bin", bin])
-        .args(["--target", STATIC_TARGET])
+        .args(["--target", static_target(bin)])
         .output()
         .map_err(StaticBuildError::Spawn)?;
     if !output.status.success() {

@@ -18,7 +18,27 @@
 //! the raw signing threads used (from /proc), which stays meaningful on a machine other work
 //! shares.
 //!
-//! Run: `cargo bench -p cloister-kms --bench sign`.
+//! Method, and why two ratios: on a small machine the load generator competes with the server
+//! for the CPUs, so the fair comparison is against raw signing on the cores the server gets.
+//! The server runs on its own runtime with `S` worker threads (named `kms-server`, so their CPU
+//! time can be read from /proc) and the raw baseline on `S` threads; the load generator's
+//! threads are neither. The per-second ratio holds when the server's threads get whole CPUs;
+//! the per-CPU-second ratio (signs per CPU second of the `kms-server` threads against signs per
+//! CPU second of the raw threads) does not depend on what else runs, and is the one to read
+//! when other work shares the machine. The load generator is not the bottleneck: it idles in
+//! `epoll_wait` for nearly every response (one `epoll_wait` per request on its side), while the
+//! server makes exactly one `recvfrom` and one `writev` per request.
+//!
+//! Where a request's server time goes (perf, 2-CPU KVM guest, AMD EPYC, ECC_NIST_P256, about
+//! 90 µs of server CPU per Sign): the P-256 signature itself ~41%; the kernel ~22%, nearly all
+//! of it the response's `writev`, in which loopback TCP also runs the client's receive path and
+//! wakes the client (~11%; on a real network that receive work happens on the client's
+//! machine); SigV4 verification ~6% (three SHA-256 passes and an HMAC, the derived signing key
+//! cached); hyper's parse, encode and dispatch ~10%; the operation (JSON request parse, key
+//! resolution, policy decision, response) ~11%; malloc/free ~5%. RSA_2048 signing costs ~1.2 ms,
+//! so the same ~50 µs of overhead puts it at ~0.9x.
+//!
+//! Run: `cargo bench -p cloister-kms --bench sign`; `BENCH_SECONDS=5` for steadier numbers.
 
 use base64::Engine as _;
 use cloister_kms::config::Config;

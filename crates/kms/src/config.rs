@@ -161,6 +161,124 @@ impl ServerConfig {
     }
 }
 
+/// Default milliseconds to open a connection to a PostgreSQL store.
+pub const DEFAULT_PG_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default milliseconds one SQL statement may run (`statement_timeout`).
+pub const DEFAULT_PG_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+/// Default most connections of a server's pool.
+pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+/// Default milliseconds between two full resyncs of a server's in-memory view.
+pub const DEFAULT_PG_RESYNC_INTERVAL_MS: u64 = 1_000;
+/// Default milliseconds a write waits for the other servers to apply it before answering.
+pub const DEFAULT_PG_ACK_WAIT_MS: u64 = 1_000;
+/// Default milliseconds after the last successful resync past which a server refuses to answer
+/// from its view (it cannot tell whether it is current).
+pub const DEFAULT_PG_STALE_AFTER_MS: u64 = 5_000;
+
+/// Where keys are stored. Without `url`, the embedded store in the data directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A PostgreSQL connection string: `postgres://user@host:port/db`, or key-value
+    /// (`host=/run/postgresql dbname=kms user=kms`; a `host` that is a path is a Unix socket
+    /// directory). Several servers given the same URL and master key serve the same keys.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Milliseconds to open a connection (default 5000).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds a statement may run (default 5000).
+    #[serde(default)]
+    pub statement_timeout_ms: Option<u64>,
+    /// Most connections per server (default 16).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Milliseconds between full resyncs of the in-memory view (default 1000).
+    #[serde(default)]
+    pub resync_interval_ms: Option<u64>,
+    /// Milliseconds a write waits for the other servers to apply it (default 1000).
+    #[serde(default)]
+    pub ack_wait_ms: Option<u64>,
+    /// Milliseconds without a successful resync after which requests are refused (default 5000).
+    #[serde(default)]
+    pub stale_after_ms: Option<u64>,
+}
+
+impl StoreConfig {
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.connect_timeout_ms
+                .unwrap_or(DEFAULT_PG_CONNECT_TIMEOUT_MS),
+        )
+    }
+
+    /// Statement timeout.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.statement_timeout_ms
+                .unwrap_or(DEFAULT_PG_STATEMENT_TIMEOUT_MS),
+        )
+    }
+
+    /// Pool size.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE)
+    }
+
+    /// Resync interval.
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_millis(
+            self.resync_interval_ms
+                .unwrap_or(DEFAULT_PG_RESYNC_INTERVAL_MS),
+        )
+    }
+
+    /// How long a write waits for the other servers.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms.unwrap_or(DEFAULT_PG_ACK_WAIT_MS))
+    }
+
+    /// Age of the view past which requests are refused.
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms.unwrap_or(DEFAULT_PG_STALE_AFTER_MS))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            if url.parse::<tokio_postgres::Config>().is_err() {
+                return Err(ConfigError::Invalid(
+                    "store.url must be a PostgreSQL connection string (postgres://...)".into(),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("resync_interval_ms", self.resync_interval_ms),
+            ("ack_wait_ms", self.ack_wait_ms),
+            ("stale_after_ms", self.stale_after_ms),
+        ] {
+            if value.is_some_and(|v| v == 0 || v > MAX_TIMEOUT_MS) {
+                return Err(ConfigError::Invalid(format!(
+                    "store.{name} must be 1..{MAX_TIMEOUT_MS}"
+                )));
+            }
+        }
+        if self.pool_size.is_some_and(|n| n == 0 || n > 1024) {
+            return Err(ConfigError::Invalid(
+                "store.pool_size must be 1..1024".into(),
+            ));
+        }
+        if self.stale_after() <= self.resync_interval() {
+            return Err(ConfigError::Invalid(
+                "store.stale_after_ms must be larger than store.resync_interval_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +304,9 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The key store (default: embedded, in the data directory).
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -266,7 +387,8 @@ impl Config {
                 ));
             }
         }
-        self.server.validate()
+        self.server.validate()?;
+        self.store.validate()
     }
 
     /// The region (default `us-east-1`).
@@ -386,6 +508,39 @@ mod tests {
         assert_eq!(c.server.header_read_timeout(), Duration::from_millis(1500));
         assert_eq!(c.server.idle_timeout(), DEFAULT_IDLE_TIMEOUT);
         assert_eq!(c.server.max_connections(), 20);
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = dir.path().join("c.yaml");
+        std::fs::write(
+            &y,
+            "store:\n  url: postgres://kms@127.0.0.1:5432/kms\n  pool_size: 4\n  resync_interval_ms: 500\n",
+        )
+        .unwrap();
+        let c = Config::load(&y).unwrap();
+        assert_eq!(c.store.pool_size(), 4);
+        assert_eq!(c.store.resync_interval(), Duration::from_millis(500));
+        assert_eq!(
+            c.store.stale_after(),
+            Duration::from_millis(DEFAULT_PG_STALE_AFTER_MS)
+        );
+        for bad in [
+            "store:\n  url: 'host=/run/postgresql port=notaport'\n",
+            "store:\n  pool_size: 0\n",
+            "store:\n  resync_interval_ms: 9000\n  stale_after_ms: 5000\n",
+            "store:\n  statement_timeout_ms: 0\n",
+        ] {
+            std::fs::write(&y, bad).unwrap();
+            assert!(
+                matches!(Config::load(&y), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        std::fs::write(&y, "store:\n  uri: x\n").unwrap();
+        assert!(matches!(Config::load(&y), Err(ConfigError::Parse(..))));
+        assert!(Config::default().store.url.is_none(), "embedded by default");
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub enum KmsError {
     /// A fault inside the key service.
     #[error("{0}")]
     Internal(String),
+    /// A service the key service depends on (its database) did not answer in time.
+    #[error("{0}")]
+    DependencyTimeout(String),
 }
 
 impl KmsError {
@@ -148,6 +151,7 @@ impl KmsError {
             KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
             KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::Internal(_) => "KMSInternalException",
+            KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
         }
     }
 
@@ -155,6 +159,7 @@ impl KmsError {
     pub fn http_status(&self) -> u16 {
         match self {
             KmsError::Internal(_) => 500,
+            KmsError::DependencyTimeout(_) => 503,
             KmsError::RequestTooLarge(_) => 413,
             KmsError::AccessDenied(_)
             | KmsError::InvalidSignature(_)

@@ -211,6 +211,18 @@ impl KeySpec {
         self.mac_algorithm().map(|m| m.output_len())
     }
 
+    /// The lengths of HMAC key material this spec accepts (AWS's limits for imported material:
+    /// at least the digest length, at most the hash's block length); `None` for other specs.
+    pub fn hmac_material_lengths(self) -> Option<std::ops::RangeInclusive<usize>> {
+        match self {
+            KeySpec::Hmac224 => Some(28..=64),
+            KeySpec::Hmac256 => Some(32..=64),
+            KeySpec::Hmac384 => Some(48..=128),
+            KeySpec::Hmac512 => Some(64..=128),
+            _ => None,
+        }
+    }
+
     /// The key-metadata fields that depend on spec and usage, as AWS shows them in DescribeKey.
     pub fn describe(self, usage: KeyUsage, m: &mut serde_json::Value) {
         if let Some(o) = m.as_object_mut() {
@@ -688,8 +700,11 @@ impl KeyMaterial {
                 public,
             });
         }
+        let hmac_length_ok = spec
+            .hmac_material_lengths()
+            .is_some_and(|r| r.contains(&bytes.len()));
         match spec.mac_algorithm() {
-            Some(algorithm) if bytes.len() == algorithm.output_len() => Ok(KeyMaterial::Hmac {
+            Some(algorithm) if hmac_length_ok => Ok(KeyMaterial::Hmac {
                 algorithm,
                 key: hmac::Key::new(algorithm.hmac(), bytes),
             }),

@@ -11,8 +11,9 @@
 //!   `CiphertextForRecipient`, CMS EnvelopedData with RSAES-OAEP and AES-256-CBC).
 //! - [`keys`]: key specs, usages and algorithms of asymmetric and HMAC keys, and their material.
 //! - [`blob`]: the ciphertext blob format (key id, material version, AES-256-GCM, context AAD).
-//! - [`store`]: durable storage in redb (see its docs for why), key material sealed under a
-//!   master key kept in a separate file.
+//! - [`store`]: durable storage, embedded in redb (the default; see its docs for why) or in
+//!   PostgreSQL for a fleet of servers; key material sealed under a master key kept in a
+//!   separate file.
 //! - [`config`]: the YAML/JSON config file.
 
 #![forbid(unsafe_code)]

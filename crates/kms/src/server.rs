@@ -98,7 +98,7 @@ pub fn open(data_dir: &Path, config: &Config) -> Result<(Arc<App>, AdminCredenti
         .master_key_path
         .clone()
         .unwrap_or_else(|| data_dir.join(MASTER_KEY_FILE));
-    let store = Store::open(data_dir, &master)?;
+    let store = Store::open_configured(data_dir, &master, &config.store)?;
     let admin = store
         .admin_credential()
         .map_err(|e| ServerError::Admin(e.to_string()))?;
@@ -401,9 +401,9 @@ fn dispatch(
         .strip_prefix("TrentService.")
         .ok_or_else(|| KmsError::UnknownOperation(format!("Unknown target {target}")))?;
     if is_blocking(op) {
-        tokio::task::block_in_place(|| app.service.handle_as(op, &caller, body))
+        tokio::task::block_in_place(|| app.service.handle_caller(op, caller, body))
     } else {
-        app.service.handle_as(op, &caller, body)
+        app.service.handle_caller(op, caller, body)
     }
 }
 
@@ -528,27 +528,28 @@ where
         })
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // hyper's own head timer runs from the moment it waits for a head, idle time included; it
-    // is a backstop behind the finer deadlines kept below.
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle.saturating_add(limits.header_read));
+    // The deadlines kept below cover the request head (idle, then head phase); hyper's own
+    // head timer would arm and cancel a timer on every request, so it is off.
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
     let serving = builder
         .serve_connection(TokioIo::new(io), svc)
         .without_shutdown();
     tokio::pin!(serving);
+    // One timer for the connection's life, moved only when it fires (see `Conn::next_check`):
+    // phase changes wake nothing.
+    let check = tokio::time::sleep_until(conn.next_check(&limits, tokio::time::Instant::now()));
+    tokio::pin!(check);
     let ended = loop {
-        let deadline = conn.deadline(&limits);
         tokio::select! {
             r = &mut serving => break r,
             _ = conn.shed() => return,
-            _ = conn.changed() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                // The phase may have changed since the deadline was taken.
-                if tokio::time::Instant::now() >= conn.deadline(&limits) {
+            _ = &mut check => {
+                let now = tokio::time::Instant::now();
+                if now >= conn.deadline(&limits) {
                     tracing::debug!(%peer, phase = ?conn.phase(), "connection timed out");
                     return;
                 }
+                check.as_mut().reset(conn.next_check(&limits, now));
             }
         }
     };

@@ -509,8 +509,8 @@ impl Service {
             "GetKeyRotationStatus" => self.rotation_status(principal, req)?,
             "RotateKeyOnDemand" => self.rotate_on_demand(principal, req)?,
             "UpdateKeyDescription" => self.update_description(principal, req)?,
-            "Sign" => self.sign(principal, req)?,
-            "Verify" => self.verify(principal, req)?,
+            "Sign" => return self.sign(principal, req),
+            "Verify" => return self.verify(principal, req),
             "GetPublicKey" => self.get_public_key(principal, req)?,
             "DeriveSharedSecret" => self.derive_shared_secret(principal, req)?,
             "GenerateMac" => self.generate_mac(principal, req)?,
@@ -591,16 +591,29 @@ impl Service {
         context: Option<&EncryptionContext>,
         recipient: Option<&AttestedRecipient>,
     ) -> KmsResult<()> {
-        let mut ctx = self.request_context(principal, action, &key.arn);
+        // Condition values are only read by conditions: under a policy without any (the default
+        // policy) none is built.
+        let conditional = key.entry.policy.has_conditions();
+        let mut ctx = if conditional {
+            self.request_context(principal, action, &key.arn)
+        } else {
+            RequestContext {
+                principal,
+                account: &self.account,
+                action,
+                resource: &key.arn,
+                values: HashMap::new(),
+            }
+        };
         // Only what the request carries becomes a condition value: no context, no
         // `kms:EncryptionContext:*` key; no Recipient, no `kms:RecipientAttestation:*` key.
-        if let Some(ec) = context {
+        if let Some(ec) = context.filter(|_| conditional) {
             for (k, v) in ec {
                 ctx.add(&format!("{CONTEXT_PREFIX}{k}"), v.as_str());
                 ctx.add(CONTEXT_KEYS_KEY, k.as_str());
             }
         }
-        if let Some(r) = recipient {
+        if let Some(r) = recipient.filter(|_| conditional) {
             for (k, v) in r.condition_values() {
                 if !v.is_empty() {
                     ctx.add(k, v.as_str());
@@ -937,31 +950,88 @@ impl Service {
         Ok(out)
     }
 
+    /// ReEncrypt. Either side may be an RSA key (`RSAES_OAEP_SHA_1`/`_256`, as AWS allows):
+    /// an RSA source names its key and algorithm (an RSA ciphertext names neither), an RSA
+    /// destination its algorithm; neither takes an encryption context. The plaintext never
+    /// leaves the service.
     fn re_encrypt(&self, principal: &str, req: Req) -> KmsResult<Value> {
-        check_symmetric_algorithm(&req.source_encryption_algorithm)?;
-        check_symmetric_algorithm(&req.destination_encryption_algorithm)?;
+        let src_rsa = asymmetric::is_rsa_algorithm(&req.source_encryption_algorithm);
+        let dst_rsa = asymmetric::is_rsa_algorithm(&req.destination_encryption_algorithm);
+        if !src_rsa {
+            check_symmetric_algorithm(&req.source_encryption_algorithm)?;
+        }
+        if !dst_rsa {
+            check_symmetric_algorithm(&req.destination_encryption_algorithm)?;
+        }
         let ct = required(req.ciphertext_blob, "ciphertextBlob")?;
         let dest = self.resolve(&required(req.destination_key_id, "destinationKeyId")?)?;
-        Self::require_symmetric(&dest, "kms:ReEncryptTo")?;
-        let src_ctx = req.source_encryption_context.unwrap_or_default();
-        let dst_ctx = req.destination_encryption_context.unwrap_or_default();
-        let (src, plain) = self.symmetric_decrypt(
-            principal,
-            "kms:ReEncryptFrom",
-            &ct.0,
-            &src_ctx,
-            req.source_key_id.as_deref(),
-            None,
-        )?;
-        self.authorize(&dest, principal, "kms:ReEncryptTo", Some(&dst_ctx), None)?;
-        self.require_enabled(&dest)?;
-        let blob = self.symmetric_encrypt(&dest, &dst_ctx, &plain)?;
+        if !dst_rsa {
+            Self::require_symmetric(&dest, "kms:ReEncryptTo")?;
+        }
+        // Each side's authorization sees its own `kms:EncryptionAlgorithm`.
+        let src_alg_name = match req.source_encryption_algorithm.as_deref() {
+            Some("RSAES_OAEP_SHA_1") => "RSAES_OAEP_SHA_1",
+            Some("RSAES_OAEP_SHA_256") => "RSAES_OAEP_SHA_256",
+            _ => "SYMMETRIC_DEFAULT",
+        };
+        let dst_alg_name = match req.destination_encryption_algorithm.as_deref() {
+            Some("RSAES_OAEP_SHA_1") => "RSAES_OAEP_SHA_1",
+            Some("RSAES_OAEP_SHA_256") => "RSAES_OAEP_SHA_256",
+            _ => "SYMMETRIC_DEFAULT",
+        };
+        ops::scope::set_encryption_algorithm(src_alg_name);
+        let (src, src_alg, plain) = if src_rsa {
+            let (src, alg, plain) = self.rsa_open(
+                principal,
+                "kms:ReEncryptFrom",
+                req.source_encryption_algorithm
+                    .as_deref()
+                    .unwrap_or_default(),
+                &req.source_encryption_context,
+                &ct.0,
+                req.source_key_id.as_deref(),
+                None,
+            )?;
+            (src, alg.as_str(), plain)
+        } else {
+            let src_ctx = req.source_encryption_context.unwrap_or_default();
+            let (src, plain) = self.symmetric_decrypt(
+                principal,
+                "kms:ReEncryptFrom",
+                &ct.0,
+                &src_ctx,
+                req.source_key_id.as_deref(),
+                None,
+            )?;
+            (src, "SYMMETRIC_DEFAULT", plain)
+        };
+        ops::scope::set_encryption_algorithm(dst_alg_name);
+        let (blob, dst_alg) = if dst_rsa {
+            let (blob, alg) = self.rsa_seal_to(
+                principal,
+                &dest,
+                req.destination_encryption_algorithm
+                    .as_deref()
+                    .unwrap_or_default(),
+                &req.destination_encryption_context,
+                &plain,
+            )?;
+            (blob, alg.as_str())
+        } else {
+            let dst_ctx = req.destination_encryption_context.unwrap_or_default();
+            self.authorize(&dest, principal, "kms:ReEncryptTo", Some(&dst_ctx), None)?;
+            self.require_enabled(&dest)?;
+            (
+                self.symmetric_encrypt(&dest, &dst_ctx, &plain)?,
+                "SYMMETRIC_DEFAULT",
+            )
+        };
         Ok(json!({
             "CiphertextBlob": b64(&blob),
             "SourceKeyId": src.arn,
             "KeyId": dest.arn,
-            "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-            "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "SourceEncryptionAlgorithm": src_alg,
+            "DestinationEncryptionAlgorithm": dst_alg,
         }))
     }
 
@@ -1003,6 +1073,15 @@ impl Service {
             if o != "AWS_KMS" && o != "EXTERNAL" {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "Origin {o} is not supported"
+                )));
+            }
+            // Material can be imported into symmetric encryption keys and HMAC keys.
+            if o == "EXTERNAL"
+                && !key_spec.is_symmetric()
+                && key_spec.hmac_material_lengths().is_none()
+            {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeySpec {key_spec} with Origin EXTERNAL is not supported: imported material goes into SYMMETRIC_DEFAULT and HMAC keys"
                 )));
             }
         }
@@ -1417,21 +1496,32 @@ impl Service {
         Ok(out)
     }
 
-    fn rotate(&self, id: &[u8; 16], on_demand: bool) -> KmsResult<()> {
+    /// Adds a material version. An automatic rotation checks again, on the record as stored
+    /// (the closure runs on the locked row), that it is still due: with several servers on one
+    /// store, the first to get there rotates and the others find it done. Returns whether it
+    /// rotated.
+    fn rotate(&self, id: &[u8; 16], on_demand: bool) -> KmsResult<bool> {
         let material = random(MATERIAL_LEN)?;
-        self.store.update_key(id, |r| {
-            self.check_rotatable(r)?;
-            let version = r.materials.len();
-            r.materials
-                .push(self.store.seal_material(&r.id, version, &material)?);
-            let t = now();
-            r.rotations.push(t);
-            if on_demand {
-                r.on_demand_rotations.push(t);
-            }
-            Ok(())
-        })?;
-        Ok(())
+        self.store
+            .update_key(id, |r| {
+                let t = now();
+                if !on_demand
+                    && (r.state != KeyState::Enabled
+                        || !Self::next_rotation(r).is_some_and(|n| n <= t))
+                {
+                    return Ok(false);
+                }
+                self.check_rotatable(r)?;
+                let version = r.materials.len();
+                r.materials
+                    .push(self.store.seal_material(&r.id, version, &material)?);
+                r.rotations.push(t);
+                if on_demand {
+                    r.on_demand_rotations.push(t);
+                }
+                Ok(true)
+            })
+            .map(|(_, rotated)| rotated)
     }
 
     fn rotate_on_demand(&self, principal: &str, req: Req) -> KmsResult<Value> {
@@ -1469,8 +1559,9 @@ impl Service {
                     && Self::next_rotation(&e.record).is_some_and(|n| n <= t)
                 {
                     if let Some(id) = parse_key_id(&e.record.id) {
-                        self.rotate(&id, false)?;
-                        rotated += 1;
+                        if self.rotate(&id, false)? {
+                            rotated += 1;
+                        }
                     }
                 }
             }
@@ -1514,6 +1605,37 @@ mod tests {
     fn call(s: &Service, op: &str, body: Value) -> KmsResult<Value> {
         s.handle(op, ROOT, &serde_json::to_vec(&body).unwrap())
             .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// An automatic rotation that a second server (working from the same stale view) also
+    /// finds due happens once: the check is repeated on the stored record.
+    #[test]
+    fn a_due_rotation_happens_once() {
+        let (_d, s) = service();
+        let k = call(&s, "CreateKey", json!({})).unwrap();
+        let id = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        call(
+            &s,
+            "EnableKeyRotation",
+            json!({"KeyId": id, "RotationPeriodInDays": 90}),
+        )
+        .unwrap();
+        let raw = parse_key_id(&id).unwrap();
+        // Created 91 days ago: the first rotation is due.
+        s.store
+            .update_key(&raw, |r| {
+                r.created -= 91.0 * 86_400.0;
+                Ok(())
+            })
+            .unwrap();
+        assert!(s.rotate(&raw, false).unwrap());
+        assert!(!s.rotate(&raw, false).unwrap(), "rotated twice");
+        assert_eq!(s.maintain().unwrap(), (0, 0));
+        let entry = s.store.key(&raw).unwrap().unwrap();
+        assert_eq!(entry.record.materials.len(), 2);
+        assert_eq!(entry.record.rotations.len(), 1);
+        // On demand is never skipped.
+        assert!(s.rotate(&raw, true).unwrap());
     }
 
     #[test]

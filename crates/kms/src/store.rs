@@ -20,6 +20,13 @@
 //! Every write takes one writer lock, commits a redb transaction, and only then updates the
 //! in-memory maps that reads use, so a reader never sees an uncommitted change and reads take no
 //! database transaction at all.
+//!
+//! Several servers: with a `postgres://` store ([`Store::open_configured`]) the same records live
+//! in PostgreSQL instead (see [`postgres`]); every write is one SERIALIZABLE transaction, and the
+//! in-memory maps are kept current through LISTEN/NOTIFY and a periodic resync. The master key
+//! and the sealing are the same for both stores.
+
+pub mod postgres;
 
 use crate::blob::aead_key;
 use crate::error::{KmsError, KmsResult};
@@ -29,7 +36,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use base64::Engine as _;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -70,6 +77,9 @@ pub enum StoreError {
     /// A record cannot be read (wrong master key, corruption).
     #[error("stored record {0} is unreadable: {1}")]
     Record(String, String),
+    /// The PostgreSQL store cannot be used (unreachable, refused, or its schema is unknown).
+    #[error("PostgreSQL store: {0}")]
+    Postgres(String),
 }
 
 /// Key states, named as AWS names them.
@@ -215,17 +225,30 @@ impl fmt::Debug for AdminCredential {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     keys: BTreeMap<[u8; 16], Arc<KeyEntry>>,
     aliases: BTreeMap<String, AliasRecord>,
+    /// Revision of each cached key row (PostgreSQL store; 0 for the embedded store).
+    key_revs: HashMap<[u8; 16], i64>,
+    /// Revision of each cached alias row (PostgreSQL store).
+    alias_revs: HashMap<String, i64>,
+}
+
+/// What both stores share: the master key and the in-memory view that reads are served from.
+pub(crate) struct Core {
+    master: LessSafeKey,
+    state: RwLock<State>,
+}
+
+enum Backend {
+    Embedded { db: Database, writer: Mutex<()> },
+    Postgres(Box<postgres::PgBackend>),
 }
 
 /// The store.
 pub struct Store {
-    db: Database,
-    master: LessSafeKey,
-    writer: Mutex<()>,
-    state: RwLock<State>,
+    core: Arc<Core>,
+    backend: Backend,
 }
 
 impl fmt::Debug for Store {
@@ -425,186 +448,141 @@ fn create_tables(db: &Database, db_path: &Path) -> Result<(), StoreError> {
     tx.commit().map_err(|e| dbe(e.into()))
 }
 
-impl Store {
-    /// Opens (creating if needed) the store in `data_dir` with the master key at `master_path`.
-    ///
-    /// A new store is built whole under a temporary name (tables and the administrator
-    /// credential committed, the file fsync'd) and only then renamed into place, so a start
-    /// killed at any moment leaves either no store or a complete one; the temporaries of a
-    /// killed start are removed here.
-    pub fn open(data_dir: &Path, master_path: &Path) -> Result<Self, StoreError> {
-        prepare_data_dir(data_dir)?;
-        remove_leftovers(data_dir, master_path)?;
-        let master = Zeroizing::new(load_or_create_master(master_path)?);
-        let key = || {
-            aead_key(&master).map_err(|e| StoreError::MasterKey(master_path.into(), e.to_string()))
-        };
-        let db_path = data_dir.join(STORE_FILE);
-        if store_missing(&db_path)? {
-            Self::create(data_dir, &db_path, key()?)?;
-        }
-        let meta = std::fs::metadata(&db_path).map_err(|e| StoreError::Io(db_path.clone(), e))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            // Stores made by earlier versions were readable by others.
-            std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Io(db_path.clone(), e))?;
-        }
-        let db = Database::open(&db_path).map_err(|e| db_error(&db_path)(e.into()))?;
-        create_tables(&db, &db_path)?;
-        Self::from_db(db, key()?)
-    }
+/// AAD of the sealed administrator credential.
+const ADMIN_AAD: &[u8] = b"cloister-kms/admin-credential/v1";
 
-    /// Builds a complete new store at `db_path` through a temporary file.
-    fn create(data_dir: &Path, db_path: &Path, master: LessSafeKey) -> Result<(), StoreError> {
-        let tmp = temp_path(db_path);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
-        let db = redb::Builder::new()
-            .create_file(file)
-            .map_err(|e| db_error(&tmp)(e.into()))?;
-        create_tables(&db, &tmp)?;
-        let store = Self::from_db(db, master)?;
-        store
-            .admin_credential()
-            .map_err(|e| StoreError::Record("administrator credential".into(), e.to_string()))?;
-        drop(store);
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
-        std::fs::rename(&tmp, db_path).map_err(|e| StoreError::Io(db_path.into(), e))?;
-        fsync_dir(data_dir)
-    }
+fn material_aad(key_id: &str, version: usize) -> Vec<u8> {
+    format!("cloister-kms/key-material/v1/{key_id}/{version}").into_bytes()
+}
 
-    fn from_db(db: Database, master: LessSafeKey) -> Result<Self, StoreError> {
-        let store = Store {
-            db,
+/// Seals `plain` under `key` (AES-256-GCM, random nonce): base64 of nonce, ciphertext, tag.
+fn seal_with(key: &LessSafeKey, aad: &[u8], plain: &[u8]) -> KmsResult<String> {
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|e| KmsError::internal("random", e))?;
+    let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+    buf.extend_from_slice(&nonce);
+    buf.extend_from_slice(plain);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf[NONCE_LEN..],
+        )
+        .map_err(|e| KmsError::internal("seal material", e))?;
+    buf.extend_from_slice(tag.as_ref());
+    Ok(base64::engine::general_purpose::STANDARD.encode(&buf))
+}
+
+/// Opens what [`seal_with`] sealed.
+fn unseal_with(key: &LessSafeKey, aad: &[u8], sealed: &str) -> KmsResult<Zeroizing<Vec<u8>>> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|e| KmsError::internal("sealed material", e))?;
+    if raw.len() < NONCE_LEN + 16 {
+        return Err(KmsError::Internal("sealed material too short".into()));
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&raw[..NONCE_LEN]);
+    let mut buf = Zeroizing::new(raw[NONCE_LEN..].to_vec());
+    let n = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf[..],
+        )
+        .map_err(|_| {
+            KmsError::Internal("sealed key material does not open under this master key".into())
+        })?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Seals every material version (and drops pending import parameters, whose wrapping key is
+/// sealed too) of `record` again: opened under `old`, sealed under `new`.
+fn reseal_record(old: &LessSafeKey, new: &LessSafeKey, record: &mut KeyRecord) -> KmsResult<()> {
+    for (i, sealed) in record.materials.iter_mut().enumerate() {
+        let aad = material_aad(&record.id, i);
+        let plain = unseal_with(old, &aad, sealed)?;
+        *sealed = seal_with(new, &aad, &plain)?;
+    }
+    if let Some(import) = record.import.as_mut() {
+        import.pending = None;
+    }
+    Ok(())
+}
+
+/// A fresh administrator credential (`AKIA...` and a random secret).
+fn new_admin_credential() -> KmsResult<AdminCredential> {
+    let mut raw = [0u8; 30];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|e| KmsError::internal("random", e))?;
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let akid: String = std::iter::once("AKIA".to_string())
+        .chain(
+            raw[..16]
+                .iter()
+                .map(|b| (ALNUM[(*b & 31) as usize] as char).to_string()),
+        )
+        .collect();
+    let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]));
+    Ok(AdminCredential {
+        access_key_id: akid,
+        secret_access_key: secret,
+    })
+}
+
+fn poisoned() -> KmsError {
+    KmsError::Internal("state lock poisoned".into())
+}
+
+impl Core {
+    fn new(master: LessSafeKey) -> Self {
+        Core {
             master,
-            writer: Mutex::new(()),
             state: RwLock::new(State::default()),
-        };
-        store.load().map_err(|e| match e {
-            KmsError::Internal(m) => StoreError::Record("database".into(), m),
-            other => StoreError::Record("database".into(), other.to_string()),
-        })?;
-        Ok(store)
+        }
     }
 
-    fn load(&self) -> KmsResult<()> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| KmsError::internal("read", e))?;
-        let keys = tx
-            .open_table(KEYS)
-            .map_err(|e| KmsError::internal("read", e))?;
-        let mut state = State::default();
-        for item in keys.iter().map_err(|e| KmsError::internal("read", e))? {
-            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
-            let record: KeyRecord = serde_json::from_slice(v.value())
-                .map_err(|e| KmsError::Internal(format!("key {}: {e}", k.value())))?;
-            let id = parse_key_id(&record.id)
-                .ok_or_else(|| KmsError::Internal(format!("bad key id {}", record.id)))?;
-            let entry = self.entry(record, None)?;
-            state.keys.insert(id, Arc::new(entry));
-        }
-        let aliases = tx
-            .open_table(ALIASES)
-            .map_err(|e| KmsError::internal("read", e))?;
-        for item in aliases.iter().map_err(|e| KmsError::internal("read", e))? {
-            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
-            let rec: AliasRecord = serde_json::from_slice(v.value())
-                .map_err(|e| KmsError::Internal(format!("alias {}: {e}", k.value())))?;
-            state.aliases.insert(k.value().to_string(), rec);
-        }
-        *self
-            .state
-            .write()
-            .map_err(|_| KmsError::Internal("lock".into()))? = state;
-        Ok(())
+    fn read_state(&self) -> KmsResult<std::sync::RwLockReadGuard<'_, State>> {
+        self.state.read().map_err(|_| poisoned())
     }
 
-    fn material_aad(key_id: &str, version: usize) -> Vec<u8> {
-        format!("cloister-kms/key-material/v1/{key_id}/{version}").into_bytes()
+    fn write_state(&self) -> KmsResult<std::sync::RwLockWriteGuard<'_, State>> {
+        self.state.write().map_err(|_| poisoned())
     }
 
     fn seal_bytes(&self, aad: &[u8], plain: &[u8]) -> KmsResult<String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|e| KmsError::internal("random", e))?;
-        let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
-        buf.extend_from_slice(&nonce);
-        buf.extend_from_slice(plain);
-        let tag = self
-            .master
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf[NONCE_LEN..],
-            )
-            .map_err(|e| KmsError::internal("seal material", e))?;
-        buf.extend_from_slice(tag.as_ref());
-        Ok(base64::engine::general_purpose::STANDARD.encode(&buf))
+        seal_with(&self.master, aad, plain)
     }
 
     fn unseal_bytes(&self, aad: &[u8], sealed: &str) -> KmsResult<Zeroizing<Vec<u8>>> {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .map_err(|e| KmsError::internal("sealed material", e))?;
-        if raw.len() < NONCE_LEN + 16 {
-            return Err(KmsError::Internal("sealed material too short".into()));
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&raw[..NONCE_LEN]);
-        let mut buf = Zeroizing::new(raw[NONCE_LEN..].to_vec());
-        let n = self
-            .master
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf[..],
-            )
-            .map_err(|_| {
-                KmsError::Internal("sealed key material does not open under this master key".into())
-            })?
-            .len();
-        buf.truncate(n);
-        Ok(buf)
+        unseal_with(&self.master, aad, sealed)
     }
 
-    /// Seals fresh material for `key_id` version `version` (returns the stored form).
-    pub fn seal_material(
-        &self,
-        key_id: &str,
-        version: usize,
-        material: &[u8],
-    ) -> KmsResult<String> {
-        self.seal_bytes(&Self::material_aad(key_id, version), material)
+    fn seal_admin(&self, cred: &AdminCredential) -> KmsResult<String> {
+        let json =
+            Zeroizing::new(serde_json::to_vec(cred).map_err(|e| KmsError::internal("encode", e))?);
+        self.seal_bytes(ADMIN_AAD, &json)
     }
 
-    /// Opens what [`Store::seal_material`] sealed for `key_id` version `version`.
-    pub fn unseal_material(
-        &self,
-        key_id: &str,
-        version: usize,
-        sealed: &str,
-    ) -> KmsResult<Zeroizing<Vec<u8>>> {
-        self.unseal_bytes(&Self::material_aad(key_id, version), sealed)
+    fn unseal_admin(&self, sealed: &str) -> KmsResult<AdminCredential> {
+        let plain = self.unseal_bytes(ADMIN_AAD, sealed)?;
+        serde_json::from_slice(&plain).map_err(|e| KmsError::internal("admin", e))
     }
 
-    /// Builds the served entry, reusing already-unsealed material where given.
+    /// Builds the served entry, reusing already-unsealed material where it is the same.
     fn entry(&self, record: KeyRecord, prev: Option<&KeyEntry>) -> KmsResult<KeyEntry> {
-        let private = self.private_material(&record, prev)?;
-        let materials = match prev {
+        // The previous entry's material is reused only where the sealed versions are the very
+        // same strings (a cached entry of another server's older state may differ).
+        let prev_same = prev.filter(|p| p.record.materials == record.materials);
+        let private = self.private_material(&record, prev_same)?;
+        let materials = match prev_same {
             _ if private.is_some() => Arc::new(Vec::new()),
-            Some(p) if p.materials.len() == record.materials.len() => p.materials.clone(),
-            _ => {
+            Some(p) => p.materials.clone(),
+            None => {
                 let mut v = Vec::with_capacity(record.materials.len());
                 for (i, sealed) in record.materials.iter().enumerate() {
-                    let m = self.unseal_bytes(&Self::material_aad(&record.id, i), sealed)?;
+                    let m = self.unseal_bytes(&material_aad(&record.id, i), sealed)?;
                     if m.len() != MATERIAL_LEN {
                         return Err(KmsError::Internal("material length".into()));
                     }
@@ -635,7 +613,8 @@ impl Store {
         record: &KeyRecord,
         prev: Option<&KeyEntry>,
     ) -> KmsResult<Option<Arc<KeyMaterial>>> {
-        if record.key_spec.is_symmetric() {
+        // A symmetric key, or an HMAC key of origin EXTERNAL awaiting its material.
+        if record.key_spec.is_symmetric() || record.materials.is_empty() {
             return Ok(None);
         }
         if let Some(p) = prev.and_then(|p| p.private.as_ref()) {
@@ -649,13 +628,331 @@ impl Store {
                 record.materials.len()
             )));
         };
-        let bytes = self.unseal_bytes(&Self::material_aad(&record.id, 0), sealed)?;
+        let bytes = self.unseal_bytes(&material_aad(&record.id, 0), sealed)?;
         Ok(Some(Arc::new(KeyMaterial::load(record.key_spec, &bytes)?)))
     }
 
-    fn write_tx<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>) -> KmsResult<T> {
-        let tx = self
-            .db
+    fn cached_key(&self, id: &[u8; 16]) -> KmsResult<Option<Arc<KeyEntry>>> {
+        Ok(self.read_state()?.keys.get(id).cloned())
+    }
+
+    /// Puts a committed entry of revision `rev` in the view unless a newer one is there.
+    fn put_entry(&self, id: [u8; 16], rev: i64, entry: Arc<KeyEntry>) -> KmsResult<()> {
+        let mut st = self.write_state()?;
+        if st.key_revs.get(&id).is_some_and(|r| *r > rev) {
+            return Ok(());
+        }
+        st.keys.insert(id, entry);
+        st.key_revs.insert(id, rev);
+        Ok(())
+    }
+
+    /// Puts a committed key record of revision `rev` (read from the database) in the view.
+    fn apply_key(&self, rev: i64, record: KeyRecord) -> KmsResult<()> {
+        let id = parse_key_id(&record.id)
+            .ok_or_else(|| KmsError::Internal(format!("bad key id {}", record.id)))?;
+        let prev = {
+            let st = self.read_state()?;
+            if st.key_revs.get(&id).is_some_and(|r| *r >= rev) {
+                return Ok(());
+            }
+            st.keys.get(&id).cloned()
+        };
+        let entry = Arc::new(self.entry(record, prev.as_deref())?);
+        self.put_entry(id, rev, entry)
+    }
+
+    /// Removes a key from the view if its cached revision is below `rev`.
+    fn remove_key_below(&self, id: &[u8; 16], rev: i64) -> KmsResult<()> {
+        let mut st = self.write_state()?;
+        if st.key_revs.get(id).is_none_or(|r| *r < rev) {
+            st.keys.remove(id);
+            st.key_revs.remove(id);
+        }
+        Ok(())
+    }
+
+    fn apply_alias(&self, name: &str, rev: i64, rec: AliasRecord) -> KmsResult<()> {
+        let mut st = self.write_state()?;
+        if st.alias_revs.get(name).is_some_and(|r| *r > rev) {
+            return Ok(());
+        }
+        st.aliases.insert(name.to_string(), rec);
+        st.alias_revs.insert(name.to_string(), rev);
+        Ok(())
+    }
+
+    fn remove_alias_below(&self, name: &str, rev: i64) -> KmsResult<()> {
+        let mut st = self.write_state()?;
+        if st.alias_revs.get(name).is_none_or(|r| *r < rev) {
+            st.aliases.remove(name);
+            st.alias_revs.remove(name);
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` with the master key at `master_path`.
+    ///
+    /// A new store is built whole under a temporary name (tables and the administrator
+    /// credential committed, the file fsync'd) and only then renamed into place, so a start
+    /// killed at any moment leaves either no store or a complete one; the temporaries of a
+    /// killed start are removed here.
+    pub fn open(data_dir: &Path, master_path: &Path) -> Result<Self, StoreError> {
+        prepare_data_dir(data_dir)?;
+        remove_leftovers(data_dir, master_path)?;
+        let master = Zeroizing::new(load_or_create_master(master_path)?);
+        let key = || {
+            aead_key(&master).map_err(|e| StoreError::MasterKey(master_path.into(), e.to_string()))
+        };
+        let db_path = data_dir.join(STORE_FILE);
+        if store_missing(&db_path)? {
+            Self::create(data_dir, &db_path, key()?)?;
+        }
+        let meta = std::fs::metadata(&db_path).map_err(|e| StoreError::Io(db_path.clone(), e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            // Stores made by earlier versions were readable by others.
+            std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Io(db_path.clone(), e))?;
+        }
+        let db = Database::open(&db_path).map_err(|e| db_error(&db_path)(e.into()))?;
+        create_tables(&db, &db_path)?;
+        Self::from_db(db, key()?)
+    }
+
+    /// Opens the store `config` names: PostgreSQL when it has a URL (the data directory then
+    /// holds only what the server writes beside the store), otherwise the embedded store in
+    /// `data_dir` ([`Store::open`]).
+    pub fn open_configured(
+        data_dir: &Path,
+        master_path: &Path,
+        config: &crate::config::StoreConfig,
+    ) -> Result<Self, StoreError> {
+        match config.url.as_deref() {
+            None => Self::open(data_dir, master_path),
+            Some(url) => {
+                prepare_data_dir(data_dir)?;
+                remove_leftover(&temp_path(master_path))?;
+                let (backend, core) = postgres::PgBackend::open(url, master_path, config)?;
+                Ok(Store {
+                    core,
+                    backend: Backend::Postgres(Box::new(backend)),
+                })
+            }
+        }
+    }
+
+    /// Seals every key's material (and the administrator credential) under the master key in
+    /// `new_master` instead of the one in `old_master`, in one transaction, for the store
+    /// `config` names (the embedded one in `data_dir` when it names none). `new_master` is
+    /// created (mode 0600, 32 random bytes) when absent. The servers must be stopped: a running
+    /// embedded server holds its file; on PostgreSQL, running servers are refused unless
+    /// `force`. Returns how many keys were sealed again.
+    pub fn rotate_master_key(
+        data_dir: &Path,
+        config: &crate::config::StoreConfig,
+        old_master: &Path,
+        new_master: &Path,
+        force: bool,
+    ) -> Result<usize, StoreError> {
+        if !old_master.exists() {
+            return Err(StoreError::MasterKey(
+                old_master.into(),
+                "does not exist".into(),
+            ));
+        }
+        let old_bytes = Zeroizing::new(load_or_create_master(old_master)?);
+        let new_bytes = Zeroizing::new(load_or_create_master(new_master)?);
+        if old_bytes == new_bytes {
+            return Err(StoreError::MasterKey(
+                new_master.into(),
+                "is the same key as the old one".into(),
+            ));
+        }
+        let old = aead_key(&old_bytes)
+            .map_err(|e| StoreError::MasterKey(old_master.into(), e.to_string()))?;
+        let new = aead_key(&new_bytes)
+            .map_err(|e| StoreError::MasterKey(new_master.into(), e.to_string()))?;
+        match config.url.as_deref() {
+            Some(url) => postgres::rotate_master_key(url, config, &old, &new, force),
+            None => Self::rotate_embedded(data_dir, &old, &new),
+        }
+    }
+
+    fn rotate_embedded(
+        data_dir: &Path,
+        old: &LessSafeKey,
+        new: &LessSafeKey,
+    ) -> Result<usize, StoreError> {
+        let db_path = data_dir.join(STORE_FILE);
+        if store_missing(&db_path)? {
+            return Err(StoreError::Io(
+                db_path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let db = Database::open(&db_path).map_err(|e| db_error(&db_path)(e.into()))?;
+        let rec_err = |what: &str, e: KmsError| StoreError::Record(what.into(), e.to_string());
+        let tx = db.begin_write().map_err(|e| db_error(&db_path)(e.into()))?;
+        let mut count = 0;
+        {
+            let mut keys = tx
+                .open_table(KEYS)
+                .map_err(|e| db_error(&db_path)(e.into()))?;
+            let mut records = Vec::new();
+            for item in keys.iter().map_err(|e| db_error(&db_path)(e.into()))? {
+                let (k, v) = item.map_err(|e| db_error(&db_path)(e.into()))?;
+                let record: KeyRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Record(k.value().to_string(), e.to_string()))?;
+                records.push(record);
+            }
+            for mut record in records {
+                reseal_record(old, new, &mut record).map_err(|e| rec_err(&record.id, e))?;
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::Record(record.id.clone(), e.to_string()))?;
+                keys.insert(record.id.as_str(), bytes.as_slice())
+                    .map_err(|e| db_error(&db_path)(e.into()))?;
+                count += 1;
+            }
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| db_error(&db_path)(e.into()))?;
+            let sealed = match meta
+                .get("admin")
+                .map_err(|e| db_error(&db_path)(e.into()))?
+            {
+                Some(v) => Some(
+                    std::str::from_utf8(v.value())
+                        .map_err(|e| StoreError::Record("admin".into(), e.to_string()))?
+                        .to_string(),
+                ),
+                None => None,
+            };
+            if let Some(sealed) = sealed {
+                let plain =
+                    unseal_with(old, ADMIN_AAD, &sealed).map_err(|e| rec_err("admin", e))?;
+                let resealed =
+                    seal_with(new, ADMIN_AAD, &plain).map_err(|e| rec_err("admin", e))?;
+                meta.insert("admin", resealed.as_bytes())
+                    .map_err(|e| db_error(&db_path)(e.into()))?;
+            }
+        }
+        tx.commit().map_err(|e| db_error(&db_path)(e.into()))?;
+        Ok(count)
+    }
+
+    /// Builds a complete new store at `db_path` through a temporary file.
+    fn create(data_dir: &Path, db_path: &Path, master: LessSafeKey) -> Result<(), StoreError> {
+        let tmp = temp_path(db_path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+        let db = redb::Builder::new()
+            .create_file(file)
+            .map_err(|e| db_error(&tmp)(e.into()))?;
+        create_tables(&db, &tmp)?;
+        let store = Self::from_db(db, master)?;
+        store
+            .admin_credential()
+            .map_err(|e| StoreError::Record("administrator credential".into(), e.to_string()))?;
+        drop(store);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, db_path).map_err(|e| StoreError::Io(db_path.into(), e))?;
+        fsync_dir(data_dir)
+    }
+
+    fn from_db(db: Database, master: LessSafeKey) -> Result<Self, StoreError> {
+        let store = Store {
+            core: Arc::new(Core::new(master)),
+            backend: Backend::Embedded {
+                db,
+                writer: Mutex::new(()),
+            },
+        };
+        store.load().map_err(|e| match e {
+            KmsError::Internal(m) => StoreError::Record("database".into(), m),
+            other => StoreError::Record("database".into(), other.to_string()),
+        })?;
+        Ok(store)
+    }
+
+    fn embedded(&self) -> KmsResult<(&Database, std::sync::MutexGuard<'_, ()>)> {
+        match &self.backend {
+            Backend::Embedded { db, writer } => Ok((
+                db,
+                writer
+                    .lock()
+                    .map_err(|_| KmsError::Internal("writer lock poisoned".into()))?,
+            )),
+            Backend::Postgres(_) => Err(KmsError::Internal("not the embedded store".into())),
+        }
+    }
+
+    fn load(&self) -> KmsResult<()> {
+        let Backend::Embedded { db, .. } = &self.backend else {
+            return Ok(());
+        };
+        let tx = db.begin_read().map_err(|e| KmsError::internal("read", e))?;
+        let keys = tx
+            .open_table(KEYS)
+            .map_err(|e| KmsError::internal("read", e))?;
+        let mut state = State::default();
+        for item in keys.iter().map_err(|e| KmsError::internal("read", e))? {
+            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
+            let record: KeyRecord = serde_json::from_slice(v.value())
+                .map_err(|e| KmsError::Internal(format!("key {}: {e}", k.value())))?;
+            let id = parse_key_id(&record.id)
+                .ok_or_else(|| KmsError::Internal(format!("bad key id {}", record.id)))?;
+            let entry = self.core.entry(record, None)?;
+            state.keys.insert(id, Arc::new(entry));
+        }
+        let aliases = tx
+            .open_table(ALIASES)
+            .map_err(|e| KmsError::internal("read", e))?;
+        for item in aliases.iter().map_err(|e| KmsError::internal("read", e))? {
+            let (k, v) = item.map_err(|e| KmsError::internal("read", e))?;
+            let rec: AliasRecord = serde_json::from_slice(v.value())
+                .map_err(|e| KmsError::Internal(format!("alias {}: {e}", k.value())))?;
+            state.aliases.insert(k.value().to_string(), rec);
+        }
+        *self.core.write_state()? = state;
+        Ok(())
+    }
+
+    /// Seals fresh material for `key_id` version `version` (returns the stored form).
+    pub fn seal_material(
+        &self,
+        key_id: &str,
+        version: usize,
+        material: &[u8],
+    ) -> KmsResult<String> {
+        self.core
+            .seal_bytes(&material_aad(key_id, version), material)
+    }
+
+    /// Opens what [`Store::seal_material`] sealed for `key_id` version `version`.
+    pub fn unseal_material(
+        &self,
+        key_id: &str,
+        version: usize,
+        sealed: &str,
+    ) -> KmsResult<Zeroizing<Vec<u8>>> {
+        self.core
+            .unseal_bytes(&material_aad(key_id, version), sealed)
+    }
+
+    fn write_tx<T>(
+        db: &Database,
+        f: impl FnOnce(&redb::WriteTransaction) -> KmsResult<T>,
+    ) -> KmsResult<T> {
+        let tx = db
             .begin_write()
             .map_err(|e| KmsError::internal("begin write", e))?;
         let out = f(&tx)?;
@@ -683,32 +980,31 @@ impl Store {
         Ok(())
     }
 
-    fn lock_writer(&self) -> KmsResult<std::sync::MutexGuard<'_, ()>> {
-        self.writer
-            .lock()
-            .map_err(|_| KmsError::Internal("writer lock poisoned".into()))
-    }
-
+    /// The in-memory view, checked to be current enough to answer from.
     fn read_state(&self) -> KmsResult<std::sync::RwLockReadGuard<'_, State>> {
-        self.state
-            .read()
-            .map_err(|_| KmsError::Internal("state lock poisoned".into()))
-    }
-
-    fn write_state(&self) -> KmsResult<std::sync::RwLockWriteGuard<'_, State>> {
-        self.state
-            .write()
-            .map_err(|_| KmsError::Internal("state lock poisoned".into()))
+        if let Backend::Postgres(pg) = &self.backend {
+            pg.check_fresh()?;
+        }
+        self.core.read_state()
     }
 
     /// Stores a new key.
     pub fn insert_key(&self, record: KeyRecord) -> KmsResult<Arc<KeyEntry>> {
         let id = parse_key_id(&record.id).ok_or_else(|| KmsError::Internal("key id".into()))?;
-        let _w = self.lock_writer()?;
-        let entry = Arc::new(self.entry(record, None)?);
-        self.write_tx(|tx| Self::put_key(tx, &entry.record))?;
-        self.write_state()?.keys.insert(id, entry.clone());
-        Ok(entry)
+        match &self.backend {
+            Backend::Embedded { .. } => {
+                let (db, _w) = self.embedded()?;
+                let entry = Arc::new(self.core.entry(record, None)?);
+                Self::write_tx(db, |tx| Self::put_key(tx, &entry.record))?;
+                self.core.put_entry(id, 0, entry.clone())?;
+                Ok(entry)
+            }
+            Backend::Postgres(pg) => {
+                let entry = Arc::new(self.core.entry(record, None)?);
+                pg.insert_key(&self.core, id, entry.clone())?;
+                Ok(entry)
+            }
+        }
     }
 
     /// Looks a key up by id bytes.
@@ -751,81 +1047,106 @@ impl Store {
     }
 
     /// Changes a key's record with `f` (which may add material) and stores it.
+    ///
+    /// On PostgreSQL `f` runs once, on the row read `FOR UPDATE` inside the write's
+    /// serializable transaction.
     pub fn update_key<T>(
         &self,
         id: &[u8; 16],
         f: impl FnOnce(&mut KeyRecord) -> KmsResult<T>,
     ) -> KmsResult<(Arc<KeyEntry>, T)> {
-        let _w = self.lock_writer()?;
-        let prev = self.key(id)?.ok_or_else(|| {
-            KmsError::NotFound(format!("Key '{}' does not exist", format_key_id(id)))
-        })?;
-        let mut record = prev.record.clone();
-        let out = f(&mut record)?;
-        if record.materials.len() > MAX_MATERIALS {
-            return Err(KmsError::LimitExceeded("too many key rotations".into()));
+        match &self.backend {
+            Backend::Embedded { .. } => {
+                let (db, _w) = self.embedded()?;
+                let prev = self.core.cached_key(id)?.ok_or_else(|| {
+                    KmsError::NotFound(format!("Key '{}' does not exist", format_key_id(id)))
+                })?;
+                let mut record = prev.record.clone();
+                let out = f(&mut record)?;
+                if record.materials.len() > MAX_MATERIALS {
+                    return Err(KmsError::LimitExceeded("too many key rotations".into()));
+                }
+                let entry = Arc::new(self.core.entry(record, Some(&prev))?);
+                Self::write_tx(db, |tx| Self::put_key(tx, &entry.record))?;
+                self.core.put_entry(*id, 0, entry.clone())?;
+                Ok((entry, out))
+            }
+            Backend::Postgres(pg) => pg.update_key(&self.core, id, f),
         }
-        let entry = Arc::new(self.entry(record, Some(&prev))?);
-        self.write_tx(|tx| Self::put_key(tx, &entry.record))?;
-        self.write_state()?.keys.insert(*id, entry.clone());
-        Ok((entry, out))
     }
 
     /// Creates an alias (fails if it exists).
     pub fn create_alias(&self, name: &str, target: &str) -> KmsResult<()> {
-        let _w = self.lock_writer()?;
-        if self.read_state()?.aliases.contains_key(name) {
-            return Err(KmsError::AlreadyExists(format!(
-                "An alias with the name arn:aws:kms:::{name} already exists"
-            )));
-        }
         let t = now();
         let rec = AliasRecord {
             target: target.to_string(),
             created: t,
             updated: t,
         };
-        self.write_tx(|tx| Self::put_alias(tx, name, &rec))?;
-        self.write_state()?.aliases.insert(name.to_string(), rec);
-        Ok(())
+        match &self.backend {
+            Backend::Embedded { .. } => {
+                let (db, _w) = self.embedded()?;
+                if self.core.read_state()?.aliases.contains_key(name) {
+                    return Err(alias_exists(name));
+                }
+                Self::write_tx(db, |tx| Self::put_alias(tx, name, &rec))?;
+                self.core.apply_alias(name, 0, rec)
+            }
+            Backend::Postgres(pg) => pg.create_alias(&self.core, name, rec),
+        }
     }
 
     /// Points an existing alias at another key.
     pub fn update_alias(&self, name: &str, target: &str) -> KmsResult<()> {
-        let _w = self.lock_writer()?;
-        let mut rec = self
-            .alias(name)?
-            .ok_or_else(|| KmsError::NotFound(format!("Alias {name} is not found.")))?;
-        rec.target = target.to_string();
-        rec.updated = now();
-        self.write_tx(|tx| Self::put_alias(tx, name, &rec))?;
-        self.write_state()?.aliases.insert(name.to_string(), rec);
-        Ok(())
+        match &self.backend {
+            Backend::Embedded { .. } => {
+                let (db, _w) = self.embedded()?;
+                let mut rec = self
+                    .core
+                    .read_state()?
+                    .aliases
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| alias_not_found(name))?;
+                rec.target = target.to_string();
+                rec.updated = now();
+                Self::write_tx(db, |tx| Self::put_alias(tx, name, &rec))?;
+                self.core.apply_alias(name, 0, rec)
+            }
+            Backend::Postgres(pg) => pg.update_alias(&self.core, name, target),
+        }
     }
 
     /// Deletes an alias.
     pub fn delete_alias(&self, name: &str) -> KmsResult<()> {
-        let _w = self.lock_writer()?;
-        if self.alias(name)?.is_none() {
-            return Err(KmsError::NotFound(format!("Alias {name} is not found.")));
+        match &self.backend {
+            Backend::Embedded { .. } => {
+                let (db, _w) = self.embedded()?;
+                if !self.core.read_state()?.aliases.contains_key(name) {
+                    return Err(alias_not_found(name));
+                }
+                Self::write_tx(db, |tx| {
+                    let mut t = tx
+                        .open_table(ALIASES)
+                        .map_err(|e| KmsError::internal("open aliases", e))?;
+                    t.remove(name)
+                        .map_err(|e| KmsError::internal("remove alias", e))?;
+                    Ok(())
+                })?;
+                self.core.remove_alias_below(name, i64::MAX)
+            }
+            Backend::Postgres(pg) => pg.delete_alias(&self.core, name),
         }
-        self.write_tx(|tx| {
-            let mut t = tx
-                .open_table(ALIASES)
-                .map_err(|e| KmsError::internal("open aliases", e))?;
-            t.remove(name)
-                .map_err(|e| KmsError::internal("remove alias", e))?;
-            Ok(())
-        })?;
-        self.write_state()?.aliases.remove(name);
-        Ok(())
     }
 
     /// Deletes keys whose pending deletion is due, with their aliases. Returns how many.
     pub fn purge_expired(&self, at: f64) -> KmsResult<usize> {
-        let _w = self.lock_writer()?;
+        let (db, _w) = match &self.backend {
+            Backend::Embedded { .. } => self.embedded()?,
+            Backend::Postgres(pg) => return pg.purge_expired(&self.core, at),
+        };
         let (due, aliases): (Vec<[u8; 16]>, Vec<String>) = {
-            let st = self.read_state()?;
+            let st = self.core.read_state()?;
             let due: Vec<[u8; 16]> = st
                 .keys
                 .iter()
@@ -847,7 +1168,7 @@ impl Store {
         if due.is_empty() {
             return Ok(0);
         }
-        self.write_tx(|tx| {
+        Self::write_tx(db, |tx| {
             let mut keys = tx
                 .open_table(KEYS)
                 .map_err(|e| KmsError::internal("open keys", e))?;
@@ -864,24 +1185,22 @@ impl Store {
             }
             Ok(())
         })?;
-        let mut st = self.write_state()?;
         for id in &due {
-            st.keys.remove(id);
+            self.core.remove_key_below(id, i64::MAX)?;
         }
         for a in &aliases {
-            st.aliases.remove(a);
+            self.core.remove_alias_below(a, i64::MAX)?;
         }
         Ok(due.len())
     }
 
     /// The administrator credential, created (and stored) on first use.
     pub fn admin_credential(&self) -> KmsResult<AdminCredential> {
-        const AAD: &[u8] = b"cloister-kms/admin-credential/v1";
-        let _w = self.lock_writer()?;
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| KmsError::internal("read", e))?;
+        let (db, _w) = match &self.backend {
+            Backend::Embedded { .. } => self.embedded()?,
+            Backend::Postgres(pg) => return pg.admin_credential(&self.core),
+        };
+        let tx = db.begin_read().map_err(|e| KmsError::internal("read", e))?;
         let t = tx
             .open_table(META)
             .map_err(|e| KmsError::internal("read", e))?;
@@ -889,30 +1208,13 @@ impl Store {
             let sealed = std::str::from_utf8(v.value())
                 .map_err(|e| KmsError::internal("admin record", e))?
                 .to_string();
-            let plain = self.unseal_bytes(AAD, &sealed)?;
-            return serde_json::from_slice(&plain).map_err(|e| KmsError::internal("admin", e));
+            return self.core.unseal_admin(&sealed);
         }
         drop(t);
         drop(tx);
-        let mut raw = [0u8; 30];
-        aws_lc_rs::rand::fill(&mut raw).map_err(|e| KmsError::internal("random", e))?;
-        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        let akid: String = std::iter::once("AKIA".to_string())
-            .chain(
-                raw[..16]
-                    .iter()
-                    .map(|b| (ALNUM[(*b & 31) as usize] as char).to_string()),
-            )
-            .collect();
-        let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[..]));
-        let cred = AdminCredential {
-            access_key_id: akid,
-            secret_access_key: secret,
-        };
-        let json =
-            Zeroizing::new(serde_json::to_vec(&cred).map_err(|e| KmsError::internal("encode", e))?);
-        let sealed = self.seal_bytes(AAD, &json)?;
-        self.write_tx(|tx| {
+        let cred = new_admin_credential()?;
+        let sealed = self.core.seal_admin(&cred)?;
+        Self::write_tx(db, |tx| {
             let mut t = tx
                 .open_table(META)
                 .map_err(|e| KmsError::internal("open meta", e))?;
@@ -922,6 +1224,16 @@ impl Store {
         })?;
         Ok(cred)
     }
+}
+
+fn alias_exists(name: &str) -> KmsError {
+    KmsError::AlreadyExists(format!(
+        "An alias with the name arn:aws:kms:::{name} already exists"
+    ))
+}
+
+fn alias_not_found(name: &str) -> KmsError {
+    KmsError::NotFound(format!("Alias {name} is not found."))
 }
 
 #[cfg(test)]

@@ -820,12 +820,14 @@ fn launch_process(
     // Init runs, in the namespace: the helper has let go of it (or is stopped now).
     drop(partial.netns.take());
     // The supervisor of the enclave's AF_VSOCK sockets and /dev/nsm: it dials the broker as
-    // the enclave does, and ends when the enclave's last process is gone.
+    // the enclave does, answers /dev/nsm from the enclave's own NSM, runs on the enclave's
+    // CPUs, and ends when the enclave's last process is gone.
     if let Some(listener) = running.take_notify_listener() {
-        let fabric = std::sync::Arc::new(cloister_supervisor::EnclaveFabric::new(
-            enclave_socket.clone(),
-            cid,
-        ));
+        let fabric = std::sync::Arc::new(
+            cloister_supervisor::EnclaveFabric::new(enclave_socket.clone(), cid)
+                .with_nsm(nsm.clone())
+                .with_cpus(alloc.cpus.clone()),
+        );
         partial.running = Some(running);
         cloister_supervisor::Supervisor::spawn(listener, fabric)
             .map_err(|e| sys_err(&e))?

@@ -5,8 +5,10 @@
 use std::io::Write;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use cloister_vsock::broker::NsmService;
 use cloister_vsock::nsm_frame::{read_frame, write_frame, NSM_FRAME_HARD_CAP};
 use cloister_vsock::proto::{self, BrokerReply, MAX_LINE_LEN};
 use cloister_vsock::stream::VsockError;
@@ -37,6 +39,16 @@ pub trait Fabric: Send + Sync {
     ) -> Result<Option<(OwnedFd, VsockAddr)>, Errno>;
     /// Answers one NSM request (CBOR in, CBOR out).
     fn nsm(&self, request: &[u8]) -> Result<Vec<u8>, Errno>;
+    /// The CPUs the supervisor's loop runs on (empty: anywhere). An enclave's supervisor runs
+    /// on the enclave's CPUs: the work a program makes it do (NSM signing included) costs the
+    /// enclave's CPU time, never the host's, and a notified call is handed over on the CPU the
+    /// caller runs on.
+    fn cpus(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Called from the supervisor's loop once it has tried to move to [`Fabric::cpus`]:
+    /// whether it runs there now.
+    fn pinned(&self, _on_cpus: bool) {}
 }
 
 /// The errno a real vsock socket would give for `e`.
@@ -59,13 +71,29 @@ const MAX_IDLE_NSM_CHANNELS: usize = 4;
 
 /// A process enclave's fabric: its broker's enclave socket (on the host), dialled as the
 /// enclave's own `/dev/vsock.sock` connections are, so the broker's rules and caps apply
-/// unchanged (only cid 3; its listener and connection caps). NSM requests go over the
-/// enclave's own NSM channels (`CONNECT 0 1`), so documents carry its PCRs.
-#[derive(Debug)]
+/// unchanged (only cid 3; its listener and connection caps). NSM requests go to the enclave's
+/// own NSM: called directly when the fabric was given it ([`EnclaveFabric::with_nsm`], the
+/// runtime's case: no hop through the broker), else over the enclave's own NSM channels
+/// (`CONNECT 0 1`); either way documents carry its PCRs.
 pub struct EnclaveFabric {
     socket: PathBuf,
     cid: u32,
     idle_nsm: Mutex<Vec<VsockStream>>,
+    nsm: Option<Arc<dyn NsmService>>,
+    cpus: Vec<u32>,
+    /// The loop runs on `cpus` (or was not asked to): the NSM may be called on it.
+    on_cpus: AtomicBool,
+}
+
+impl std::fmt::Debug for EnclaveFabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnclaveFabric")
+            .field("socket", &self.socket)
+            .field("cid", &self.cid)
+            .field("direct_nsm", &self.nsm.is_some())
+            .field("cpus", &self.cpus)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EnclaveFabric {
@@ -75,7 +103,26 @@ impl EnclaveFabric {
             socket,
             cid,
             idle_nsm: Mutex::new(Vec::new()),
+            nsm: None,
+            cpus: Vec::new(),
+            on_cpus: AtomicBool::new(true),
         }
+    }
+
+    /// Answers NSM requests with `nsm`, the enclave's own NSM (the one its broker serves on
+    /// `(0, 1)`), called on the supervisor's thread: a `/dev/nsm` ioctl then costs one
+    /// hand-over (the notification) as an SDK client's request does (its frame), not two.
+    pub fn with_nsm(mut self, nsm: Arc<dyn NsmService>) -> Self {
+        self.nsm = Some(nsm);
+        self
+    }
+
+    /// Runs the supervisor's loop on `cpus`, the enclave's ([`Fabric::cpus`]). Should that
+    /// fail, NSM requests go over the enclave's NSM channel, which the broker serves on them.
+    pub fn with_cpus(mut self, cpus: Vec<u32>) -> Self {
+        self.on_cpus = AtomicBool::new(cpus.is_empty());
+        self.cpus = cpus;
+        self
     }
 
     fn nsm_once(&self, chan: &mut VsockStream, request: &[u8]) -> Option<Vec<u8>> {
@@ -130,7 +177,23 @@ impl Fabric for EnclaveFabric {
         }
     }
 
+    fn cpus(&self) -> Vec<u32> {
+        self.cpus.clone()
+    }
+
+    fn pinned(&self, on_cpus: bool) {
+        if !self.cpus.is_empty() {
+            self.on_cpus.store(on_cpus, Ordering::Relaxed);
+        }
+    }
+
     fn nsm(&self, request: &[u8]) -> Result<Vec<u8>, Errno> {
+        if let Some(nsm) = &self.nsm {
+            // Only on the enclave's CPUs: the signing must cost them, not the host's.
+            if self.on_cpus.load(Ordering::Relaxed) {
+                return Ok(nsm.handle(request));
+            }
+        }
         let idle = self.idle_nsm.lock().ok().and_then(|mut v| v.pop());
         let mut chan = match idle {
             Some(c) => c,

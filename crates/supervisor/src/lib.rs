@@ -21,8 +21,9 @@
 //!   take one connection from it and install it as the call's result (a blocking accept waits
 //!   in the supervisor, parked, without holding it up);
 //! - `getsockname`/`getpeername` write `sockaddr_vm`s; `ioctl(IOCTL_VM_SOCKETS_GET_LOCAL_CID)`
-//!   on a device node writes the cid; AWS's NSM ioctl (`0xC0200A00`) on a device node sends the
-//!   request over the enclave's own NSM channel and writes the response back;
+//!   on a device node writes the cid; AWS's NSM ioctl (`0xC0200A00`) on a device node hands
+//!   the request to the enclave's own NSM (called on the supervisor's thread, which runs on
+//!   the enclave's CPUs, or over the enclave's NSM channel) and writes the response back;
 //! - everything else the filter shows it (other families, other sockets' calls) runs in the
 //!   kernel unchanged.
 //!

@@ -205,6 +205,16 @@ pub fn run(listener: Listener, fabric: Arc<dyn Fabric>, stop: Arc<AtomicBool>) {
         }
     }
     let tx = (!workers.is_empty()).then_some(tx);
+    // The loop (not the workers, started above, which wait on the fabric) runs on the
+    // enclave's CPUs.
+    let cpus = shared.fabric.cpus();
+    if !cpus.is_empty() {
+        let pinned = sys::pin_current_thread(&cpus);
+        if let Err(e) = &pinned {
+            tracing::warn!(error = %e, "cannot pin the supervisor to the enclave's CPUs");
+        }
+        shared.fabric.pinned(pinned.is_ok());
+    }
     let mut parked: Vec<Parked> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut fds = Vec::with_capacity(parked.len() + 1);
@@ -674,26 +684,26 @@ fn do_nsm(shared: &Shared, n: &Notif, target: &Target, arg: u64) -> Outcome {
     if req_len > NSM_REQUEST_MAX {
         return Outcome::Fail(libc::EMSGSIZE);
     }
-    let mut request = vec![0u8; req_len];
-    if target.read(req_addr, &mut request).is_err() {
+    let mut buf = [0u8; NSM_REQUEST_MAX];
+    let request = &mut buf[..req_len];
+    if target.read(req_addr, request).is_err() {
         return Outcome::Fail(libc::EFAULT);
     }
     // What was read belongs to the caller only while its call is pending.
     if !shared.listener.id_valid(n.id) {
         return Outcome::Fail(libc::EINTR);
     }
-    let response = match shared.fabric.nsm(&request) {
+    let response = match shared.fabric.nsm(request) {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
     let fit = usize::try_from(resp_cap)
         .unwrap_or(usize::MAX)
         .min(response.len());
-    if target.write(resp_addr, &response[..fit]).is_err() {
-        return Outcome::Fail(libc::EFAULT);
-    }
+    // The response, then its length, in one write.
+    let len = (fit as u64).to_ne_bytes();
     if target
-        .write(arg.wrapping_add(24), &(fit as u64).to_ne_bytes())
+        .write_parts(&[(resp_addr, &response[..fit]), (arg.wrapping_add(24), &len)])
         .is_err()
     {
         return Outcome::Fail(libc::EFAULT);

@@ -1,10 +1,11 @@
-//! `vsock-bench PORT MIB ROUNDS NSM_COUNT`: the same work done the way an unmodified Nitro
+//! `vsock-bench PORT MIB ROUNDS NSM_COUNT [REPS]`: the same work done the way an unmodified Nitro
 //! program does it (plain `AF_VSOCK` sockets through libc, AWS's `/dev/nsm` ioctl) and the way
 //! a program built against Cloister's SDK does it (the broker protocol on `/dev/vsock.sock`,
 //! the NSM channel `(0, 1)` with length-prefixed frames, as `cloister_sdk::nsm::NsmClient`
 //! does over the fabric), alternating, in one enclave. The parent serves PORT (a sink: it reads
 //! to EOF and answers one byte) and PORT + 1 (an echo of one byte per connection); the results
-//! go to PORT + 2 as `name value` lines.
+//! go to PORT + 2 as `name value` lines: each side's median over REPS repetitions (default 9)
+//! and the median of the per-repetition ratios.
 
 use cloister_vsock::nsm_frame::{read_frame, write_frame, NSM_FRAME_HARD_CAP};
 use cloister_vsock::{VsockAddr, VsockStream, PARENT_CID};
@@ -145,49 +146,101 @@ fn nsm_channel(count: u32) -> f64 {
     f64::from(count) / start.elapsed().as_secs_f64()
 }
 
-fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
+/// The median of `v` (NaN when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
-fn least(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
+/// One measurement of each kind, both ways, back to back: (unmodified, SDK) pairs.
+#[derive(Default)]
+struct Pairs {
+    throughput: Vec<(f64, f64)>,
+    connect: Vec<(f64, f64)>,
+    nsm: Vec<(f64, f64)>,
 }
 
-/// Runs the benchmark and reports to the parent.
-pub fn run(port: u32, mib: u32, rounds: u32, nsm_count: u32) -> i32 {
+/// Measures `raw` and `sdk` one after the other, the order given by `sdk_first`.
+fn pair(sdk_first: bool, raw: impl FnOnce() -> f64, sdk: impl FnOnce() -> f64) -> (f64, f64) {
+    if sdk_first {
+        let s = sdk();
+        (raw(), s)
+    } else {
+        let r = raw();
+        (r, sdk())
+    }
+}
+
+/// Runs the benchmark and reports to the parent: for each kind, the median of each side and
+/// the median of the per-repetition ratios (each ratio taken between two measurements made
+/// back to back, so that load from elsewhere weighs on both alike).
+pub fn run(port: u32, mib: u32, rounds: u32, nsm_count: u32, reps: u32) -> i32 {
     let mib = mib.max(1) as usize;
-    let (mut raw_t, mut sdk_t, mut raw_c, mut sdk_c, mut dev_n, mut sdk_n) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    // Alternating, and in either order, so that neither side always runs first.
-    for i in 0..6 {
-        for side in [i % 2, 1 - i % 2] {
-            if side == 0 {
-                if let Ok(s) = raw_connect(port) {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-                    raw_t.push(throughput(s, mib, |_| shutdown_write(fd)));
-                }
-                raw_c.push(round_trips(rounds, || raw_connect(port + 1)));
-                dev_n.push(nsm_device(nsm_count));
-            } else {
-                if let Ok(s) = sdk_connect(port) {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-                    sdk_t.push(throughput(s, mib, |_| shutdown_write(fd)));
-                }
-                sdk_c.push(round_trips(rounds, || sdk_connect(port + 1)));
-                sdk_n.push(nsm_channel(nsm_count));
-            }
+    let mut pairs = Pairs::default();
+    let raw_throughput = || match raw_connect(port) {
+        Ok(s) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+            throughput(s, mib, |_| shutdown_write(fd))
         }
+        Err(_) => 0.0,
+    };
+    let sdk_throughput = || match sdk_connect(port) {
+        Ok(s) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+            throughput(s, mib, |_| shutdown_write(fd))
+        }
+        Err(_) => 0.0,
+    };
+    // Alternating the order, so that neither side always runs first.
+    for i in 0..reps.max(1) {
+        let sdk_first = i % 2 == 1;
+        pairs
+            .throughput
+            .push(pair(sdk_first, raw_throughput, sdk_throughput));
+        pairs.connect.push(pair(
+            sdk_first,
+            || round_trips(rounds, || raw_connect(port + 1)),
+            || round_trips(rounds, || sdk_connect(port + 1)),
+        ));
+        pairs.nsm.push(pair(
+            sdk_first,
+            || nsm_device(nsm_count),
+            || nsm_channel(nsm_count),
+        ));
         std::thread::sleep(Duration::from_millis(10));
     }
+    let side = |v: &[(f64, f64)], sdk: bool| -> f64 {
+        median(
+            &v.iter()
+                .map(|p| if sdk { p.1 } else { p.0 })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let ratio =
+        |v: &[(f64, f64)]| -> f64 { median(&v.iter().map(|p| p.0 / p.1).collect::<Vec<_>>()) };
     let report = format!(
         "raw_mib_s {:.1}\nsdk_mib_s {:.1}\nraw_connect_rtt_us {:.1}\nsdk_connect_rtt_us {:.1}\n\
-         dev_nsm_req_s {:.1}\nsdk_nsm_req_s {:.1}\n",
-        best(&raw_t),
-        best(&sdk_t),
-        least(&raw_c),
-        least(&sdk_c),
-        best(&dev_n),
-        best(&sdk_n),
+         dev_nsm_req_s {:.1}\nsdk_nsm_req_s {:.1}\nratio_throughput {:.3}\nratio_connect {:.3}\n\
+         ratio_nsm {:.3}\nrepetitions {}\n",
+        side(&pairs.throughput, false),
+        side(&pairs.throughput, true),
+        side(&pairs.connect, false),
+        side(&pairs.connect, true),
+        side(&pairs.nsm, false),
+        side(&pairs.nsm, true),
+        ratio(&pairs.throughput),
+        ratio(&pairs.connect),
+        ratio(&pairs.nsm),
+        reps.max(1),
     );
     print!("{report}");
     match sdk_connect(port + 2) {

@@ -6,7 +6,7 @@
 //! HOST_PID MEMORY_MIB` (tries to break out and reports every attempt's errno to the parent),
 //! `write-file PATH`, `check-absent PATH PORT`, `sink-server PORT` (throughput benchmark),
 //! `signal-unix PATH` (readiness signal of the bubblewrap baseline), `vsock-bench PORT MIB
-//! ROUNDS NSM_COUNT` (plain AF_VSOCK and /dev/nsm against the SDK's protocol, see `bench.rs`),
+//! ROUNDS NSM_COUNT [REPS]` (plain AF_VSOCK and /dev/nsm against the SDK's protocol, see `bench.rs`),
 //! `sleep`, `hostile-init PORT` (as an image's own `/init` in place of Cloister's: sends the
 //! heartbeat itself, then reports which confinement-breaking calls it could make). Started as `/init` (its file name `init`, the bootstrap ramdisk's PID 1, which has
 //! no /cmd), it takes the subcommand and its arguments from `/testapp.mode` when that file

@@ -50,7 +50,11 @@ fn main() {
         }
         "sleep" => sleep_forever(),
         "hostile-init" => hostile::run(num(1)),
-        "vsock-bench" => bench::run(num(1), num(2), num(3), num(4)),
+        "vsock-bench" => {
+            // Repetitions: 9 unless given.
+            let reps = if num(5) == 0 { 9 } else { num(5) };
+            bench::run(num(1), num(2), num(3), num(4), reps)
+        }
         "signal-unix" => match std::os::unix::net::UnixStream::connect(arg(1)) {
             Ok(mut s) => i32::from(s.write_all(b"R").is_err()),
             Err(e) => {

@@ -293,6 +293,7 @@ fn demo_steps(args: &DemoArgs, paths: &Paths, inputs: &DemoInputs) -> CliResult<
         },
         credentials: vec![app_credential.clone()],
         server: Default::default(),
+        store: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,6 +3,7 @@
 //! read small input files, print JSON and map each [`EifError`] to its stable code.
 
 use crate::errors::{print_json, CliError, CliResult, ErrorInfo, ExitKind};
+use crate::kms_signer;
 use clap::{Args, Subcommand};
 use cloister_eif::{
     measure::pcr_hex, metadata::now_rfc3339, sign_path_in_place, BuildOutput, EifBuilder, EifError,
@@ -53,8 +54,10 @@ pub struct OutputOptions {
     /// PEM certificate to sign with (needs --private-key).
     #[arg(long, value_name = "FILE", requires = "private_key")]
     pub signing_certificate: Option<PathBuf>,
-    /// PEM private key (ECDSA) of the certificate (needs --signing-certificate).
-    #[arg(long, value_name = "FILE", requires = "signing_certificate")]
+    /// PEM private key (ECDSA) of the certificate, or a KMS key ARN
+    /// (arn:aws:kms:REGION:ACCOUNT:key/ID or an alias ARN) to sign through KMS (needs
+    /// --signing-certificate).
+    #[arg(long, value_name = "FILE|KMS_ARN", requires = "signing_certificate")]
     pub private_key: Option<PathBuf>,
     /// Image name for the metadata section (default: the kernel's file name).
     #[arg(long, value_name = "NAME")]
@@ -101,8 +104,8 @@ pub struct SignEifArgs {
     /// PEM certificate to sign with.
     #[arg(long, value_name = "FILE")]
     pub signing_certificate: PathBuf,
-    /// PEM private key (ECDSA) of the certificate.
-    #[arg(long, value_name = "FILE")]
+    /// PEM private key (ECDSA) of the certificate, or a KMS key ARN to sign through KMS.
+    #[arg(long, value_name = "FILE|KMS_ARN")]
     pub private_key: PathBuf,
     /// Write the signed image here instead of signing in place.
     #[arg(long, value_name = "FILE")]
@@ -331,6 +334,27 @@ pub const CODES: &[ErrorInfo] = &[
         summary: "Missing build inputs",
         explanation: "build-enclave needs --kernel, --cmdline and at least one --ramdisk.",
     },
+    ErrorInfo {
+        code: "E131",
+        exit: ExitKind::Unavailable,
+        summary: "Signing with the KMS key failed",
+        explanation: "--private-key named a KMS key (arn:aws:kms:REGION:ACCOUNT:key/ID or an \
+                      alias ARN) and the key service could not sign: no credentials \
+                      (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with AWS_SESSION_TOKEN for \
+                      temporary ones, or the default profile of ~/.aws/credentials), an \
+                      endpoint that cannot be reached (AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, \
+                      else kms.REGION.amazonaws.com), a refusal (unknown or disabled key, access \
+                      denied: the message quotes the service), or a key that is not an \
+                      ECC_NIST_P384 (or P256, P521) SIGN_VERIFY key. No image is written.",
+    },
+    ErrorInfo {
+        code: "E132",
+        exit: ExitKind::InvalidInput,
+        summary: "Certificate does not match the KMS key",
+        explanation: "The signing certificate's public key is not the KMS key's (GetPublicKey). \
+                      Issue the certificate for that key, or name the key the certificate was \
+                      issued for. No image is written.",
+    },
 ];
 
 /// The code of each library error.
@@ -361,6 +385,8 @@ pub fn code_of(e: &EifError) -> &'static str {
         EifError::SignaturePcrMismatch { .. } => "E123",
         EifError::InvalidPrivateKey { .. } => "E124",
         EifError::KeyCertificateMismatch => "E125",
+        EifError::ExternalSigner { .. } => "E131",
+        EifError::ExternalKeyMismatch { .. } => "E132",
         EifError::SignatureTooLarge { .. } => "E126",
         EifError::SignatureNotLast { .. } => "E127",
         EifError::InvalidInput { .. } => "E128",
@@ -444,9 +470,24 @@ pub fn build_image(
     )? {
         builder = builder.signer(signer);
     }
-    builder
-        .write_to_path(&output.output_file)
-        .map_err(cli_error)
+    builder.write_to_path(&output.output_file).map_err(|e| {
+        remove_partial_output(&output.output_file, &e);
+        cli_error(e)
+    })
+}
+
+/// Removes what a failed build wrote (a signer can fail after the sections are written), unless
+/// the failure was creating the file, which may then be someone else's.
+pub fn remove_partial_output(path: &Path, e: &EifError) {
+    if !matches!(
+        e,
+        EifError::Io {
+            context: "cannot create the image file",
+            ..
+        }
+    ) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn read_custom_metadata(path: &Path) -> CliResult<serde_json::Value> {
@@ -464,11 +505,30 @@ fn read_custom_metadata(path: &Path) -> CliResult<serde_json::Value> {
     })
 }
 
-fn load_signer(cert: Option<&Path>, key: Option<&Path>) -> CliResult<Option<EifSigner>> {
+/// The signer of `--signing-certificate` and `--private-key`: a PEM key file, or a KMS key when
+/// `key` is a KMS key ARN (see [`crate::kms_signer`]).
+pub fn load_signer(cert: Option<&Path>, key: Option<&Path>) -> CliResult<Option<EifSigner>> {
     match (cert, key) {
-        (Some(cert), Some(key)) => EifSigner::from_files(cert, key)
-            .map(Some)
-            .map_err(cli_error),
+        (Some(cert), Some(key)) => match key.to_str().and_then(kms_signer::parse_kms_arn) {
+            Some(arn) => {
+                let pem = cloister_eif::read_capped(
+                    cert,
+                    cloister_eif::signature::MAX_PEM_SIZE,
+                    "cannot read the signing certificate",
+                )
+                .map_err(cli_error)?;
+                // A bad certificate is reported before any KMS configuration is looked at.
+                cloister_eif::SigningCertificate::from_pem(&pem).map_err(cli_error)?;
+                let signer =
+                    kms_signer::KmsSigner::from_env(arn).map_err(|e| CliError::new("E131", e))?;
+                EifSigner::external(&pem, Box::new(signer))
+                    .map(Some)
+                    .map_err(cli_error)
+            }
+            None => EifSigner::from_files(cert, key)
+                .map(Some)
+                .map_err(cli_error),
+        },
         (None, None) => Ok(None),
         _ => Err(CliError::msg(
             "E003",
@@ -490,8 +550,8 @@ pub fn describe_eif(args: &DescribeEifArgs) -> CliResult<()> {
 
 /// `sign-eif`: signs in place, or copies to `--output-file` and signs the copy.
 pub fn sign_eif(args: &SignEifArgs) -> CliResult<()> {
-    let signer =
-        EifSigner::from_files(&args.signing_certificate, &args.private_key).map_err(cli_error)?;
+    let signer = load_signer(Some(&args.signing_certificate), Some(&args.private_key))?
+        .ok_or_else(|| CliError::msg("E099", "no signer"))?;
     let target = match &args.output_file {
         Some(out) => {
             // Validate before copying so a bad input leaves no output behind.
@@ -506,7 +566,13 @@ pub fn sign_eif(args: &SignEifArgs) -> CliResult<()> {
         }
         None => &args.eif_path,
     };
-    let measurements = sign_path_in_place(target, &signer).map_err(cli_error)?;
+    let measurements = sign_path_in_place(target, &signer).map_err(|e| {
+        // A copy that could not be signed is not left behind as if it were the output.
+        if let Some(out) = &args.output_file {
+            let _ = std::fs::remove_file(out);
+        }
+        cli_error(e)
+    })?;
     print_json(&BuildOutput { measurements })
 }
 

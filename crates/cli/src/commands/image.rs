@@ -5,6 +5,7 @@
 //! and prints JSON.
 
 use crate::commands::eif::{cli_error, OutputOptions};
+use crate::docker_engine::{self, Builder};
 use crate::errors::{print_json, CliError, CliResult, ErrorInfo, ExitKind};
 use clap::{Args, Subcommand};
 use cloister_eif::measure::Measurements;
@@ -65,7 +66,8 @@ pub struct ContainerInputs {
     /// /var/run/docker.sock).
     #[arg(long, value_name = "IMAGE")]
     pub docker_uri: Option<String>,
-    /// Dockerfile directory (nitro-cli's flag; needs a container engine: refused with advice).
+    /// Dockerfile directory (nitro-cli's flag), built by the Docker engine when one answers
+    /// (DOCKER_HOST=unix://... or /var/run/docker.sock), else by buildah; tagged --docker-uri.
     #[arg(long, value_name = "DIR")]
     pub docker_dir: Option<PathBuf>,
     /// OCI image layout directory, optionally with :TAG.
@@ -196,10 +198,13 @@ pub const CODES: &[ErrorInfo] = &[
         code: "E612",
         exit: ExitKind::Usage,
         summary: "Dockerfile build failed",
-        explanation: "--docker-dir builds the directory's Dockerfile with buildah (Debian: \
-                      apt-get install buildah), tagged with --docker-uri, without a Docker \
-                      engine. buildah is missing, the directory has no Dockerfile, or the \
-                      build failed: the message quotes buildah's error.",
+        explanation: "--docker-dir builds the directory's Dockerfile, tagged with \
+                      --docker-uri: with the Docker engine when one answers on \
+                      DOCKER_HOST=unix://PATH or /var/run/docker.sock (`docker build`, or the \
+                      engine's API without the docker command), otherwise with buildah \
+                      (Debian: apt-get install buildah). Neither is available, the directory \
+                      has no Dockerfile, or the build failed: the message quotes the builder's \
+                      error.",
     },
     ErrorInfo {
         code: "E613",
@@ -279,14 +284,38 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
         return Err(CliError::msg("E614", "give only one image input"));
     }
     if let Some(dir) = &c.docker_dir {
-        // No engine is needed: buildah builds it (image-builder's dockerfile.rs).
         let tag = c
             .docker_uri
             .as_deref()
             .unwrap_or("localhost/cloister-build:latest");
-        let file = cloister_image_builder::dockerfile::build_with_buildah(dir, tag)
-            .map_err(|e| CliError::new("E612", e))?;
-        return Ok(Some(ImageInput::DockerArchive { file, tag: None }));
+        docker_engine::dockerfile_of(dir).map_err(|e| CliError::new("E612", e))?;
+        let socket = source::docker_socket_from_env();
+        return match docker_engine::choose_builder(
+            &socket,
+            cloister_image_builder::dockerfile::buildah_available,
+        ) {
+            // The engine builds it and keeps the image, read back as --docker-uri reads one.
+            Builder::Engine(socket) => {
+                docker_engine::engine_build(&socket, dir, tag)
+                    .map_err(|e| CliError::new("E612", e))?;
+                Ok(Some(ImageInput::DockerEngine {
+                    image: tag.to_owned(),
+                    socket,
+                }))
+            }
+            // No engine: buildah builds it (image-builder's dockerfile.rs).
+            Builder::Buildah => {
+                let file = cloister_image_builder::dockerfile::build_with_buildah(dir, tag)
+                    .map_err(|e| CliError::new("E612", e))?;
+                Ok(Some(ImageInput::DockerArchive { file, tag: None }))
+            }
+            Builder::None => Err(CliError::new(
+                "E612",
+                docker_engine::EngineBuildError::NoBuilder {
+                    socket: socket.display().to_string(),
+                },
+            )),
+        };
     }
     Ok(if let Some(image) = &c.docker_uri {
         let socket = source::docker_socket_from_env();
@@ -339,6 +368,19 @@ pub fn build_from_container(
     c: &ContainerInputs,
     output: &OutputOptions,
 ) -> CliResult<Option<Measurements>> {
+    let any_input = c.docker_uri.is_some()
+        || c.docker_dir.is_some()
+        || c.oci_layout.is_some()
+        || c.docker_archive.is_some()
+        || c.rootfs.is_some();
+    if !any_input {
+        return Ok(None);
+    }
+    // The signer first: a certificate that does not match its key fails before any build.
+    let signer = crate::commands::eif::load_signer(
+        output.signing_certificate.as_deref(),
+        output.private_key.as_deref(),
+    )?;
     let Some(input) = container_input(c)? else {
         return Ok(None);
     };
@@ -373,13 +415,14 @@ pub fn build_from_container(
         req.custom_metadata =
             serde_json::from_slice(&bytes).map_err(|e| CliError::new("E601", e))?;
     }
-    let signer = match (&output.signing_certificate, &output.private_key) {
-        (Some(cert), Some(key)) => {
-            Some(cloister_eif::EifSigner::from_files(cert, key).map_err(cli_error)?)
-        }
-        _ => None,
+    let code = |e: BuildError| match e {
+        // A signer that fails while the image is written keeps its signing code.
+        BuildError::Eif(
+            e @ (cloister_eif::EifError::ExternalSigner { .. }
+            | cloister_eif::EifError::ExternalKeyMismatch { .. }),
+        ) => cli_error(e),
+        e => CliError::new(build_error_code(&e), e),
     };
-    let code = |e: BuildError| CliError::new(build_error_code(&e), e);
     let mut prepared = match prepare(&req) {
         // The engine does not have the image: pull it from its registry instead.
         Err(BuildError::Source(SourceError::Engine { status: 404, .. }))
@@ -400,7 +443,12 @@ pub fn build_from_container(
     if let Some(t) = &output.build_time {
         prepared.metadata.build_metadata.build_time = t.clone();
     }
-    let m = write_eif(&prepared, &req.output, signer).map_err(code);
+    let m = write_eif(&prepared, &req.output, signer).map_err(|e| {
+        if let BuildError::Eif(inner) = &e {
+            crate::commands::eif::remove_partial_output(&req.output, inner);
+        }
+        code(e)
+    });
     cloister_image_builder::dockerfile::cleanup();
     Ok(Some(m?))
 }

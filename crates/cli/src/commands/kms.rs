@@ -23,6 +23,28 @@ pub enum KmsCommand {
 pub enum KmsSubcommand {
     /// Serve the AWS KMS JSON 1.1 protocol (SigV4) over HTTP or HTTPS.
     Serve(ServeArgs),
+    /// Seal every key's material under a new master key, in one transaction (servers stopped).
+    RotateMasterKey(RotateArgs),
+}
+
+/// `cloister kms rotate-master-key` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// Data directory of the embedded store (ignored with --store).
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL store (`postgres://user@host:port/db` or `host=/run/postgresql dbname=kms`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The master key file the records are sealed under now.
+    #[arg(long, value_name = "FILE")]
+    pub old: PathBuf,
+    /// The new master key file (created, mode 0600, when absent).
+    #[arg(long, value_name = "FILE")]
+    pub new: PathBuf,
+    /// Rotate although key servers are connected to the PostgreSQL store.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `cloister kms serve` arguments.
@@ -45,6 +67,11 @@ pub struct ServeArgs {
     /// anchors, extra credentials.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Key store: a PostgreSQL connection string (`postgres://user@host:port/db`, or
+    /// `host=/run/postgresql dbname=kms user=kms`) shared by several servers; default: the
+    /// embedded store in --data-dir. Every server of a fleet needs the same master key.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// Error codes of this area.
@@ -110,14 +137,33 @@ fn code_of(e: &ServerError) -> &'static str {
 pub fn run(command: KmsCommand) -> CliResult<()> {
     match command {
         KmsCommand::Kms(KmsSubcommand::Serve(args)) => serve(args),
+        KmsCommand::Kms(KmsSubcommand::RotateMasterKey(args)) => rotate(args),
     }
 }
 
+fn rotate(args: RotateArgs) -> CliResult<()> {
+    let store = cloister_kms::config::StoreConfig {
+        url: args.store,
+        ..Default::default()
+    };
+    let data_dir = args.data_dir.unwrap_or_default();
+    let n = cloister_kms::store::Store::rotate_master_key(
+        &data_dir, &store, &args.old, &args.new, args.force,
+    )
+    .map_err(|e| CliError::new("E402", e))?;
+    println!("{}", serde_json::json!({ "KeysResealed": n }));
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> CliResult<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(p) => Config::load(p).map_err(|e: ConfigError| CliError::new("E401", e))?,
         None => Config::default(),
     };
+    if let Some(url) = args.store {
+        config.store.url = Some(url);
+        config.validate().map_err(|e| CliError::new("E401", e))?;
+    }
     let opts = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -169,6 +215,52 @@ mod tests {
             "/tmp/x",
             "--tls-cert",
             "c.pem"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn store_and_rotation_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "kms",
+            "serve",
+            "--data-dir",
+            "/tmp/x",
+            "--store",
+            "postgres://kms@127.0.0.1/kms",
+        ])
+        .unwrap();
+        let crate::Command::Kms(KmsCommand::Kms(KmsSubcommand::Serve(a))) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.store.as_deref(), Some("postgres://kms@127.0.0.1/kms"));
+        let cli = Cli::try_parse_from([
+            "cloister",
+            "kms",
+            "rotate-master-key",
+            "--store",
+            "host=/run/postgresql dbname=kms",
+            "--old",
+            "a.key",
+            "--new",
+            "b.key",
+        ])
+        .unwrap();
+        let crate::Command::Kms(KmsCommand::Kms(KmsSubcommand::RotateMasterKey(r))) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert!(r.data_dir.is_none() && !r.force);
+        // Without a store, the data directory is required.
+        assert!(Cli::try_parse_from([
+            "cloister",
+            "kms",
+            "rotate-master-key",
+            "--old",
+            "a.key",
+            "--new",
+            "b.key"
         ])
         .is_err());
     }

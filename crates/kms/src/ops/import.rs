@@ -12,8 +12,11 @@
 //! `RSAES_OAEP_SHA_1`/`RSAES_OAEP_SHA_256` (the material itself under RSA-OAEP), or
 //! `RSA_AES_KEY_WRAP_SHA_1`/`RSA_AES_KEY_WRAP_SHA_256` (an ephemeral AES-256 key under RSA-OAEP,
 //! followed by the material under AES key wrap with padding, RFC 5649). Symmetric material is 32
-//! bytes. A key's material can be imported again only if it is the same material (checked
-//! against a domain-separated SHA-256 digest), so ciphertexts made before stay decryptable.
+//! bytes; HMAC keys (CreateKey with an HMAC KeySpec and `Origin=EXTERNAL`, as AWS allows) take
+//! AWS's lengths for their spec (HMAC_224: 28-64 bytes, HMAC_256: 32-64, HMAC_384 and HMAC_512:
+//! 48-128 and 64-128). Other asymmetric specs do not take imported material here. A key's
+//! material can be imported again only if it is the same material (checked against a
+//! domain-separated SHA-256 digest), so ciphertexts made before stay decryptable.
 //!
 //! With `ExpirationModel=KEY_MATERIAL_EXPIRES` the material is deleted when `ValidTo` passes:
 //! the first resolution of the key after that moment deletes it and puts the key in
@@ -385,10 +388,25 @@ impl Service {
             self.store
                 .unseal_material(&wrapping_name(&record.id), 0, &pending.wrapping_key)?;
         let material = unwrap(&pkcs8, &pending.algorithm, &wrapped.0)?;
-        if material.len() != MATERIAL_LEN {
-            return Err(KmsError::IncorrectKeyMaterial(format!(
-                "Symmetric key material must be {MATERIAL_LEN} bytes"
-            )));
+        let spec = record.key_spec;
+        match spec.hmac_material_lengths() {
+            Some(lengths) if !lengths.contains(&material.len()) => {
+                return Err(KmsError::IncorrectKeyMaterial(format!(
+                    "{spec} key material must be {} to {} bytes",
+                    lengths.start(),
+                    lengths.end()
+                )));
+            }
+            Some(_) => {
+                // Checked as the store will load it, before anything is stored.
+                crate::keys::KeyMaterial::load(spec, &material)?;
+            }
+            None if material.len() != MATERIAL_LEN => {
+                return Err(KmsError::IncorrectKeyMaterial(format!(
+                    "Symmetric key material must be {MATERIAL_LEN} bytes"
+                )));
+            }
+            None => {}
         }
         let digest = material_digest(&material);
         if import

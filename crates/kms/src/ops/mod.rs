@@ -67,6 +67,32 @@ const ENCRYPTION_OPERATIONS: &[&str] = &[
     "GenerateDataKeyPairWithoutPlaintext",
 ];
 
+/// Operations whose `kms:MessageType` is `RAW` when the request names none.
+const SIGNING_OPERATIONS: &[&str] = &["Sign", "Verify"];
+
+/// What an operation's body yields as condition values beyond its fields: the defaults of
+/// `kms:EncryptionAlgorithm` and `kms:MessageType`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::service) struct BodyKind {
+    /// One of [`ENCRYPTION_OPERATIONS`]: `kms:EncryptionAlgorithm` defaults to
+    /// `SYMMETRIC_DEFAULT`.
+    encryption: bool,
+    /// Sign or Verify: `kms:MessageType` defaults to `RAW`.
+    signing: bool,
+}
+
+impl BodyKind {
+    /// The kind of operation `op`. ReEncrypt names two algorithms (source and destination):
+    /// it sets `kms:EncryptionAlgorithm` for each of its two authorizations itself (see
+    /// [`scope::set_encryption_algorithm`]).
+    pub(in crate::service) fn of(op: &str) -> BodyKind {
+        BodyKind {
+            encryption: op != "ReEncrypt" && ENCRYPTION_OPERATIONS.contains(&op),
+            signing: SIGNING_OPERATIONS.contains(&op),
+        }
+    }
+}
+
 /// The body fields that become condition values.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -79,17 +105,21 @@ struct Peek<'a> {
     signing_algorithm: Option<Cow<'a, str>>,
     #[serde(borrow)]
     mac_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    key_agreement_algorithm: Option<Cow<'a, str>>,
 }
 
 /// Longest value taken from the body into a condition value.
 const MAX_PEEK_VALUE: usize = 2048;
 
 /// The condition values of a request body (lower-case key, value): `kms:RequestAlias`,
-/// `kms:EncryptionAlgorithm`, `kms:SigningAlgorithm`, `kms:MacAlgorithm`. `encryption_op`: the
-/// operation is one of [`ENCRYPTION_OPERATIONS`]. Computed by [`scope::extend`] only when a
-/// policy with conditions is evaluated, so a request under a policy without any (the default
-/// policy) parses its body once.
-pub(in crate::service) fn peek_values(encryption_op: bool, body: &[u8]) -> Vec<(String, String)> {
+/// `kms:EncryptionAlgorithm`, `kms:SigningAlgorithm`, `kms:MacAlgorithm`, `kms:MessageType`,
+/// `kms:KeyAgreementAlgorithm`, with the defaults of the operation's `kind`. Computed by
+/// [`scope::extend`] only when a policy with conditions is evaluated, so a request under a
+/// policy without any (the default policy) parses its body once.
+pub(in crate::service) fn peek_values(kind: BodyKind, body: &[u8]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(p) = serde_json::from_slice::<Peek<'_>>(body) else {
         return out;
@@ -114,7 +144,7 @@ pub(in crate::service) fn peek_values(encryption_op: bool, body: &[u8]) -> Vec<(
     }
     match short(&p.encryption_algorithm) {
         Some(a) => add("kms:EncryptionAlgorithm", a),
-        None if encryption_op => add("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT".into()),
+        None if kind.encryption => add("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT".into()),
         None => {}
     }
     if let Some(a) = short(&p.signing_algorithm) {
@@ -123,6 +153,14 @@ pub(in crate::service) fn peek_values(encryption_op: bool, body: &[u8]) -> Vec<(
     if let Some(a) = short(&p.mac_algorithm) {
         add("kms:MacAlgorithm", a);
     }
+    match short(&p.message_type) {
+        Some(t) => add("kms:MessageType", t),
+        None if kind.signing => add("kms:MessageType", "RAW".into()),
+        None => {}
+    }
+    if let Some(a) = short(&p.key_agreement_algorithm) {
+        add("kms:KeyAgreementAlgorithm", a);
+    }
     out
 }
 
@@ -130,9 +168,15 @@ impl Service {
     /// Runs one operation for `caller` (whose region, address and transport become condition
     /// values of the key policies evaluated).
     pub fn handle_as(&self, op: &str, caller: &Caller, body: &[u8]) -> KmsResult<Vec<u8>> {
-        let _scope = scope::enter(caller);
-        scope::set_body(ENCRYPTION_OPERATIONS.contains(&op), body);
-        self.handle(op, &caller.principal, body)
+        self.handle_caller(op, caller.clone(), body)
+    }
+
+    /// [`Service::handle_as`], taking the caller (the server's path: nothing is copied).
+    pub fn handle_caller(&self, op: &str, caller: Caller, body: &[u8]) -> KmsResult<Vec<u8>> {
+        let principal = caller.principal.clone();
+        let _scope = scope::enter_owned(caller);
+        scope::set_body(BodyKind::of(op), body);
+        self.handle(op, &principal, body)
     }
 
     /// For a direct call of `Service::handle` (no scope installed by [`Service::handle_as`]):
@@ -144,7 +188,7 @@ impl Service {
         body: &[u8],
     ) -> Option<scope::ScopeGuard> {
         let guard = scope::ensure(principal)?;
-        scope::set_body(ENCRYPTION_OPERATIONS.contains(&op), body);
+        scope::set_body(BodyKind::of(op), body);
         Some(guard)
     }
 

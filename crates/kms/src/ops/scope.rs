@@ -32,6 +32,9 @@ struct Scope {
     caller: Caller,
     /// Extra condition values (lower-case key, value) of this request.
     values: Vec<(String, String)>,
+    /// `kms:EncryptionAlgorithm` of the authorization under way, for an operation whose
+    /// authorizations see different algorithms (ReEncrypt's source and destination).
+    encryption_algorithm: Option<&'static str>,
     /// The request body whose condition values (see [`super::peek_values`]) are not read yet.
     pending: Option<PendingBody>,
 }
@@ -39,8 +42,8 @@ struct Scope {
 /// A request body kept for its condition values, read on first use.
 #[derive(Debug)]
 struct PendingBody {
-    /// The operation is an encryption operation (`kms:EncryptionAlgorithm` defaults).
-    encryption_op: bool,
+    /// The operation's defaults of condition values.
+    kind: super::BodyKind,
     body: Vec<u8>,
 }
 
@@ -62,9 +65,15 @@ impl Drop for ScopeGuard {
 
 /// Installs `caller` as the scope of the operation running on this thread.
 pub(in crate::service) fn enter(caller: &Caller) -> ScopeGuard {
+    enter_owned(caller.clone())
+}
+
+/// Installs `caller` (taken, not copied) as the scope of the operation running on this thread.
+pub(in crate::service) fn enter_owned(caller: Caller) -> ScopeGuard {
     let new = Scope {
-        caller: caller.clone(),
+        caller,
         values: Vec::new(),
+        encryption_algorithm: None,
         pending: None,
     };
     let prev = SCOPE.with(|s| s.borrow_mut().replace(new));
@@ -92,13 +101,23 @@ pub(in crate::service) fn add_value(key: &str, value: impl Into<String>) {
     });
 }
 
+/// Sets the `kms:EncryptionAlgorithm` seen by the authorizations that follow (ignored outside
+/// a scope).
+pub(in crate::service) fn set_encryption_algorithm(alg: &'static str) {
+    SCOPE.with(|s| {
+        if let Some(scope) = s.borrow_mut().as_mut() {
+            scope.encryption_algorithm = Some(alg);
+        }
+    });
+}
+
 /// Keeps the request body of the current scope, whose condition values are read from it when a
 /// policy condition first needs them (ignored outside a scope).
-pub(in crate::service) fn set_body(encryption_op: bool, body: &[u8]) {
+pub(in crate::service) fn set_body(kind: super::BodyKind, body: &[u8]) {
     SCOPE.with(|s| {
         if let Some(scope) = s.borrow_mut().as_mut() {
             scope.pending = Some(PendingBody {
-                encryption_op,
+                kind,
                 body: body.to_vec(),
             });
         }
@@ -124,7 +143,7 @@ pub(in crate::service) fn extend(ctx: &mut RequestContext<'_>) {
         let Some(scope) = s.as_mut() else { return };
         if let Some(p) = scope.pending.take() {
             // The body's values come first, as if they had been added when the request began.
-            let mut values = super::peek_values(p.encryption_op, &p.body);
+            let mut values = super::peek_values(p.kind, &p.body);
             values.append(&mut scope.values);
             scope.values = values;
         }
@@ -139,6 +158,9 @@ pub(in crate::service) fn extend(ctx: &mut RequestContext<'_>) {
         }
         for (k, v) in &scope.values {
             ctx.add(k, v.as_str());
+        }
+        if let Some(alg) = scope.encryption_algorithm {
+            ctx.add("kms:encryptionalgorithm", alg);
         }
     });
 }

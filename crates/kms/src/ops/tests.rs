@@ -742,3 +742,164 @@ fn direct_calls_see_the_values_of_their_body() {
     assert_eq!(enc(&key), "ok");
     assert_eq!(enc("alias/d"), "AccessDeniedException");
 }
+
+#[test]
+fn message_type_and_key_agreement_algorithm_condition_keys() {
+    use base64::Engine as _;
+    let (_d, s) = service();
+    let digest = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    // APP may sign raw messages only (a request naming no MessageType signs a raw message),
+    // and verify digests only.
+    let policy_for = |agreement: &str| {
+        json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:Sign", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:MessageType": "RAW"}}},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:Verify", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:MessageType": "DIGEST"}}},
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:DeriveSharedSecret", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:KeyAgreementAlgorithm": agreement}}},
+        {"Effect": "Deny", "Principal": {"AWS": OTHER}, "Action": "kms:DeriveSharedSecret", "Resource": "*",
+         "Condition": {"StringNotEquals": {"kms:KeyAgreementAlgorithm": "ECDH"}}},
+        {"Effect": "Allow", "Principal": {"AWS": OTHER}, "Action": "kms:DeriveSharedSecret", "Resource": "*"}]})
+    };
+    let policy = policy_for("ECDH");
+    let create = |spec: &str, usage: &str| {
+        let k = call_as(
+            &s,
+            ROOT,
+            "CreateKey",
+            json!({"KeySpec": spec, "KeyUsage": usage, "Policy": policy.to_string()}),
+        )
+        .unwrap();
+        k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+    };
+    let signing = create("ECC_NIST_P256", "SIGN_VERIFY");
+    let sign = |who: &str, message: &str, message_type: Option<&str>| {
+        let mut body =
+            json!({"KeyId": signing, "Message": message, "SigningAlgorithm": "ECDSA_SHA_256"});
+        if let Some(t) = message_type {
+            body["MessageType"] = json!(t);
+        }
+        call_as(&s, who, "Sign", body)
+    };
+    assert_eq!(code(sign(APP, "eA==", None)), "ok");
+    assert_eq!(code(sign(APP, "eA==", Some("RAW"))), "ok");
+    assert_eq!(
+        code(sign(APP, &digest, Some("DIGEST"))),
+        "AccessDeniedException"
+    );
+    let sig = sign(ROOT, &digest, Some("DIGEST")).unwrap()["Signature"].clone();
+    let verify = |message_type: Option<&str>| {
+        let mut body = json!({"KeyId": signing, "Message": digest, "Signature": sig,
+            "SigningAlgorithm": "ECDSA_SHA_256"});
+        if let Some(t) = message_type {
+            body["MessageType"] = json!(t);
+        }
+        code(call_as(&s, APP, "Verify", body))
+    };
+    assert_eq!(verify(Some("DIGEST")), "ok");
+    // Unnamed, the type is RAW, which this policy does not allow for Verify.
+    assert_eq!(verify(None), "AccessDeniedException");
+
+    let agreement = create("ECC_NIST_P256", "KEY_AGREEMENT");
+    let peer = create("ECC_NIST_P256", "KEY_AGREEMENT");
+    let peer_public =
+        call_as(&s, ROOT, "GetPublicKey", json!({"KeyId": peer})).unwrap()["PublicKey"].clone();
+    let derive = |who: &str| {
+        code(call_as(
+            &s,
+            who,
+            "DeriveSharedSecret",
+            json!({"KeyId": agreement, "KeyAgreementAlgorithm": "ECDH", "PublicKey": peer_public}),
+        ))
+    };
+    assert_eq!(derive(APP), "ok");
+    // The Deny's negated operator does not match a request naming ECDH.
+    assert_eq!(derive(OTHER), "ok");
+    // A policy requiring another algorithm shuts APP out.
+    let strict = policy_for("NONE").to_string();
+    call_as(
+        &s,
+        ROOT,
+        "PutKeyPolicy",
+        json!({"KeyId": agreement, "PolicyName": "default", "Policy": strict}),
+    )
+    .unwrap();
+    assert_eq!(derive(APP), "AccessDeniedException");
+}
+
+#[test]
+fn re_encrypt_authorizations_see_their_own_encryption_algorithm() {
+    let (_d, s) = service();
+    let statements = |from_alg: &str, to_alg: &str| {
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:ReEncryptFrom", "Resource": "*",
+             "Condition": {"StringEquals": {"kms:EncryptionAlgorithm": from_alg}}},
+            {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": "kms:ReEncryptTo", "Resource": "*",
+             "Condition": {"StringEquals": {"kms:EncryptionAlgorithm": to_alg}}}]})
+        .to_string()
+    };
+    // The source only lets APP re-encrypt away from SYMMETRIC_DEFAULT ciphertexts; the RSA
+    // destination only lets APP re-encrypt to RSAES_OAEP_SHA_256.
+    let sym = call_as(
+        &s,
+        ROOT,
+        "CreateKey",
+        json!({"Policy": statements("SYMMETRIC_DEFAULT", "SYMMETRIC_DEFAULT")}),
+    )
+    .unwrap()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rsa = call_as(
+        &s,
+        ROOT,
+        "CreateKey",
+        json!({"KeySpec": "RSA_2048", "KeyUsage": "ENCRYPT_DECRYPT",
+               "Policy": statements("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_256")}),
+    )
+    .unwrap()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ct = call_as(
+        &s,
+        ROOT,
+        "Encrypt",
+        json!({"KeyId": sym, "Plaintext": "eA=="}),
+    )
+    .unwrap()["CiphertextBlob"]
+        .clone();
+    let to_rsa = |alg: &str| {
+        call_as(
+            &s,
+            APP,
+            "ReEncrypt",
+            json!({"CiphertextBlob": ct, "DestinationKeyId": rsa, "DestinationEncryptionAlgorithm": alg}),
+        )
+    };
+    let r = to_rsa("RSAES_OAEP_SHA_256").unwrap();
+    assert_eq!(r["SourceEncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    assert_eq!(r["DestinationEncryptionAlgorithm"], "RSAES_OAEP_SHA_256");
+    assert_eq!(code(to_rsa("RSAES_OAEP_SHA_1")), "AccessDeniedException");
+    // And back: the RSA source is authorized with its own algorithm, the symmetric destination
+    // with SYMMETRIC_DEFAULT.
+    let back = call_as(
+        &s,
+        APP,
+        "ReEncrypt",
+        json!({"CiphertextBlob": r["CiphertextBlob"], "SourceKeyId": rsa,
+               "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "DestinationKeyId": sym}),
+    )
+    .unwrap();
+    let plain = call_as(
+        &s,
+        ROOT,
+        "Decrypt",
+        json!({"CiphertextBlob": back["CiphertextBlob"]}),
+    )
+    .unwrap();
+    assert_eq!(plain["Plaintext"], "eA==");
+}

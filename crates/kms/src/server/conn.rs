@@ -9,6 +9,11 @@
 //! ([`TrackedBody`]) moves it back to `Idle`. The connection's task closes it when its phase has
 //! lasted longer than that phase allows ([`Limits::phase_timeout`]).
 //!
+//! A phase change is only two atomic stores: it wakes nobody. The connection's task checks
+//! its deadline at [`Conn::next_check`], which is never later than the deadline of the current
+//! phase nor than the earliest deadline a phase entered later could have, so no deadline is
+//! missed and the task wakes at most once per shortest timeout, not three times per request.
+//!
 //! When the cap is reached, a new connection is admitted by closing the one that has been
 //! `Closing` longest, else the one idle longest, else the one whose request head has been
 //! arriving longest. A connection with a request in hand is never closed to make room; when
@@ -97,6 +102,15 @@ impl Limits {
             Phase::Closing => LINGER_TIMEOUT,
         }
     }
+
+    /// The shortest timeout of the phases a served connection can enter.
+    pub fn shortest(&self) -> Duration {
+        [Phase::Idle, Phase::Head, Phase::Busy]
+            .into_iter()
+            .map(|p| self.phase_timeout(p))
+            .min()
+            .unwrap_or(self.header_read)
+    }
 }
 
 /// One connection's state, shared by its task, its I/O wrapper, its requests and the registry.
@@ -111,7 +125,6 @@ pub struct Conn {
     /// Requests begun on this connection (see [`Conn::begin_request`]).
     requests: AtomicU64,
     shed: Notify,
-    changed: Notify,
 }
 
 impl Conn {
@@ -128,7 +141,6 @@ impl Conn {
     pub fn enter(&self, phase: Phase) {
         self.since_ms.store(self.now_ms(), Ordering::Release);
         self.phase.store(phase as u8, Ordering::Release);
-        self.changed.notify_one();
     }
 
     /// Enters `Busy` for a new request; returns its number.
@@ -160,7 +172,6 @@ impl Conn {
                 .is_ok()
             {
                 self.since_ms.store(now, Ordering::Release);
-                self.changed.notify_one();
             }
         }
     }
@@ -170,6 +181,13 @@ impl Conn {
         let phase = self.phase();
         let since = Duration::from_millis(self.since_ms.load(Ordering::Acquire));
         self.epoch + since + limits.phase_timeout(phase)
+    }
+
+    /// When the connection's task, checking at `now`, next needs to look at its deadline: the
+    /// deadline of the current phase, or `now` plus the shortest phase timeout when that is
+    /// sooner (a phase entered after `now` cannot run out before then).
+    pub fn next_check(&self, limits: &Limits, now: Instant) -> Instant {
+        self.deadline(limits).min(now + limits.shortest())
     }
 
     /// Asks for the connection to linger after its response (a refused body may follow).
@@ -185,11 +203,6 @@ impl Conn {
     /// Completes when the registry sheds this connection.
     pub async fn shed(&self) {
         self.shed.notified().await;
-    }
-
-    /// Completes when the phase changed (since the last call), so its deadline may have moved.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 }
 
@@ -263,7 +276,6 @@ impl Registry {
             linger: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             shed: Notify::new(),
-            changed: Notify::new(),
         });
         conn.enter(Phase::Idle);
         inner.conns.insert(id, conn.clone());
@@ -479,6 +491,12 @@ mod tests {
         assert!(head < idle);
         c.enter(Phase::Busy);
         assert!(c.deadline(&l) > start + RESPONSE_TIMEOUT);
+        // The task looks again no later than a head that began right now could run out.
+        let now = Instant::now();
+        assert_eq!(l.shortest(), Duration::from_secs(1));
+        assert_eq!(c.next_check(&l, now), now + Duration::from_secs(1));
+        c.enter(Phase::Head);
+        assert!(c.next_check(&l, now) <= c.deadline(&l));
     }
 
     #[test]

@@ -107,6 +107,11 @@ fn parse_rsa_encryption(alg: &str) -> KmsResult<RsaEncryptionAlgorithm> {
     })
 }
 
+/// A response's JSON bytes.
+fn encode<T: serde::Serialize>(v: &T) -> KmsResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| KmsError::internal("encode response", e))
+}
+
 fn no_context(context: &Option<crate::blob::EncryptionContext>) -> KmsResult<()> {
     match context {
         Some(c) if !c.is_empty() => Err(KmsError::Validation(
@@ -176,7 +181,9 @@ impl Service {
         }
     }
 
-    pub(super) fn sign(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    /// Sign. The response is written from a typed struct (the hot path of signing services:
+    /// no intermediate JSON value).
+    pub(super) fn sign(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let message = required(req.message, "message")?;
         check_len("message", message.0.len(), 1, MAX_MESSAGE)?;
@@ -187,14 +194,21 @@ impl Service {
         let material = Self::require_usage(&key, KeyUsage::SignVerify, "Sign")?;
         Self::check_signing_algorithm(&key, alg)?;
         let signature = material.sign(alg, message_type, &message.0)?;
-        Ok(json!({
-            "KeyId": key.arn,
-            "Signature": b64(&signature),
-            "SigningAlgorithm": alg.as_str(),
-        }))
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct SignResponse<'a> {
+            key_id: &'a str,
+            signature: &'a str,
+            signing_algorithm: &'a str,
+        }
+        encode(&SignResponse {
+            key_id: &key.arn,
+            signature: &b64(&signature),
+            signing_algorithm: alg.as_str(),
+        })
     }
 
-    pub(super) fn verify(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    pub(super) fn verify(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let message = required(req.message, "message")?;
         check_len("message", message.0.len(), 1, MAX_MESSAGE)?;
@@ -207,11 +221,18 @@ impl Service {
         let material = Self::require_usage(&key, KeyUsage::SignVerify, "Verify")?;
         Self::check_signing_algorithm(&key, alg)?;
         material.verify(alg, message_type, &message.0, &signature.0)?;
-        Ok(json!({
-            "KeyId": key.arn,
-            "SignatureValid": true,
-            "SigningAlgorithm": alg.as_str(),
-        }))
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct VerifyResponse<'a> {
+            key_id: &'a str,
+            signature_valid: bool,
+            signing_algorithm: &'a str,
+        }
+        encode(&VerifyResponse {
+            key_id: &key.arn,
+            signature_valid: true,
+            signing_algorithm: alg.as_str(),
+        })
     }
 
     pub(super) fn get_public_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
@@ -263,24 +284,76 @@ impl Service {
 
     /// Decrypt with an RSA algorithm: the key must be named (an RSA ciphertext names no key).
     pub(super) fn rsa_decrypt(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
-        let alg = parse_rsa_encryption(req.encryption_algorithm.as_deref().unwrap_or_default())?;
-        no_context(&req.encryption_context)?;
         let ciphertext = required(req.ciphertext_blob, "ciphertextBlob")?;
-        check_len("ciphertextBlob", ciphertext.0.len(), 1, MAX_BLOB_LEN)?;
-        let key_id = req.key_id.ok_or_else(|| {
+        let recipient = self.attested(req.recipient)?;
+        let (key, alg, plain) = self.rsa_open(
+            principal,
+            "kms:Decrypt",
+            req.encryption_algorithm.as_deref().unwrap_or_default(),
+            &req.encryption_context,
+            &ciphertext.0,
+            req.key_id.as_deref(),
+            recipient.as_deref(),
+        )?;
+        let mut out = json!({ "KeyId": key.arn, "EncryptionAlgorithm": alg.as_str() });
+        release(&mut out, "Plaintext", &plain, recipient.as_deref())?;
+        serde_json::to_vec(&out).map_err(|e| KmsError::internal("encode", e))
+    }
+
+    /// The RSA decryption of Decrypt and of ReEncrypt's source: validates the algorithm
+    /// (`alg`), the absence of an encryption context and the ciphertext, resolves the named key
+    /// (an RSA ciphertext names none, so `key_id` is required), authorizes `action`, checks the
+    /// key's state and usage, and decrypts.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rsa_open(
+        &self,
+        principal: &str,
+        action: &str,
+        alg: &str,
+        context: &Option<crate::blob::EncryptionContext>,
+        ciphertext: &[u8],
+        key_id: Option<&str>,
+        recipient: Option<&crate::recipient::AttestedRecipient>,
+    ) -> KmsResult<(
+        Resolved,
+        RsaEncryptionAlgorithm,
+        zeroize::Zeroizing<Vec<u8>>,
+    )> {
+        let alg = parse_rsa_encryption(alg)?;
+        no_context(context)?;
+        check_len("ciphertextBlob", ciphertext.len(), 1, MAX_BLOB_LEN)?;
+        let key_id = key_id.ok_or_else(|| {
             KmsError::Validation(
                 "KeyId is required to decrypt with an asymmetric encryption algorithm".into(),
             )
         })?;
-        let key = self.resolve(&key_id)?;
-        let recipient = self.attested(req.recipient)?;
-        self.authorize(&key, principal, "kms:Decrypt", None, recipient.as_deref())?;
+        let key = self.resolve(key_id)?;
+        self.authorize(&key, principal, action, None, recipient)?;
         self.require_enabled(&key)?;
-        let material = Self::require_usage(&key, KeyUsage::EncryptDecrypt, "Decrypt")?;
-        let plain = material.decrypt(alg, &ciphertext.0)?;
-        let mut out = json!({ "KeyId": key.arn, "EncryptionAlgorithm": alg.as_str() });
-        release(&mut out, "Plaintext", &plain, recipient.as_deref())?;
-        serde_json::to_vec(&out).map_err(|e| KmsError::internal("encode", e))
+        let op = action.strip_prefix("kms:").unwrap_or(action);
+        let material = Self::require_usage(&key, KeyUsage::EncryptDecrypt, op)?;
+        let plain = material.decrypt(alg, ciphertext)?;
+        Ok((key, alg, plain))
+    }
+
+    /// The RSA encryption of ReEncrypt's destination `key` (already resolved): validates the
+    /// algorithm and the absence of an encryption context, authorizes `kms:ReEncryptTo`,
+    /// checks the key's state and usage, and encrypts (a plaintext too long for the key and
+    /// padding is refused as AWS does).
+    pub(super) fn rsa_seal_to(
+        &self,
+        principal: &str,
+        key: &Resolved,
+        alg: &str,
+        context: &Option<crate::blob::EncryptionContext>,
+        plaintext: &[u8],
+    ) -> KmsResult<(Vec<u8>, RsaEncryptionAlgorithm)> {
+        let alg = parse_rsa_encryption(alg)?;
+        no_context(context)?;
+        self.authorize(key, principal, "kms:ReEncryptTo", None, None)?;
+        self.require_enabled(key)?;
+        let material = Self::require_usage(key, KeyUsage::EncryptDecrypt, "ReEncrypt")?;
+        Ok((material.encrypt(alg, plaintext)?, alg))
     }
 
     pub(super) fn derive_shared_secret(&self, principal: &str, req: Req) -> KmsResult<Value> {

@@ -377,6 +377,53 @@ def aws_cli_sign_and_verify():
         assert rc == 0 and json.loads(out)["KeySpec"] == "ECC_NIST_P256", err
 
 
+@check
+def re_encrypt_between_rsa_and_symmetric_keys():
+    rsa_a = new_key("RSA_2048", "ENCRYPT_DECRYPT")["KeyId"]
+    rsa_b = new_key("RSA_3072", "ENCRYPT_DECRYPT")["KeyId"]
+    sym = kms.create_key()["KeyMetadata"]["KeyId"]
+    _, pub_a = public_key(rsa_a)
+    oaep256 = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    # RSA (encrypted locally by cryptography) -> symmetric, then Decrypt.
+    ct = pub_a.encrypt(b"moved between keys", oaep256)
+    r = kms.re_encrypt(CiphertextBlob=ct, SourceKeyId=rsa_a, SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                       DestinationKeyId=sym, DestinationEncryptionContext={"purpose": "test"})
+    assert r["SourceEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256", r
+    assert r["DestinationEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT", r
+    assert r["SourceKeyId"].endswith(rsa_a) and r["KeyId"].endswith(sym), r
+    d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"purpose": "test"})
+    assert d["Plaintext"] == b"moved between keys"
+    # Symmetric -> RSA (SHA-1 OAEP), then Decrypt with the RSA key.
+    sealed = kms.encrypt(KeyId=sym, Plaintext=b"to an rsa key", EncryptionContext={"k": "v"})["CiphertextBlob"]
+    r = kms.re_encrypt(CiphertextBlob=sealed, SourceEncryptionContext={"k": "v"}, DestinationKeyId=rsa_b,
+                       DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_1")
+    assert r["SourceEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT", r
+    assert r["DestinationEncryptionAlgorithm"] == "RSAES_OAEP_SHA_1", r
+    assert len(r["CiphertextBlob"]) == 3072 // 8
+    assert kms.decrypt(KeyId=rsa_b, CiphertextBlob=r["CiphertextBlob"],
+                       EncryptionAlgorithm="RSAES_OAEP_SHA_1")["Plaintext"] == b"to an rsa key"
+    # RSA -> RSA.
+    r = kms.re_encrypt(CiphertextBlob=ct, SourceKeyId=rsa_a, SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                       DestinationKeyId=rsa_b, DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert kms.decrypt(KeyId=rsa_b, CiphertextBlob=r["CiphertextBlob"],
+                       EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == b"moved between keys"
+    # AWS's rules: an RSA source names its key; an RSA side takes no encryption context; an RSA
+    # destination needs an RSA algorithm; a symmetric destination refuses an RSA algorithm.
+    expect_error("ValidationException", kms.re_encrypt, CiphertextBlob=ct,
+                 SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=sym)
+    expect_error("ValidationException", kms.re_encrypt, CiphertextBlob=sealed, SourceEncryptionContext={"k": "v"},
+                 DestinationKeyId=rsa_b, DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                 DestinationEncryptionContext={"not": "allowed"})
+    expect_error("InvalidKeyUsageException", kms.re_encrypt, CiphertextBlob=sealed,
+                 SourceEncryptionContext={"k": "v"}, DestinationKeyId=rsa_b)
+    expect_error("InvalidKeyUsageException", kms.re_encrypt, CiphertextBlob=ct, SourceKeyId=rsa_a,
+                 SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=sym,
+                 DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_1")
+    # The wrong padding does not open the ciphertext.
+    expect_error("InvalidCiphertextException", kms.re_encrypt, CiphertextBlob=ct, SourceKeyId=rsa_a,
+                 SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", DestinationKeyId=sym)
+
+
 failed = [n for n, e in RESULTS if e is not None]
 print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)

@@ -336,6 +336,58 @@ def imported_key_material_encrypts_expires_and_is_deleted():
 
 
 @check
+def imported_hmac_material_matches_python_hmac():
+    import hashlib
+    import hmac as py_hmac
+
+    for spec, alg, digest, length in (
+        ("HMAC_256", "HMAC_SHA_256", hashlib.sha256, 48),
+        ("HMAC_512", "HMAC_SHA_512", hashlib.sha512, 64),
+    ):
+        meta = admin.create_key(KeySpec=spec, KeyUsage="GENERATE_VERIFY_MAC", Origin="EXTERNAL")[
+            "KeyMetadata"
+        ]
+        key = meta["KeyId"]
+        assert meta["KeyState"] == "PendingImport" and meta["Origin"] == "EXTERNAL", meta
+        assert meta["KeySpec"] == spec and meta["MacAlgorithms"] == [alg], meta
+        expect_error(
+            "KMSInvalidStateException", admin.generate_mac, KeyId=key, Message=b"m", MacAlgorithm=alg
+        )
+        # Material outside the spec's lengths is refused; known material (wrapped by
+        # `cryptography` with RSAES_OAEP_SHA_256) is taken.
+        params = admin.get_parameters_for_import(
+            KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+        )
+        expect_error(
+            "IncorrectKeyMaterialException",
+            admin.import_key_material,
+            KeyId=key,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(params, b"k" * 16, "RSAES_OAEP_SHA_256"),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+        material = bytes(range(length))
+        import_material(key, material, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+        assert admin.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+        message = b"a message authenticated with imported HMAC material"
+        mac = admin.generate_mac(KeyId=key, Message=message, MacAlgorithm=alg)["Mac"]
+        assert mac == py_hmac.new(material, message, digest).digest(), spec
+        assert admin.verify_mac(KeyId=key, Message=message, MacAlgorithm=alg, Mac=mac)["MacValid"]
+        admin.delete_imported_key_material(KeyId=key)
+        expect_error(
+            "KMSInvalidStateException", admin.generate_mac, KeyId=key, Message=message, MacAlgorithm=alg
+        )
+    # Only symmetric encryption and HMAC keys take imported material here.
+    expect_error(
+        "UnsupportedOperationException",
+        admin.create_key,
+        KeySpec="ECC_NIST_P256",
+        KeyUsage="SIGN_VERIFY",
+        Origin="EXTERNAL",
+    )
+
+
+@check
 def list_key_rotations_after_rotate_on_demand():
     key = admin.create_key()["KeyMetadata"]["KeyId"]
     assert admin.list_key_rotations(KeyId=key)["Rotations"] == []

@@ -1,0 +1,306 @@
+//! A fleet on PostgreSQL against one server on the embedded store, same load generator, same
+//! run: Decrypt per second (8 keep-alive connections; the fleet's spread over its two servers),
+//! then writes per second (CreateKey, and CreateAlias with a new alias each time; 4
+//! connections). The PostgreSQL cluster is a private one started for the run (Debian's
+//! `postgresql` package, see tests/pg_support). Each workload runs for `BENCH_SECONDS` (default
+//! 3 s) after a short warm-up; the ratios fleet / embedded are printed.
+//!
+//! Run: `cargo bench -p cloister-kms --bench fleet`.
+
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
+
+use bytes::Bytes;
+use cloister_kms::config::Config;
+use cloister_kms::server;
+use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone)]
+struct Creds {
+    akid: String,
+    secret: String,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn signed_request(
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: Bytes,
+) -> hyper::Request<Full<Bytes>> {
+    let amz = format_amz_date(now_secs());
+    let host = addr.to_string();
+    let target = format!("TrentService.{op}");
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/x-amz-json-1.1"),
+        ("host", host.as_bytes()),
+        ("x-amz-date", amz.as_bytes()),
+        ("x-amz-target", target.as_bytes()),
+    ];
+    let req = SignedRequest {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: &body,
+    };
+    // Like the AWS SDKs, derive the signing key per request.
+    let key = signing_key(&creds.secret, &amz[..8], "us-east-1", "kms");
+    let auth = sign_request(
+        &creds.akid,
+        &key,
+        (&amz[..8], "us-east-1"),
+        &amz,
+        &req,
+        "content-type;host;x-amz-date;x-amz-target",
+    )
+    .expect("sign");
+    hyper::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", host)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-date", amz)
+        .header("x-amz-target", target)
+        .header("authorization", auth)
+        .body(Full::new(body))
+        .expect("request")
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+async fn call(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: &Value,
+) -> Value {
+    let req = signed_request(
+        addr,
+        creds,
+        op,
+        Bytes::from(serde_json::to_vec(body).expect("json")),
+    );
+    // Setup calls use a fresh connection each: moto closes connections after each response.
+    *sender = connect(addr).await;
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    assert!(status.is_success(), "{op}: {status} {v}");
+    v
+}
+
+type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
+
+/// Runs `conns` connections (connection `i` to `addrs[i % len]`) sending `op` with the body
+/// `body(n)` (n counts requests) for `secs`; returns requests per second.
+async fn load(
+    addrs: &[SocketAddr],
+    creds: &Creds,
+    op: &str,
+    body: BodyFn,
+    conns: usize,
+    secs: Duration,
+) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let seq = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let addr = addrs[i % addrs.len()];
+        let (count, seq, stop, measuring, creds, body, op) = (
+            count.clone(),
+            seq.clone(),
+            stop.clone(),
+            measuring.clone(),
+            creds.clone(),
+            body.clone(),
+            op.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                if sender.ready().await.is_err() {
+                    sender = connect(addr).await;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let req = signed_request(addr, &creds, &op, body(n));
+                let resp = match sender.send_request(req).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        sender = connect(addr).await;
+                        continue;
+                    }
+                };
+                let ok = resp.status().is_success();
+                let b = resp.into_body().collect().await.expect("body").to_bytes();
+                assert!(ok, "{op} failed: {}", String::from_utf8_lossy(&b));
+                if measuring.load(Ordering::Relaxed) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(secs).await;
+    let n = count.load(Ordering::Relaxed);
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / elapsed
+}
+
+/// Starts a server over `data_dir` with `cfg` on `rt`; returns its address and credential.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    cfg: &Config,
+) -> (SocketAddr, Creds) {
+    let (app, admin) = server::open(data_dir, cfg).expect("open");
+    let addr = rt.block_on(async {
+        let (l, addr) = server::bind("127.0.0.1:0").await.expect("bind");
+        tokio::spawn(server::serve(l, app, None, std::future::pending()));
+        addr
+    });
+    (
+        addr,
+        Creds {
+            akid: admin.access_key_id.clone(),
+            secret: admin.secret_access_key.to_string(),
+        },
+    )
+}
+
+fn main() {
+    let secs = Duration::from_secs_f64(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    );
+    let pg = pg_support::PgCluster::start();
+    pg.create_db("kms");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let embedded = start(&server_rt, &tmp.path().join("embedded"), &Config::default());
+    let mut fleet_cfg = Config::default();
+    fleet_cfg.store.url = Some(pg.url("kms"));
+    fleet_cfg.master_key_path = Some(tmp.path().join("fleet-master.key"));
+    let a = start(&server_rt, &tmp.path().join("a"), &fleet_cfg);
+    let b = start(&server_rt, &tmp.path().join("b"), &fleet_cfg);
+    let fleet = [a.0, b.0];
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let rows = client_rt.block_on(async {
+        let mut rows = Vec::new();
+        let setup = |addr: SocketAddr, creds: Creds| async move {
+            let mut s = connect(addr).await;
+            let k = call(&mut s, addr, &creds, "CreateKey", &json!({})).await;
+            let id = k["KeyMetadata"]["KeyId"].as_str().expect("id").to_string();
+            let e = call(
+                &mut s,
+                addr,
+                &creds,
+                "Encrypt",
+                &json!({"KeyId": id, "Plaintext": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}),
+            )
+            .await;
+            (id, e["CiphertextBlob"].clone())
+        };
+        let (emb_key, emb_blob) = setup(embedded.0, embedded.1.clone()).await;
+        let (fleet_key, fleet_blob) = setup(a.0, a.1.clone()).await;
+        let decrypt = |blob: Value| -> BodyFn {
+            let body =
+                Bytes::from(serde_json::to_vec(&json!({"CiphertextBlob": blob})).expect("json"));
+            Arc::new(move |_| body.clone())
+        };
+        let create_key: BodyFn = Arc::new(|_| Bytes::from_static(b"{}"));
+        let create_alias = |prefix: &'static str, key: String| -> BodyFn {
+            Arc::new(move |n| {
+                Bytes::from(
+                    serde_json::to_vec(
+                        &json!({"AliasName": format!("alias/{prefix}-{n}"), "TargetKeyId": key}),
+                    )
+                    .expect("json"),
+                )
+            })
+        };
+        for (label, op, conns, emb_body, fleet_body) in [
+            (
+                "Decrypt",
+                "Decrypt",
+                8,
+                decrypt(emb_blob.clone()),
+                decrypt(fleet_blob.clone()),
+            ),
+            (
+                "CreateKey",
+                "CreateKey",
+                4,
+                create_key.clone(),
+                create_key.clone(),
+            ),
+            (
+                "CreateAlias",
+                "CreateAlias",
+                4,
+                create_alias("emb", emb_key.clone()),
+                create_alias("fleet", fleet_key.clone()),
+            ),
+        ] {
+            let e = load(&[embedded.0], &embedded.1, op, emb_body, conns, secs).await;
+            let f = load(&fleet, &a.1, op, fleet_body, conns, secs).await;
+            rows.push((label, conns, e, f));
+        }
+        rows
+    });
+    println!("workload      conns  embedded (1 server) /s  PostgreSQL (2 servers) /s  ratio");
+    for (label, conns, e, f) in rows {
+        println!(
+            "{label:<13} {conns:>5}  {e:>24.0}  {f:>25.0}  {:>5.2}",
+            f / e
+        );
+    }
+    // The servers' runtimes end with the process; the cluster is stopped on drop.
+    drop(pg);
+    drop(tmp);
+    std::process::exit(0);
+}
