@@ -559,6 +559,10 @@ impl Service {
                 self.key_arn(&format_key_id(&id))
             ))
         })?;
+        self.check_in_region(&entry.record)?;
+        let entry = self.expire_imported(&id, entry)?;
+        // Each Region's key of a multi-Region key has its own policy, grants and state.
+        let entry = self.regional(entry);
         if entry.record.state == KeyState::PendingDeletion
             && entry.record.deletion_date.is_some_and(|d| d <= now())
         {
@@ -567,8 +571,6 @@ impl Service {
                 self.key_arn(&entry.record.id)
             )));
         }
-        self.check_in_region(&entry.record)?;
-        let entry = self.expire_imported(&id, entry)?;
         let arn = self.key_arn(&entry.record.id);
         Ok(Resolved { id, entry, arn })
     }
@@ -576,7 +578,7 @@ impl Service {
     fn alias_target(&self, alias: &str) -> KmsResult<String> {
         Ok(self
             .store
-            .alias(alias)?
+            .alias(&self.alias_key(alias))?
             .ok_or_else(|| {
                 KmsError::NotFound(format!("Alias {} is not found.", self.alias_arn(alias)))
             })?
@@ -679,6 +681,10 @@ impl Service {
             ))),
             KeyState::PendingImport => Err(KmsError::InvalidState(format!(
                 "{} is pending import.",
+                key.arn
+            ))),
+            KeyState::PendingReplicaDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending replica deletion.",
                 key.arn
             ))),
         }
@@ -1167,11 +1173,11 @@ impl Service {
         let (keys, more) = self.store.list_keys(after, limit)?;
         let list: Vec<Value> = keys
             .iter()
-            .filter(|e| {
-                !(e.record.state == KeyState::PendingDeletion
-                    && e.record.deletion_date.is_some_and(|d| d <= t))
-            })
             .filter(|e| self.in_request_region(&e.record))
+            .filter(|e| {
+                let r = &self.regional(Arc::clone(e)).record;
+                !(r.state == KeyState::PendingDeletion && r.deletion_date.is_some_and(|d| d <= t))
+            })
             .map(|e| json!({ "KeyId": e.record.id, "KeyArn": self.key_arn(&e.record.id) }))
             .collect();
         let mut out = json!({ "Keys": list, "Truncated": more });
@@ -1192,10 +1198,14 @@ impl Service {
         };
         self.authorize(&key, principal, action, None, None)?;
         let arn = key.arn.clone();
-        self.store.update_key(&key.id, |r| {
-            if r.state == KeyState::PendingDeletion {
+        self.update_regional(&key, |r| {
+            if matches!(
+                r.state,
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+            ) {
                 return Err(KmsError::InvalidState(format!(
-                    "{arn} is pending deletion."
+                    "{arn} is {}.",
+                    r.state.as_str()
                 )));
             }
             if r.state == KeyState::PendingImport {
@@ -1219,31 +1229,53 @@ impl Service {
         };
         self.authorize(&key, principal, "kms:ScheduleKeyDeletion", None, None)?;
         let arn = key.arn.clone();
-        let (entry, ()) = self.store.update_key(&key.id, |r| {
-            if r.state == KeyState::PendingDeletion {
+        let region = self.request_region();
+        let (entry, ()) = self.update_regional(&key, |r| {
+            if matches!(
+                r.state,
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+            ) {
                 return Err(KmsError::InvalidState(format!(
-                    "{arn} is pending deletion."
+                    "{arn} is {}.",
+                    r.state.as_str()
                 )));
             }
-            r.state = KeyState::PendingDeletion;
-            r.deletion_date = Some(now() + (days as f64) * 86_400.0);
+            // A primary with replicas waits for them: its own waiting period begins when the
+            // last replica is deleted.
+            let waits = r
+                .multi_region
+                .as_ref()
+                .is_some_and(|m| m.primary == region && !m.replicas.is_empty());
+            if waits {
+                r.state = KeyState::PendingReplicaDeletion;
+                r.deletion_date = None;
+            } else {
+                r.state = KeyState::PendingDeletion;
+                r.deletion_date = Some(now() + (days as f64) * 86_400.0);
+            }
             r.pending_window_days = u32::try_from(days).ok();
             Ok(())
         })?;
-        Ok(json!({
+        let mut out = json!({
             "KeyId": key.arn,
-            "DeletionDate": entry.record.deletion_date,
-            "KeyState": "PendingDeletion",
+            "KeyState": entry.record.state.as_str(),
             "PendingWindowInDays": days,
-        }))
+        });
+        if let Some(d) = entry.record.deletion_date {
+            out["DeletionDate"] = json!(d);
+        }
+        Ok(out)
     }
 
     fn cancel_deletion(&self, principal: &str, req: Req) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         self.authorize(&key, principal, "kms:CancelKeyDeletion", None, None)?;
         let arn = key.arn.clone();
-        self.store.update_key(&key.id, |r| {
-            if r.state != KeyState::PendingDeletion {
+        self.update_regional(&key, |r| {
+            if !matches!(
+                r.state,
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+            ) {
                 return Err(KmsError::InvalidState(format!(
                     "{arn} is not pending deletion."
                 )));
@@ -1277,7 +1309,9 @@ impl Service {
         validate_alias_name(&name)?;
         let key = self.alias_target_key(&required(req.target_key_id, "targetKeyId")?)?;
         self.authorize(&key, principal, "kms:CreateAlias", None, None)?;
-        self.store.create_alias(&name, &key.entry.record.id)?;
+        self.store
+            .create_alias(&self.alias_key(&name), &key.entry.record.id)
+            .map_err(|e| self.alias_error(&name, e))?;
         Ok(json!({}))
     }
 
@@ -1288,7 +1322,9 @@ impl Service {
         let old = self.resolve(&name)?;
         self.authorize(&old, principal, "kms:UpdateAlias", None, None)?;
         self.authorize(&key, principal, "kms:UpdateAlias", None, None)?;
-        self.store.update_alias(&name, &key.entry.record.id)?;
+        self.store
+            .update_alias(&self.alias_key(&name), &key.entry.record.id)
+            .map_err(|e| self.alias_error(&name, e))?;
         Ok(json!({}))
     }
 
@@ -1298,7 +1334,9 @@ impl Service {
         if let Ok(key) = self.resolve(&name) {
             self.authorize(&key, principal, "kms:DeleteAlias", None, None)?;
         }
-        self.store.delete_alias(&name)?;
+        self.store
+            .delete_alias(&self.alias_key(&name))
+            .map_err(|e| self.alias_error(&name, e))?;
         Ok(json!({}))
     }
 
@@ -1312,7 +1350,7 @@ impl Service {
             }
             None => None,
         };
-        let all = self.store.list_aliases()?;
+        let all = self.aliases_here()?;
         let start = match req.marker.as_deref() {
             Some(m) => all.partition_point(|(n, _)| n.as_str() <= m),
             None => 0,
@@ -1323,7 +1361,7 @@ impl Service {
             .filter(|(_, a)| {
                 parse_key_id(&a.target)
                     .and_then(|id| self.store.key(&id).ok().flatten())
-                    .is_some()
+                    .is_some_and(|e| self.in_request_region(&e.record))
             });
         let page: Vec<&(String, crate::store::AliasRecord)> = items.by_ref().take(limit).collect();
         let more = items.next().is_some();
@@ -1377,7 +1415,7 @@ impl Service {
             &key.arn,
             req.bypass_policy_lockout_safety_check,
         )?;
-        self.store.update_key(&key.id, |r| {
+        self.update_regional(&key, |r| {
             r.policy = text;
             Ok(())
         })?;
@@ -1395,7 +1433,7 @@ impl Service {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let tags = take_tags(required(req.tags, "tags")?)?;
         self.authorize(&key, principal, "kms:TagResource", None, None)?;
-        self.store.update_key(&key.id, |r| {
+        self.update_regional(&key, |r| {
             for t in tags {
                 match r.tags.iter_mut().find(|x| x.key == t.key) {
                     Some(x) => x.value = t.value,
@@ -1416,7 +1454,7 @@ impl Service {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let keys = required(req.tag_keys, "tagKeys")?;
         self.authorize(&key, principal, "kms:UntagResource", None, None)?;
-        self.store.update_key(&key.id, |r| {
+        self.update_regional(&key, |r| {
             r.tags.retain(|t| !keys.contains(&t.key));
             Ok(())
         })?;
@@ -1464,6 +1502,7 @@ impl Service {
         self.require_enabled(&key)?;
         Self::require_rotatable(&key)?;
         self.check_rotatable(&key.entry.record)?;
+        self.require_primary(&key, "automatic rotation")?;
         self.store.update_key(&key.id, |r| {
             r.rotation_period_days = if enable {
                 u32::try_from(period).ok()
@@ -1529,6 +1568,7 @@ impl Service {
         self.authorize(&key, principal, "kms:RotateKeyOnDemand", None, None)?;
         self.require_enabled(&key)?;
         Self::require_rotatable(&key)?;
+        self.require_primary(&key, "on-demand rotation")?;
         self.rotate(&key.id, true)?;
         Ok(json!({ "KeyId": key.arn }))
     }
@@ -1538,7 +1578,7 @@ impl Service {
         let d = required(req.description, "description")?;
         check_len("description", d.len(), 0, MAX_DESCRIPTION)?;
         self.authorize(&key, principal, "kms:UpdateKeyDescription", None, None)?;
-        self.store.update_key(&key.id, |r| {
+        self.update_regional(&key, |r| {
             r.description = d;
             Ok(())
         })?;
@@ -1550,6 +1590,9 @@ impl Service {
     pub fn maintain(&self) -> KmsResult<(usize, usize)> {
         let t = now();
         let deleted = self.store.purge_expired(t)?;
+        if deleted > 0 {
+            self.drop_orphan_aliases()?;
+        }
         let mut rotated = 0;
         let mut after = None;
         loop {

@@ -6,11 +6,12 @@
 //! CreateKey must survive `kill -9`; a half-written key must never appear), without running a
 //! separate database server. A networked database is the path for several hosts.
 //!
-//! Layout: table `keys` (key id -> JSON [`KeyRecord`]), table `aliases` (alias name -> JSON
-//! [`AliasRecord`]), table `meta` (`admin` -> the sealed administrator credential). Key material
-//! is never stored in the clear: each version is sealed with AES-256-GCM under the master key,
-//! with AAD naming the key id and version, so material cannot be moved between keys. The master
-//! key lives apart from the database, in a 32-byte file with mode 0600.
+//! Layout: table `keys` (key id -> JSON [`KeyRecord`]), table `aliases` (alias name, preceded by
+//! `{region}:` for a Region other than the service's own, -> JSON [`AliasRecord`]), table `meta`
+//! (`admin` -> the sealed administrator credential). Key material is never stored in the clear:
+//! each version is sealed with AES-256-GCM under the master key, with AAD naming the key id and
+//! version, so material cannot be moved between keys. The master key lives apart from the
+//! database, in a 32-byte file with mode 0600.
 //!
 //! First start: the data directory is made with mode 0700; the master key, the store file (mode
 //! 0600, tables and administrator credential already committed) and the credential file are
@@ -93,6 +94,9 @@ pub enum KeyState {
     PendingDeletion,
     /// An EXTERNAL-origin key without (or whose imported) key material (has expired).
     PendingImport,
+    /// The primary of a multi-Region key scheduled for deletion: it waits for its replicas to
+    /// be deleted, then its own waiting period begins.
+    PendingReplicaDeletion,
 }
 
 impl KeyState {
@@ -103,6 +107,7 @@ impl KeyState {
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
             KeyState::PendingImport => "PendingImport",
+            KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
         }
     }
 }
@@ -192,6 +197,20 @@ pub struct KeyEntry {
     pub policy: Arc<Policy>,
     /// The parsed private material of an asymmetric or HMAC key (then `materials` is empty).
     pub private: Option<Arc<KeyMaterial>>,
+    /// A multi-Region key as each of its replica Regions sees it (by Region): the replica's
+    /// own policy (parsed), grants, description, tags and state, the shared material.
+    pub replicas: Vec<(String, Arc<KeyEntry>)>,
+}
+
+impl KeyEntry {
+    /// The view of a replica Region of this multi-Region key (`None` in its primary Region,
+    /// where the entry itself is the view, and for single-Region keys).
+    pub fn in_region(&self, region: &str) -> Option<&Arc<KeyEntry>> {
+        self.replicas
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, v)| v)
+    }
 }
 
 impl fmt::Debug for KeyEntry {
@@ -591,18 +610,42 @@ impl Core {
                 Arc::new(v)
             }
         };
-        let policy =
+        let parse = |record: &KeyRecord, prev: Option<&KeyEntry>| -> KmsResult<Arc<Policy>> {
             match prev {
-                Some(p) if p.record.policy == record.policy => p.policy.clone(),
-                _ => Arc::new(Policy::parse(&record.policy).map_err(|e| {
+                Some(p) if p.record.policy == record.policy => Ok(p.policy.clone()),
+                _ => Ok(Arc::new(Policy::parse(&record.policy).map_err(|e| {
                     KmsError::Internal(format!("stored policy of {}: {e}", record.id))
-                })?),
-            };
+                })?)),
+            }
+        };
+        let policy = parse(&record, prev)?;
+        let mut replicas = Vec::new();
+        if let Some(m) = &record.multi_region {
+            for x in &m.replicas {
+                let Some(view) = crate::service::ops::regions::replica_view(&record, &x.region)?
+                else {
+                    continue;
+                };
+                let prev_view = prev.and_then(|p| p.in_region(&x.region)).map(|v| &**v);
+                let policy = parse(&view, prev_view)?;
+                replicas.push((
+                    x.region.clone(),
+                    Arc::new(KeyEntry {
+                        record: view,
+                        materials: materials.clone(),
+                        policy,
+                        private: private.clone(),
+                        replicas: Vec::new(),
+                    }),
+                ));
+            }
+        }
         Ok(KeyEntry {
             record,
             materials,
             policy,
             private,
+            replicas,
         })
     }
 
@@ -1139,11 +1182,14 @@ impl Store {
         }
     }
 
-    /// Deletes keys whose pending deletion is due, with their aliases. Returns how many.
+    /// Deletes keys whose pending deletion is due, with their aliases, and the replicas of
+    /// multi-Region keys whose pending deletion is due (a primary is deleted only once it has
+    /// no replica). Returns how many keys and replicas.
     pub fn purge_expired(&self, at: f64) -> KmsResult<usize> {
+        let replicas = self.purge_replicas(at)?;
         let (db, _w) = match &self.backend {
             Backend::Embedded { .. } => self.embedded()?,
-            Backend::Postgres(pg) => return pg.purge_expired(&self.core, at),
+            Backend::Postgres(pg) => return Ok(replicas + pg.purge_expired(&self.core, at)?),
         };
         let (due, aliases): (Vec<[u8; 16]>, Vec<String>) = {
             let st = self.core.read_state()?;
@@ -1153,6 +1199,10 @@ impl Store {
                 .filter(|(_, e)| {
                     e.record.state == KeyState::PendingDeletion
                         && e.record.deletion_date.is_some_and(|d| d <= at)
+                        && e.record
+                            .multi_region
+                            .as_ref()
+                            .is_none_or(|m| m.replicas.is_empty())
                 })
                 .map(|(k, _)| *k)
                 .collect();
@@ -1166,7 +1216,7 @@ impl Store {
             (due, aliases)
         };
         if due.is_empty() {
-            return Ok(0);
+            return Ok(replicas);
         }
         Self::write_tx(db, |tx| {
             let mut keys = tx
@@ -1191,7 +1241,29 @@ impl Store {
         for a in &aliases {
             self.core.remove_alias_below(a, i64::MAX)?;
         }
-        Ok(due.len())
+        Ok(replicas + due.len())
+    }
+
+    /// Deletes the replicas whose pending deletion is due (each key's change checked again on
+    /// the stored record). Returns how many.
+    fn purge_replicas(&self, at: f64) -> KmsResult<usize> {
+        use crate::service::ops::regions::{delete_due_replicas, replica_deletion_due};
+        let due: Vec<[u8; 16]> = self
+            .read_state()?
+            .keys
+            .iter()
+            .filter(|(_, e)| replica_deletion_due(&e.record, at))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut deleted = 0;
+        for id in &due {
+            match self.update_key(id, |r| Ok(delete_due_replicas(r, at))) {
+                Ok((_, n)) => deleted += n,
+                Err(KmsError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
     }
 
     /// The administrator credential, created (and stored) on first use.

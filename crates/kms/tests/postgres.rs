@@ -612,3 +612,94 @@ fn boto3_suite_alternating_between_two_servers() {
     assert_eq!(&opened[..], b"enclave secret");
     let _: Value = Value::Null;
 }
+
+/// A multi-Region key on PostgreSQL: each Region's policy and state are stored in the same row
+/// and read back by a second server; the replica's deletion removes only the replica, and the
+/// primary's waiting period begins then.
+#[test]
+fn multi_region_keys_keep_their_regions_apart_on_postgres() {
+    use cloister_kms::service::ops::Caller;
+    let pg = PgCluster::start();
+    pg.create_db("mrk");
+    let tmp = tempfile::tempdir().unwrap();
+    let master = tmp.path().join("master.key");
+    let store_cfg = cloister_kms::config::StoreConfig {
+        url: Some(pg.url("mrk")),
+        ..Default::default()
+    };
+    let open = |dir: &str| {
+        let store =
+            cloister_kms::store::Store::open_configured(&tmp.path().join(dir), &master, &store_cfg)
+                .expect("open");
+        cloister_kms::Service::new(store, "us-east-1", "111122223333", None)
+            .with_regions(&["eu-west-1".to_string()])
+    };
+    let (a, b) = (open("a"), open("b"));
+    let root = "arn:aws:iam::111122223333:root";
+    let call = |s: &cloister_kms::Service, region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: root.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, body.to_string().as_bytes())
+            .map(|out| serde_json::from_slice::<Value>(&out).unwrap())
+    };
+    let k = call(
+        &a,
+        "us-east-1",
+        "CreateKey",
+        json!({"MultiRegion": true, "Description": "primary"}),
+    )
+    .unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    call(
+        &a,
+        "us-east-1",
+        "ReplicateKey",
+        json!({"KeyId": key, "ReplicaRegion": "eu-west-1", "Description": "replica"}),
+    )
+    .unwrap();
+    call(&a, "eu-west-1", "DisableKey", json!({"KeyId": key})).unwrap();
+    let describe = |region: &str| {
+        call(&b, region, "DescribeKey", json!({"KeyId": key})).map(|v| v["KeyMetadata"].clone())
+    };
+    let (us, eu) = (
+        describe("us-east-1").unwrap(),
+        describe("eu-west-1").unwrap(),
+    );
+    assert_eq!(
+        (&us["Description"], &us["KeyState"]),
+        (&json!("primary"), &json!("Enabled"))
+    );
+    assert_eq!(
+        (&eu["Description"], &eu["KeyState"]),
+        (&json!("replica"), &json!("Disabled"))
+    );
+
+    let s = call(
+        &b,
+        "us-east-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key}),
+    )
+    .unwrap();
+    assert_eq!(s["KeyState"], "PendingReplicaDeletion");
+    let s = call(
+        &b,
+        "eu-west-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    )
+    .unwrap();
+    let due = s["DeletionDate"].as_f64().unwrap();
+    // Neither key is due yet; then only the replica is.
+    assert_eq!(a.store().purge_expired(due - 1.0).unwrap(), 0);
+    assert_eq!(a.store().purge_expired(due).unwrap(), 1);
+    assert!(describe("eu-west-1").is_err(), "the replica is deleted");
+    let us = describe("us-east-1").unwrap();
+    assert_eq!(us["KeyState"], "PendingDeletion");
+    assert!(us["DeletionDate"].as_f64().unwrap() >= due + 30.0 * 86_400.0 - 1.0);
+    assert_eq!(a.store().purge_expired(due + 31.0 * 86_400.0).unwrap(), 1);
+    assert!(describe("us-east-1").is_err(), "the primary is deleted");
+}

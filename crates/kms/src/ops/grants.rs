@@ -31,6 +31,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Most grants on one key (AWS allows 50,000; grants live in the key's record here).
 pub const MAX_GRANTS_PER_KEY: usize = 1000;
@@ -370,7 +371,7 @@ impl Service {
             }
         }
         if policy.mentions("kms:resourcealiases") {
-            if let Ok(aliases) = self.store.list_aliases() {
+            if let Ok(aliases) = self.aliases_here() {
                 for (name, a) in aliases {
                     if a.target == key.entry.record.id {
                         ctx.add("kms:resourcealiases", name);
@@ -395,7 +396,12 @@ impl Service {
         for t in tokens {
             let tok = decode_token(t)?;
             if let Some(entry) = self.store.key(&tok.key_id)? {
-                if let Some(g) = entry.record.grants.iter().find(|g| g.id == tok.grant_id) {
+                // The grants of every Region's key of a multi-Region key.
+                let mut views =
+                    std::iter::once(&entry).chain(entry.replicas.iter().map(|(_, v)| v));
+                if let Some(g) =
+                    views.find_map(|e| e.record.grants.iter().find(|g| g.id == tok.grant_id))
+                {
                     authentic(g, &tok)?;
                 }
             }
@@ -491,10 +497,14 @@ impl Service {
         scope::add_value("kms:GrantIsForAWSResource", "false");
         self.authorize(&key, principal, "kms:CreateGrant", None, None)?;
         self.check_grant_narrowing(&key, principal, &operations, constraints.as_ref())?;
-        if key.entry.record.state == KeyState::PendingDeletion {
+        if matches!(
+            key.entry.record.state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
             return Err(KmsError::InvalidState(format!(
-                "{} is pending deletion.",
-                key.arn
+                "{} is {}.",
+                key.arn,
+                key.entry.record.state.as_str()
             )));
         }
         if req.dry_run == Some(true) {
@@ -514,7 +524,7 @@ impl Service {
             constraints,
             token_key: hex::encode(token_key),
         };
-        let (_, grant) = self.store.update_key(&key.id, |r| {
+        let (_, grant) = self.update_regional(&key, |r| {
             // Name idempotency: a retried CreateGrant with the same name and parameters answers
             // the grant it made before (with a fresh token).
             if fresh.name.is_some() {
@@ -636,7 +646,9 @@ impl Service {
         let mut after = None;
         loop {
             let (keys, more) = self.store.list_keys(after, 256)?;
-            for e in &keys {
+            // Grants are per Region: those of the keys in the request's Region.
+            for e in keys.iter().filter(|e| self.in_request_region(&e.record)) {
+                let e = self.regional(Arc::clone(e));
                 for g in &e.record.grants {
                     if g.retiring.as_deref() == Some(retiring.as_str()) {
                         all.push((self.key_arn(&e.record.id), g.clone()));
@@ -749,7 +761,7 @@ impl Service {
     }
 
     fn remove_grant(&self, key: &Resolved, grant_id: &str) -> KmsResult<()> {
-        self.store.update_key(&key.id, |r| {
+        self.update_regional(key, |r| {
             let before = r.grants.len();
             r.grants.retain(|g| g.id != grant_id);
             if r.grants.len() == before {

@@ -426,9 +426,12 @@ impl Service {
             i.valid_to = valid_to;
             i.pending = None;
             r.materials = vec![sealed];
-            if r.state == KeyState::PendingImport {
-                r.state = KeyState::Enabled;
-            }
+            // The material is shared by every Region of a multi-Region key.
+            super::regions::for_each_region_state(r, |s| {
+                if *s == KeyState::PendingImport {
+                    *s = KeyState::Enabled;
+                }
+            });
             Ok(())
         })?;
         Ok(json!({}))
@@ -465,9 +468,14 @@ fn delete_material(r: &mut KeyRecord) {
         i.valid_to = None;
         i.expiration_model = None;
     }
-    if r.state != KeyState::PendingDeletion {
-        r.state = KeyState::PendingImport;
-    }
+    super::regions::for_each_region_state(r, |s| {
+        if !matches!(
+            *s,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
+            *s = KeyState::PendingImport;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -7,26 +7,91 @@
 //! AWS. Key and alias ARNs name the request's Region.
 //!
 //! A multi-Region key is one record: the primary and its replicas share the key material (so a
-//! ciphertext made in one Region decrypts in every other), its rotations, and, here, also its
-//! key policy, grants, description, tags and state (AWS keeps those per Region; ReplicateKey
-//! therefore refuses a `Policy`, `Description` or `Tags` of its own). [`MultiRegionRecord`] lists
-//! the primary Region and the replica Regions. Scheduling the deletion of a multi-Region key
-//! deletes it in every Region.
+//! ciphertext made in one Region decrypts in every other), key spec, usage and origin, and its
+//! rotations (automatic rotation is set on the primary and applies to all). As in AWS, each
+//! Region's key has its own key policy, grants, description, tags, state and pending deletion
+//! ([`RegionFields`]): the record's own fields are those of the primary Region, each
+//! [`ReplicaRecord`] holds those of its Region. Key lookup answers the view of the request's
+//! Region (see [`crate::store::KeyEntry::in_region`]) and every write of these fields goes
+//! through [`Service::update_regional`], which saves them into the request's Region.
+//! ReplicateKey takes the replica's own `Policy` (the default key policy without one),
+//! `Description` and `Tags`; UpdatePrimaryRegion moves the primary and each Region keeps its
+//! own fields. Aliases are per Region too (see [`Service::alias_key`]).
+//!
+//! Deletion is per Region: scheduling the deletion of a replica deletes only that replica when
+//! its waiting period is over. A primary with replicas is never deleted first: its deletion,
+//! once scheduled, waits in `PendingReplicaDeletion` until the last replica is deleted, and then
+//! its own waiting period begins (`PendingDeletion`).
 //!
 //! Multi-Region key ids are 16 bytes like UUID key ids, marked by the high nibble 0xF of byte 6
 //! (see [`crate::store::is_mrk_id`]), so the ciphertext format is the same for both.
 
-use super::super::{check_len, required, Service};
+use super::super::{
+    check_len, required, take_tags, Resolved, Service, TagParam, MAX_DESCRIPTION, MAX_TAGS,
+};
+use super::grants::GrantRecord;
 use super::scope::{self, Caller};
 use crate::error::{KmsError, KmsResult};
-use crate::store::{format_key_id, now, KeyRecord, KeyState};
+use crate::policy::Policy;
+use crate::store::{format_key_id, now, parse_key_id, KeyEntry, KeyRecord, KeyState, Tag};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Most replicas of one multi-Region key.
 pub const MAX_REPLICAS: usize = 64;
 /// Longest Region name.
 pub const MAX_REGION_LEN: usize = 32;
+
+/// What the key of each Region of a multi-Region key has of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionFields {
+    /// Description.
+    pub description: String,
+    /// State.
+    pub state: KeyState,
+    /// When a pending deletion completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<f64>,
+    /// Waiting period of a pending deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_window_days: Option<u32>,
+    /// Key policy text.
+    pub policy: String,
+    /// Tags, in insertion order.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// Grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantRecord>,
+}
+
+impl RegionFields {
+    /// Moves these fields out of `r` (leaving empty values).
+    fn take(r: &mut KeyRecord) -> Self {
+        RegionFields {
+            description: std::mem::take(&mut r.description),
+            state: r.state,
+            deletion_date: r.deletion_date.take(),
+            pending_window_days: r.pending_window_days.take(),
+            policy: std::mem::take(&mut r.policy),
+            tags: std::mem::take(&mut r.tags),
+            grants: std::mem::take(&mut r.grants),
+        }
+    }
+
+    /// Puts these fields into `r`.
+    fn put(self, r: &mut KeyRecord) {
+        r.description = self.description;
+        r.state = self.state;
+        r.deletion_date = self.deletion_date;
+        r.pending_window_days = self.pending_window_days;
+        r.policy = self.policy;
+        r.tags = self.tags;
+        r.grants = self.grants;
+    }
+}
 
 /// A replica of a multi-Region key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +101,119 @@ pub struct ReplicaRecord {
     pub region: String,
     /// When it was made.
     pub created: f64,
+    /// Its own policy, grants, description, tags and state. Absent in records of earlier
+    /// versions, whose replicas shared the primary's: such a replica starts from a copy of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<RegionFields>,
+}
+
+/// Exchanges the Region fields of `r` (its primary's) with those of its replica in `region`;
+/// done twice, it restores `r`. Returns false (and changes nothing) when `region` is the
+/// primary's or `r` is a single-Region key; NotFoundException when `r` has no replica there.
+pub fn swap_region(r: &mut KeyRecord, region: &str) -> KmsResult<bool> {
+    let i = match &r.multi_region {
+        Some(m) if m.primary != region => m
+            .replicas
+            .iter()
+            .position(|x| x.region == region)
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{}' does not exist", r.id)))?,
+        _ => return Ok(false),
+    };
+    let here = RegionFields::take(r);
+    let mr = r
+        .multi_region
+        .as_mut()
+        .ok_or_else(|| KmsError::Internal("multi-Region record".into()))?;
+    let there = mr.replicas[i].own.take().unwrap_or_else(|| here.clone());
+    mr.replicas[i].own = Some(here);
+    there.put(r);
+    Ok(true)
+}
+
+/// The record of a multi-Region key as its replica in `region` sees it (the replicas' own
+/// fields left out), or `None` when `region` is not one of its replica Regions.
+pub fn replica_view(r: &KeyRecord, region: &str) -> KmsResult<Option<KeyRecord>> {
+    match &r.multi_region {
+        Some(m) if m.primary != region && m.in_region(region) => {}
+        _ => return Ok(None),
+    }
+    let mut v = r.clone();
+    swap_region(&mut v, region)?;
+    if let Some(m) = v.multi_region.as_mut() {
+        for x in &mut m.replicas {
+            x.own = None;
+        }
+    }
+    Ok(Some(v))
+}
+
+/// True when a replica of `r` is due for deletion at `at`, or `r` is a primary whose deletion
+/// waited for replicas that are all gone.
+pub fn replica_deletion_due(r: &KeyRecord, at: f64) -> bool {
+    let Some(m) = &r.multi_region else {
+        return false;
+    };
+    (r.state == KeyState::PendingReplicaDeletion && m.replicas.is_empty())
+        || m.replicas.iter().any(|x| {
+            let own = x.own.as_ref();
+            let state = own.map_or(r.state, |o| o.state);
+            let date = own.map_or(r.deletion_date, |o| o.deletion_date);
+            state == KeyState::PendingDeletion && date.is_some_and(|d| d <= at)
+        })
+}
+
+/// Deletes the replicas of `r` whose waiting period is over at `at`; when a primary waiting in
+/// `PendingReplicaDeletion` has no replica left, its own waiting period begins. Returns how
+/// many replicas were deleted.
+pub fn delete_due_replicas(r: &mut KeyRecord, at: f64) -> usize {
+    let (state, date) = (r.state, r.deletion_date);
+    let Some(m) = r.multi_region.as_mut() else {
+        return 0;
+    };
+    let before = m.replicas.len();
+    m.replicas.retain(|x| {
+        let own = x.own.as_ref();
+        let state = own.map_or(state, |o| o.state);
+        let date = own.map_or(date, |o| o.deletion_date);
+        !(state == KeyState::PendingDeletion && date.is_some_and(|d| d <= at))
+    });
+    let deleted = before - m.replicas.len();
+    if m.replicas.is_empty() && r.state == KeyState::PendingReplicaDeletion {
+        let days = r.pending_window_days.unwrap_or(30);
+        r.state = KeyState::PendingDeletion;
+        r.deletion_date = Some(at + f64::from(days) * 86_400.0);
+    }
+    deleted
+}
+
+/// Gives each replica of a record of an earlier version (whose replicas shared the primary's
+/// fields) its own copy of them, so that a change in one Region stays in that Region.
+pub fn materialize_replicas(r: &mut KeyRecord) {
+    let Some(m) = &r.multi_region else { return };
+    if m.replicas.iter().all(|x| x.own.is_some()) {
+        return;
+    }
+    let snapshot = {
+        let mut c = r.clone();
+        RegionFields::take(&mut c)
+    };
+    if let Some(m) = r.multi_region.as_mut() {
+        for x in &mut m.replicas {
+            x.own.get_or_insert_with(|| snapshot.clone());
+        }
+    }
+}
+
+/// Changes the state of every Region's key of `r` with `f` (for changes of the shared
+/// material).
+pub fn for_each_region_state(r: &mut KeyRecord, f: impl Fn(&mut KeyState)) {
+    materialize_replicas(r);
+    f(&mut r.state);
+    if let Some(m) = r.multi_region.as_mut() {
+        for own in m.replicas.iter_mut().filter_map(|x| x.own.as_mut()) {
+            f(&mut own.state);
+        }
+    }
 }
 
 /// The Regions of a multi-Region key.
@@ -65,7 +243,7 @@ pub(in crate::service) struct RegionReq {
     primary_region: Option<String>,
     policy: Option<String>,
     description: Option<String>,
-    tags: Option<Value>,
+    tags: Option<Vec<TagParam>>,
     bypass_policy_lockout_safety_check: Option<bool>,
 }
 
@@ -100,6 +278,129 @@ fn check_region(field: &str, r: &str) -> KmsResult<()> {
 }
 
 impl Service {
+    /// The view of `entry` in the request's Region: a replica's own policy, grants,
+    /// description, tags and state in its Region, the entry itself elsewhere.
+    pub(in crate::service) fn regional(&self, entry: Arc<KeyEntry>) -> Arc<KeyEntry> {
+        if entry.replicas.is_empty() {
+            return entry;
+        }
+        match entry.in_region(&self.request_region()) {
+            Some(view) => view.clone(),
+            None => entry,
+        }
+    }
+
+    /// Changes the key of `key` in the request's Region with `f`, which sees (and changes) the
+    /// record as that Region sees it: a replica's own fields are saved into the replica, the
+    /// primary's into the record. Answers the changed key as the request's Region sees it.
+    pub(in crate::service) fn update_regional<T>(
+        &self,
+        key: &Resolved,
+        f: impl FnOnce(&mut KeyRecord) -> KmsResult<T>,
+    ) -> KmsResult<(Arc<KeyEntry>, T)> {
+        let region = self.request_region();
+        let arn = key.arn.clone();
+        let (entry, out) = self.store.update_key(&key.id, |r| {
+            materialize_replicas(r);
+            let swapped = swap_region(r, &region)
+                .map_err(|_| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+            let out = f(r)?;
+            if swapped {
+                swap_region(r, &region)?;
+            }
+            Ok(out)
+        })?;
+        Ok((self.regional(entry), out))
+    }
+
+    /// UnsupportedOperationException for a replica key: `what` is managed on the primary key.
+    pub(in crate::service) fn require_primary(&self, key: &Resolved, what: &str) -> KmsResult<()> {
+        match &key.entry.record.multi_region {
+            Some(m) if m.primary != self.request_region() => {
+                Err(KmsError::UnsupportedOperation(format!(
+                    "{} is a multi-Region replica key; {what} is managed on its primary key in Region {}",
+                    key.arn, m.primary
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The name under which the store keeps alias `name` of the request's Region: aliases are
+    /// per Region. In the service's own Region it is the name itself (as earlier versions kept
+    /// every alias), in another `{region}:{name}` (no alias name has a `:`).
+    pub(in crate::service) fn alias_key(&self, name: &str) -> String {
+        let region = self.request_region();
+        if region == self.region {
+            name.to_string()
+        } else {
+            format!("{region}:{name}")
+        }
+    }
+
+    /// The Region and the alias name of a store alias name (see [`Service::alias_key`]).
+    fn split_alias_key<'a>(&'a self, key: &'a str) -> (&'a str, &'a str) {
+        match key.split_once(':') {
+            Some((region, name)) => (region, name),
+            None => (self.region.as_str(), key),
+        }
+    }
+
+    /// The aliases of the request's Region (name, record), in name order.
+    pub(in crate::service) fn aliases_here(
+        &self,
+    ) -> KmsResult<Vec<(String, crate::store::AliasRecord)>> {
+        let region = self.request_region();
+        Ok(self
+            .store
+            .list_aliases()?
+            .into_iter()
+            .filter_map(|(k, a)| {
+                let (r, name) = self.split_alias_key(&k);
+                (r == region).then(|| (name.to_string(), a))
+            })
+            .collect())
+    }
+
+    /// An alias error of the store, told with the alias's name and ARN in the request's Region.
+    pub(in crate::service) fn alias_error(&self, name: &str, e: KmsError) -> KmsError {
+        match e {
+            KmsError::AlreadyExists(_) => KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.alias_arn(name)
+            )),
+            KmsError::NotFound(_) => {
+                KmsError::NotFound(format!("Alias {} is not found.", self.alias_arn(name)))
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes the aliases whose key still exists but no longer in their Region (those of a
+    /// deleted replica; the store deletes those of a deleted key with it).
+    pub(in crate::service) fn drop_orphan_aliases(&self) -> KmsResult<usize> {
+        let mut dropped = 0;
+        for (k, a) in self.store.list_aliases()? {
+            let (region, _) = self.split_alias_key(&k);
+            let Some(e) = parse_key_id(&a.target).and_then(|id| self.store.key(&id).ok().flatten())
+            else {
+                continue;
+            };
+            let exists = match &e.record.multi_region {
+                Some(m) => m.in_region(region),
+                None => region == self.region,
+            };
+            if !exists {
+                match self.store.delete_alias(&k) {
+                    Ok(()) => dropped += 1,
+                    Err(KmsError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
     /// The Region of the current request.
     pub(in crate::service) fn request_region(&self) -> String {
         scope::region().unwrap_or_else(|| self.region.clone())
@@ -162,12 +463,31 @@ impl Service {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let replica = required(req.replica_region, "replicaRegion")?;
         check_region("replicaRegion", &replica)?;
-        if req.policy.is_some() || req.description.is_some() || req.tags.is_some() {
-            return Err(KmsError::UnsupportedOperation(
-                "Replicas share the primary key's policy, description and tags here; omit Policy, Description and Tags".into(),
-            ));
+        let description = req.description.unwrap_or_default();
+        check_len("description", description.len(), 0, MAX_DESCRIPTION)?;
+        let tags = take_tags(req.tags.unwrap_or_default())?;
+        if tags.len() > MAX_TAGS {
+            return Err(KmsError::Tag(format!(
+                "A key can have at most {MAX_TAGS} tags"
+            )));
         }
-        let _ = req.bypass_policy_lockout_safety_check;
+        let replica_arn = self.arn_in(&replica, &key.entry.record.id);
+        // The replica's own policy (the default key policy without one), checked as PutKeyPolicy
+        // checks a policy: the caller must keep PutKeyPolicy on the replica.
+        let policy = match req.policy {
+            Some(p) => {
+                check_len("policy", p.len(), 1, crate::policy::MAX_POLICY_BYTES)?;
+                let parsed = Policy::parse(&p)?;
+                self.check_lockout(
+                    &parsed,
+                    principal,
+                    &replica_arn,
+                    req.bypass_policy_lockout_safety_check,
+                )?;
+                p
+            }
+            None => Policy::default_text(&self.account),
+        };
         self.authorize(&key, principal, "kms:ReplicateKey", None, None)?;
         let mr = key.entry.record.multi_region.as_ref().ok_or_else(|| {
             KmsError::UnsupportedOperation(format!("{} is not a multi-Region key", key.arn))
@@ -185,14 +505,17 @@ impl Service {
         }
         if mr.in_region(&replica) {
             return Err(KmsError::AlreadyExists(format!(
-                "Key {} already exists in Region {replica}",
-                self.arn_in(&replica, &key.entry.record.id)
+                "Key {replica_arn} already exists in Region {replica}"
             )));
         }
-        if key.entry.record.state == KeyState::PendingDeletion {
+        if matches!(
+            key.entry.record.state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
             return Err(KmsError::InvalidState(format!(
-                "{} is pending deletion.",
-                key.arn
+                "{} is {}.",
+                key.arn,
+                key.entry.record.state.as_str()
             )));
         }
         let target = replica.clone();
@@ -211,25 +534,42 @@ impl Service {
                     "A multi-Region key can have at most {MAX_REPLICAS} replicas"
                 )));
             }
+            // The replica shares the material: without it (an imported key awaiting its
+            // material), it waits for the import too.
+            let state = if r.materials.is_empty() {
+                KeyState::PendingImport
+            } else {
+                KeyState::Enabled
+            };
             mr.replicas.push(ReplicaRecord {
                 region: target,
                 created: now(),
+                own: Some(RegionFields {
+                    description,
+                    state,
+                    deletion_date: None,
+                    pending_window_days: None,
+                    policy,
+                    tags,
+                    grants: Vec::new(),
+                }),
             });
             Ok(())
         })?;
         // The replica's metadata as its own Region sees it.
-        let metadata = {
+        let (metadata, view) = {
             let _in_replica = scope::enter(&Caller {
                 principal: principal.to_string(),
                 region: Some(replica),
                 ..Caller::default()
             });
-            self.metadata(&entry)
+            let view = self.regional(entry);
+            (self.metadata(&view), view)
         };
         Ok(json!({
             "ReplicaKeyMetadata": metadata,
-            "ReplicaPolicy": entry.record.policy,
-            "ReplicaTags": entry.record.tags.iter()
+            "ReplicaPolicy": view.record.policy,
+            "ReplicaTags": view.record.tags.iter()
                 .map(|t| json!({ "TagKey": t.key, "TagValue": t.value }))
                 .collect::<Vec<_>>(),
         }))
@@ -268,7 +608,25 @@ impl Service {
                 key.entry.record.state.as_str()
             )));
         }
+        let replica_state = mr
+            .replicas
+            .iter()
+            .find(|x| x.region == new_primary)
+            .and_then(|x| x.own.as_ref())
+            .map_or(key.entry.record.state, |o| o.state);
+        if replica_state != KeyState::Enabled && replica_state != KeyState::Disabled {
+            return Err(KmsError::InvalidState(format!(
+                "{} is {}.",
+                self.arn_in(&new_primary, &key.entry.record.id),
+                replica_state.as_str()
+            )));
+        }
         self.store.update_key(&key.id, |r| {
+            // The record's own fields become the new primary's, and the old primary's go into
+            // the replica entry that now names its Region: each Region keeps its own.
+            if !swap_region(r, &new_primary)? {
+                return Err(KmsError::Internal("multi-Region record".into()));
+            }
             let mr = r
                 .multi_region
                 .as_mut()
@@ -279,10 +637,8 @@ impl Service {
                 .position(|x| x.region == new_primary)
                 .ok_or_else(|| KmsError::NotFound("replica vanished".into()))?;
             let old = std::mem::replace(&mut mr.primary, new_primary);
-            mr.replicas[i] = ReplicaRecord {
-                region: old,
-                created: now(),
-            };
+            mr.replicas[i].region = old;
+            mr.replicas[i].created = now();
             Ok(())
         })?;
         Ok(json!({}))

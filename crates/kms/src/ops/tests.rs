@@ -903,3 +903,473 @@ fn re_encrypt_authorizations_see_their_own_encryption_algorithm() {
     .unwrap();
     assert_eq!(plain["Plaintext"], "eA==");
 }
+
+#[test]
+fn each_region_of_a_multi_region_key_has_its_own_policy_grants_tags_and_state() {
+    let (_d, s) = service();
+    let s = s.with_regions(&["eu-west-1".to_string(), "ap-south-1".to_string()]);
+    let as_in = |who: &str, region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: who.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let allow = |who: &str| json!({"Effect": "Allow", "Principal": {"AWS": who}, "Action": "kms:*", "Resource": "*"});
+    let primary_policy =
+        json!({"Version": "2012-10-17", "Statement": [allow(ROOT), allow(APP)]}).to_string();
+    let replica_policy = json!({"Version": "2012-10-17", "Statement": [allow(ROOT),
+        {"Effect": "Deny", "Principal": {"AWS": APP}, "Action": "kms:*", "Resource": "*"}]})
+    .to_string();
+    let k = as_in(
+        ROOT,
+        "us-east-1",
+        "CreateKey",
+        json!({"MultiRegion": true, "Description": "primary", "Policy": primary_policy,
+            "Tags": [{"TagKey": "site", "TagValue": "us"}]}),
+    )
+    .unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+
+    // A replica policy that would lock the caller out is refused, and nothing is made.
+    let only_other = json!({"Version": "2012-10-17", "Statement": [allow(OTHER)]}).to_string();
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "us-east-1",
+            "ReplicateKey",
+            json!({"KeyId": key, "ReplicaRegion": "ap-south-1", "Policy": only_other})
+        )),
+        "MalformedPolicyDocumentException"
+    );
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "ap-south-1",
+            "DescribeKey",
+            json!({"KeyId": key})
+        )),
+        "NotFoundException"
+    );
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "us-east-1",
+            "ReplicateKey",
+            json!({"KeyId": key, "ReplicaRegion": "eu-west-1", "Policy": "{"})
+        )),
+        "MalformedPolicyDocumentException"
+    );
+
+    let r = as_in(
+        ROOT,
+        "us-east-1",
+        "ReplicateKey",
+        json!({"KeyId": key, "ReplicaRegion": "eu-west-1", "Policy": replica_policy,
+            "Description": "replica", "Tags": [{"TagKey": "site", "TagValue": "eu"}]}),
+    )
+    .unwrap();
+    assert_eq!(r["ReplicaPolicy"], replica_policy.as_str());
+    assert_eq!(
+        r["ReplicaTags"],
+        json!([{"TagKey": "site", "TagValue": "eu"}])
+    );
+    assert_eq!(r["ReplicaKeyMetadata"]["Description"], "replica");
+    assert_eq!(r["ReplicaKeyMetadata"]["KeyState"], "Enabled");
+
+    // Each Region answers its own description, policy and tags.
+    let describe = |region: &str| {
+        as_in(ROOT, region, "DescribeKey", json!({"KeyId": key})).unwrap()["KeyMetadata"].clone()
+    };
+    assert_eq!(describe("us-east-1")["Description"], "primary");
+    assert_eq!(describe("eu-west-1")["Description"], "replica");
+    let policy_in = |region: &str| {
+        as_in(ROOT, region, "GetKeyPolicy", json!({"KeyId": key})).unwrap()["Policy"].clone()
+    };
+    assert_eq!(policy_in("us-east-1"), primary_policy.as_str());
+    assert_eq!(policy_in("eu-west-1"), replica_policy.as_str());
+    let tags_in = |region: &str| {
+        as_in(ROOT, region, "ListResourceTags", json!({"KeyId": key})).unwrap()["Tags"].clone()
+    };
+    assert_eq!(
+        tags_in("us-east-1"),
+        json!([{"TagKey": "site", "TagValue": "us"}])
+    );
+    assert_eq!(
+        tags_in("eu-west-1"),
+        json!([{"TagKey": "site", "TagValue": "eu"}])
+    );
+
+    // The replica's policy denies APP, which the primary's allows; the material is shared.
+    let ct = as_in(
+        APP,
+        "us-east-1",
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": "bXJr"}),
+    )
+    .unwrap()["CiphertextBlob"]
+        .clone();
+    let dec = json!({"CiphertextBlob": ct});
+    assert_eq!(
+        code(as_in(APP, "eu-west-1", "Decrypt", dec.clone())),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        as_in(ROOT, "eu-west-1", "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "bXJr"
+    );
+
+    // A grant on the primary does not apply in the replica's Region.
+    let g = as_in(
+        ROOT,
+        "us-east-1",
+        "CreateGrant",
+        json!({"KeyId": key, "GranteePrincipal": OTHER, "Operations": ["Decrypt"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        code(as_in(OTHER, "us-east-1", "Decrypt", dec.clone())),
+        "ok"
+    );
+    assert_eq!(
+        code(as_in(OTHER, "eu-west-1", "Decrypt", dec.clone())),
+        "AccessDeniedException"
+    );
+    let grants_in = |region: &str| {
+        as_in(ROOT, region, "ListGrants", json!({"KeyId": key})).unwrap()["Grants"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((grants_in("us-east-1"), grants_in("eu-west-1")), (1, 0));
+    // Its token is known, and still confers nothing in the replica's Region.
+    let mut with_token = dec.clone();
+    with_token["GrantTokens"] = json!([g["GrantToken"]]);
+    assert_eq!(
+        code(as_in(OTHER, "eu-west-1", "Decrypt", with_token)),
+        "AccessDeniedException"
+    );
+
+    // Disabling the replica leaves the primary working.
+    as_in(ROOT, "eu-west-1", "DisableKey", json!({"KeyId": key})).unwrap();
+    assert_eq!(
+        code(as_in(ROOT, "eu-west-1", "Decrypt", dec.clone())),
+        "DisabledException"
+    );
+    assert_eq!(code(as_in(ROOT, "us-east-1", "Decrypt", dec.clone())), "ok");
+    assert_eq!(describe("us-east-1")["KeyState"], "Enabled");
+    assert_eq!(describe("eu-west-1")["KeyState"], "Disabled");
+    as_in(ROOT, "eu-west-1", "EnableKey", json!({"KeyId": key})).unwrap();
+
+    // Descriptions and tags change in one Region only.
+    as_in(
+        ROOT,
+        "eu-west-1",
+        "UpdateKeyDescription",
+        json!({"KeyId": key, "Description": "eu copy"}),
+    )
+    .unwrap();
+    as_in(
+        ROOT,
+        "eu-west-1",
+        "TagResource",
+        json!({"KeyId": key, "Tags": [{"TagKey": "team", "TagValue": "x"}]}),
+    )
+    .unwrap();
+    assert_eq!(describe("us-east-1")["Description"], "primary");
+    assert_eq!(describe("eu-west-1")["Description"], "eu copy");
+    assert_eq!(tags_in("us-east-1").as_array().unwrap().len(), 1);
+    assert_eq!(tags_in("eu-west-1").as_array().unwrap().len(), 2);
+
+    // Rotation is the primary's, and applies to every Region.
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "eu-west-1",
+            "EnableKeyRotation",
+            json!({"KeyId": key})
+        )),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "eu-west-1",
+            "RotateKeyOnDemand",
+            json!({"KeyId": key})
+        )),
+        "UnsupportedOperationException"
+    );
+    as_in(
+        ROOT,
+        "us-east-1",
+        "EnableKeyRotation",
+        json!({"KeyId": key}),
+    )
+    .unwrap();
+    let st = as_in(
+        ROOT,
+        "eu-west-1",
+        "GetKeyRotationStatus",
+        json!({"KeyId": key}),
+    )
+    .unwrap();
+    assert_eq!(st["KeyRotationEnabled"], true);
+
+    // UpdatePrimaryRegion moves the primary; each Region keeps its own fields and grants.
+    as_in(
+        ROOT,
+        "us-east-1",
+        "UpdatePrimaryRegion",
+        json!({"KeyId": key, "PrimaryRegion": "eu-west-1"}),
+    )
+    .unwrap();
+    let eu = describe("eu-west-1");
+    assert_eq!(
+        eu["MultiRegionConfiguration"]["MultiRegionKeyType"],
+        "PRIMARY"
+    );
+    assert_eq!(eu["Description"], "eu copy");
+    assert_eq!(describe("us-east-1")["Description"], "primary");
+    assert_eq!(policy_in("us-east-1"), primary_policy.as_str());
+    assert_eq!(policy_in("eu-west-1"), replica_policy.as_str());
+    assert_eq!((grants_in("us-east-1"), grants_in("eu-west-1")), (1, 0));
+    assert_eq!(
+        code(as_in(OTHER, "us-east-1", "Decrypt", dec.clone())),
+        "ok"
+    );
+
+    // The primary (now eu-west-1) waits for its replica before its waiting period begins.
+    let sched = as_in(
+        ROOT,
+        "eu-west-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    )
+    .unwrap();
+    assert_eq!(sched["KeyState"], "PendingReplicaDeletion");
+    assert!(sched.get("DeletionDate").is_none(), "{sched}");
+    assert_eq!(sched["PendingWindowInDays"], 7);
+    let eu = describe("eu-west-1");
+    assert_eq!(eu["KeyState"], "PendingReplicaDeletion");
+    assert!(eu.get("DeletionDate").is_none());
+    assert_eq!(eu["PendingDeletionWindowInDays"], 7);
+    assert_eq!(
+        code(as_in(ROOT, "eu-west-1", "Decrypt", dec.clone())),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "eu-west-1",
+            "ReplicateKey",
+            json!({"KeyId": key, "ReplicaRegion": "ap-south-1"})
+        )),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(code(as_in(ROOT, "us-east-1", "Decrypt", dec.clone())), "ok");
+    // Cancelled like any pending deletion: the key is Disabled.
+    as_in(
+        ROOT,
+        "eu-west-1",
+        "CancelKeyDeletion",
+        json!({"KeyId": key}),
+    )
+    .unwrap();
+    assert_eq!(describe("eu-west-1")["KeyState"], "Disabled");
+    as_in(
+        ROOT,
+        "eu-west-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    )
+    .unwrap();
+
+    // Deleting the replica deletes only the replica; then the primary's waiting period begins.
+    let sched = as_in(
+        ROOT,
+        "us-east-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    )
+    .unwrap();
+    assert_eq!(sched["KeyState"], "PendingDeletion");
+    let due = sched["DeletionDate"].as_f64().unwrap();
+    assert_eq!(describe("eu-west-1")["KeyState"], "PendingReplicaDeletion");
+    assert_eq!(s.store().purge_expired(due - 1.0).unwrap(), 0);
+    assert_eq!(s.store().purge_expired(due).unwrap(), 1);
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "us-east-1",
+            "DescribeKey",
+            json!({"KeyId": key})
+        )),
+        "NotFoundException"
+    );
+    let eu = describe("eu-west-1");
+    assert_eq!(eu["KeyState"], "PendingDeletion");
+    assert!(eu["DeletionDate"].as_f64().unwrap() >= due + 7.0 * 86_400.0 - 1.0);
+    assert_eq!(eu["MultiRegionConfiguration"]["ReplicaKeys"], json!([]));
+    assert_eq!(s.store().purge_expired(due + 8.0 * 86_400.0).unwrap(), 1);
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "eu-west-1",
+            "DescribeKey",
+            json!({"KeyId": key})
+        )),
+        "NotFoundException"
+    );
+}
+
+#[test]
+fn replicas_of_earlier_records_start_from_the_primarys_fields() {
+    // A replica as earlier versions stored it: no fields of its own.
+    let old: crate::service::ops::regions::ReplicaRecord =
+        serde_json::from_str(r#"{"region": "eu-west-1", "created": 1.0}"#).unwrap();
+    assert!(old.own.is_none());
+    let (_d, s) = service();
+    let s = s.with_regions(&["eu-west-1".to_string()]);
+    let as_in = |region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: ROOT.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let k = as_in(
+        "us-east-1",
+        "CreateKey",
+        json!({"MultiRegion": true, "Description": "shared"}),
+    )
+    .unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let id = crate::store::parse_key_id(&key).unwrap();
+    s.store()
+        .update_key(&id, |r| {
+            r.multi_region.as_mut().unwrap().replicas.push(old.clone());
+            Ok(())
+        })
+        .unwrap();
+    let describe = |region: &str| {
+        as_in(region, "DescribeKey", json!({"KeyId": key})).unwrap()["KeyMetadata"].clone()
+    };
+    assert_eq!(describe("eu-west-1")["Description"], "shared");
+    // The first change in one Region stays there.
+    as_in("eu-west-1", "DisableKey", json!({"KeyId": key})).unwrap();
+    assert_eq!(describe("eu-west-1")["KeyState"], "Disabled");
+    assert_eq!(describe("us-east-1")["KeyState"], "Enabled");
+    as_in(
+        "us-east-1",
+        "UpdateKeyDescription",
+        json!({"KeyId": key, "Description": "primary only"}),
+    )
+    .unwrap();
+    assert_eq!(describe("eu-west-1")["Description"], "shared");
+}
+
+#[test]
+fn aliases_are_per_region() {
+    let (_d, s) = service();
+    let s = s.with_regions(&["eu-west-1".to_string()]);
+    let as_in = |region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: ROOT.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let k = as_in("us-east-1", "CreateKey", json!({"MultiRegion": true})).unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    as_in(
+        "us-east-1",
+        "ReplicateKey",
+        json!({"KeyId": key, "ReplicaRegion": "eu-west-1", "Description": "replica"}),
+    )
+    .unwrap();
+    let alias = |name: &str| json!({"AliasName": name, "TargetKeyId": key});
+    as_in("us-east-1", "CreateAlias", alias("alias/app")).unwrap();
+    assert_eq!(
+        code(as_in(
+            "eu-west-1",
+            "DescribeKey",
+            json!({"KeyId": "alias/app"})
+        )),
+        "NotFoundException"
+    );
+    let names = |region: &str| {
+        as_in(region, "ListAliases", json!({})).unwrap()["Aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["AliasName"].clone(), a["AliasArn"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names("eu-west-1"), vec![]);
+    // The same name in another Region is another alias.
+    as_in("eu-west-1", "CreateAlias", alias("alias/app")).unwrap();
+    as_in("eu-west-1", "CreateAlias", alias("alias/eu-only")).unwrap();
+    let dup = as_in("eu-west-1", "CreateAlias", alias("alias/app"));
+    assert!(
+        matches!(&dup, Err(KmsError::AlreadyExists(m))
+            if m.contains("arn:aws:kms:eu-west-1:111122223333:alias/app")),
+        "{dup:?}"
+    );
+    let d = as_in("eu-west-1", "DescribeKey", json!({"KeyId": "alias/app"})).unwrap();
+    assert_eq!(d["KeyMetadata"]["Description"], "replica");
+    assert_eq!(
+        names("eu-west-1"),
+        vec![
+            (
+                json!("alias/app"),
+                json!("arn:aws:kms:eu-west-1:111122223333:alias/app")
+            ),
+            (
+                json!("alias/eu-only"),
+                json!("arn:aws:kms:eu-west-1:111122223333:alias/eu-only")
+            ),
+        ]
+    );
+    assert_eq!(names("us-east-1").len(), 1);
+    as_in(
+        "eu-west-1",
+        "DeleteAlias",
+        json!({"AliasName": "alias/app"}),
+    )
+    .unwrap();
+    as_in("us-east-1", "DescribeKey", json!({"KeyId": "alias/app"})).unwrap();
+    // A single-Region key cannot be named in another Region.
+    let single = as_in("us-east-1", "CreateKey", json!({})).unwrap();
+    let single = single["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    assert_eq!(
+        code(as_in(
+            "eu-west-1",
+            "CreateAlias",
+            json!({"AliasName": "alias/s", "TargetKeyId": single})
+        )),
+        "NotFoundException"
+    );
+    // Deleting the replica deletes its Region's aliases, not the primary's.
+    let sched = as_in(
+        "eu-west-1",
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    )
+    .unwrap();
+    let due = sched["DeletionDate"].as_f64().unwrap();
+    assert_eq!(s.store().purge_expired(due).unwrap(), 1);
+    assert_eq!(s.drop_orphan_aliases().unwrap(), 1);
+    assert!(s
+        .store()
+        .alias("eu-west-1:alias/eu-only")
+        .unwrap()
+        .is_none());
+    assert_eq!(names("us-east-1").len(), 1);
+}

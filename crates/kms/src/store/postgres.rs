@@ -1032,6 +1032,8 @@ impl PgBackend {
                             "SELECT id FROM cloister_kms_keys
                              WHERE record->>'state' = 'PendingDeletion'
                                AND (record->>'deletion_date')::float8 <= $1
+                               AND COALESCE(jsonb_array_length(
+                                   record->'multi_region'->'replicas'), 0) = 0
                              FOR UPDATE",
                             &[&at],
                         )

@@ -52,6 +52,14 @@ other = client(os.environ["OTHER_AKID"], os.environ["OTHER_SECRET"])
 session = client(
     os.environ["SESSION_AKID"], os.environ["SESSION_SECRET"], token=os.environ["SESSION_TOKEN"]
 )
+app_eu = client(os.environ["APP_AKID"], os.environ["APP_SECRET"], region="eu-west-1")
+other_eu = client(os.environ["OTHER_AKID"], os.environ["OTHER_SECRET"], region="eu-west-1")
+session_eu = client(
+    os.environ["SESSION_AKID"],
+    os.environ["SESSION_SECRET"],
+    token=os.environ["SESSION_TOKEN"],
+    region="eu-west-1",
+)
 session_bad_token = client(
     os.environ["SESSION_AKID"], os.environ["SESSION_SECRET"], token="not-the-session-token"
 )
@@ -249,6 +257,111 @@ def multi_region_replicate_and_decrypt_in_the_replica_region():
     # A single-Region key does not exist in the other Region.
     single = admin.create_key()["KeyMetadata"]["KeyId"]
     expect_error("NotFoundException", admin_eu.describe_key, KeyId=single)
+
+
+MRK_ADMIN_STATEMENT = {
+    **ADMIN_STATEMENT,
+    "Sid": "mrk-admin",
+    "Action": ADMIN_ACTIONS
+    + [
+        "kms:ReplicateKey",
+        "kms:EnableKey",
+        "kms:DisableKey",
+        "kms:TagResource",
+        "kms:UpdateKeyDescription",
+        "kms:CancelKeyDeletion",
+        "kms:CreateAlias",
+        "kms:DeleteAlias",
+    ],
+}
+
+
+@check
+def multi_region_replica_has_its_own_policy_description_tags_state_and_grants():
+    primary_policy = policy(
+        MRK_ADMIN_STATEMENT,
+        {"Effect": "Allow", "Principal": {"AWS": APP}, "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"},
+    )
+    # The replica's own policy denies app, which the primary's allows, and lets the role decrypt.
+    replica_policy = policy(
+        MRK_ADMIN_STATEMENT,
+        {"Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:Decrypt", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": APP}, "Action": "kms:*", "Resource": "*"},
+    )
+    kid = admin.create_key(
+        MultiRegion=True, Description="primary", Policy=primary_policy, Tags=[{"TagKey": "site", "TagValue": "us"}]
+    )["KeyMetadata"]["KeyId"]
+    r = admin.replicate_key(
+        KeyId=kid,
+        ReplicaRegion="eu-west-1",
+        Policy=replica_policy,
+        Description="replica",
+        Tags=[{"TagKey": "site", "TagValue": "eu"}],
+    )
+    assert json.loads(r["ReplicaPolicy"]) == json.loads(replica_policy)
+    assert r["ReplicaTags"] == [{"TagKey": "site", "TagValue": "eu"}]
+    assert r["ReplicaKeyMetadata"]["Description"] == "replica"
+    assert r["ReplicaKeyMetadata"]["KeyState"] == "Enabled"
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "primary"
+    assert admin_eu.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "replica"
+    got = admin_eu.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    assert json.loads(got) == json.loads(replica_policy)
+    got = admin.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    assert json.loads(got) == json.loads(primary_policy)
+    assert admin_eu.list_resource_tags(KeyId=kid)["Tags"] == [{"TagKey": "site", "TagValue": "eu"}]
+    assert admin.list_resource_tags(KeyId=kid)["Tags"] == [{"TagKey": "site", "TagValue": "us"}]
+    admin_eu.update_key_description(KeyId=kid, Description="replica, renamed")
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "primary"
+
+    # The material is shared: a ciphertext of the primary decrypts in the replica's Region,
+    # for the principals the replica's policy allows.
+    ctx = {"r": "2"}
+    ct = app.encrypt(KeyId=kid, Plaintext=b"mrk", EncryptionContext=ctx)["CiphertextBlob"]
+    assert app.decrypt(CiphertextBlob=ct, EncryptionContext=ctx)["Plaintext"] == b"mrk"
+    expect_error("AccessDeniedException", app_eu.decrypt, CiphertextBlob=ct, EncryptionContext=ctx)
+    d = session_eu.decrypt(CiphertextBlob=ct, EncryptionContext=ctx)
+    assert d["Plaintext"] == b"mrk" and d["KeyId"] == f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{kid}"
+
+    # A grant on the primary does not apply in the replica's Region.
+    g = admin.create_grant(KeyId=kid, GranteePrincipal=OTHER, Operations=["Decrypt"])
+    got = other.decrypt(CiphertextBlob=ct, EncryptionContext=ctx, GrantTokens=[g["GrantToken"]])
+    assert got["Plaintext"] == b"mrk"
+    expect_error("AccessDeniedException", other_eu.decrypt, CiphertextBlob=ct, EncryptionContext=ctx)
+    assert [x["GrantId"] for x in admin.list_grants(KeyId=kid)["Grants"]] == [g["GrantId"]]
+    assert admin_eu.list_grants(KeyId=kid)["Grants"] == []
+
+    # The replica is disabled while the primary keeps working.
+    admin_eu.disable_key(KeyId=kid)
+    assert admin_eu.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Disabled"
+    expect_error("DisabledException", session_eu.decrypt, CiphertextBlob=ct, EncryptionContext=ctx)
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert app.decrypt(CiphertextBlob=ct, EncryptionContext=ctx)["Plaintext"] == b"mrk"
+    admin_eu.enable_key(KeyId=kid)
+    assert session_eu.decrypt(CiphertextBlob=ct, EncryptionContext=ctx)["Plaintext"] == b"mrk"
+
+    # Aliases are per Region: the same name names the key in each Region separately.
+    admin.create_alias(AliasName="alias/mrk-site", TargetKeyId=kid)
+    expect_error("NotFoundException", admin_eu.describe_key, KeyId="alias/mrk-site")
+    admin_eu.create_alias(AliasName="alias/mrk-site", TargetKeyId=kid)
+    expect_error("AlreadyExistsException", admin_eu.create_alias, AliasName="alias/mrk-site", TargetKeyId=kid)
+    assert admin_eu.describe_key(KeyId="alias/mrk-site")["KeyMetadata"]["Description"] == "replica, renamed"
+    eu_aliases = admin_eu.list_aliases(KeyId=kid)["Aliases"]
+    assert [a["AliasArn"] for a in eu_aliases] == [f"arn:aws:kms:eu-west-1:{ACCOUNT}:alias/mrk-site"], eu_aliases
+    admin_eu.delete_alias(AliasName="alias/mrk-site")
+    assert admin.describe_key(KeyId="alias/mrk-site")["KeyMetadata"]["Description"] == "primary"
+
+    # The primary's deletion waits for its replica; the replica's deletion is its own.
+    s = admin.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+    assert s["KeyState"] == "PendingReplicaDeletion" and "DeletionDate" not in s, s
+    m = admin.describe_key(KeyId=kid)["KeyMetadata"]
+    assert m["KeyState"] == "PendingReplicaDeletion" and m["PendingDeletionWindowInDays"] == 7, m
+    expect_error("KMSInvalidStateException", app.decrypt, CiphertextBlob=ct, EncryptionContext=ctx)
+    assert session_eu.decrypt(CiphertextBlob=ct, EncryptionContext=ctx)["Plaintext"] == b"mrk"
+    admin.cancel_key_deletion(KeyId=kid)
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Disabled"
+    s = admin_eu.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+    assert s["KeyState"] == "PendingDeletion" and "DeletionDate" in s, s
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Disabled"
 
 
 def wrap(params, material, algorithm):
