@@ -10,112 +10,19 @@
 #[path = "../tests/pg_support/mod.rs"]
 mod pg_support;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use bytes::Bytes;
 use cloister_kms::config::Config;
 use cloister_kms::server;
-use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-#[derive(Clone)]
-struct Creds {
-    akid: String,
-    secret: String,
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn signed_request(
-    addr: SocketAddr,
-    creds: &Creds,
-    op: &str,
-    body: Bytes,
-) -> hyper::Request<Full<Bytes>> {
-    let amz = format_amz_date(now_secs());
-    let host = addr.to_string();
-    let target = format!("TrentService.{op}");
-    let headers: Vec<(&str, &[u8])> = vec![
-        ("content-type", b"application/x-amz-json-1.1"),
-        ("host", host.as_bytes()),
-        ("x-amz-date", amz.as_bytes()),
-        ("x-amz-target", target.as_bytes()),
-    ];
-    let req = SignedRequest {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body: &body,
-    };
-    // Like the AWS SDKs, derive the signing key per request.
-    let key = signing_key(&creds.secret, &amz[..8], "us-east-1", "kms");
-    let auth = sign_request(
-        &creds.akid,
-        &key,
-        (&amz[..8], "us-east-1"),
-        &amz,
-        &req,
-        "content-type;host;x-amz-date;x-amz-target",
-    )
-    .expect("sign");
-    hyper::Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("host", host)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-date", amz)
-        .header("x-amz-target", target)
-        .header("authorization", auth)
-        .body(Full::new(body))
-        .expect("request")
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-async fn call(
-    sender: &mut Sender,
-    addr: SocketAddr,
-    creds: &Creds,
-    op: &str,
-    body: &Value,
-) -> Value {
-    let req = signed_request(
-        addr,
-        creds,
-        op,
-        Bytes::from(serde_json::to_vec(body).expect("json")),
-    );
-    // Setup calls use a fresh connection each: moto closes connections after each response.
-    *sender = connect(addr).await;
-    let resp = sender.send_request(req).await.expect("send");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    assert!(status.is_success(), "{op}: {status} {v}");
-    v
-}
+use std::time::{Duration, Instant};
+use support::{call, connect, signed_request, Creds};
 
 type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
 

@@ -40,52 +40,32 @@
 //!
 //! Run: `cargo bench -p cloister-kms --bench sign`; `BENCH_SECONDS=5` for steadier numbers.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use base64::Engine as _;
 use cloister_kms::config::Config;
 use cloister_kms::server;
-use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use support::{sign, Creds, Signed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// The bytes of one signed HTTP/1.1 request.
 fn signed_bytes(addr: SocketAddr, akid: &str, secret: &str, op: &str, body: &[u8]) -> Vec<u8> {
-    let amz = format_amz_date(now_secs());
-    let host = addr.to_string();
-    let target = format!("TrentService.{op}");
-    let headers: Vec<(&str, &[u8])> = vec![
-        ("content-type", b"application/x-amz-json-1.1"),
-        ("host", host.as_bytes()),
-        ("x-amz-date", amz.as_bytes()),
-        ("x-amz-target", target.as_bytes()),
-    ];
-    let req = SignedRequest {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body,
+    let creds = Creds {
+        akid: akid.to_owned(),
+        secret: secret.to_owned(),
     };
-    let key = signing_key(secret, &amz[..8], "us-east-1", "kms");
-    let auth = sign_request(
-        akid,
-        &key,
-        (&amz[..8], "us-east-1"),
-        &amz,
-        &req,
-        "content-type;host;x-amz-date;x-amz-target",
-    )
-    .expect("sign");
+    let Signed {
+        amz_date: amz,
+        host,
+        target,
+        authorization: auth,
+    } = sign(addr, &creds, op, body);
     let mut out = format!(
         "POST / HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/x-amz-json-1.1\r\nx-amz-date: {amz}\r\nx-amz-target: {target}\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n",
         body.len()

@@ -1,0 +1,127 @@
+//! What the key service's benchmarks share: SigV4-signed requests made the way the AWS SDKs make
+//! them, and a hyper HTTP/1.1 client connection. Each benchmark uses part of it.
+#![allow(dead_code)] // Each bench target compiles this module and uses only some of it.
+
+use bytes::Bytes;
+use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// An access key and its secret.
+#[derive(Clone)]
+pub struct Creds {
+    pub akid: String,
+    pub secret: String,
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The headers of one signed KMS request to `addr`.
+pub struct Signed {
+    pub amz_date: String,
+    pub host: String,
+    pub target: String,
+    pub authorization: String,
+}
+
+/// Signs KMS operation `op` with `body` for `addr`, deriving the signing key per request as
+/// the AWS SDKs do.
+pub fn sign(addr: SocketAddr, creds: &Creds, op: &str, body: &[u8]) -> Signed {
+    let amz = format_amz_date(now_secs());
+    let host = addr.to_string();
+    let target = format!("TrentService.{op}");
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/x-amz-json-1.1"),
+        ("host", host.as_bytes()),
+        ("x-amz-date", amz.as_bytes()),
+        ("x-amz-target", target.as_bytes()),
+    ];
+    let req = SignedRequest {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body,
+    };
+    let key = signing_key(&creds.secret, &amz[..8], "us-east-1", "kms");
+    let authorization = sign_request(
+        &creds.akid,
+        &key,
+        (&amz[..8], "us-east-1"),
+        &amz,
+        &req,
+        "content-type;host;x-amz-date;x-amz-target",
+    )
+    .expect("sign");
+    Signed {
+        amz_date: amz,
+        host,
+        target,
+        authorization,
+    }
+}
+
+pub fn signed_request(
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: Bytes,
+) -> hyper::Request<Full<Bytes>> {
+    let s = sign(addr, creds, op, &body);
+    hyper::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", s.host)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-date", s.amz_date)
+        .header("x-amz-target", s.target)
+        .header("authorization", s.authorization)
+        .body(Full::new(body))
+        .expect("request")
+}
+
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+pub async fn connect(addr: SocketAddr) -> Sender {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// One setup call on a fresh connection (moto closes connections after each response); its
+/// JSON answer, which must be a success.
+pub async fn call(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    creds: &Creds,
+    op: &str,
+    body: &Value,
+) -> Value {
+    let req = signed_request(
+        addr,
+        creds,
+        op,
+        Bytes::from(serde_json::to_vec(body).expect("json")),
+    );
+    *sender = connect(addr).await;
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    assert!(status.is_success(), "{op}: {status} {v}");
+    v
+}
