@@ -11,7 +11,6 @@
 
 mod enclave_support;
 
-use cloister_cpio::CpioWriter;
 use enclave_support::Env;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -64,52 +63,7 @@ fn build_nsm_app() -> PathBuf {
 
 /// An EIF with Cloister's static init whose command is `/app <args>` (the binary `app`).
 fn build_app_eif(dir: &Path, name: &str, app: &Path, args: &[&str]) -> PathBuf {
-    let (init, _) = enclave_support::static_bins();
-    let init_bytes = std::fs::read(init).unwrap();
-    let app_bytes = std::fs::read(app).unwrap();
-    let mut boot = CpioWriter::new(Vec::new());
-    boot.file(
-        "init",
-        0o755,
-        0,
-        0,
-        init_bytes.len() as u64,
-        &init_bytes[..],
-    )
-    .unwrap();
-    let boot = boot.finish().unwrap();
-    let cmd = std::iter::once("/app")
-        .chain(args.iter().copied())
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    let env = "RUST_BACKTRACE=1\n";
-    let mut user = CpioWriter::new(Vec::new());
-    user.file("cmd", 0o644, 0, 0, cmd.len() as u64, cmd.as_bytes())
-        .unwrap();
-    user.file("env", 0o644, 0, 0, env.len() as u64, env.as_bytes())
-        .unwrap();
-    user.dir("rootfs", 0o755, 0, 0).unwrap();
-    user.dir("rootfs/tmp", 0o1777, 0, 0).unwrap();
-    user.file(
-        "rootfs/app",
-        0o755,
-        0,
-        0,
-        app_bytes.len() as u64,
-        &app_bytes[..],
-    )
-    .unwrap();
-    let user = user.finish().unwrap();
-    let path = dir.join(format!("{name}.eif"));
-    cloister_eif::EifBuilder::new()
-        .kernel_bytes(b"not a kernel: process isolation does not boot one".to_vec())
-        .cmdline("console=ttyS0")
-        .ramdisk_bytes(boot)
-        .ramdisk_bytes(user)
-        .write_to_path(&path)
-        .expect("write eif");
-    path
+    enclave_support::build_binary_eif(dir, name, app, "app", args)
 }
 
 /// Accepts one connection on a fabric listener, with a deadline.

@@ -22,10 +22,21 @@ pub fn static_bins() -> &'static (PathBuf, PathBuf) {
 
 /// Writes an EIF whose command is `/testapp <args>`.
 pub fn build_eif(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let (init, app) = static_bins();
+    build_binary_eif(dir, name, &static_bins().1, "testapp", args)
+}
+
+/// Writes an EIF with Cloister's static init whose root file system holds `binary` as
+/// `/<in_root>` (and `/tmp`), and whose command is `/<in_root> <args>`.
+pub fn build_binary_eif(
+    dir: &Path,
+    name: &str,
+    binary: &Path,
+    in_root: &str,
+    args: &[&str],
+) -> PathBuf {
     let read = |p: &Path| std::fs::read(p).expect("read binary");
-    let init_bytes = read(init);
-    let app_bytes = read(app);
+    let init_bytes = read(&static_bins().0);
+    let app_bytes = read(binary);
     let mut boot = CpioWriter::new(Vec::new());
     boot.file(
         "init",
@@ -37,7 +48,8 @@ pub fn build_eif(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     )
     .unwrap();
     let boot = boot.finish().unwrap();
-    let cmd = std::iter::once("/testapp")
+    let program = format!("/{in_root}");
+    let cmd = std::iter::once(program.as_str())
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join("\n")
@@ -51,7 +63,7 @@ pub fn build_eif(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     user.dir("rootfs", 0o755, 0, 0).unwrap();
     user.dir("rootfs/tmp", 0o1777, 0, 0).unwrap();
     user.file(
-        "rootfs/testapp",
+        format!("rootfs/{in_root}"),
         0o755,
         0,
         0,
