@@ -3,7 +3,7 @@
 //! to itself.
 #![no_main]
 
-use cloister::commands::daemon::{parse_request, MAX_REQUEST};
+use cloister::commands::enclave::daemon::{parse_request, MAX_REQUEST};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

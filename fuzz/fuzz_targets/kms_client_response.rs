@@ -1,50 +1,53 @@
-//! Fuzzes the SDK's KMS client response reader (`kms_client::read_response`): the HTTP/1.1
-//! status line, headers, Content-Length, chunked and read-to-EOF bodies a key service (or
-//! anything on the path to it) sends back. The first byte picks how the bytes are split across
-//! reads, so partial reads inside the headers, chunk sizes and bodies are covered.
+//! Fuzzes the SDK's KMS client response reader (`kms_client::read_response`, hyper's HTTP/1.1
+//! client within the SDK's caps): the status line, headers, Content-Length, chunked and
+//! read-to-EOF bodies a key service (or anything on the path to it) sends back. The first byte
+//! sets the pipe's capacity, so the response arrives in pieces of that size and partial reads
+//! inside the headers, chunk sizes and bodies are covered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, ReadBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Hands out `data` at most `step` bytes per read; always ready.
-struct Trickle<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl AsyncRead for Trickle<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = self.step.min(self.data.len()).min(buf.remaining());
-        let (head, tail) = self.data.split_at(n);
-        buf.put_slice(head);
-        self.data = tail;
-        Poll::Ready(Ok(()))
-    }
-}
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+});
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
     let step = usize::from(first % 64) + 1;
-    let mut stream = Trickle { data: rest, step };
-    let mut fut = std::pin::pin!(cloister_sdk::kms_client::read_response(&mut stream));
-    let mut cx = Context::from_waker(Waker::noop());
-    // The reader never waits on this stream, so the future completes on the first poll.
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok((status, body))) => {
-            assert!((100..600).contains(&status));
-            assert!(body.len() <= rest.len());
+    let response = rest.to_vec();
+    let len = response.len();
+    RUNTIME.block_on(async move {
+        let (client, mut server) = tokio::io::duplex(step);
+        // The key service's side: answers with the bytes, then keeps reading the request.
+        let peer = tokio::spawn(async move {
+            let (mut rx, mut tx) = tokio::io::split(&mut server);
+            let answer = async {
+                let _ = tx.write_all(&response).await;
+                let _ = tx.shutdown().await;
+            };
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                while rx.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            };
+            tokio::join!(answer, drain);
+        });
+        let read = cloister_sdk::kms_client::read_response(client);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok((status, body))) => {
+                assert!((100..600).contains(&status));
+                assert!(body.len() <= len);
+            }
+            Ok(Err(_)) => {}
+            Err(_) => panic!("the reader waited after the response ended"),
         }
-        Poll::Ready(Err(_)) => {}
-        Poll::Pending => panic!("read_response waited on an always-ready stream"),
-    }
+        peer.abort();
+    });
 });

@@ -261,16 +261,9 @@ fn rustc_version() -> String {
         .unwrap_or_default()
 }
 
-fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool, no_build: bool) -> Result<()> {
-    let started = Instant::now();
-    let root = workspace();
-    let out = out.unwrap_or_else(|| root.join("target/dist"));
-    let epoch = source_date_epoch(&root);
-    let version = env!("CARGO_PKG_VERSION");
-    println!("cargo xtask dist: Cloister {version}, SOURCE_DATE_EPOCH={epoch}");
-
-    // 1. The binaries.
-    let t = Instant::now();
+/// Builds `cloister` (unless `no_build`: then the one in target/ must be there) and returns it
+/// without its debug info.
+fn build_cloister(root: &Path, out: &Path, debug: bool, no_build: bool) -> Result<Vec<u8>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let (profile_flag, profile_dir) = if debug {
         (None, "debug")
@@ -288,14 +281,50 @@ fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool, no_build: bool) -> Resu
         );
     } else {
         run(Command::new(&cargo)
-            .current_dir(&root)
+            .current_dir(root)
             .env_remove("SOURCE_DATE_EPOCH")
             .arg("build")
             .args(profile_flag)
             .args(["-p", "cloister", "--bin", "cloister"]))?;
     }
-    fs::create_dir_all(&out)?;
-    let cloister_bin = strip_debug(&built, &out)?;
+    fs::create_dir_all(out)?;
+    strip_debug(&built, out)
+}
+
+/// Adds the systemd units and the default configuration of packaging/ to `tree`; returns the
+/// configuration files' installed paths (the package's conffiles).
+fn add_packaging(tree: &mut Tree, root: &Path) -> Result<Vec<String>> {
+    let packaging = root.join("packaging");
+    for unit in ["cloister-allocator", "cloister-kms", "cloister-vsock-proxy"] {
+        let name = format!("{unit}.service");
+        let text = fs::read(packaging.join("systemd").join(&name))?;
+        add(tree, &format!("lib/systemd/system/{name}"), text, 0o644);
+    }
+    let mut conffiles = Vec::new();
+    for name in [
+        "kms.yaml",
+        "vsock-proxy.yaml",
+        "vsock-proxy.env",
+        "allocator.yaml.example",
+    ] {
+        let text = fs::read(packaging.join("etc").join(name))?;
+        add(tree, &format!("etc/cloister/{name}"), text, 0o644);
+        conffiles.push(format!("/etc/cloister/{name}"));
+    }
+    Ok(conffiles)
+}
+
+fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool, no_build: bool) -> Result<()> {
+    let started = Instant::now();
+    let root = workspace();
+    let out = out.unwrap_or_else(|| root.join("target/dist"));
+    let epoch = source_date_epoch(&root);
+    let version = env!("CARGO_PKG_VERSION");
+    println!("cargo xtask dist: Cloister {version}, SOURCE_DATE_EPOCH={epoch}");
+
+    // 1. The binaries.
+    let t = Instant::now();
+    let cloister_bin = build_cloister(&root, &out, debug, no_build)?;
     println!(
         "  cloister: {} bytes without debug info ({} s)",
         cloister_bin.len(),
@@ -320,28 +349,7 @@ fn dist(out: Option<PathBuf>, no_deb: bool, debug: bool, no_build: bool) -> Resu
     add(&mut tree, "share/cloister/cloister-sample-app", app, 0o755);
     man_pages(&mut tree, version)?;
     completions(&mut tree)?;
-    let packaging = root.join("packaging");
-    for unit in ["cloister-allocator", "cloister-kms", "cloister-vsock-proxy"] {
-        let name = format!("{unit}.service");
-        let text = fs::read(packaging.join("systemd").join(&name))?;
-        add(
-            &mut tree,
-            &format!("lib/systemd/system/{name}"),
-            text,
-            0o644,
-        );
-    }
-    let mut conffiles = Vec::new();
-    for name in [
-        "kms.yaml",
-        "vsock-proxy.yaml",
-        "vsock-proxy.env",
-        "allocator.yaml.example",
-    ] {
-        let text = fs::read(packaging.join("etc").join(name))?;
-        add(&mut tree, &format!("etc/cloister/{name}"), text, 0o644);
-        conffiles.push(format!("/etc/cloister/{name}"));
-    }
+    let conffiles = add_packaging(&mut tree, &root)?;
     add(
         &mut tree,
         "share/doc/cloister/README.md",

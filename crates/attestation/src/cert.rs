@@ -9,14 +9,14 @@ use der::{Decode, Encode};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
-const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-const OID_ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
-const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
-const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
+use der::oid::db::rfc4519::OU as OID_OU;
+use der::oid::db::rfc5280::{
+    ID_CE_BASIC_CONSTRAINTS as OID_BASIC_CONSTRAINTS, ID_CE_KEY_USAGE as OID_KEY_USAGE,
+};
+use der::oid::db::rfc5912::{
+    ECDSA_WITH_SHA_256 as OID_ECDSA_SHA256, ECDSA_WITH_SHA_384 as OID_ECDSA_SHA384,
+    ID_EC_PUBLIC_KEY as OID_EC_PUBLIC_KEY, SECP_256_R_1 as OID_P256, SECP_384_R_1 as OID_P384,
+};
 
 /// Prefix of the subject OU that records an enclave's isolation kind in a Cloister leaf.
 pub const ISOLATION_OU_PREFIX: &str = "isolation=";

@@ -185,16 +185,16 @@ fn push_header(out: &mut Vec<u8>, major: u8, len: usize) {
     let m = major << 5;
     // usize -> u64 is lossless on every supported target.
     let len = len as u64;
-    if len < 24 {
-        out.push(m | len as u8);
-    } else if len <= u64::from(u8::MAX) {
-        out.extend_from_slice(&[m | 24, len as u8]);
-    } else if len <= u64::from(u16::MAX) {
+    if let Ok(small @ 0..24) = u8::try_from(len) {
+        out.push(m | small);
+    } else if let Ok(len) = u8::try_from(len) {
+        out.extend_from_slice(&[m | 24, len]);
+    } else if let Ok(len) = u16::try_from(len) {
         out.push(m | 25);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else if len <= u64::from(u32::MAX) {
+        out.extend_from_slice(&len.to_be_bytes());
+    } else if let Ok(len) = u32::try_from(len) {
         out.push(m | 26);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
     } else {
         out.push(m | 27);
         out.extend_from_slice(&len.to_be_bytes());

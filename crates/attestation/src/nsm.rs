@@ -41,6 +41,13 @@ pub const RANDOM_LEN: usize = 256;
 pub const MAX_MODULE_ID_LEN: usize = cloister_nsm_api::MAX_MODULE_ID_LEN;
 /// NSM version reported by `DescribeNSM`.
 pub const VERSION: (u16, u16, u16) = (1, 0, 0);
+/// [`MAX_PCRS`] as DescribeNSM reports it.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "32 PCRs fit; checked below"
+)]
+const MAX_PCRS_U16: u16 = MAX_PCRS as u16;
+const _: () = assert!(MAX_PCRS <= u16::MAX as usize);
 
 /// A source of wall-clock time in milliseconds since the epoch.
 pub trait Clock: Send + Sync {
@@ -343,7 +350,7 @@ impl Nsm {
                     version_minor: VERSION.1,
                     version_patch: VERSION.2,
                     module_id: self.module_id.clone(),
-                    max_pcrs: MAX_PCRS as u16,
+                    max_pcrs: MAX_PCRS_U16,
                     locked_pcrs,
                     digest: Digest::SHA384,
                 }
@@ -420,7 +427,7 @@ fn encode_error(code: ErrorCode) -> Vec<u8> {
     let mut out = vec![0xa1, 0x65];
     out.extend_from_slice(b"Error");
     // Every code name is shorter than 24 bytes.
-    out.push(0x60 | (name.len() as u8 & 0x1f));
+    out.push(0x60 | (u8::try_from(name.len()).unwrap_or(u8::MAX) & 0x1f));
     out.extend_from_slice(name);
     out
 }

@@ -483,54 +483,7 @@ impl Verifier {
             .collect();
         let count = all.len();
         // Structural checks for every certificate first; signatures after (they cost most).
-        for (pos, cert) in all.iter().enumerate() {
-            if at_secs > cert.not_after {
-                return Err(VerifyError::CertificateExpired {
-                    subject: cert.subject.clone(),
-                    not_after: cert.not_after,
-                    at: at_secs,
-                });
-            }
-            if at_secs < cert.not_before {
-                return Err(VerifyError::CertificateNotYetValid {
-                    subject: cert.subject.clone(),
-                    not_before: cert.not_before,
-                    at: at_secs,
-                });
-            }
-            let is_leaf = pos + 1 == count;
-            if is_leaf {
-                if cert.basic_constraints.is_some_and(|b| b.0) {
-                    return Err(VerifyError::LeafIsCa(cert.subject.clone()));
-                }
-                if cert.key_usage.is_some_and(|k| !k.0) {
-                    return Err(VerifyError::KeyUsage {
-                        subject: cert.subject.clone(),
-                        missing: "digitalSignature",
-                    });
-                }
-            } else {
-                match cert.basic_constraints {
-                    Some((true, path_len)) => {
-                        // Intermediates below this CA (the leaf does not count).
-                        let below = count - pos - 2;
-                        if path_len.is_some_and(|n| below > usize::from(n)) {
-                            return Err(VerifyError::PathLenExceeded(cert.subject.clone()));
-                        }
-                    }
-                    _ => return Err(VerifyError::NotACa(cert.subject.clone())),
-                }
-                if !cert.key_usage.is_some_and(|k| k.1) {
-                    return Err(VerifyError::KeyUsage {
-                        subject: cert.subject.clone(),
-                        missing: "keyCertSign",
-                    });
-                }
-            }
-            if pos > 0 && cert.issuer_der != all[pos - 1].subject_der {
-                return Err(VerifyError::IssuerMismatch(cert.subject.clone()));
-            }
-        }
+        check_chain_structure(&all, at_secs)?;
         let leaf = all[count - 1];
         if leaf.curve != crate::cert::Curve::P384 {
             return Err(VerifyError::LeafKeyType);
@@ -546,42 +499,7 @@ impl Verifier {
             .map_err(|_| VerifyError::DocumentSignature)?;
 
         // 5. Freshness and policy.
-        if let Some(expected) = &opts.expected_nonce {
-            match &doc.nonce {
-                None => return Err(VerifyError::NonceMissing),
-                Some(n) if n.as_slice() != expected.as_slice() => {
-                    return Err(VerifyError::NonceMismatch)
-                }
-                Some(_) => {}
-            }
-        }
-        let skew_ms = MAX_CLOCK_SKEW.as_millis() as u64;
-        if doc.timestamp > at_ms.saturating_add(skew_ms) {
-            return Err(VerifyError::TimestampInFuture {
-                timestamp_ms: doc.timestamp,
-                at_ms,
-            });
-        }
-        if let Some(max_age) = opts.max_age {
-            let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-            let age_ms = at_ms.saturating_sub(doc.timestamp);
-            if age_ms > max_ms {
-                return Err(VerifyError::Stale { age_ms, max_ms });
-            }
-        }
-        let is_debug = doc.pcrs.get(&0).is_some_and(|p| p.iter().all(|&b| b == 0));
-        for (index, expected) in &opts.expected_pcrs {
-            if is_debug && *index <= 2 {
-                return Err(VerifyError::DebugDocument(*index));
-            }
-            match doc.pcrs.get(index) {
-                None => return Err(VerifyError::PcrMissing(*index)),
-                Some(v) if v.as_slice() != expected.as_slice() => {
-                    return Err(VerifyError::PcrMismatch(*index))
-                }
-                Some(_) => {}
-            }
-        }
+        check_freshness_and_policy(&doc, opts, at_ms)?;
 
         let chain_subjects = all.iter().rev().map(|c| c.subject.clone()).collect();
         Ok(VerifiedDocument {
@@ -591,4 +509,106 @@ impl Verifier {
             doc,
         })
     }
+}
+
+/// The structural checks of a chain `all` = [anchor, cabundle[1], ..., leaf] at `at_secs`:
+/// validity periods, CA and leaf constraints, key usage, issuer names (signatures are checked
+/// after these, by the caller: they cost most).
+fn check_chain_structure(all: &[&ParsedCert], at_secs: u64) -> Result<(), VerifyError> {
+    let count = all.len();
+    for (pos, cert) in all.iter().enumerate() {
+        if at_secs > cert.not_after {
+            return Err(VerifyError::CertificateExpired {
+                subject: cert.subject.clone(),
+                not_after: cert.not_after,
+                at: at_secs,
+            });
+        }
+        if at_secs < cert.not_before {
+            return Err(VerifyError::CertificateNotYetValid {
+                subject: cert.subject.clone(),
+                not_before: cert.not_before,
+                at: at_secs,
+            });
+        }
+        let is_leaf = pos + 1 == count;
+        if is_leaf {
+            if cert.basic_constraints.is_some_and(|b| b.0) {
+                return Err(VerifyError::LeafIsCa(cert.subject.clone()));
+            }
+            if cert.key_usage.is_some_and(|k| !k.0) {
+                return Err(VerifyError::KeyUsage {
+                    subject: cert.subject.clone(),
+                    missing: "digitalSignature",
+                });
+            }
+        } else {
+            match cert.basic_constraints {
+                Some((true, path_len)) => {
+                    // Intermediates below this CA (the leaf does not count).
+                    let below = count - pos - 2;
+                    if path_len.is_some_and(|n| below > usize::from(n)) {
+                        return Err(VerifyError::PathLenExceeded(cert.subject.clone()));
+                    }
+                }
+                _ => return Err(VerifyError::NotACa(cert.subject.clone())),
+            }
+            if !cert.key_usage.is_some_and(|k| k.1) {
+                return Err(VerifyError::KeyUsage {
+                    subject: cert.subject.clone(),
+                    missing: "keyCertSign",
+                });
+            }
+        }
+        if pos > 0 && cert.issuer_der != all[pos - 1].subject_der {
+            return Err(VerifyError::IssuerMismatch(cert.subject.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Step 5 of [`Verifier::verify`]: the nonce, the timestamp (not in the future beyond the
+/// allowed skew, not older than the maximum age) and the expected PCRs.
+fn check_freshness_and_policy(
+    doc: &AttestationDoc,
+    opts: &VerifyOptions,
+    at_ms: u64,
+) -> Result<(), VerifyError> {
+    if let Some(expected) = &opts.expected_nonce {
+        match &doc.nonce {
+            None => return Err(VerifyError::NonceMissing),
+            Some(n) if n.as_slice() != expected.as_slice() => {
+                return Err(VerifyError::NonceMismatch)
+            }
+            Some(_) => {}
+        }
+    }
+    let skew_ms = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+    if doc.timestamp > at_ms.saturating_add(skew_ms) {
+        return Err(VerifyError::TimestampInFuture {
+            timestamp_ms: doc.timestamp,
+            at_ms,
+        });
+    }
+    if let Some(max_age) = opts.max_age {
+        let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let age_ms = at_ms.saturating_sub(doc.timestamp);
+        if age_ms > max_ms {
+            return Err(VerifyError::Stale { age_ms, max_ms });
+        }
+    }
+    let is_debug = doc.pcrs.get(&0).is_some_and(|p| p.iter().all(|&b| b == 0));
+    for (index, expected) in &opts.expected_pcrs {
+        if is_debug && *index <= 2 {
+            return Err(VerifyError::DebugDocument(*index));
+        }
+        match doc.pcrs.get(index) {
+            None => return Err(VerifyError::PcrMissing(*index)),
+            Some(v) if v.as_slice() != expected.as_slice() => {
+                return Err(VerifyError::PcrMismatch(*index))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }

@@ -25,7 +25,9 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
+        .as_millis()
+        .try_into()
+        .unwrap()
 }
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/enclave";

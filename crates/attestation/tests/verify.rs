@@ -145,7 +145,9 @@ fn fields(nonce: Option<Vec<u8>>) -> cloister_attestation::DocumentFields {
     cloister_attestation::DocumentFields {
         module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
         timestamp_ms: now_ms(),
-        pcrs: (0..16).map(|i| (i, vec![0xa0 + i as u8; 48])).collect(),
+        pcrs: (0..16)
+            .map(|i| (i, vec![0xa0 + u8::try_from(i).unwrap(); 48]))
+            .collect(),
         public_key: Some(vec![0x30, 0x01, 0x00]),
         user_data: Some(b"user".to_vec()),
         nonce,

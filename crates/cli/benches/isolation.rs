@@ -142,7 +142,7 @@ fn main() {
     let mut rates = Vec::new();
     for isolation in ["process", "vm"] {
         let (out, _) = run(&env, &eif, isolation);
-        let cid = out["EnclaveCID"].as_u64().unwrap() as u32;
+        let cid = u32::try_from(out["EnclaveCID"].as_u64().unwrap()).unwrap();
         rates.push(echo_throughput(&env, cid, bytes));
         terminate(&env, out["EnclaveID"].as_str().unwrap());
     }

@@ -1,7 +1,7 @@
 //! Unmodified Nitro programs against SDK programs, in one process enclave and one run: the
 //! testapp's `vsock-bench` does the same work both ways, back to back, in
 //! `CLOISTER_VSOCK_BENCH_REPS` repetitions (default 9) alternating which side goes first (see
-//! `crates/testapp/src/bench.rs`):
+//! `tests/apps/testapp/src/bench.rs`):
 //! 1. throughput of one stream to the parent: plain `AF_VSOCK` (served by the supervisor) vs
 //!    the SDK's `VsockStream` (the broker protocol), `CLOISTER_VSOCK_BENCH_MIB` MiB (default
 //!    512);

@@ -6,20 +6,28 @@
 //! runs `docker build` when the `docker` command exists (it honours `.dockerignore` and the
 //! user's settings), else sends the context to the engine's API itself (`POST /build`, the
 //! directory as a tar stream); either way the image is then read from the engine as
-//! `--docker-uri` reads one.
+//! `--docker-uri` reads one. The API is spoken with the image builder's HTTP client
+//! ([`cloister_image_builder::http`]).
 
-use std::io::{Read, Seek, Write};
-use std::os::unix::net::UnixStream;
+use cloister_image_builder::http::{self, Http, HttpError, RequestBody};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// How long the engine has to answer a ping.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most bytes of a ping answer read.
+/// Most bytes of a ping answer's head, and of its body, read.
 const MAX_PING_RESPONSE: u64 = 4096;
-/// Most bytes of a build's progress stream read (the stream is discarded but for errors).
+/// Most bytes of a build answer's head, and of its progress stream, read (the stream is
+/// discarded but for errors).
 const MAX_BUILD_OUTPUT: u64 = 256 * 1024 * 1024;
+/// The headers every request to the engine carries.
+const HEADERS: [(&str, &str); 3] = [
+    ("host", "docker"),
+    ("user-agent", "cloister"),
+    ("connection", "close"),
+];
 /// How much of an error message is kept.
 const MAX_ERROR_CHARS: usize = 2000;
 
@@ -87,45 +95,34 @@ pub fn choose_builder(socket: &Path, buildah_available: impl FnOnce() -> bool) -
 
 /// Whether a Docker engine answers `GET /_ping` on `socket` with `200 OK`.
 pub fn engine_answers(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
+    // Every wait of the exchange is bounded by the ping's timeout.
+    let Ok(client) = Http::new(Some(PING_TIMEOUT)) else {
         return false;
     };
-    if stream.set_read_timeout(Some(PING_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(PING_TIMEOUT)).is_err()
-    {
+    let Ok(stream) = client.block_on(tokio::net::UnixStream::connect(socket)) else {
         return false;
-    }
-    // HTTP/1.0: the engine closes the connection after the answer.
-    if stream
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\nUser-Agent: cloister\r\n\r\n")
-        .is_err()
-    {
+    };
+    let Ok(request) = http::get("/_ping", &HEADERS) else {
         return false;
-    }
-    let mut answer = Vec::new();
-    if stream
+    };
+    let Ok(response) = client.send(stream, request, bound(MAX_PING_RESPONSE)) else {
+        return false;
+    };
+    let mut body = Vec::new();
+    if response
+        .body
         .take(MAX_PING_RESPONSE)
-        .read_to_end(&mut answer)
+        .read_to_end(&mut body)
         .is_err()
     {
         return false;
     }
-    let Some((status, body)) = split_response(&answer) else {
-        return false;
-    };
-    status == 200 && body.trim_ascii() == b"OK"
+    response.status == 200 && body.trim_ascii() == b"OK"
 }
 
-/// The status and body of a whole HTTP/1.x response read until the connection closed.
-fn split_response(answer: &[u8]) -> Option<(u16, &[u8])> {
-    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&answer[..end]).ok()?;
-    let mut parts = head.lines().next()?.splitn(3, ' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = parts.next()?.parse().ok()?;
-    Some((status, &answer[end + 4..]))
+/// A byte bound as the head limit [`Http::send`] takes.
+fn bound(max: u64) -> usize {
+    usize::try_from(max).unwrap_or(usize::MAX)
 }
 
 /// The Dockerfile of a context: `Dockerfile`, else `Containerfile`.
@@ -217,37 +214,45 @@ fn api_build(
     dockerfile: &str,
     tag: &str,
 ) -> Result<(), EngineBuildError> {
-    let mut body = pack_context(context)?;
+    let body = pack_context(context)?;
     let io = |what| move |source| EngineBuildError::Io { what, source };
     let length = body.metadata().map_err(io("pack the build context"))?.len();
-    let mut stream = UnixStream::connect(socket).map_err(io("connect to the Docker engine"))?;
+    // A build takes as long as it takes: no timeout.
+    let client = Http::new(None).map_err(io("connect to the Docker engine"))?;
+    let stream = client
+        .block_on(tokio::net::UnixStream::connect(socket))
+        .map_err(io("connect to the Docker engine"))?;
     // The tag holds only URL-safe characters (check_tag).
-    let head = format!(
-        "POST /build?t={tag}&dockerfile={dockerfile}&rm=1 HTTP/1.0\r\nHost: docker\r\n\
-         User-Agent: cloister\r\nContent-Type: application/x-tar\r\n\
-         Content-Length: {length}\r\n\r\n"
-    );
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| std::io::copy(&mut body, &mut stream).map(|_| ()))
-        .map_err(io("send the build context to the Docker engine"))?;
+    let path = format!("/build?t={tag}&dockerfile={dockerfile}&rm=1");
+    let mut headers = HEADERS.to_vec();
+    headers.push(("content-type", "application/x-tar"));
+    let request = http::post(&path, &headers, RequestBody::file(body, length))
+        .map_err(|_| EngineBuildError::BadTag(tag.to_owned()))?;
+    let response = client
+        .send(stream, request, bound(MAX_BUILD_OUTPUT))
+        .map_err(|e| match e {
+            HttpError::Io(source) => io("send the build context to the Docker engine")(source),
+            HttpError::HeadTooLarge | HttpError::Truncated | HttpError::Malformed(_) => {
+                EngineBuildError::Engine("malformed HTTP answer".into())
+            }
+        })?;
+    let status = response.status;
     let mut answer = Vec::new();
-    (&mut stream)
+    response
+        .body
         .take(MAX_BUILD_OUTPUT)
         .read_to_end(&mut answer)
         .map_err(io("read the Docker engine's answer"))?;
-    let (status, body) = split_response(&answer)
-        .ok_or_else(|| EngineBuildError::Engine("malformed HTTP answer".into()))?;
     if status != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(body)
+        let message = serde_json::from_slice::<serde_json::Value>(&answer)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer).into_owned());
         return Err(EngineBuildError::Engine(tail(&format!(
             "HTTP {status}: {message}"
         ))));
     }
-    build_stream_error(body).map_or(Ok(()), |e| Err(EngineBuildError::Engine(tail(&e))))
+    build_stream_error(&answer).map_or(Ok(()), |e| Err(EngineBuildError::Engine(tail(&e))))
 }
 
 /// The first error of a build's progress stream (one JSON object per line).
@@ -267,6 +272,7 @@ fn build_stream_error(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     /// A Unix socket server that answers each connection with `answer` after reading its
@@ -330,6 +336,70 @@ mod tests {
         assert!(!engine_answers(&path));
         assert!(t.elapsed() < PING_TIMEOUT * 3);
         drop(listener);
+    }
+
+    /// A Unix socket server that answers one request with `answer` after reading its head and
+    /// its body (by `Content-Length`).
+    fn fake_build_engine(dir: &Path, answer: &'static [u8]) -> PathBuf {
+        let path = dir.join("docker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(conn);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0
+                    || line == "\r\n"
+                {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_ok() {
+                let _ = reader.into_inner().write_all(answer);
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn build_answers_are_read_through_the_api() {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let build = |answer: &'static [u8]| {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = fake_build_engine(dir.path(), answer);
+            api_build(&socket, ctx.path(), "Dockerfile", "app:1")
+        };
+        build(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"stream\":\"ok\"}\n\r\n0\r\n\r\n")
+            .unwrap();
+        let e = build(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"stream\":\"ok\"}\n\r\n11\r\n{\"error\":\"boom\"}\n\r\n0\r\n\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "the Docker engine's build failed: boom");
+        let e = build(b"HTTP/1.0 500 Internal Server Error\r\n\r\n{\"message\":\"no space\"}")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the Docker engine's build failed: HTTP 500: no space"
+        );
+        for garbage in [&b"SSH-2.0-OpenSSH\r\n"[..], b"HTTP/1.1 200 OK\r\n", b""] {
+            let e = build(garbage).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "the Docker engine's build failed: malformed HTTP answer"
+            );
+        }
+        let missing = ctx.path().join("none.sock");
+        let e = api_build(&missing, ctx.path(), "Dockerfile", "app:1").unwrap_err();
+        assert_eq!(e.to_string(), "cannot connect to the Docker engine");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use base64::Engine as _;
 use cloister_eif::external::ExternalError;
 use cloister_eif::{CoseAlgorithm, ExternalSigner};
 use cloister_sdk::kms_client::{
-    load_root_certificates, Credentials, Endpoint, KmsClient, KmsClientConfig, KmsClientError,
-    Route, DEFAULT_TIMEOUT,
+    load_root_certificates, AttestError, Credentials, Endpoint, KmsClient, KmsClientConfig,
+    KmsClientError, Route, DEFAULT_TIMEOUT,
 };
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -333,8 +333,10 @@ impl KmsSigner {
         };
         // Signing needs no attestation: the attester is never asked.
         let attester: Arc<dyn cloister_sdk::kms_client::Attester> =
-            Arc::new(|_: &[u8]| -> Result<Vec<u8>, String> {
-                Err("host-side KMS calls carry no attestation document".into())
+            Arc::new(|_: &[u8]| -> Result<Vec<u8>, AttestError> {
+                Err(AttestError::Other(
+                    "host-side KMS calls carry no attestation document".into(),
+                ))
             });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

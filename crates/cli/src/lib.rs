@@ -1,10 +1,14 @@
 //! The `cloister` command line: nitro-cli's verbs (build-enclave, describe-eif, run-enclave, ...)
 //! plus Cloister's own (kms, vsock-proxy, verify-attestation, pki, demo).
 //!
-//! Argument structs live here, in a library, so they can be unit-tested. Each area of the CLI is
-//! one module under [`commands`] that owns its subcommands, its handlers and its error codes;
-//! [`errors`] gathers the codes for `cloister explain` and maps them to stable exit statuses.
+//! Argument structs live here, in a library, so they can be unit-tested. The modules are
+//! layered, each using only those below it: [`codes`] (every stable error code as a constant,
+//! with its explanation and exit class) at the bottom; [`errors`] (the coded error the CLI
+//! reports) and [`nitro`] (nitro-cli's error contract) above it; [`commands`], one module per
+//! area owning its subcommands and handlers, above those; and the dispatch in this file on top.
+//! The demo scenario is the `cloister-demo` library, which knows nothing of the CLI.
 
+pub mod codes;
 pub mod commands;
 pub mod docker_engine;
 pub mod errors;

@@ -15,6 +15,7 @@
 //! Run as `vsock-proxy`, the binary is `cloister vsock-proxy` with nitro-cli's vsock-proxy
 //! argument list ([`rewrite_argv`]).
 
+use crate::codes;
 use crate::errors::{CliError, ErrorInfo, ExitKind};
 use std::io::Write;
 use std::path::PathBuf;
@@ -119,20 +120,11 @@ pub fn rewrite_argv(
     out
 }
 
-/// Maps nitro-cli's environment variables onto Cloister's where Cloister's are not set:
-/// `NITRO_CLI_BLOBS` to `CLOISTER_BLOBS`, `NITRO_CLI_SOCKETS_PATH` to `CLOISTER_RUN_DIR`.
-/// Must run before any thread is started (it changes the process environment).
+/// Installs the runtime's configuration from the environment, where nitro-cli's variables
+/// fill in for Cloister's that are not set: `NITRO_CLI_BLOBS` for `CLOISTER_BLOBS`,
+/// `NITRO_CLI_SOCKETS_PATH` for `CLOISTER_RUN_DIR` ([`cloister_runtime::RuntimeConfig`]).
 pub fn apply_nitro_env() {
-    for (nitro, ours) in [
-        (NITRO_BLOBS_ENV, "CLOISTER_BLOBS"),
-        (NITRO_SOCKETS_ENV, "CLOISTER_RUN_DIR"),
-    ] {
-        if std::env::var_os(ours).is_none() {
-            if let Some(v) = std::env::var_os(nitro).filter(|v| !v.is_empty()) {
-                std::env::set_var(ours, v);
-            }
-        }
-    }
+    cloister_runtime::RuntimeConfig::from_env().install();
 }
 
 /// One of nitro-cli's error codes.
@@ -238,39 +230,54 @@ pub fn lookup_nitro(code: &str) -> Option<&'static NitroCode> {
 pub fn nitro_code_for(info: &ErrorInfo) -> &'static str {
     match info.code {
         // General.
-        "E001" | "E003" => "E03",
-        "E002" => "E19",
-        "E099" => "E00",
+        codes::E001 | codes::E003 => "E03",
+        codes::E002 => "E19",
+        codes::E099 => "E00",
         // Enclave images: reading and parsing.
-        "E101" | "E102" | "E103" | "E104" | "E105" | "E106" | "E107" | "E108" | "E109" | "E110"
-        | "E111" | "E112" | "E113" | "E114" | "E115" | "E116" | "E117" => "E35",
+        codes::E101
+        | codes::E102
+        | codes::E103
+        | codes::E104
+        | codes::E105
+        | codes::E106
+        | codes::E107
+        | codes::E108
+        | codes::E109
+        | codes::E110
+        | codes::E111
+        | codes::E112
+        | codes::E113
+        | codes::E114
+        | codes::E115
+        | codes::E116
+        | codes::E117 => "E35",
         // Signatures and certificates.
-        "E118" | "E119" | "E120" | "E121" | "E122" | "E123" => "E59",
+        codes::E118 | codes::E119 | codes::E120 | codes::E121 | codes::E122 | codes::E123 => "E59",
         // Signing.
-        "E124" | "E125" | "E126" | "E127" | "E131" | "E132" => "E60",
-        "E128" | "E129" => "E48",
-        "E130" => "E01",
+        codes::E124 | codes::E125 | codes::E126 | codes::E127 | codes::E131 | codes::E132 => "E60",
+        codes::E128 | codes::E129 => "E48",
+        codes::E130 => "E01",
         // Enclaves.
-        "E301" | "E302" => "E03",
-        "E303" => "E39",
-        "E304" => "E22",
-        "E305" => "E27",
-        "E306" => "E26",
-        "E307" => "E35",
-        "E308" => "E20",
-        "E309" => "E36",
-        "E310" | "E311" | "E314" | "E315" | "E317" | "E701" => "E39",
-        "E312" => "E40",
-        "E313" => "E44",
-        "E316" => "E17",
-        "E318" => "E59",
-        "E319" | "E702" | "E321" => "E18",
-        "E320" => "E39",
+        codes::E301 | codes::E302 => "E03",
+        codes::E303 => "E39",
+        codes::E304 => "E22",
+        codes::E305 => "E27",
+        codes::E306 => "E26",
+        codes::E307 => "E35",
+        codes::E308 => "E20",
+        codes::E309 => "E36",
+        codes::E310 | codes::E311 | codes::E314 | codes::E315 | codes::E317 | codes::E701 => "E39",
+        codes::E312 => "E40",
+        codes::E313 => "E44",
+        codes::E316 => "E17",
+        codes::E318 => "E59",
+        codes::E319 | codes::E702 | codes::E321 => "E18",
+        codes::E320 => "E39",
         // Container images.
-        "E603" | "E604" | "E605" => "E50",
-        "E612" => "E49",
-        "E610" => "E52",
-        "E614" => "E02",
+        codes::E603 | codes::E604 | codes::E605 => "E50",
+        codes::E612 => "E49",
+        codes::E610 => "E52",
+        codes::E614 => "E02",
         c if c.starts_with("E6") => "E48",
         _ => match info.exit {
             ExitKind::Failure | ExitKind::Internal => "E00",
@@ -299,33 +306,22 @@ pub fn logs_dir() -> PathBuf {
 
 /// RFC 3339 UTC time with nanoseconds, as in nitro-cli's error log names.
 fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_nanos()
-    )
+    rfc3339(time::OffsetDateTime::now_utc())
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `t` (in UTC) as `YYYY-MM-DDTHH:MM:SS.NNNNNNNNN+00:00`.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}+00:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
 }
 
 /// The failure's trace: the verb, Cloister's code and every cause.
@@ -500,7 +496,7 @@ mod tests {
 
     #[test]
     fn message_has_nitro_line_then_cloister_line() {
-        let err = CliError::msg("E318", "certificate expired");
+        let err = CliError::msg(crate::codes::E318, "certificate expired");
         let m = nitro_message(&err, Some(std::path::Path::new("/l/err1.log")), false);
         let lines: Vec<&str> = m.lines().collect();
         assert_eq!(lines[0], "[ E59 ] EIF signature checker error.");
@@ -515,8 +511,15 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let day = |days: i64, nanos: u32| {
+            let t = time::OffsetDateTime::from_unix_timestamp(days * 86_400 + 3_723).unwrap();
+            rfc3339(t.replace_nanosecond(nanos).unwrap())
+        };
+        assert_eq!(day(0, 5), "1970-01-01T01:02:03.000000005+00:00");
+        assert_eq!(day(19_723, 0), "2024-01-01T01:02:03.000000000+00:00");
+        assert_eq!(
+            day(11_016, 999_999_999),
+            "2000-02-29T01:02:03.999999999+00:00"
+        );
     }
 }

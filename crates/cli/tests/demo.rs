@@ -107,6 +107,10 @@ fn process_gone(pid: u32) -> bool {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share the running enclave"
+)]
 fn sigint_while_the_enclave_runs_tears_everything_down() {
     let _one = serial();
     static_binaries();
@@ -178,7 +182,7 @@ fn sigint_while_the_enclave_runs_tears_everything_down() {
     assert!(proxy_socket.exists());
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();

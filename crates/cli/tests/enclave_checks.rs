@@ -289,7 +289,7 @@ fn the_image_that_boots_is_the_one_that_was_measured() {
         // Booted: then the measured image, all of it: its PCRs and its application.
         let list = env.json(&["describe-enclaves"]);
         assert_eq!(list[0]["Measurements"]["PCR0"], measured_pcrs["PCR0"]);
-        let cid = list[0]["EnclaveCID"].as_u64().unwrap() as u32;
+        let cid = u32::try_from(list[0]["EnclaveCID"].as_u64().unwrap()).unwrap();
         let mut s = env.connect_retry(cid, 5000);
         s.write_all(b"measured?\n").unwrap();
         let mut line = String::new();

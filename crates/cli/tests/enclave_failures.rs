@@ -143,6 +143,10 @@ fn process_gone(pid: u32) -> bool {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn terminate_while_booting_fails_the_run_with_e317_and_frees_everything() {
     let _tree = CGROUP_TREE.lock().unwrap_or_else(|p| p.into_inner());
     let (pool, core) = host_pool();
@@ -255,7 +259,7 @@ fn terminate_while_booting_fails_the_run_with_e317_and_frees_everything() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
+                .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
                 .collect::<Vec<_>>()
         ),
         core

@@ -273,7 +273,7 @@ fn nothing_survives_an_enclave() {
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    let mut v = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     v.extend_from_slice(payload);
     v
 }
@@ -359,7 +359,7 @@ fn attestation_documents_verify_with_image_pcrs() {
     let doc2 = attest(&mut relay, b"nonce-2");
     verifier.verify(&doc2, &VerifyOptions::default()).unwrap();
     // A flood of host connections to a port nobody listens on.
-    let cid = out["EnclaveCID"].as_u64().unwrap() as u32;
+    let cid = u32::try_from(out["EnclaveCID"].as_u64().unwrap()).unwrap();
     for _ in 0..300 {
         let _ = env.connect(cid, 9999);
     }
@@ -404,13 +404,13 @@ fn killed_monitor_takes_its_enclave_along() {
     let env = Env::new("0-1", 1024);
     let eif = build_eif(env.dir.path(), "victim", &["echo-server", "5000"]);
     let out = env.run(&eif, &[]);
-    let monitor = out["ProcessID"].as_u64().unwrap() as i32;
+    let monitor = i32::try_from(out["ProcessID"].as_u64().unwrap()).unwrap();
     let id = out["EnclaveID"].as_str().unwrap().to_owned();
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(env.run.join("enclaves").join(&id).join("state.json")).unwrap(),
     )
     .unwrap();
-    let init = state["init_pid"].as_u64().unwrap() as i32;
+    let init = i32::try_from(state["init_pid"].as_u64().unwrap()).unwrap();
     // SAFETY: signalling a process this test started (through the CLI).
     unsafe { libc_kill(monitor, 9) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -20,7 +20,7 @@ fn enclave_boots_talks_both_ways_and_terminates() {
     assert!(id.contains("-enc"), "{id}");
 
     // Host -> enclave.
-    let mut s = env.connect_retry(cid as u32, 5000);
+    let mut s = env.connect_retry(u32::try_from(cid).unwrap(), 5000);
     s.write_all(b"hello enclave\n").unwrap();
     let mut line = String::new();
     BufReader::new(&mut s).read_line(&mut line).unwrap();
@@ -49,7 +49,7 @@ fn enclave_boots_talks_both_ways_and_terminates() {
     assert_eq!(t["Terminated"], true);
     assert_eq!(t["EnclaveID"], id.as_str());
     assert_eq!(env.json(&["describe-enclaves"]), serde_json::json!([]));
-    assert!(env.connect(cid as u32, 5000).is_err());
+    assert!(env.connect(u32::try_from(cid).unwrap(), 5000).is_err());
     assert!(!env.run.join("enclaves").join(&id).exists());
 }
 
@@ -63,7 +63,7 @@ fn enclave_connects_to_parent() {
         &["connect-parent", "7001", "ping-from-enclave"],
     );
     let out = env.run(&eif, &[]);
-    let cid = out["EnclaveCID"].as_u64().unwrap() as u32;
+    let cid = u32::try_from(out["EnclaveCID"].as_u64().unwrap()).unwrap();
     listener.set_nonblocking(false).unwrap();
     let (mut s, peer) = listener.accept().unwrap();
     assert_eq!(peer.cid, cid);
@@ -85,6 +85,10 @@ fn enclave_connects_to_parent() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn cid_and_allocator_rules() {
     let env = Env::new("0-1", 256);
     let eif = build_eif(env.dir.path(), "sleep", &["sleep"]);

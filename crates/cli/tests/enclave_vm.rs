@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vm_support::VmKit;
+use vm_support::{json_ok, VmKit};
 
 /// Boot timeout for VM enclaves that should boot (TCG on a loaded two-core host).
 const VM_BOOT_TIMEOUT_MS: &str = "180000";
@@ -32,15 +32,6 @@ fn cli(env: &Env, args: &[&str], timeout_ms: &str) -> std::process::Output {
         .args(args)
         .output()
         .expect("run cloister")
-}
-
-fn json_ok(out: &std::process::Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
 }
 
 /// `run-enclave` of `eif` on one CPU with `memory` MiB under `isolation`, plus `extra` flags.
@@ -78,7 +69,7 @@ fn status_field(pid: u64, name: &str) -> String {
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    let mut v = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     v.extend_from_slice(payload);
     v
 }
@@ -187,6 +178,10 @@ fn check_qemu_confinement(pid: u64, cid: u64, cpus: &[Value], cgroups: &[PathBuf
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn vm_enclave_lifecycle_vsock_attestation_and_confinement() {
     let Some(kit) = VmKit::get() else { return };
     let _serial = vm_support::serial();
@@ -210,9 +205,11 @@ fn vm_enclave_lifecycle_vsock_attestation_and_confinement() {
     assert_eq!(entry["State"], "RUNNING");
     assert_eq!(entry["Flags"], "DEBUG_MODE");
 
-    let mut s = env.connect_retry(cid as u32, 5000);
+    let mut s = env.connect_retry(u32::try_from(cid).unwrap(), 5000);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let msg: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let msg: Vec<u8> = (0..200_000u32)
+        .map(|i| u8::try_from(i * 7 % 253).unwrap())
+        .collect();
     let writer = {
         let mut w = s.try_clone().unwrap();
         let m = msg.clone();
@@ -258,7 +255,10 @@ fn vm_enclave_lifecycle_vsock_attestation_and_confinement() {
     assert_eq!(process["Isolation"], "process");
     assert_eq!(process["Accelerator"], Value::Null);
     // Both answer on the same fabric.
-    let mut ps = env.connect_retry(p["EnclaveCID"].as_u64().unwrap() as u32, 5000);
+    let mut ps = env.connect_retry(
+        u32::try_from(p["EnclaveCID"].as_u64().unwrap()).unwrap(),
+        5000,
+    );
     ps.write_all(b"ping").unwrap();
     let mut pong = [0u8; 4];
     ps.read_exact(&mut pong).unwrap();
@@ -468,7 +468,7 @@ fn vm_enclaves_reach_their_files_or_fail_at_once() {
     let qemu = rec["init_pid"].as_u64().unwrap();
     let uid = rec["host_uid"].as_u64().unwrap().to_string();
     assert_eq!(status_field(qemu, "Uid:"), [uid.as_str(); 4].join(" "));
-    let mut s = env.connect_retry(cid as u32, 5000);
+    let mut s = env.connect_retry(u32::try_from(cid).unwrap(), 5000);
     s.write_all(b"through a umask\n").unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut line).unwrap();

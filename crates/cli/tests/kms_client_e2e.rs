@@ -124,6 +124,10 @@ fn client_config(kms: SocketAddr, route: Route, akid: &str, secret: &str) -> Kms
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share the running enclave"
+)]
 async fn attested_calls_through_vsock_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::init(&dir.path().join("pki")).unwrap();

@@ -321,6 +321,10 @@ fn build_and_sign_with_a_kms_key_and_describe_verifies() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn kms_signing_failures_are_coded_and_write_no_image() {
     let kms = Kms::start();
     let dir = tempfile::tempdir().unwrap();

@@ -35,7 +35,7 @@ fn stderr(o: &Output) -> String {
 fn parser_agrees_with_nitro_cli_cases() {
     const URI: &str = "dkr.ecr.us-east-1.amazonaws.com/stronghold-develss";
     const ARN: &str = "arn:aws:kms:us-west-2:111122223333:key/12345678-abcd-bcde-9876-ab0987654321";
-    let run = [
+    const RUN: &[&str] = &[
         "run-enclave",
         "--cpu-ids",
         "10000",
@@ -43,342 +43,81 @@ fn parser_agrees_with_nitro_cli_cases() {
         "--memory",
         "512",
     ];
-    let cases: Vec<(Vec<&str>, bool)> = vec![
-        (vec!["terminate-enclave"], false),
-        (vec!["terminate-enclave", "--enclave-id"], false),
-        (
-            vec!["terminate-enclave", "--enclave-id", "i-1234_enc123"],
-            true,
-        ),
-        (
-            vec!["terminate-enclave", "--enclave-id", "1234", "135"],
-            false,
-        ),
-        (
-            vec!["terminate-enclave", "--enclave-name", "testName"],
-            true,
-        ),
-        (vec!["terminate-enclave", "--enclave-name"], false),
-        (vec!["terminate-enclave", "--enclave-name", "a", "b"], false),
-        (vec!["describe-enclaves"], true),
-        (vec!["describe-enclaves", "--metadata"], true),
-        (vec!["describe-eif", "--eif-path", "dir/image.eif"], true),
-        (vec!["describe-eif", "--eif-path"], false),
-        (vec!["console"], false),
-        (vec!["console", "--enclave-id"], false),
-        (vec!["console", "--enclave-id", "i-1234_enc123"], true),
-        (
-            vec!["console", "--enclave-id", "i-1234_enc123", "135"],
-            false,
-        ),
-        (vec!["console", "--enclave-name", "testName"], true),
-        (vec!["console", "--enclave-name"], false),
-        (vec!["console", "--enclave-name", "name1", "name2"], false),
-        (
-            vec![
-                "console",
-                "--enclave-id",
-                "i-1",
-                "--disconnect-timeout",
-                "10",
-            ],
-            true,
-        ),
-        (
-            vec![
-                "console",
-                "--enclave-name",
-                "t",
-                "--disconnect-timeout",
-                "10",
-            ],
-            true,
-        ),
-        (
-            vec!["console", "--enclave-id", "i-1", "--disconnect-timeout"],
-            false,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--output-file",
-                "image.eif",
-            ],
-            true,
-        ),
-        (vec!["build-enclave", "--docker-uri", URI], false),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-            ],
-            true,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-                "--signing-certificate",
-                "cert.pem",
-                "--private-key",
-                "key.pem",
-            ],
-            true,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-                "--signing-certificate",
-                "cert.pem",
-                "--private-key",
-                ARN,
-            ],
-            true,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-                "--private-key",
-                "key.pem",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "sign-eif",
-                "--eif-path",
-                "image.eif",
-                "--signing-certificate",
-                "cert.pem",
-                "--private-key",
-                "key.pem",
-            ],
-            true,
-        ),
-        (
-            vec![
-                "sign-eif",
-                "--eif-path",
-                "image.eif",
-                "--private-key",
-                "key.pem",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "sign-eif",
-                "--eif-path",
-                "image.eif",
-                "--signing-certificate",
-                "cert.pem",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-                "--name",
-                "TestName",
-                "--version",
-                "4.0",
-                "--metadata",
-                "meta.json",
-            ],
-            true,
-        ),
-        (
-            vec![
-                "build-enclave",
-                "--docker-uri",
-                URI,
-                "--docker-dir",
-                "dir/",
-                "--output-file",
-                "image.eif",
-                "--name",
-                "TestName",
-                "--version",
-                "4.0",
-                "--metadata",
-            ],
-            false,
-        ),
-        (
-            [
-                &run[..],
-                &[
-                    "--eif-path",
-                    "dir/image.eif",
-                    "--enclave-cid",
-                    "1234",
-                    "--debug-mode",
-                ],
-            ]
-            .concat(),
-            true,
-        ),
-        (
-            vec![
-                "run-enclave",
-                "--memory",
-                "512",
-                "--eif-path",
-                "dir/image.eif",
-                "--enclave-cid",
-                "12345",
-                "--debug-mode",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "run-enclave",
-                "--cpu-ids",
-                "--memory",
-                "512",
-                "--eif-path",
-                "dir/image.eif",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "run-enclave",
-                "--cpu-ids",
-                "10000",
-                "--eif-path",
-                "dir/image.eif",
-                "--enclave-cid",
-                "12345",
-                "--debug-mode",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "run-enclave",
-                "--cpu-ids",
-                "10000",
-                "--memory",
-                "--eif-path",
-                "dir/image.eif",
-            ],
-            false,
-        ),
-        (
-            [&run[..], &["--eif-path", "dir/image.eif", "--enclave-cid"]].concat(),
-            false,
-        ),
-        (
-            [
-                &run[..],
-                &[
-                    "--eif-path",
-                    "d.eif",
-                    "--enclave-cid",
-                    "1",
-                    "--debug-mode",
-                    "123",
-                ],
-            ]
-            .concat(),
-            false,
-        ),
-        (run.to_vec(), false),
-        ([&run[..], &["--eif-path"]].concat(), false),
-        (vec!["run-enclave", "--config"], false),
-        (vec!["run-enclave", "--config", "c1.json", "c2.json"], false),
-        (
-            vec![
-                "run-enclave",
-                "--config",
-                "config.json",
-                "--cpu-count",
-                "2",
-                "--memory",
-                "1024",
-                "--eif-path",
-                "dir/image.eif",
-            ],
-            false,
-        ),
-        (
-            [
-                &run[..],
-                &[
-                    "--eif-path",
-                    "d.eif",
-                    "--debug-mode",
-                    "--enclave-name",
-                    "testName",
-                ],
-            ]
-            .concat(),
-            true,
-        ),
-        (
-            [&run[..], &["--eif-path", "d.eif", "--enclave-name"]].concat(),
-            false,
-        ),
-        (vec!["pcr", "--input"], false),
-        (vec!["pcr", "--signing-certificate"], false),
-        (
-            vec![
-                "pcr",
-                "--signing-certificate",
-                "cert.pem",
-                "--input",
-                "test.bin",
-            ],
-            false,
-        ),
-        (vec!["pcr", "--signing-certificate", "cert.pem"], true),
+    // One row per case: the arguments after `nitro-cli`, split on spaces (`{URI}`, `{ARN}`
+    // and `{RUN}` stand for the values above), and whether nitro-cli accepts them.
+    #[rustfmt::skip]
+    let cases: &[(&str, bool)] = &[
+        ("terminate-enclave", false),
+        ("terminate-enclave --enclave-id", false),
+        ("terminate-enclave --enclave-id i-1234_enc123", true),
+        ("terminate-enclave --enclave-id 1234 135", false),
+        ("terminate-enclave --enclave-name testName", true),
+        ("terminate-enclave --enclave-name", false),
+        ("terminate-enclave --enclave-name a b", false),
+        ("describe-enclaves", true),
+        ("describe-enclaves --metadata", true),
+        ("describe-eif --eif-path dir/image.eif", true),
+        ("describe-eif --eif-path", false),
+        ("console", false),
+        ("console --enclave-id", false),
+        ("console --enclave-id i-1234_enc123", true),
+        ("console --enclave-id i-1234_enc123 135", false),
+        ("console --enclave-name testName", true),
+        ("console --enclave-name", false),
+        ("console --enclave-name name1 name2", false),
+        ("console --enclave-id i-1 --disconnect-timeout 10", true),
+        ("console --enclave-name t --disconnect-timeout 10", true),
+        ("console --enclave-id i-1 --disconnect-timeout", false),
+        ("build-enclave --docker-uri {URI} --output-file image.eif", true),
+        ("build-enclave --docker-uri {URI}", false),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif", true),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif --signing-certificate cert.pem --private-key key.pem", true),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif --signing-certificate cert.pem --private-key {ARN}", true),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif --private-key key.pem", false),
+        ("sign-eif --eif-path image.eif --signing-certificate cert.pem --private-key key.pem", true),
+        ("sign-eif --eif-path image.eif --private-key key.pem", false),
+        ("sign-eif --eif-path image.eif --signing-certificate cert.pem", false),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif --name TestName --version 4.0 --metadata meta.json", true),
+        ("build-enclave --docker-uri {URI} --docker-dir dir/ --output-file image.eif --name TestName --version 4.0 --metadata", false),
+        ("{RUN} --eif-path dir/image.eif --enclave-cid 1234 --debug-mode", true),
+        ("run-enclave --memory 512 --eif-path dir/image.eif --enclave-cid 12345 --debug-mode", false),
+        ("run-enclave --cpu-ids --memory 512 --eif-path dir/image.eif", false),
+        ("run-enclave --cpu-ids 10000 --eif-path dir/image.eif --enclave-cid 12345 --debug-mode", false),
+        ("run-enclave --cpu-ids 10000 --memory --eif-path dir/image.eif", false),
+        ("{RUN} --eif-path dir/image.eif --enclave-cid", false),
+        ("{RUN} --eif-path d.eif --enclave-cid 1 --debug-mode 123", false),
+        ("{RUN}", false),
+        ("{RUN} --eif-path", false),
+        ("run-enclave --config", false),
+        ("run-enclave --config c1.json c2.json", false),
+        ("run-enclave --config config.json --cpu-count 2 --memory 1024 --eif-path dir/image.eif", false),
+        ("{RUN} --eif-path d.eif --debug-mode --enclave-name testName", true),
+        ("{RUN} --eif-path d.eif --enclave-name", false),
+        ("pcr --input", false),
+        ("pcr --signing-certificate", false),
+        ("pcr --signing-certificate cert.pem --input test.bin", false),
+        ("pcr --signing-certificate cert.pem", true),
         // Beyond nitro-cli's own cases: memory suffixes and the explain verb.
-        (
-            [&run[..4], &["--memory", "4G", "--eif-path", "d.eif"]].concat(),
-            true,
-        ),
-        (vec!["explain", "--error-code", "E26"], true),
+        ("run-enclave --cpu-ids 10000 10001 --memory 4G --eif-path d.eif", true),
+        ("explain --error-code E26", true),
     ];
     let mut wrong = Vec::new();
-    for (args, ok) in &cases {
+    for &(row, ok) in cases {
+        let args: Vec<&str> = row
+            .split(' ')
+            .flat_map(|w| match w {
+                "{URI}" => vec![URI],
+                "{ARN}" => vec![ARN],
+                "{RUN}" => RUN.to_vec(),
+                w => vec![w],
+            })
+            .collect();
         let argv = std::iter::once("nitro-cli").chain(args.iter().copied());
         let parsed = cloister::Cli::try_parse_from(argv);
-        if parsed.is_ok() != *ok {
+        if parsed.is_ok() != ok {
             wrong.push(format!(
                 "{args:?}: expected {}",
-                if *ok { "ok" } else { "error" }
+                if ok { "ok" } else { "error" }
             ));
         }
     }
@@ -391,6 +130,10 @@ fn parser_agrees_with_nitro_cli_cases() {
 
 /// The error contract under the name `nitro-cli`, and Cloister's own under `cloister`.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn errors_follow_nitro_cli_contract_under_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let bin = links(dir.path());
@@ -533,6 +276,10 @@ fn build_inputs(dir: &Path) -> (PathBuf, PathBuf) {
 /// image without names, describe, console with a timeout, terminate, and the proxy with the
 /// standard allowlist.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn a_nitro_cli_script_runs_unchanged() {
     let env = Env::new("0-1", 1024);
     let bin = links(env.dir.path());
@@ -832,6 +579,10 @@ impl Drop for TestAccounts {
 /// Members of the daemon's group run, describe, attach to and terminate enclaves without root;
 /// other users cannot reach the daemon, and a member cannot make it read a file they cannot.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn group_members_use_enclaves_through_the_daemon() {
     use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {
@@ -988,6 +739,10 @@ fn dockerfile_context(dir: &Path, cmd: &str) -> PathBuf {
 /// `--docker-dir` builds with buildah and `--docker-uri` pulls from a registry over the
 /// distribution API, both with no Docker engine; the pulled image measures as the built one.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share what it started"
+)]
 fn dockerfile_build_and_registry_pull_without_an_engine() {
     if !tools_present(&["buildah", "docker-registry"]) {
         eprintln!(

@@ -76,12 +76,16 @@ fn bootstrap_entries(eif: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    let mut v = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     v.extend_from_slice(payload);
     v
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom; its steps share the running enclave"
+)]
 fn a_nitro_cli_image_with_aws_init_runs_in_a_process_enclave() {
     let env = Env::new("0-1", 1024);
     let (aws, ours) = blob_dirs(env.dir.path());

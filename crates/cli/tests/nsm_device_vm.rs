@@ -13,13 +13,12 @@ mod enclave_support;
 mod vm_support;
 
 use enclave_support::Env;
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vm_support::VmKit;
+use vm_support::{json_ok, VmKit};
 
 /// Boot timeout for the VM (TCG on a loaded two-core host).
 const VM_BOOT_TIMEOUT_MS: &str = "180000";
@@ -78,15 +77,6 @@ fn image(kit: &VmKit, dir: &Path, argv: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&built.stderr)
     );
     out
-}
-
-fn json_ok(out: &std::process::Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
 }
 
 #[test]

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use vm_support::{json_ok, run_ok, workspace_root};
 
 /// Debian's packages the root file system is made of.
 const PACKAGES: &[&str] = &[
@@ -44,21 +45,6 @@ const MODULES: &str = "argparse, ctypes, fcntl, locale, os, shutil, socket, stru
 const ROOTFS_VERSION: &str = "2";
 /// Boot timeout for the VM (TCG on a loaded two-core host).
 const VM_BOOT_TIMEOUT_MS: &str = "180000";
-
-fn workspace_root() -> PathBuf {
-    vm_support::workspace_root()
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// Copies `from` to `to`, creating `to`'s parent directories.
 fn copy_file(from: &Path, to: &Path) {
@@ -272,15 +258,6 @@ fn python_eif(dir: &Path, blobs: &Path, name: &str, argv: &[&str]) -> PathBuf {
         "cloister build-enclave --rootfs",
     );
     out
-}
-
-fn json_ok(out: &std::process::Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
 }
 
 /// Accepts the program's connection (within `deadline`), reads the length-prefixed document.

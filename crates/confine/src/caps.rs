@@ -134,7 +134,9 @@ mod tests {
 
     #[test]
     fn drops_everything_in_a_child() {
-        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::testing::CHILD_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child makes raw syscalls only, then `_exit`s.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);

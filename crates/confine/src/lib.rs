@@ -20,10 +20,17 @@ pub mod caps;
 pub mod notify;
 pub mod seccomp;
 
-/// Serialises the unit tests that fork (a child forked while another test holds a lock could
-/// deadlock; a child's exit status must not be reaped by another test).
+/// The compiled filters against the golden files (recorded on x86_64).
+#[cfg(all(test, target_arch = "x86_64"))]
+mod golden;
+
+/// What the unit tests that fork share (a module of its own, below every other).
 #[cfg(test)]
-pub(crate) static CHILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+mod testing {
+    /// Serialises the unit tests that fork (a child forked while another test holds a lock
+    /// could deadlock; a child's exit status must not be reaped by another test).
+    pub(crate) static CHILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+}
 
 /// Environment variable naming the descriptor of the image's `/cmd` (decimal).
 pub const CMD_FD_ENV: &str = "CLOISTER_CMD_FD";
@@ -71,7 +78,9 @@ mod tests {
     #[test]
     fn confine_leaves_a_confined_process() {
         let filters = seccomp::build().unwrap();
-        let _guard = CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = testing::CHILD_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child makes raw syscalls only (confine does not allocate), then `_exit`s.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);

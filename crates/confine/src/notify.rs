@@ -44,6 +44,36 @@ const AUDIT_ARCH: u32 = 0xC000_00B7;
 /// Offsets in `struct seccomp_data` (the low word of an argument on little-endian targets).
 const NR: u32 = 0;
 const ARCH: u32 = 4;
+
+/// A syscall number or address family as the 32-bit value `struct seccomp_data` holds it in;
+/// used in constants, so a value that does not fit is a compile error.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the assertion checks that the value fits in a u32"
+)]
+const fn word(v: i64) -> u32 {
+    assert!(
+        v >= 0 && v <= u32::MAX as i64,
+        "a filter word fits in 32 bits"
+    );
+    v as u32
+}
+
+const SYS_SOCKET: u32 = word(libc::SYS_socket);
+const SYS_CONNECT: u32 = word(libc::SYS_connect);
+const SYS_BIND: u32 = word(libc::SYS_bind);
+const SYS_IOCTL: u32 = word(libc::SYS_ioctl);
+/// Socket calls notified whatever their arguments.
+const SYS_NOTIFIED: [u32; 5] = [
+    word(libc::SYS_listen),
+    word(libc::SYS_accept),
+    word(libc::SYS_accept4),
+    word(libc::SYS_getsockname),
+    word(libc::SYS_getpeername),
+];
+const AF_VSOCK: u32 = word(libc::AF_VSOCK as i64);
+
 const fn arg_lo(n: u32) -> u32 {
     16 + 8 * n
 }
@@ -65,7 +95,7 @@ pub enum NotifyError {
 
 /// A compiled notification filter.
 #[derive(Debug, Clone)]
-pub struct NotifyFilter(Vec<libc::sock_filter>);
+pub struct NotifyFilter(pub(crate) Vec<libc::sock_filter>);
 
 impl NotifyFilter {
     /// Number of BPF instructions.
@@ -114,24 +144,18 @@ pub fn build() -> Result<NotifyFilter, NotifyError> {
     a.ld(ARCH);
     a.jeq(AUDIT_ARCH, To::Next, To::Allow);
     a.ld(NR);
-    a.jeq(libc::SYS_socket as u32, To::Label(0), To::Next);
-    a.jeq(libc::SYS_connect as u32, To::Label(1), To::Next);
-    a.jeq(libc::SYS_bind as u32, To::Label(1), To::Next);
-    a.jeq(libc::SYS_ioctl as u32, To::Label(2), To::Next);
-    for nr in [
-        libc::SYS_listen,
-        libc::SYS_accept,
-        libc::SYS_accept4,
-        libc::SYS_getsockname,
-        libc::SYS_getpeername,
-    ] {
-        a.jeq(nr as u32, To::Notify, To::Next);
+    a.jeq(SYS_SOCKET, To::Label(0), To::Next);
+    a.jeq(SYS_CONNECT, To::Label(1), To::Next);
+    a.jeq(SYS_BIND, To::Label(1), To::Next);
+    a.jeq(SYS_IOCTL, To::Label(2), To::Next);
+    for nr in SYS_NOTIFIED {
+        a.jeq(nr, To::Notify, To::Next);
     }
     a.ret(SECCOMP_RET_ALLOW);
     let mut labels = [0usize; 3];
     labels[0] = a.code.len();
     a.ld(arg_lo(0));
-    a.jeq(libc::AF_VSOCK as u32, To::Notify, To::Allow);
+    a.jeq(AF_VSOCK, To::Notify, To::Allow);
     labels[1] = a.code.len();
     a.ld(arg_lo(2));
     a.jeq(VSOCK_ADDR_LEN, To::Notify, To::Allow);
@@ -212,7 +236,9 @@ mod tests {
     #[test]
     fn notified_socket_call_waits_for_the_listener() {
         let filter = build().unwrap();
-        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::testing::CHILD_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child makes raw syscalls only (install does not allocate), then `_exit`s.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
@@ -250,7 +276,9 @@ mod tests {
     fn supervised_baseline_leaves_af_vsock_to_the_notification_filter() {
         let filter = build().unwrap();
         let baseline = crate::seccomp::build_supervised().unwrap();
-        let _guard = crate::CHILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::testing::CHILD_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child makes raw syscalls only (install does not allocate), then `_exit`s.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);

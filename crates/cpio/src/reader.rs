@@ -368,7 +368,7 @@ impl<R: Read> CpioReader<R> {
     fn skip(&mut self, mut n: u64, what: &'static str) -> Result<(), ReadError> {
         let mut scratch = [0u8; 4096];
         while n > 0 {
-            let k = n.min(scratch.len() as u64) as usize;
+            let k = usize::try_from(n).map_or(scratch.len(), |n| n.min(scratch.len()));
             self.read_exact(&mut scratch[..k], what)?;
             n -= k as u64;
         }
@@ -438,6 +438,101 @@ impl<R: Read> CpioReader<R> {
         }
     }
 
+    /// Reads one header and its name (with the padding after it), checking the magic, the
+    /// fields and the name's size; the name is returned without its NUL.
+    fn read_header(&mut self) -> Result<(RawHeader, Vec<u8>), ReadError> {
+        let header_offset = self.offset;
+        let mut magic = [0u8; 6];
+        if !self.read_exact_or_eof(&mut magic, "header")? {
+            return Err(ReadError::MissingTrailer {
+                offset: self.offset,
+            });
+        }
+        if &magic != NEWC_MAGIC {
+            let format = match &magic {
+                m if m == CRC_MAGIC => Some("crc (070702)"),
+                m if m == ODC_MAGIC => Some("odc (070707)"),
+                _ => None,
+            };
+            return Err(match format {
+                Some(format) => ReadError::UnsupportedFormat {
+                    offset: header_offset,
+                    format,
+                },
+                None => ReadError::BadMagic {
+                    offset: header_offset,
+                    found: magic,
+                },
+            });
+        }
+        let mut fields = [0u8; HEADER_LEN - 6];
+        self.read_exact(&mut fields, "header")?;
+        let raw = RawHeader::decode_fields(&fields).map_err(|i| ReadError::BadField {
+            offset: header_offset,
+            field: FIELD_NAMES[i],
+        })?;
+        if raw.check != 0 {
+            return Err(ReadError::NonZeroCheck {
+                offset: header_offset,
+                value: raw.check,
+            });
+        }
+        if raw.namesize < 2 || raw.namesize > self.limits.max_name_size {
+            return Err(ReadError::NameSize {
+                offset: header_offset,
+                size: raw.namesize,
+                max: self.limits.max_name_size,
+            });
+        }
+        // Bounded by max_name_size, checked above.
+        let mut name = vec![0u8; raw.namesize as usize];
+        self.read_exact(&mut name, "name")?;
+        if name.pop() != Some(0) || name.contains(&0) {
+            return Err(ReadError::BadName {
+                offset: header_offset,
+            });
+        }
+        let name_pad = pad4(self.offset - self.archive_start);
+        self.skip(name_pad, "name padding")?;
+        Ok((raw, name))
+    }
+
+    /// The kind of the entry of header `raw` named `name`, checking that only files and
+    /// symlinks carry data, and no more than the limit.
+    fn entry_kind(&self, raw: &RawHeader, name: &[u8]) -> Result<FileKind, ReadError> {
+        let size = u64::from(raw.filesize);
+        let lossy = || String::from_utf8_lossy(name).into_owned();
+        let kind = FileKind::from_mode(raw.mode).ok_or_else(|| ReadError::UnknownType {
+            name: lossy(),
+            mode: raw.mode,
+        })?;
+        let no_data = match kind {
+            FileKind::Dir => Some("directory"),
+            FileKind::CharDevice => Some("character device"),
+            FileKind::BlockDevice => Some("block device"),
+            FileKind::Fifo => Some("fifo"),
+            FileKind::Socket => Some("socket"),
+            FileKind::File | FileKind::Symlink => None,
+        };
+        if let Some(kind) = no_data {
+            if size != 0 {
+                return Err(ReadError::UnexpectedData {
+                    name: lossy(),
+                    kind,
+                    size,
+                });
+            }
+        }
+        if size > self.limits.max_file_size {
+            return Err(ReadError::FileTooLarge {
+                name: lossy(),
+                size,
+                max: self.limits.max_file_size,
+            });
+        }
+        Ok(kind)
+    }
+
     /// Reads the next entry's header. Unread data of the previous entry is skipped. Returns
     /// `Ok(None)` at the end of the input.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, ReadError> {
@@ -456,59 +551,7 @@ impl<R: Read> CpioReader<R> {
                 }
                 self.in_archive = true;
             }
-            let header_offset = self.offset;
-            let mut magic = [0u8; 6];
-            if !self.read_exact_or_eof(&mut magic, "header")? {
-                return Err(ReadError::MissingTrailer {
-                    offset: self.offset,
-                });
-            }
-            if &magic != NEWC_MAGIC {
-                let format = match &magic {
-                    m if m == CRC_MAGIC => Some("crc (070702)"),
-                    m if m == ODC_MAGIC => Some("odc (070707)"),
-                    _ => None,
-                };
-                return Err(match format {
-                    Some(format) => ReadError::UnsupportedFormat {
-                        offset: header_offset,
-                        format,
-                    },
-                    None => ReadError::BadMagic {
-                        offset: header_offset,
-                        found: magic,
-                    },
-                });
-            }
-            let mut fields = [0u8; HEADER_LEN - 6];
-            self.read_exact(&mut fields, "header")?;
-            let raw = RawHeader::decode_fields(&fields).map_err(|i| ReadError::BadField {
-                offset: header_offset,
-                field: FIELD_NAMES[i],
-            })?;
-            if raw.check != 0 {
-                return Err(ReadError::NonZeroCheck {
-                    offset: header_offset,
-                    value: raw.check,
-                });
-            }
-            if raw.namesize < 2 || raw.namesize > self.limits.max_name_size {
-                return Err(ReadError::NameSize {
-                    offset: header_offset,
-                    size: raw.namesize,
-                    max: self.limits.max_name_size,
-                });
-            }
-            // Bounded by max_name_size, checked above.
-            let mut name = vec![0u8; raw.namesize as usize];
-            self.read_exact(&mut name, "name")?;
-            if name.pop() != Some(0) || name.contains(&0) {
-                return Err(ReadError::BadName {
-                    offset: header_offset,
-                });
-            }
-            let name_pad = pad4(self.offset - self.archive_start);
-            self.skip(name_pad, "name padding")?;
+            let (raw, name) = self.read_header()?;
             let size = u64::from(raw.filesize);
             let lossy = || String::from_utf8_lossy(&name).into_owned();
 
@@ -530,34 +573,7 @@ impl<R: Read> CpioReader<R> {
                     max: self.limits.max_entries,
                 });
             }
-            let kind = FileKind::from_mode(raw.mode).ok_or_else(|| ReadError::UnknownType {
-                name: lossy(),
-                mode: raw.mode,
-            })?;
-            let no_data = match kind {
-                FileKind::Dir => Some("directory"),
-                FileKind::CharDevice => Some("character device"),
-                FileKind::BlockDevice => Some("block device"),
-                FileKind::Fifo => Some("fifo"),
-                FileKind::Socket => Some("socket"),
-                FileKind::File | FileKind::Symlink => None,
-            };
-            if let Some(kind) = no_data {
-                if size != 0 {
-                    return Err(ReadError::UnexpectedData {
-                        name: lossy(),
-                        kind,
-                        size,
-                    });
-                }
-            }
-            if size > self.limits.max_file_size {
-                return Err(ReadError::FileTooLarge {
-                    name: lossy(),
-                    size,
-                    max: self.limits.max_file_size,
-                });
-            }
+            let kind = self.entry_kind(&raw, &name)?;
             let data_pad = pad4(size);
             let mut symlink_target = None;
             if kind == FileKind::Symlink {
@@ -568,7 +584,7 @@ impl<R: Read> CpioReader<R> {
                     });
                 }
                 // Bounded by MAX_SYMLINK_TARGET, checked above.
-                let mut target = vec![0u8; size as usize];
+                let mut target = vec![0u8; usize::try_from(size).unwrap_or(0)];
                 self.read_exact(&mut target, "symlink target")?;
                 self.skip(data_pad, "data padding")?;
                 symlink_target = Some(target);
@@ -603,6 +619,7 @@ impl<R: Read> CpioReader<R> {
 }
 
 /// Reads the data of the current entry; see [`CpioReader::data`].
+#[derive(Debug)]
 pub struct EntryData<'a, R: Read> {
     reader: &'a mut CpioReader<R>,
 }
@@ -613,7 +630,7 @@ impl<R: Read> Read for EntryData<'_, R> {
         if r.data_left == 0 || out.is_empty() {
             return Ok(0);
         }
-        let want = r.data_left.min(out.len() as u64) as usize;
+        let want = usize::try_from(r.data_left).map_or(out.len(), |l| l.min(out.len()));
         let n = r.src.read(&mut out[..want])?;
         if n == 0 {
             return Err(io::Error::new(

@@ -168,14 +168,17 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn pad(&mut self) -> Result<(), WriteError> {
-        let n = pad4(self.written) as usize;
+        let n = usize::try_from(pad4(self.written)).unwrap_or(0);
         self.put(&[0u8; 3][..n])
     }
 
     /// Writes a header and name (with NUL and padding).
     fn header(&mut self, h: RawHeader, name: &[u8]) -> Result<(), WriteError> {
         let h = RawHeader {
-            namesize: name.len() as u32 + 1,
+            namesize: u32::try_from(name.len() + 1).map_err(|_| WriteError::InvalidName {
+                path: String::from_utf8_lossy(name).into_owned(),
+                reason: "longer than 4095 bytes",
+            })?,
             ..h
         };
         self.put(&h.encode())?;
@@ -281,7 +284,7 @@ impl<W: Write> CpioWriter<W> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut left = size;
         while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
+            let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
             let n = match reader.read(&mut buf[..want]) {
                 Ok(0) => {
                     return Err(WriteError::ShortSource {
@@ -361,7 +364,10 @@ impl<W: Write> CpioWriter<W> {
         }
         let ino = self.alloc_ino()?;
         let h = RawHeader {
-            filesize: target.len() as u32,
+            filesize: u32::try_from(target.len()).map_err(|_| WriteError::InvalidTarget {
+                path: String::from_utf8_lossy(path).into_owned(),
+                reason: "longer than 4095 bytes",
+            })?,
             ..self.base(ino, S_IFLNK | (mode & PERM_MASK), uid, gid, 1)
         };
         self.header(h, path)?;

@@ -8,8 +8,8 @@ use std::io::Read;
 
 fn entry(h: RawHeader, name: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = RawHeader {
-        namesize: name.len() as u32 + 1,
-        filesize: data.len() as u32,
+        namesize: u32::try_from(name.len() + 1).unwrap(),
+        filesize: u32::try_from(data.len()).unwrap(),
         ..h
     }
     .encode()

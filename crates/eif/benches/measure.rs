@@ -26,7 +26,7 @@ struct Noise {
 
 impl Read for Noise {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.left) as usize;
+        let n = usize::try_from(self.left).map_or(buf.len(), |left| buf.len().min(left));
         for chunk in buf[..n].chunks_mut(8) {
             self.state ^= self.state >> 12;
             self.state ^= self.state << 25;

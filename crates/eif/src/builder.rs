@@ -11,7 +11,7 @@ use crate::format::{
     EifHeader, SectionHeader, SectionKind, CRC_OFFSET, FLAG_AARCH64, HEADER_SIZE, MAX_CMDLINE_SIZE,
     MAX_METADATA_SIZE, MAX_SECTIONS, SECTION_HEADER_SIZE,
 };
-use crate::measure::{Measurements, PcrHasher, STREAM_BUFFER_SIZE};
+use crate::measure::{BootPcrs, Measurements, PcrHasher, Role, SectionRoles, STREAM_BUFFER_SIZE};
 use crate::metadata::{now_rfc3339, Metadata};
 use crate::signature::EifSigner;
 use std::fs::File;
@@ -68,14 +68,6 @@ pub struct EifBuilder<'a> {
     flags: u16,
 }
 
-/// Which PCRs a section's bytes go into.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Boot,
-    Customer,
-    Unmeasured,
-}
-
 /// Where customer bytes go for PCR2: hashed inline, or sent to a hashing thread.
 enum Pcr2 {
     Inline(PcrHasher),
@@ -123,28 +115,16 @@ impl Pcr2 {
 }
 
 struct Hashes {
-    pcr0: PcrHasher,
-    pcr1: Option<PcrHasher>,
+    roles: SectionRoles,
+    boot: BootPcrs,
     pcr2: Pcr2,
 }
 
 impl Hashes {
     fn update(&mut self, role: Role, data: &[u8]) -> Result<()> {
-        match role {
-            Role::Boot => {
-                self.pcr0.update(data);
-                if let Some(p1) = self.pcr1.as_mut() {
-                    p1.update(data);
-                }
-            }
-            Role::Customer => {
-                if self.pcr1.is_none() {
-                    self.pcr1 = Some(self.pcr0.clone());
-                }
-                self.pcr0.update(data);
-                self.pcr2.update(data)?;
-            }
-            Role::Unmeasured => {}
+        self.boot.update(role, data);
+        if role == Role::Customer {
+            self.pcr2.update(data)?;
         }
         Ok(())
     }
@@ -304,44 +284,28 @@ impl<'a> EifBuilder<'a> {
             pos: HEADER_SIZE as u64,
             body_crc: crc32fast::Hasher::new(),
             hashes: Hashes {
-                pcr0: PcrHasher::new(),
-                pcr1: None,
+                roles: SectionRoles::default(),
+                boot: BootPcrs::default(),
                 pcr2: Pcr2::new(self.ramdisks.len() > 1),
             },
             buf: vec![0u8; STREAM_BUFFER_SIZE],
         };
-        w.section(SectionKind::Kernel, Role::Boot, kernel.open()?)?;
+        w.section(SectionKind::Kernel, kernel.open()?)?;
         w.section(
             SectionKind::Cmdline,
-            Role::Boot,
             Box::new(io::Cursor::new(cmdline.into_bytes())),
         )?;
-        w.section(
-            SectionKind::Metadata,
-            Role::Unmeasured,
-            Box::new(io::Cursor::new(metadata)),
-        )?;
-        for (i, ramdisk) in self.ramdisks.into_iter().enumerate() {
-            let role = if i == 0 { Role::Boot } else { Role::Customer };
-            w.section(SectionKind::Ramdisk, role, ramdisk.open()?)?;
+        w.section(SectionKind::Metadata, Box::new(io::Cursor::new(metadata)))?;
+        for ramdisk in self.ramdisks {
+            w.section(SectionKind::Ramdisk, ramdisk.open()?)?;
         }
-        let pcr1 = w
-            .hashes
-            .pcr1
-            .take()
-            .unwrap_or_else(|| w.hashes.pcr0.clone())
-            .finish();
-        let pcr0 = w.hashes.pcr0.clone().finish();
+        let (pcr0, pcr1) = std::mem::take(&mut w.hashes.boot).finish();
         let pcr2 =
             std::mem::replace(&mut w.hashes.pcr2, Pcr2::Inline(PcrHasher::new())).finish()?;
         let pcr8 = match &self.signer {
             Some(signer) => {
                 let section = signer.signature_section(&pcr0)?;
-                w.section(
-                    SectionKind::Signature,
-                    Role::Unmeasured,
-                    Box::new(io::Cursor::new(section)),
-                )?;
+                w.section(SectionKind::Signature, Box::new(io::Cursor::new(section)))?;
                 Some(signer.certificate().pcr8())
             }
             None => None,
@@ -377,12 +341,9 @@ struct SectionWriter<'w, W> {
 }
 
 impl<W: Write + Seek> SectionWriter<'_, W> {
-    fn section(
-        &mut self,
-        kind: SectionKind,
-        role: Role,
-        mut input: Box<dyn Read + '_>,
-    ) -> Result<()> {
+    fn section(&mut self, kind: SectionKind, mut input: Box<dyn Read + '_>) -> Result<()> {
+        let role = self.hashes.roles.next(kind);
+        self.hashes.boot.begin(role);
         let werr = "cannot write the image";
         let start = self.pos;
         self.out

@@ -8,8 +8,8 @@
 //! ([`ecdsa_der_to_fixed`]) and verified against the certificate before it goes into an image.
 //! This crate does no I/O for the signer: the transport lives with the caller.
 
+use crate::algorithm::CoseAlgorithm;
 use crate::error::{EifError, Result};
-use crate::signature::CoseAlgorithm;
 use der::Reader;
 
 /// What an external signer's failures carry.
@@ -30,35 +30,6 @@ pub trait ExternalSigner: Send + Sync {
         algorithm: CoseAlgorithm,
         digest: &[u8],
     ) -> std::result::Result<Vec<u8>, ExternalError>;
-}
-
-impl CoseAlgorithm {
-    /// Length in bytes of one of `r` and `s` (the curve's field size).
-    pub fn scalar_len(self) -> usize {
-        match self {
-            Self::Es256 => 32,
-            Self::Es384 => 48,
-            Self::Es512 => 66,
-        }
-    }
-
-    /// The digest the algorithm signs.
-    pub fn digest_algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
-        match self {
-            Self::Es256 => &aws_lc_rs::digest::SHA256,
-            Self::Es384 => &aws_lc_rs::digest::SHA384,
-            Self::Es512 => &aws_lc_rs::digest::SHA512,
-        }
-    }
-
-    /// KMS's name for the signing algorithm (`ECDSA_SHA_384`).
-    pub fn kms_signing_algorithm(self) -> &'static str {
-        match self {
-            Self::Es256 => "ECDSA_SHA_256",
-            Self::Es384 => "ECDSA_SHA_384",
-            Self::Es512 => "ECDSA_SHA_512",
-        }
-    }
 }
 
 /// The reason an external signature is unusable, as the source of

@@ -16,6 +16,7 @@
 //! capped by the constants in [`format`], and no allocation is sized by an untrusted number.
 #![forbid(unsafe_code)]
 
+pub mod algorithm;
 pub mod builder;
 pub mod describe;
 pub mod error;

@@ -2,7 +2,14 @@
 //! `SHA384(48 zero bytes || SHA384(data))`, i.e. one extend of a zeroed register with the digest
 //! of the measured data. [`PcrHasher`] streams data into such a measurement; [`Measurements`]
 //! holds an image's PCR0, PCR1, PCR2 and PCR8 and renders nitro-cli's JSON shape.
+//!
+//! Which sections feed which PCR is written once, here, for the builder and the reader alike:
+//! [`SectionRoles`] gives each section in image order its [`Role`], and [`BootPcrs`] keeps PCR0
+//! and PCR1, which share their common prefix (kernel, cmdline, bootstrap ramdisk) by cloning the
+//! hash state where the customer ramdisks begin. PCR2 (the customer ramdisks) is left to the
+//! caller, which may hash it on another thread.
 
+use crate::format::SectionKind;
 use aws_lc_rs::digest::{self, Context, SHA384};
 use serde::ser::{Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -107,6 +114,85 @@ pub fn parse_pcr_hex(s: &str) -> Option<Pcr> {
     Some(pcr)
 }
 
+/// Which PCRs a section's bytes go into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// PCR0 and PCR1: kernel, cmdline, bootstrap ramdisk.
+    Boot,
+    /// PCR0 and PCR2: the customer ramdisks.
+    Customer,
+    /// Not measured: metadata, signature.
+    Unmeasured,
+}
+
+/// The roles of an image's sections, given in image order: the kernel and the cmdline are boot
+/// sections, the first ramdisk is the bootstrap ramdisk (boot), every later one a customer
+/// ramdisk, metadata and signature are not measured.
+#[derive(Debug, Default)]
+pub(crate) struct SectionRoles {
+    ramdisks_seen: usize,
+}
+
+impl SectionRoles {
+    /// The role of the next section, of `kind`.
+    pub(crate) fn next(&mut self, kind: SectionKind) -> Role {
+        match kind {
+            SectionKind::Kernel | SectionKind::Cmdline => Role::Boot,
+            SectionKind::Ramdisk => {
+                self.ramdisks_seen += 1;
+                if self.ramdisks_seen == 1 {
+                    Role::Boot
+                } else {
+                    Role::Customer
+                }
+            }
+            SectionKind::Metadata | SectionKind::Signature => Role::Unmeasured,
+        }
+    }
+}
+
+/// PCR0 and PCR1 of an image streamed section by section. PCR1 shares PCR0's state until the
+/// first customer section begins ([`BootPcrs::begin`]), then keeps its own.
+#[derive(Debug, Default)]
+pub(crate) struct BootPcrs {
+    pcr0: PcrHasher,
+    /// PCR1's own state, once the PCR0 stream has diverged from it.
+    pcr1: Option<PcrHasher>,
+}
+
+impl BootPcrs {
+    /// Called when a section of `role` begins: the first customer section forks PCR1 off.
+    pub(crate) fn begin(&mut self, role: Role) {
+        if role == Role::Customer && self.pcr1.is_none() {
+            self.pcr1 = Some(self.pcr0.clone());
+        }
+    }
+
+    /// Adds bytes of a section of `role` (PCR0 and PCR1 for boot sections, PCR0 alone for
+    /// customer sections, whose PCR2 the caller keeps; nothing for unmeasured ones).
+    pub(crate) fn update(&mut self, role: Role, data: &[u8]) {
+        match role {
+            Role::Boot => {
+                self.pcr0.update(data);
+                if let Some(p1) = self.pcr1.as_mut() {
+                    p1.update(data);
+                }
+            }
+            Role::Customer => {
+                self.begin(role);
+                self.pcr0.update(data);
+            }
+            Role::Unmeasured => {}
+        }
+    }
+
+    /// PCR0 and PCR1.
+    pub(crate) fn finish(self) -> (Pcr, Pcr) {
+        let pcr1 = self.pcr1.unwrap_or_else(|| self.pcr0.clone()).finish();
+        (self.pcr0.finish(), pcr1)
+    }
+}
+
 /// An image's measurements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Measurements {
@@ -193,6 +279,44 @@ mod tests {
         let expect = digest::digest(&SHA384, &pre);
         assert_eq!(pcr_of(data).as_slice(), expect.as_ref());
         assert_eq!(pcr_of_reader(&data[..]).unwrap(), pcr_of(data));
+    }
+
+    #[test]
+    fn section_roles_follow_image_order() {
+        let mut roles = SectionRoles::default();
+        let got: Vec<Role> = [
+            SectionKind::Kernel,
+            SectionKind::Cmdline,
+            SectionKind::Metadata,
+            SectionKind::Ramdisk,
+            SectionKind::Ramdisk,
+            SectionKind::Ramdisk,
+            SectionKind::Signature,
+        ]
+        .into_iter()
+        .map(|k| roles.next(k))
+        .collect();
+        use Role::{Boot, Customer, Unmeasured};
+        assert_eq!(
+            got,
+            [Boot, Boot, Unmeasured, Boot, Customer, Customer, Unmeasured]
+        );
+    }
+
+    #[test]
+    fn pcr1_is_the_boot_prefix_of_pcr0() {
+        let mut p = BootPcrs::default();
+        p.update(Role::Boot, b"kernel");
+        p.update(Role::Unmeasured, b"metadata");
+        p.begin(Role::Customer);
+        p.update(Role::Customer, b"customer");
+        let (pcr0, pcr1) = p.finish();
+        assert_eq!(pcr0, pcr_of(b"kernelcustomer"));
+        assert_eq!(pcr1, pcr_of(b"kernel"));
+
+        let mut only_boot = BootPcrs::default();
+        only_boot.update(Role::Boot, b"kernel");
+        assert_eq!(only_boot.finish(), (pcr_of(b"kernel"), pcr_of(b"kernel")));
     }
 
     #[test]

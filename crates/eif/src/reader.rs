@@ -21,7 +21,9 @@ use crate::format::{
     EifHeader, Section, SectionHeader, SectionKind, CRC_OFFSET, HEADER_SIZE, MAX_SECTIONS,
     SECTION_HEADER_SIZE,
 };
-use crate::measure::{Measurements, Pcr, PcrHasher, STREAM_BUFFER_SIZE};
+use crate::measure::{
+    BootPcrs, Measurements, Pcr, PcrHasher, Role, SectionRoles, STREAM_BUFFER_SIZE,
+};
 use crate::metadata::Metadata;
 use crate::signature::{CertificateInfo, EifSignature, VerifiedSignature};
 use std::fs::File;
@@ -135,17 +137,6 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Where a section's bytes go during a scan.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// PCR0 and PCR1: kernel, cmdline, bootstrap ramdisk.
-    Boot,
-    /// PCR0 and PCR2: the customer ramdisks.
-    Customer,
-    /// Not measured: metadata, signature.
-    Unmeasured,
-}
-
 /// The PCR2 hasher: inline, or on a helper thread fed through a small buffer pipeline.
 enum Pcr2 {
     Inline(PcrHasher),
@@ -190,9 +181,8 @@ impl Pcr2 {
 struct ScanState {
     crc_body: crc32fast::Hasher,
     before_signature: Option<crc32fast::Hasher>,
-    pcr0: PcrHasher,
-    /// PCR1's own state, once the PCR0 stream has diverged from it.
-    pcr1: Option<PcrHasher>,
+    /// PCR0 and PCR1.
+    boot: BootPcrs,
     cmdline: Vec<u8>,
     metadata: Option<Vec<u8>>,
     signature: Option<Vec<u8>>,
@@ -231,72 +221,9 @@ impl<R: Read + Seek> EifReader<R> {
         let mut sections = Vec::with_capacity(count);
         let mut expected = HEADER_SIZE as u64;
         for index in 0..count {
-            let offset = header.section_offsets[index];
-            let size = header.section_sizes[index];
-            let end = offset
-                .checked_add(SECTION_HEADER_SIZE as u64)
-                .and_then(|x| x.checked_add(size));
-            let end = match end {
-                Some(end) if offset >= HEADER_SIZE as u64 => end,
-                _ => {
-                    return Err(EifError::SectionOutOfBounds {
-                        index,
-                        offset,
-                        size,
-                    })
-                }
-            };
-            if offset != expected {
-                return Err(EifError::BadLayout {
-                    index,
-                    expected,
-                    found: offset,
-                });
-            }
-            if end > file_len {
-                return Err(EifError::Truncated {
-                    what: format!("section {index}"),
-                    needed: end,
-                    available: file_len,
-                });
-            }
-            let mut sh = [0u8; SECTION_HEADER_SIZE];
-            inner
-                .seek(SeekFrom::Start(offset))
-                .and_then(|_| inner.read_exact(&mut sh))
-                .map_err(EifError::io("cannot read a section header"))?;
-            let sh = SectionHeader::parse(&sh);
-            let kind = SectionKind::from_u16(sh.section_type)
-                .filter(|k| k.min_version() <= header.version)
-                .ok_or(EifError::UnknownSectionType {
-                    index,
-                    section_type: sh.section_type,
-                    version: header.version,
-                })?;
-            if sh.size != size {
-                return Err(EifError::SectionSizeMismatch {
-                    index,
-                    in_section: sh.size,
-                    in_table: size,
-                });
-            }
-            if let Some(limit) = kind.size_limit() {
-                if size > limit {
-                    return Err(EifError::SectionTooLarge {
-                        kind: kind.name(),
-                        size,
-                        limit,
-                    });
-                }
-            }
-            sections.push(Section {
-                index,
-                kind,
-                offset,
-                size,
-                flags: sh.flags,
-            });
-            expected = end;
+            let section = read_section_entry(&mut inner, &header, index, expected, file_len)?;
+            expected = section.end();
+            sections.push(section);
         }
         if expected != file_len {
             return Err(EifError::TrailingData {
@@ -392,7 +319,8 @@ impl<R: Read + Seek> EifReader<R> {
             reason: format!("section {} is not a small section", s.index),
         })?;
         let len = s.size.min(limit);
-        let mut data = Vec::with_capacity(len as usize);
+        // `len` is capped by the section's size limit; the capacity is only a hint.
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         self.section_reader(s.index)?
             .take(len)
             .read_to_end(&mut data)
@@ -570,8 +498,7 @@ impl<R: Read + Seek> EifReader<R> {
         let mut st = ScanState {
             crc_body: crc32fast::Hasher::new(),
             before_signature: None,
-            pcr0: PcrHasher::new(),
-            pcr1: None,
+            boot: BootPcrs::default(),
             cmdline: Vec::new(),
             metadata: None,
             signature: None,
@@ -579,7 +506,7 @@ impl<R: Read + Seek> EifReader<R> {
         };
         let mut spare = vec![0u8; STREAM_BUFFER_SIZE];
         let mut own = vec![0u8; STREAM_BUFFER_SIZE];
-        let mut ramdisks_seen = 0usize;
+        let mut roles = SectionRoles::default();
         let sections = self.sections.clone();
         for s in &sections {
             let mut sh = [0u8; SECTION_HEADER_SIZE];
@@ -591,24 +518,14 @@ impl<R: Read + Seek> EifReader<R> {
                 st.before_signature = Some(st.crc_body.clone());
             }
             st.crc_body.update(&sh);
-            let role = match s.kind {
-                SectionKind::Kernel | SectionKind::Cmdline => Role::Boot,
-                SectionKind::Ramdisk => {
-                    ramdisks_seen += 1;
-                    if ramdisks_seen == 1 {
-                        Role::Boot
-                    } else {
-                        Role::Customer
-                    }
-                }
-                SectionKind::Metadata | SectionKind::Signature => Role::Unmeasured,
-            };
+            let role = roles.next(s.kind);
+            st.boot.begin(role);
             if role == Role::Unmeasured || s.kind == SectionKind::Cmdline {
                 let data = self.read_small(*s)?;
                 st.crc_body.update(&data);
                 match s.kind {
                     SectionKind::Cmdline => {
-                        st.boot(&data);
+                        st.boot.update(role, &data);
                         st.cmdline = data;
                     }
                     SectionKind::Metadata => st.metadata = Some(data),
@@ -616,12 +533,10 @@ impl<R: Read + Seek> EifReader<R> {
                 }
                 continue;
             }
-            if role == Role::Customer && st.pcr1.is_none() {
-                st.pcr1 = Some(st.pcr0.clone());
-            }
             let mut remaining = s.size;
             while remaining > 0 {
-                let want = remaining.min(STREAM_BUFFER_SIZE as u64) as usize;
+                let want = usize::try_from(remaining)
+                    .map_or(STREAM_BUFFER_SIZE, |r| r.min(STREAM_BUFFER_SIZE));
                 let mut buf = if role == Role::Customer {
                     pcr2.buffer(&mut spare)?
                 } else {
@@ -638,11 +553,10 @@ impl<R: Read + Seek> EifReader<R> {
                     });
                 }
                 st.crc_body.update(&buf);
+                st.boot.update(role, &buf);
                 if role == Role::Customer {
-                    st.pcr0.update(&buf);
                     pcr2.consume(buf, &mut spare)?;
                 } else {
-                    st.boot(&buf);
                     own = buf;
                 }
                 remaining -= want as u64;
@@ -659,18 +573,10 @@ impl<R: Read + Seek> EifReader<R> {
 }
 
 impl ScanState {
-    /// Bytes measured into PCR0 and PCR1.
-    fn boot(&mut self, data: &[u8]) {
-        self.pcr0.update(data);
-        if let Some(p1) = self.pcr1.as_mut() {
-            p1.update(data);
-        }
-    }
-
     fn finish(self, pcr2: Pcr) -> Scan {
-        let pcr1 = self.pcr1.unwrap_or_else(|| self.pcr0.clone()).finish();
+        let (pcr0, pcr1) = self.boot.finish();
         Scan {
-            pcr0: self.pcr0.finish(),
+            pcr0,
             pcr1,
             pcr2,
             crc: CrcCheck {
@@ -683,6 +589,83 @@ impl ScanState {
             signature: self.signature,
         }
     }
+}
+
+/// Validates entry `index` of the section table against the file (bounds, layout, its own
+/// section header, type and size cap) and returns it. `expected` is where the previous section
+/// ended: sections lie back to back.
+fn read_section_entry<R: Read + Seek>(
+    inner: &mut R,
+    header: &EifHeader,
+    index: usize,
+    expected: u64,
+    file_len: u64,
+) -> Result<Section> {
+    let offset = header.section_offsets[index];
+    let size = header.section_sizes[index];
+    let end = offset
+        .checked_add(SECTION_HEADER_SIZE as u64)
+        .and_then(|x| x.checked_add(size));
+    let end = match end {
+        Some(end) if offset >= HEADER_SIZE as u64 => end,
+        _ => {
+            return Err(EifError::SectionOutOfBounds {
+                index,
+                offset,
+                size,
+            })
+        }
+    };
+    if offset != expected {
+        return Err(EifError::BadLayout {
+            index,
+            expected,
+            found: offset,
+        });
+    }
+    if end > file_len {
+        return Err(EifError::Truncated {
+            what: format!("section {index}"),
+            needed: end,
+            available: file_len,
+        });
+    }
+    let mut sh = [0u8; SECTION_HEADER_SIZE];
+    inner
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| inner.read_exact(&mut sh))
+        .map_err(EifError::io("cannot read a section header"))?;
+    let sh = SectionHeader::parse(&sh);
+    let kind = SectionKind::from_u16(sh.section_type)
+        .filter(|k| k.min_version() <= header.version)
+        .ok_or(EifError::UnknownSectionType {
+            index,
+            section_type: sh.section_type,
+            version: header.version,
+        })?;
+    if sh.size != size {
+        return Err(EifError::SectionSizeMismatch {
+            index,
+            in_section: sh.size,
+            in_table: size,
+        });
+    }
+    if let Some(limit) = kind.size_limit() {
+        if size > limit {
+            return Err(EifError::SectionTooLarge {
+                kind: kind.name(),
+                size,
+                limit,
+            });
+        }
+    }
+    Ok(Section {
+        index,
+        kind,
+        offset,
+        size,
+        flags: sh.flags,
+    })
 }
 
 fn check_section_order(sections: &[Section]) -> Result<()> {

@@ -45,7 +45,7 @@ pub fn sign_file_in_place(file: &mut File, signer: &EifSigner) -> Result<Measure
     header.section_offsets[index] = offset;
     header.section_sizes[index] = size;
     // index <= 31, checked above.
-    header.num_sections = (index + 1) as u16;
+    header.num_sections = u16::try_from(index + 1).map_err(|_| EifError::Internal)?;
 
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header.to_bytes()[..CRC_OFFSET]);

@@ -8,13 +8,16 @@
 //! [`EifSignature::parse`] reads one and [`EifSignature::verify`] checks it against the image's
 //! PCR0, returning a [`VerifiedSignature`] that only a successful check can construct.
 
+pub use crate::algorithm::CoseAlgorithm;
 use crate::error::{EifError, Result};
 use crate::external::{self, ExternalSigner};
 use crate::format::MAX_SIGNATURE_SIZE;
 use crate::measure::{pcr_hex, pcr_of, Pcr, PCR_LEN};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use ciborium::value::Value;
+use der::asn1::ObjectIdentifier;
+use der::oid::db::{rfc3280, rfc4519, rfc5912, rfc8410};
 use der::{Decode, Tag, Tagged};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -22,72 +25,6 @@ use zeroize::Zeroizing;
 
 /// Largest PEM file (certificate or key) accepted.
 pub const MAX_PEM_SIZE: u64 = 64 * 1024;
-
-/// COSE algorithms the format allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CoseAlgorithm {
-    /// ECDSA P-256 with SHA-256 (COSE -7).
-    Es256,
-    /// ECDSA P-384 with SHA-384 (COSE -35), what AWS's tools use.
-    Es384,
-    /// ECDSA P-521 with SHA-512 (COSE -36).
-    Es512,
-}
-
-impl CoseAlgorithm {
-    /// COSE algorithm identifier.
-    pub fn id(self) -> i64 {
-        match self {
-            Self::Es256 => -7,
-            Self::Es384 => -35,
-            Self::Es512 => -36,
-        }
-    }
-
-    /// From a COSE identifier.
-    pub fn from_id(id: i128) -> Option<Self> {
-        match id {
-            -7 => Some(Self::Es256),
-            -35 => Some(Self::Es384),
-            -36 => Some(Self::Es512),
-            _ => None,
-        }
-    }
-
-    /// Name, e.g. `ES384`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Es256 => "ES256",
-            Self::Es384 => "ES384",
-            Self::Es512 => "ES512",
-        }
-    }
-
-    fn from_curve_oid(oid: &str) -> Option<Self> {
-        match oid {
-            "1.2.840.10045.3.1.7" => Some(Self::Es256),
-            "1.3.132.0.34" => Some(Self::Es384),
-            "1.3.132.0.35" => Some(Self::Es512),
-            _ => None,
-        }
-    }
-
-    fn verification(self) -> &'static sig::EcdsaVerificationAlgorithm {
-        match self {
-            Self::Es256 => &sig::ECDSA_P256_SHA256_FIXED,
-            Self::Es384 => &sig::ECDSA_P384_SHA384_FIXED,
-            Self::Es512 => &sig::ECDSA_P521_SHA512_FIXED,
-        }
-    }
-
-    fn signing(self) -> &'static sig::EcdsaSigningAlgorithm {
-        match self {
-            Self::Es256 => &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            Self::Es384 => &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
-            Self::Es512 => &sig::ECDSA_P521_SHA512_FIXED_SIGNING,
-        }
-    }
-}
 
 /// Finds the first `-----BEGIN <label>-----` block in `input` and decodes it.
 fn pem_block(input: &[u8], labels: &[&str]) -> Option<(String, Zeroizing<Vec<u8>>)> {
@@ -173,13 +110,13 @@ impl SigningCertificate {
         let mut issuer_name = BTreeMap::new();
         for rdn in tbs.issuer.0.iter() {
             for atv in rdn.0.iter() {
-                let oid = atv.oid.to_string();
-                let key = attribute_name(&oid).map_or(oid, str::to_string);
+                let key =
+                    attribute_name(&atv.oid).map_or_else(|| atv.oid.to_string(), str::to_string);
                 issuer_name.insert(key, attribute_value(&atv.value));
             }
         }
-        let alg_oid = self.cert.signature_algorithm.oid.to_string();
-        let algorithm = algorithm_name(&alg_oid).map_or(alg_oid, str::to_string);
+        let alg_oid = &self.cert.signature_algorithm.oid;
+        let algorithm = algorithm_name(alg_oid).map_or_else(|| alg_oid.to_string(), str::to_string);
         let signature = self
             .cert
             .signature
@@ -205,7 +142,7 @@ impl SigningCertificate {
 fn ec_public_key(
     spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
 ) -> Result<(CoseAlgorithm, &[u8])> {
-    if spki.algorithm.oid.to_string() != "1.2.840.10045.2.1" {
+    if spki.algorithm.oid != rfc5912::ID_EC_PUBLIC_KEY {
         return Err(EifError::UnsupportedAlgorithm {
             what: format!("public key type {} (need an EC key)", spki.algorithm.oid),
         });
@@ -229,36 +166,36 @@ fn ec_public_key(
 }
 
 /// OpenSSL's long names for the name attributes certificates usually carry.
-fn attribute_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "commonName",
-        "2.5.4.4" => "surname",
-        "2.5.4.5" => "serialNumber",
-        "2.5.4.6" => "countryName",
-        "2.5.4.7" => "localityName",
-        "2.5.4.8" => "stateOrProvinceName",
-        "2.5.4.9" => "streetAddress",
-        "2.5.4.10" => "organizationName",
-        "2.5.4.11" => "organizationalUnitName",
-        "2.5.4.12" => "title",
-        "2.5.4.42" => "givenName",
-        "0.9.2342.19200300.100.1.25" => "domainComponent",
-        "1.2.840.113549.1.9.1" => "emailAddress",
+fn attribute_name(oid: &ObjectIdentifier) -> Option<&'static str> {
+    Some(match *oid {
+        rfc4519::CN => "commonName",
+        rfc4519::SN => "surname",
+        rfc4519::SERIAL_NUMBER => "serialNumber",
+        rfc4519::C => "countryName",
+        rfc4519::L => "localityName",
+        rfc4519::ST => "stateOrProvinceName",
+        rfc4519::STREET => "streetAddress",
+        rfc4519::O => "organizationName",
+        rfc4519::OU => "organizationalUnitName",
+        rfc4519::TITLE => "title",
+        rfc4519::GIVEN_NAME => "givenName",
+        rfc4519::DC => "domainComponent",
+        rfc3280::EMAIL_ADDRESS => "emailAddress",
         _ => return None,
     })
 }
 
 /// OpenSSL's names for signature algorithms.
-fn algorithm_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
-        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
-        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
-        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
-        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
-        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
-        "1.2.840.113549.1.1.10" => "rsassaPss",
-        "1.3.101.112" => "ED25519",
+fn algorithm_name(oid: &ObjectIdentifier) -> Option<&'static str> {
+    Some(match *oid {
+        rfc5912::ECDSA_WITH_SHA_256 => "ecdsa-with-SHA256",
+        rfc5912::ECDSA_WITH_SHA_384 => "ecdsa-with-SHA384",
+        rfc5912::ECDSA_WITH_SHA_512 => "ecdsa-with-SHA512",
+        rfc5912::SHA_256_WITH_RSA_ENCRYPTION => "sha256WithRSAEncryption",
+        rfc5912::SHA_384_WITH_RSA_ENCRYPTION => "sha384WithRSAEncryption",
+        rfc5912::SHA_512_WITH_RSA_ENCRYPTION => "sha512WithRSAEncryption",
+        rfc5912::ID_RSASSA_PSS => "rsassaPss",
+        rfc8410::ID_ED_25519 => "ED25519",
         _ => return None,
     })
 }

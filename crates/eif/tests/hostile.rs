@@ -35,7 +35,7 @@ fn small() -> Vec<u8> {
 fn assemble(version: u16, sections: &[(u16, &[u8])]) -> Vec<u8> {
     let mut header = EifHeader::new(0);
     header.version = version;
-    header.num_sections = sections.len() as u16;
+    header.num_sections = u16::try_from(sections.len()).expect("at most 32 sections");
     let mut body = Vec::new();
     for (i, (t, data)) in sections.iter().enumerate() {
         header.section_offsets[i] = (HEADER_SIZE + body.len()) as u64;
@@ -167,7 +167,11 @@ fn offsets_and_sizes_out_of_bounds_or_overflowing() {
     let r = open(base.clone()).unwrap();
     let last = r.sections()[4];
     set_u64(&mut image, SIZES + 8 * 4, last.size + 1);
-    set_u64(&mut image, last.offset as usize + 4, last.size + 1);
+    set_u64(
+        &mut image,
+        usize::try_from(last.offset).unwrap() + 4,
+        last.size + 1,
+    );
     assert!(matches!(open(image), Err(EifError::Truncated { .. })));
     // Table and section header disagree.
     let mut image = base.clone();
@@ -240,7 +244,7 @@ fn section_order_and_multiplicity() {
 
 #[test]
 fn oversized_small_sections_are_refused_before_reading_them() {
-    let big = vec![0u8; MAX_SIGNATURE_SIZE as usize + 1];
+    let big = vec![0u8; usize::try_from(MAX_SIGNATURE_SIZE).unwrap() + 1];
     let image = assemble(4, &[(1, b"k"), (2, b"c"), (3, b"r"), (4, &big)]);
     assert!(matches!(
         open(image),

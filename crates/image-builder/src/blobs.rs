@@ -384,6 +384,11 @@ pub struct PrepareReport {
 
 /// The TSC frequency of this host in kHz, from `/proc/cpuinfo` (`cpu MHz` of the first CPU; on
 /// hosts with an invariant TSC this is its nominal rate).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the rounded kHz is checked to lie in (0, 1e8), which u64 holds exactly"
+)]
 pub fn host_tsc_khz() -> Option<u64> {
     let text = fs::read_to_string("/proc/cpuinfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu MHz"))?;
@@ -536,10 +541,10 @@ fn newest_cloud_kernel(search_output: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Builds a blobs directory from a Debian kernel package and an init binary.
-pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
-    let work = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
-    let deb = match (&opts.kernel_deb, &opts.kernel_version) {
+/// The kernel package: the one given, or the version given downloaded with `apt-get` into
+/// `work`.
+fn kernel_deb(opts: &PrepareOptions, work: &Path) -> Result<PathBuf, BlobsError> {
+    Ok(match (&opts.kernel_deb, &opts.kernel_version) {
         (Some(d), _) => d.clone(),
         (None, Some(v)) => {
             let latest;
@@ -561,10 +566,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
                 Command::new("apt-get")
                     .arg("download")
                     .arg(&pkg)
-                    .current_dir(work.path()),
+                    .current_dir(work),
             )?;
             let mut found = Vec::new();
-            find_files(work.path(), &mut found, 0).map_err(io_err(work.path()))?;
+            find_files(work, &mut found, 0).map_err(io_err(work))?;
             found
                 .into_iter()
                 .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -577,30 +582,15 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
                 "give a kernel .deb or a kernel version".into(),
             ))
         }
-    };
-    let root = work.path().join("root");
-    run(
-        "dpkg -x",
-        Command::new("dpkg").arg("-x").arg(&deb).arg(&root),
-    )?;
-    let mut files = Vec::new();
-    find_files(&root, &mut files, 0).map_err(io_err(&root))?;
-    let vmlinuz = files
-        .iter()
-        .find(|p| {
-            p.parent().is_some_and(|d| d.ends_with("boot"))
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .ok_or_else(|| BlobsError::Package("no boot/vmlinuz-* in the package".into()))?;
-    let kernel_version = vmlinuz
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .trim_start_matches("vmlinuz-")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    })
+}
+
+/// Module contents by name.
+type ModuleContents = std::collections::HashMap<String, Vec<u8>>;
+
+/// The transport and vsock modules in `files` with what they depend on, in load order, and
+/// their contents.
+fn module_closure(files: &[PathBuf]) -> Result<(Vec<String>, ModuleContents), BlobsError> {
     // Index the modules by their base name (without .ko[.xz|.zst]).
     let module_name = |p: &Path| -> Option<String> {
         let n = p.file_name()?.to_string_lossy().into_owned();
@@ -655,6 +645,37 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
             0,
         )?;
     }
+    Ok((order, contents))
+}
+
+/// Builds a blobs directory from a Debian kernel package and an init binary.
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport, BlobsError> {
+    let work = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
+    let deb = kernel_deb(opts, work.path())?;
+    let root = work.path().join("root");
+    run(
+        "dpkg -x",
+        Command::new("dpkg").arg("-x").arg(&deb).arg(&root),
+    )?;
+    let mut files = Vec::new();
+    find_files(&root, &mut files, 0).map_err(io_err(&root))?;
+    let vmlinuz = files
+        .iter()
+        .find(|p| {
+            p.parent().is_some_and(|d| d.ends_with("boot"))
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| BlobsError::Package("no boot/vmlinuz-* in the package".into()))?;
+    let kernel_version = vmlinuz
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let (order, contents) = module_closure(&files)?;
 
     let out = &opts.output;
     let mdir = out.join("modules");

@@ -293,26 +293,20 @@ impl Progress {
     }
 }
 
-/// RFC 3339 (UTC) of a Unix time.
+/// RFC 3339 (UTC) of a Unix time (past year 9999: the last second of 9999).
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc());
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -587,6 +581,105 @@ pub fn write_bootstrap_ramdisk<W: Write>(
     w.finish().map_err(ramdisk)
 }
 
+/// What the input says about the image besides its files.
+struct ImageFacts {
+    container: ContainerConfig,
+    style: CommandStyle,
+    docker_info: serde_json::Value,
+    default_name: String,
+    version: String,
+    created: Option<String>,
+    layers: usize,
+}
+
+/// Applies a resolved image's layers to `tree`, in order.
+fn apply_image(
+    r: &Resolved,
+    req: &BuildRequest,
+    tree: &mut Tree,
+    progress: &Progress,
+) -> Result<ImageFacts, BuildError> {
+    let m = &r.manifest;
+    if m.layers.len() > req.limits.max_layers {
+        return Err(BuildError::TooManyLayers {
+            count: m.layers.len(),
+            max: req.limits.max_layers,
+        });
+    }
+    let mut budget = req.limits.max_uncompressed;
+    let total: u64 = m.layers.iter().filter_map(|l| l.size).sum();
+    let bar = progress.bar(total, "Extracting layers");
+    for (i, l) in m.layers.iter().enumerate() {
+        let (reader, size) = r.store.open(&l.path)?;
+        let b = bar.clone();
+        if l.size.is_none() {
+            bar.inc_length(size);
+        }
+        let index = u32::try_from(i).map_err(|_| BuildError::TooManyLayers {
+            count: m.layers.len(),
+            max: req.limits.max_layers,
+        })?;
+        apply_layer(
+            tree,
+            index,
+            LayerInput {
+                name: l.digest.map_or_else(|| l.path.clone(), |d| d.to_string()),
+                reader,
+                size: Some(l.size.unwrap_or(size)),
+                digest: l.digest,
+                diff_id: l.diff_id,
+                media_type: l.media_type.clone(),
+            },
+            &mut budget,
+            req.limits.layer,
+            Box::new(move |n| b.inc(n)),
+        )?;
+    }
+    bar.finish_and_clear();
+    let raw_config: serde_json::Value =
+        serde_json::from_slice(&m.config_bytes).unwrap_or(serde_json::Value::Null);
+    let info = serde_json::json!({
+        "Id": m.config_digest.to_string(),
+        "RepoTags": m.repo_tags,
+        "RepoDigests": m.manifest_digest.map(|d| vec![d.to_string()]).unwrap_or_default(),
+        "Created": m.config.created,
+        "Architecture": m.config.architecture,
+        "Os": m.config.os,
+        "Config": raw_config.get("config").cloned().unwrap_or(serde_json::Value::Null),
+        "RootFS": raw_config.get("rootfs").cloned().unwrap_or(serde_json::Value::Null),
+    });
+    Ok(ImageFacts {
+        container: m.config.config.clone().unwrap_or_default(),
+        style: req.style.unwrap_or(CommandStyle::NitroCli),
+        docker_info: info,
+        default_name: r.default_name.clone(),
+        version: m.config_digest.hex(),
+        created: m.config.created.clone(),
+        layers: m.layers.len(),
+    })
+}
+
+/// Scans a root filesystem directory input into `tree`.
+fn scan_rootfs_input(req: &BuildRequest, tree: &mut Tree) -> Result<ImageFacts, BuildError> {
+    let ImageInput::Rootfs { dir, owner } = &req.input else {
+        unreachable!("resolve returns None only for a rootfs")
+    };
+    scan_rootfs(tree, dir, *owner)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "rootfs".into());
+    Ok(ImageFacts {
+        container: ContainerConfig::default(),
+        style: req.style.unwrap_or(CommandStyle::Docker),
+        docker_info: serde_json::Value::Null,
+        default_name: name,
+        version: "1.0".to_string(),
+        created: None,
+        layers: 0,
+    })
+}
+
 /// Phases 1 and 2: resolves the image, applies its layers and writes both ramdisks.
 pub fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
     let progress = Progress::new(req.progress);
@@ -599,82 +692,17 @@ pub fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
     let t0 = Instant::now();
     let mut tree = Tree::new(&temp, req.limits.tree)?;
     let resolved = resolve(&req.input, &temp, &req.limits)?;
-    let (container, style, docker_info, default_name, version, created, layers) = match &resolved {
-        Some(r) => {
-            let m = &r.manifest;
-            if m.layers.len() > req.limits.max_layers {
-                return Err(BuildError::TooManyLayers {
-                    count: m.layers.len(),
-                    max: req.limits.max_layers,
-                });
-            }
-            let mut budget = req.limits.max_uncompressed;
-            let total: u64 = m.layers.iter().filter_map(|l| l.size).sum();
-            let bar = progress.bar(total, "Extracting layers");
-            for (i, l) in m.layers.iter().enumerate() {
-                let (reader, size) = r.store.open(&l.path)?;
-                let b = bar.clone();
-                if l.size.is_none() {
-                    bar.inc_length(size);
-                }
-                apply_layer(
-                    &mut tree,
-                    i as u32,
-                    LayerInput {
-                        name: l.digest.map_or_else(|| l.path.clone(), |d| d.to_string()),
-                        reader,
-                        size: Some(l.size.unwrap_or(size)),
-                        digest: l.digest,
-                        diff_id: l.diff_id,
-                        media_type: l.media_type.clone(),
-                    },
-                    &mut budget,
-                    req.limits.layer,
-                    Box::new(move |n| b.inc(n)),
-                )?;
-            }
-            bar.finish_and_clear();
-            let raw_config: serde_json::Value =
-                serde_json::from_slice(&m.config_bytes).unwrap_or(serde_json::Value::Null);
-            let info = serde_json::json!({
-                "Id": m.config_digest.to_string(),
-                "RepoTags": m.repo_tags,
-                "RepoDigests": m.manifest_digest.map(|d| vec![d.to_string()]).unwrap_or_default(),
-                "Created": m.config.created,
-                "Architecture": m.config.architecture,
-                "Os": m.config.os,
-                "Config": raw_config.get("config").cloned().unwrap_or(serde_json::Value::Null),
-                "RootFS": raw_config.get("rootfs").cloned().unwrap_or(serde_json::Value::Null),
-            });
-            (
-                m.config.config.clone().unwrap_or_default(),
-                req.style.unwrap_or(CommandStyle::NitroCli),
-                info,
-                r.default_name.clone(),
-                m.config_digest.hex(),
-                m.config.created.clone(),
-                m.layers.len(),
-            )
-        }
-        None => {
-            let ImageInput::Rootfs { dir, owner } = &req.input else {
-                unreachable!("resolve returns None only for a rootfs")
-            };
-            scan_rootfs(&mut tree, dir, *owner)?;
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "rootfs".into());
-            (
-                ContainerConfig::default(),
-                req.style.unwrap_or(CommandStyle::Docker),
-                serde_json::Value::Null,
-                name,
-                "1.0".to_string(),
-                None,
-                0,
-            )
-        }
+    let ImageFacts {
+        container,
+        style,
+        docker_info,
+        default_name,
+        version,
+        created,
+        layers,
+    } = match &resolved {
+        Some(r) => apply_image(r, req, &mut tree, &progress)?,
+        None => scan_rootfs_input(req, &mut tree)?,
     };
     let command = CommandEnv::derive(&container, &req.overrides, style)?;
     for d in ROOTFS_DIRS {

@@ -83,12 +83,30 @@ impl MeterState {
     }
 }
 
+impl std::fmt::Debug for MeterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeterState")
+            .field("bytes", &self.bytes)
+            .field("hashing", &self.hasher.is_some())
+            .finish()
+    }
+}
+
 /// Counts (and optionally hashes) bytes, refusing to pass more than `max` of them.
 pub struct Metered<R> {
     inner: R,
     state: Rc<RefCell<MeterState>>,
     max: u64,
     on_bytes: Option<Box<dyn FnMut(u64)>>,
+}
+
+impl<R> std::fmt::Debug for Metered<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metered")
+            .field("state", &self.state)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: Read> Metered<R> {

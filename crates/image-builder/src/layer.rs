@@ -146,6 +146,18 @@ pub struct LayerInput<'a> {
     pub media_type: Option<String>,
 }
 
+impl std::fmt::Debug for LayerInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerInput")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("digest", &self.digest)
+            .field("diff_id", &self.diff_id)
+            .field("media_type", &self.media_type)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What applying a layer did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerStats {
@@ -250,6 +262,33 @@ fn classify(layer: &str, e: io::Error) -> LayerError {
     }
 }
 
+/// Checks that the compression a manifest's media type claims is the one the blob has.
+fn check_media_type(
+    layer: &str,
+    media_type: Option<&str>,
+    compression: Compression,
+) -> Result<(), LayerError> {
+    if let Some(mt) = media_type {
+        let claimed = if mt.ends_with("gzip") {
+            Some(Compression::Gzip)
+        } else if mt.ends_with("zstd") {
+            Some(Compression::Zstd)
+        } else if mt.ends_with(".tar") || mt.ends_with("diff.tar") {
+            Some(Compression::None)
+        } else {
+            None
+        };
+        if claimed.is_some_and(|c| c != compression) {
+            return Err(LayerError::MediaTypeMismatch {
+                layer: layer.to_owned(),
+                media_type: mt.to_owned(),
+                detected: compression_name(compression),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Applies one layer to `tree` as layer number `index` (0 = bottom). `budget` is the number of
 /// uncompressed bytes still allowed; it is reduced by what this layer used. `progress` is called
 /// with the number of blob bytes consumed as they are read.
@@ -283,24 +322,7 @@ pub fn apply_layer(
             layer: layer.clone(),
             format,
         })?;
-    if let Some(mt) = &input.media_type {
-        let claimed = if mt.ends_with("gzip") {
-            Some(Compression::Gzip)
-        } else if mt.ends_with("zstd") {
-            Some(Compression::Zstd)
-        } else if mt.ends_with(".tar") || mt.ends_with("diff.tar") {
-            Some(Compression::None)
-        } else {
-            None
-        };
-        if claimed.is_some_and(|c| c != compression) {
-            return Err(LayerError::MediaTypeMismatch {
-                layer: layer.clone(),
-                media_type: mt.clone(),
-                detected: compression_name(compression),
-            });
-        }
-    }
+    check_media_type(&layer, input.media_type.as_deref(), compression)?;
     let head = io::Cursor::new(magic[..got].to_vec());
     let stream = head.chain(raw);
     let decoded: Box<dyn Read> = match compression {

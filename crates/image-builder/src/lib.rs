@@ -12,15 +12,18 @@
 //! ([`blobs::Blobs`]) the bootstrap ramdisk, both deterministic cpio archives, and
 //! [`cloister_eif::EifBuilder`] writes and measures the EIF.
 //!
-//! Modules: [`source`] (inputs), [`digest`] (verification), [`layer`] (tar application),
+//! Modules: [`source`] (inputs), [`registry`] (pulls over the OCI distribution API),
+//! [`dockerfile`] (Dockerfile builds), [`digest`] (verification), [`layer`] (tar application),
 //! [`tree`] (the filesystem), [`config`] (`cmd`/`env` from the image config), [`blobs`]
-//! (kernel, init, modules; `blobs prepare`), [`build`] (the pipeline and its timings).
+//! (kernel, init, modules; `blobs prepare`), [`build`] (the pipeline and its timings); `http`
+//! is the one HTTP/1.1 client (hyper's) that the registry and Docker engine inputs share.
 
 pub mod blobs;
 pub mod build;
 pub mod config;
 pub mod digest;
 pub mod dockerfile;
+pub mod http;
 pub mod layer;
 pub mod registry;
 pub mod source;

@@ -9,10 +9,11 @@
 
 use crate::config::{ImageConfig, MAX_JSON_SIZE};
 use crate::digest::{DigestError, Sha256Digest};
+use crate::http::{self, Http, HttpError};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The OCI annotation that carries a tag in an image layout's index.
@@ -691,51 +692,45 @@ pub fn docker_engine_save(
     max_bytes: u64,
 ) -> Result<u64, SourceError> {
     let sock_name = socket.display().to_string();
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(socket).map_err(|e| SourceError::NoEngine {
+    let path = format!("/images/{}/get", encode_ref(image)?);
+    let client = Http::new(None).map_err(io_err(sock_name.clone()))?;
+    let stream = client
+        .block_on(tokio::net::UnixStream::connect(socket))
+        .map_err(|e| SourceError::NoEngine {
             socket: sock_name.clone(),
             reason: e.to_string(),
         })?;
-    let request = format!(
-        "GET /images/{}/get HTTP/1.1\r\nHost: docker\r\nUser-Agent: cloister\r\nConnection: close\r\n\r\n",
-        encode_ref(image)?
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(io_err(sock_name.clone()))?;
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader)?;
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
-    let length = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| {
+    let request = http::get(
+        &path,
+        &[
+            ("host", "docker"),
+            ("user-agent", "cloister"),
+            ("connection", "close"),
+        ],
+    )
+    .map_err(|e| engine_error(e, &sock_name))?;
+    let response = client
+        .send(stream, request, MAX_HTTP_HEAD)
+        .map_err(|e| engine_error(e, &sock_name))?;
+    let length = response
+        .header("content-length")
+        .map(|v| {
             v.trim()
                 .parse::<u64>()
                 .map_err(|_| SourceError::Http("bad Content-Length".into()))
         })
         .transpose()?;
+    let status = response.status;
+    let mut body = response.body;
     if status != 200 {
-        let mut body = Vec::new();
-        let mut limited: Box<dyn Read> = if chunked {
-            Box::new(Chunked::new(&mut reader))
-        } else {
-            Box::new(&mut reader)
-        };
-        let _ = limited.by_ref().take(4096).read_to_end(&mut body);
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
+        let mut text = Vec::new();
+        let _ = body.by_ref().take(4096).read_to_end(&mut text);
+        let message = serde_json::from_slice::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            .unwrap_or_else(|| String::from_utf8_lossy(&text).trim().to_owned());
         return Err(SourceError::Engine { status, message });
     }
-    let body: Box<dyn Read> = match (chunked, length) {
-        (true, _) => Box::new(Chunked::new(&mut reader)),
-        (false, Some(n)) => Box::new((&mut reader).take(n)),
-        (false, None) => Box::new(&mut reader),
-    };
     let mut limited = body.take(max_bytes + 1);
     let n = io::copy(&mut limited, out).map_err(io_err("the Docker engine's response"))?;
     if n > max_bytes {
@@ -753,122 +748,16 @@ pub fn docker_engine_save(
     Ok(n)
 }
 
-fn read_line(r: &mut dyn BufRead, budget: &mut usize) -> Result<String, SourceError> {
-    let mut line = Vec::new();
-    let n = r
-        .take(*budget as u64 + 1)
-        .read_until(b'\n', &mut line)
-        .map_err(io_err("the Docker engine's response"))?;
-    if n > *budget {
-        return Err(SourceError::Http("response head too large".into()));
-    }
-    *budget -= n;
-    if !line.ends_with(b"\n") {
-        return Err(SourceError::Http(
-            "connection closed in the response head".into(),
-        ));
-    }
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| SourceError::Http("non-UTF-8 response head".into()))
-}
-
-type Headers = Vec<(String, String)>;
-
-fn read_head(r: &mut dyn BufRead) -> Result<(u16, Headers), SourceError> {
-    let mut budget = MAX_HTTP_HEAD;
-    let status_line = read_line(r, &mut budget)?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(SourceError::Http(format!(
-            "bad status line {:?}",
-            status_line.chars().take(80).collect::<String>()
-        )));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| SourceError::Http("bad status code".into()))?;
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(r, &mut budget)?;
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| SourceError::Http("malformed header".into()))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    Ok((status, headers))
-}
-
-/// Decodes an HTTP/1.1 chunked body.
-struct Chunked<'a> {
-    inner: &'a mut dyn BufRead,
-    left: u64,
-    done: bool,
-}
-
-impl<'a> Chunked<'a> {
-    fn new(inner: &'a mut dyn BufRead) -> Self {
-        Self {
-            inner,
-            left: 0,
-            done: false,
-        }
-    }
-}
-
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
-}
-
-impl Read for Chunked<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            let mut budget = 1024usize;
-            let line =
-                read_line(self.inner, &mut budget).map_err(|_| invalid("bad chunk header"))?;
-            let size_part = line.split(';').next().unwrap_or_default().trim();
-            let size = u64::from_str_radix(size_part, 16).map_err(|_| invalid("bad chunk size"))?;
-            if size == 0 {
-                // Trailers, then the final empty line.
-                let mut budget = MAX_HTTP_HEAD;
-                loop {
-                    let l = read_line(self.inner, &mut budget)
-                        .map_err(|_| invalid("bad chunk trailer"))?;
-                    if l.is_empty() {
-                        break;
-                    }
-                }
-                self.done = true;
-                return Ok(0);
-            }
-            self.left = size;
-        }
-        let want = self.left.min(buf.len() as u64) as usize;
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "chunked body truncated",
-            ));
-        }
-        self.left -= n as u64;
-        if self.left == 0 {
-            let mut crlf = [0u8; 2];
-            self.inner.read_exact(&mut crlf)?;
-            if &crlf != b"\r\n" {
-                return Err(invalid("chunk not followed by CRLF"));
-            }
-        }
-        Ok(n)
+/// What a failed exchange with the engine reads as.
+fn engine_error(e: HttpError, socket: &str) -> SourceError {
+    match e {
+        HttpError::Io(source) => SourceError::Io {
+            path: socket.to_owned(),
+            source,
+        },
+        HttpError::HeadTooLarge => SourceError::Http("response head too large".into()),
+        HttpError::Truncated => SourceError::Http("connection closed in the response head".into()),
+        HttpError::Malformed(reason) => SourceError::Http(reason),
     }
 }
 
@@ -897,31 +786,22 @@ mod tests {
     }
 
     #[test]
-    fn chunked_decoding() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
-        let mut r = &body[..];
-        let mut out = String::new();
-        Chunked::new(&mut r).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello world");
-        let bad = b"zz\r\nhello\r\n";
-        let mut r = &bad[..];
-        assert!(Chunked::new(&mut r).read_to_end(&mut Vec::new()).is_err());
-    }
-
-    #[test]
-    fn head_parsing_is_bounded() {
-        let mut r = &b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"[..];
-        let (s, h) = read_head(&mut r).unwrap();
-        assert_eq!(s, 404);
-        assert_eq!(h[0].1, "2");
+    fn engine_heads_are_bounded() {
+        let r = crate::http::tests::answer(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}",
+            MAX_HTTP_HEAD,
+        )
+        .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("content-length"), Some("2"));
         let huge = format!(
             "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
             "a".repeat(MAX_HTTP_HEAD)
         );
-        let mut r = huge.as_bytes();
-        assert!(matches!(read_head(&mut r), Err(SourceError::Http(_))));
-        let mut r = &b"SSH-2.0\r\n"[..];
-        assert!(matches!(read_head(&mut r), Err(SourceError::Http(_))));
+        let e = crate::http::tests::answer(huge.as_bytes(), MAX_HTTP_HEAD).unwrap_err();
+        assert!(matches!(engine_error(e, "s"), SourceError::Http(_)));
+        let e = crate::http::tests::answer(b"SSH-2.0\r\n", MAX_HTTP_HEAD).unwrap_err();
+        assert!(matches!(engine_error(e, "s"), SourceError::Http(_)));
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Read for RangeReader<'_> {
         if left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = left.min(buf.len() as u64) as usize;
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         self.pos += n as u64;
         Ok(n)

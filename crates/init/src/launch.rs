@@ -194,9 +194,12 @@ fn run_inner(
         }
         None => None,
     };
-    let fprog = handoff.as_ref().map(|h| libc::sock_fprog {
-        len: h.program.len() as libc::c_ushort,
-        filter: h.program.as_ptr().cast_mut(),
+    // The program is a handful of instructions: its length always fits.
+    let fprog = handoff.as_ref().and_then(|h| {
+        Some(libc::sock_fprog {
+            len: libc::c_ushort::try_from(h.program.len()).ok()?,
+            filter: h.program.as_ptr().cast_mut(),
+        })
     });
     let set = signal_set();
     let mut old = SigSet::empty();
@@ -334,7 +337,10 @@ fn wait_serving(child: Pid, set: &SigSet, sup: Supervisor) -> Result<Outcome, La
         }
         if fds[0].revents & libc::POLLIN != 0 {
             while let Ok(Some(info)) = sfd.read_signal() {
-                let sig = info.ssi_signo as i32;
+                // Signal numbers are small: one that does not fit is not forwarded.
+                let Ok(sig) = i32::try_from(info.ssi_signo) else {
+                    continue;
+                };
                 if sig != libc::SIGCHLD {
                     // SAFETY: sending a signal to our own child.
                     unsafe { libc::kill(child.as_raw(), sig) };

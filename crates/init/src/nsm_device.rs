@@ -52,6 +52,15 @@ const RESPONSE_LEN_OFFSET: u64 = 24;
 /// How long one exchange with the NSM may take before the caller gets `EIO`.
 pub const NSM_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The node's device numbers: those of `/dev/null`.
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE` as the response's `flags` field holds it.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the flag is bit 0 of a 32-bit field"
+)]
+const NOTIF_FLAG_CONTINUE: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+/// The size of a descriptor in a control message (4 bytes).
+#[allow(clippy::cast_possible_truncation, reason = "a descriptor is 4 bytes")]
+const FD_LEN: u32 = std::mem::size_of::<RawFd>() as u32;
 const NODE_MAJOR: u32 = 1;
 const NODE_MINOR: u32 = 3;
 
@@ -254,6 +263,10 @@ impl NsmDevice {
 
 /// The seccomp program installed on the command: [`NSM_IOCTL`] ioctls to the supervisor,
 /// everything else allowed.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "BPF opcodes are 16-bit and the ioctl system call number is 16"
+)]
 pub fn filter() -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -400,7 +413,7 @@ impl Supervisor {
             flags: 0,
         };
         match verdict {
-            Verdict::Continue => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+            Verdict::Continue => resp.flags = NOTIF_FLAG_CONTINUE,
             Verdict::Done => {}
             Verdict::Fail(errno) => resp.error = -errno,
         }
@@ -424,7 +437,10 @@ impl Supervisor {
     }
 
     fn decide(&mut self, n: &libc::seccomp_notif) -> Verdict {
-        if libc::c_long::from(n.data.nr) != libc::SYS_ioctl || n.data.args[1] as u32 != NSM_IOCTL {
+        // The kernel reads an ioctl's request as a 32-bit `unsigned int`: compare the low half.
+        if libc::c_long::from(n.data.nr) != libc::SYS_ioctl
+            || n.data.args[1] & u64::from(u32::MAX) != u64::from(NSM_IOCTL)
+        {
             return Verdict::Continue;
         }
         let tid = n.pid;
@@ -479,54 +495,66 @@ impl Supervisor {
     }
 }
 
+/// The local side of a transfer with another task's memory.
+enum Local<'a> {
+    /// Read the remote bytes into this buffer.
+    Into(&'a mut [u8]),
+    /// Write these bytes to the remote address.
+    From(&'a [u8]),
+}
+
 /// Reads exactly `buf.len()` bytes at `addr` in task `tid`.
 fn read_remote(tid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: `local` describes `buf`, writable for its length; the remote address is only
-    // dereferenced by the kernel in the other process, which checks it.
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != buf.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
-    Ok(())
+    transfer_remote(tid, addr, Local::Into(buf))
 }
 
 /// Writes all of `data` at `addr` in task `tid`.
 fn write_remote(tid: u32, addr: u64, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
+    transfer_remote(tid, addr, Local::From(data))
+}
+
+/// Moves all of `local` to or from `addr` in task `tid` (`process_vm_readv` or
+/// `process_vm_writev`); a short transfer or an address that does not fit a pointer is
+/// `EFAULT`, a task id that is not a pid `ESRCH`.
+fn transfer_remote(tid: u32, addr: u64, local: Local<'_>) -> io::Result<()> {
+    let fault = || io::Error::from_raw_os_error(libc::EFAULT);
+    let (iov, write) = match local {
+        Local::Into(buf) => (
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+            false,
+        ),
+        Local::From(data) => (
+            libc::iovec {
+                iov_base: data.as_ptr().cast_mut().cast(),
+                iov_len: data.len(),
+            },
+            true,
+        ),
+    };
+    if iov.iov_len == 0 {
         return Ok(());
     }
     let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    let local = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
     let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: data.len(),
+        iov_base: usize::try_from(addr).map_err(|_| fault())? as *mut libc::c_void,
+        iov_len: iov.iov_len,
     };
-    // SAFETY: `local` describes `data`, readable for its length (the kernel only reads it);
-    // the remote address is checked by the kernel in the other process.
-    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != data.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    // SAFETY: `iov` describes the borrowed local buffer for its length: writable for a read
+    // (`Local::Into` holds it mutably), only read by the kernel for a write. The remote
+    // address is only dereferenced by the kernel in the other process, which checks it.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(pid, &iov, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(pid, &iov, 1, &remote, 1, 0)
+        }
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n != iov.iov_len {
+        return Err(fault());
     }
     Ok(())
 }
@@ -544,7 +572,7 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> bool {
         iov_len: 1,
     };
     // SAFETY: plain arithmetic on the size of one descriptor.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
     if space > SPACE {
         return false;
     }
@@ -563,7 +591,7 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> bool {
         }
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_LEN) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) == 1
     }
@@ -642,6 +670,11 @@ mod tests {
     }
 
     /// One ioctl as AWS's library makes it (request widened as musl does when `sign`).
+    #[allow(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        reason = "the sign extension of the request is what this call reproduces"
+    )]
     fn call(fd: RawFd, msg: *mut Message, sign: bool) -> Result<(), i32> {
         let request: u64 = if sign {
             NSM_IOCTL as i32 as i64 as u64
@@ -676,7 +709,9 @@ mod tests {
             resp_len: resp.len() as u64,
         };
         // 1: served, the response and its length written back.
-        if call(fd, &mut msg, false).is_err() || resp[..msg.resp_len as usize] != *b"nsm:olleh" {
+        if call(fd, &mut msg, false).is_err()
+            || resp[..usize::try_from(msg.resp_len).unwrap()] != *b"nsm:olleh"
+        {
             return 1;
         }
         // 2: the request sign-extended (musl) is the same request.
@@ -738,6 +773,10 @@ mod tests {
 
     /// The command's side of `served_requests_and_hostile_ones` (this test binary re-run).
     #[test]
+    #[allow(
+        clippy::exit,
+        reason = "the re-run test binary is the command: its exit status is the result"
+    )]
     fn nsm_child_entry() {
         if let Ok(node) = std::env::var(CHILD_ENV) {
             let code = child_checks(&node);

@@ -152,7 +152,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(elf[4], 2, "ELF64");
-    let phoff = u64_at(0x20) as usize;
+    let phoff = usize::try_from(u64_at(0x20)).unwrap();
     let phentsize = u16_at(0x36) as usize;
     let phnum = u16_at(0x38) as usize;
     (0..phnum).any(|i| {

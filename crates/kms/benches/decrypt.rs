@@ -118,6 +118,10 @@ fn start_moto() -> Option<(std::process::Child, SocketAddr)> {
     None
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's workloads and report, in order"
+)]
 fn main() {
     let secs = Duration::from_secs(
         std::env::var("BENCH_SECONDS")
@@ -149,10 +153,13 @@ fn main() {
     let doc = signer
         .sign(DocumentFields {
             module_id: "i-00000000000000000-enc0000000000000000".into(),
-            timestamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("time")
-                .as_millis() as u64,
+            timestamp_ms: u64::try_from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("time")
+                    .as_millis(),
+            )
+            .expect("time"),
             pcrs: [(0usize, pcr0.clone()), (1, vec![1; 48]), (2, vec![2; 48])]
                 .into_iter()
                 .collect(),

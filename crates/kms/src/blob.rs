@@ -59,7 +59,13 @@ pub fn canonical_context(ctx: &EncryptionContext) -> KmsResult<Vec<u8>> {
             .map(|(k, v)| 8 + k.len() + v.len())
             .sum::<usize>(),
     );
-    out.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
+    let too_large = || {
+        KmsError::Validation(format!(
+            "EncryptionContext is larger than {MAX_CONTEXT_BYTES} bytes"
+        ))
+    };
+    let pairs = u32::try_from(ctx.len()).map_err(|_| too_large())?;
+    out.extend_from_slice(&pairs.to_be_bytes());
     for (k, v) in ctx {
         if k.is_empty() {
             return Err(KmsError::Validation(
@@ -67,13 +73,12 @@ pub fn canonical_context(ctx: &EncryptionContext) -> KmsResult<Vec<u8>> {
             ));
         }
         for s in [k, v] {
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            let len = u32::try_from(s.len()).map_err(|_| too_large())?;
+            out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(s.as_bytes());
         }
         if out.len() > MAX_CONTEXT_BYTES {
-            return Err(KmsError::Validation(format!(
-                "EncryptionContext is larger than {MAX_CONTEXT_BYTES} bytes"
-            )));
+            return Err(too_large());
         }
     }
     Ok(out)

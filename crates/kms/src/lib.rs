@@ -2,8 +2,10 @@
 //!
 //! The parts, from the wire inwards:
 //! - [`server`]: HTTP/1.1 (and HTTPS with rustls) on hyper, body caps, dispatch.
-//! - [`sigv4`]: AWS Signature Version 4 verification with cached signing keys.
-//! - [`service`]: the KMS operations (CreateKey, Encrypt, Decrypt, GenerateDataKey, ...); its
+//! - [`sigv4`]: AWS Signature Version 4 verification with cached signing keys (the
+//!   `cloister-sigv4` crate, which the SDK signs with, mapped onto the service's errors).
+//! - [`service`]: the KMS operations (CreateKey, Encrypt, Decrypt, GenerateDataKey, ...), one
+//!   typed request per operation dispatched by an enum, split by concern; its
 //!   [`service::ops`] holds grants, imported key material, Regions and multi-Region keys,
 //!   ListKeyRotations, and the request scope (caller, Region, address).
 //! - [`policy`]: IAM-style key policies with `kms:RecipientAttestation:*` conditions.
@@ -12,8 +14,10 @@
 //! - [`keys`]: key specs, usages and algorithms of asymmetric and HMAC keys, and their material.
 //! - [`blob`]: the ciphertext blob format (key id, material version, AES-256-GCM, context AAD).
 //! - [`store`]: durable storage, embedded in redb (the default; see its docs for why) or in
-//!   PostgreSQL for a fleet of servers; key material sealed under a master key kept in a
-//!   separate file.
+//!   PostgreSQL for a fleet of servers (schema, writes and cross-server sync in their own
+//!   modules); key material sealed under a master key kept in a separate file. Its
+//!   [`store::record`] holds what the operations beyond the core set keep in a key's record
+//!   (grants, imported material, Regions), so the store depends on nothing above it.
 //! - [`config`]: the YAML/JSON config file.
 
 #![forbid(unsafe_code)]

@@ -262,6 +262,10 @@ fn pcr_index_ok(n: &str) -> bool {
         && n.parse::<u8>().is_ok_and(|i| i < 32)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one statement's fields in AWS's validation order, each a few lines"
+)]
 fn parse_statement(v: &Value) -> KmsResult<Statement> {
     let m = v
         .as_object()
@@ -623,7 +627,7 @@ pub fn parse_date(v: &str) -> Option<f64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let days = crate::sigv4::days_from_civil(y, m, d);
+    let days = cloister_sigv4::epoch_day(y, m, d)?;
     let mut secs = (days * 86_400) as f64;
     let rest = &b[10..];
     if rest.is_empty() {

@@ -140,6 +140,7 @@ fn call(addr: SocketAddr, cred: &(String, String), op: &str, body: Value) -> Opt
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn fleet_survives_killed_servers_and_a_database_restart() {
     let pg = pg_support::PgCluster::start();
     pg.create_db("kms");

@@ -41,6 +41,7 @@ fn client(server: &TestServer) -> RawClient {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn changes_through_one_server_are_in_effect_on_the_other() {
     let pg = PgCluster::start();
     pg.create_db("kms");

@@ -484,16 +484,17 @@ mod tests {
     /// CBOR text string header + bytes (short strings only).
     fn text(s: &str) -> Vec<u8> {
         assert!(s.len() < 24);
-        let mut v = vec![0x60 | s.len() as u8];
+        let mut v = vec![0x60 | u8::try_from(s.len()).unwrap()];
         v.extend_from_slice(s.as_bytes());
         v
     }
 
     fn bytes_hdr(len: usize) -> Vec<u8> {
+        let [.., hi, lo] = len.to_be_bytes();
         match len {
-            0..=23 => vec![0x40 | len as u8],
-            24..=255 => vec![0x58, len as u8],
-            _ => vec![0x59, (len >> 8) as u8, len as u8],
+            0..=23 => vec![0x40 | lo],
+            24..=255 => vec![0x58, lo],
+            _ => vec![0x59, hi, lo],
         }
     }
 
@@ -701,7 +702,7 @@ mod tests {
             digest: Digest::SHA384,
             timestamp: 1_700_000_000_000,
             pcrs: (0..16)
-                .map(|i| (i, ByteBuf::from(vec![i as u8; 48])))
+                .map(|i| (i, ByteBuf::from(vec![u8::try_from(i).unwrap(); 48])))
                 .collect(),
             certificate: ByteBuf::from(vec![0x30; 10]),
             cabundle: vec![ByteBuf::from(vec![0x30; 5])],

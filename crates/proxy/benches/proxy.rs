@@ -3,11 +3,13 @@
 //! KMS Decrypt calls through the proxy against the key service in-process (p50, p99), with the
 //! same calls made directly as the baseline. Run: `cargo bench -p cloister-proxy --bench proxy`.
 
-use cloister_attestation::{DocumentFields, Isolation, Pki};
+use cloister_attestation::{DocumentFields, DocumentSigner, Isolation, Pki};
 use cloister_proxy::allowlist::{AllowEntry, Allowlist};
 use cloister_proxy::vsock_io::{self, Transport, VsockAddr};
 use cloister_proxy::{ProxyConfig, VsockProxy};
-use cloister_sdk::kms_client::{Credentials, Endpoint, KmsClient, KmsClientConfig, Route};
+use cloister_sdk::kms_client::{
+    AttestError, Credentials, Endpoint, KmsClient, KmsClientConfig, Route,
+};
 use cloister_vsock::{Broker, BrokerConfig, NsmService};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +90,11 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Vec<Duration> {
     times
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the index is a fraction p in [0, 1] of the last index: in range, not negative"
+)]
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -254,43 +261,12 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
     }));
     wait_for(&dir.join("vsock/3_8001.sock")).await;
 
-    let client = |route: Route| {
-        let signer = signer.clone();
-        KmsClient::new(
-            KmsClientConfig {
-                region: "us-east-1".into(),
-                endpoint: Endpoint::parse(&format!("http://{kms}")).unwrap(),
-                route,
-                credentials: Credentials {
-                    access_key_id: admin.access_key_id.clone(),
-                    secret_access_key: admin.secret_access_key.clone(),
-                    session_token: None,
-                },
-                extra_roots: Vec::new(),
-                timeout: Duration::from_secs(60),
-            },
-            Arc::new(move |pk: &[u8]| -> Result<Vec<u8>, String> {
-                let mut pcrs = BTreeMap::new();
-                for i in [0usize, 1, 2, 8] {
-                    pcrs.insert(i, vec![i as u8; 48]);
-                }
-                signer
-                    .sign(DocumentFields {
-                        module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-                        timestamp_ms: SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .unwrap()
-                            .as_millis() as u64,
-                        pcrs,
-                        public_key: Some(pk.to_vec()),
-                        user_data: None,
-                        nonce: None,
-                    })
-                    .map_err(|e| e.to_string())
-            }),
-        )
-        .unwrap()
+    let credentials = Credentials {
+        access_key_id: admin.access_key_id.clone(),
+        secret_access_key: admin.secret_access_key.clone(),
+        session_token: None,
     };
+    let client = |route: Route| attested_client(&signer, kms, &credentials, route);
     let direct = client(Route::Tcp(kms));
     let created = direct.call("CreateKey", b"{}").await.unwrap();
     let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
@@ -318,40 +294,7 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
     println!("== {KMS_CALLS} concurrent attested Decrypt calls (fresh document per call) ==");
     let mut results = Vec::new();
     for (name, c) in [("direct TCP", &direct), ("vsock-proxy", &proxied)] {
-        // One call first: the client generates its RSA-2048 recipient key once, on first use.
-        let warm = c
-            .decrypt(&blob, None, None, &BTreeMap::new())
-            .await
-            .unwrap();
-        assert_eq!(&warm[..], b"secret");
-        let start = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..KMS_CALLS {
-            let c = c.clone();
-            let blob = blob.clone();
-            set.spawn(async move {
-                let t = Instant::now();
-                let p = c
-                    .decrypt(&blob, None, None, &BTreeMap::new())
-                    .await
-                    .unwrap();
-                assert_eq!(&p[..], b"secret");
-                t.elapsed()
-            });
-        }
-        let mut times = Vec::new();
-        while let Some(t) = set.join_next().await {
-            times.push(t.unwrap());
-        }
-        let wall = start.elapsed();
-        let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
-        println!(
-            "{name:<15} p50 {:8.1} ms  p99 {:8.1} ms  all {KMS_CALLS} in {:.1} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            wall.as_secs_f64() * 1e3
-        );
-        results.push((p50, p99));
+        results.push(time_decrypts(name, c, &blob).await);
     }
     println!(
         "vsock-proxy / direct: p50 {:.2}  p99 {:.2}",
@@ -360,4 +303,83 @@ async fn kms_bench(dir: &Path, enclave: &Transport) {
     );
     stop.send(()).unwrap();
     proxy.await.unwrap().unwrap();
+}
+
+/// A KMS client whose attestation documents `signer` issues (fresh for each call), through
+/// `route` to the key service at `kms`.
+fn attested_client(
+    signer: &Arc<DocumentSigner>,
+    kms: SocketAddr,
+    credentials: &Credentials,
+    route: Route,
+) -> KmsClient {
+    let signer = signer.clone();
+    KmsClient::new(
+        KmsClientConfig {
+            region: "us-east-1".into(),
+            endpoint: Endpoint::parse(&format!("http://{kms}")).unwrap(),
+            route,
+            credentials: credentials.clone(),
+            extra_roots: Vec::new(),
+            timeout: Duration::from_secs(60),
+        },
+        Arc::new(move |pk: &[u8]| -> Result<Vec<u8>, AttestError> {
+            let mut pcrs = BTreeMap::new();
+            for i in [0usize, 1, 2, 8] {
+                pcrs.insert(i, vec![u8::try_from(i).unwrap(); 48]);
+            }
+            signer
+                .sign(DocumentFields {
+                    module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+                    timestamp_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis()
+                        .try_into()
+                        .unwrap(),
+                    pcrs,
+                    public_key: Some(pk.to_vec()),
+                    user_data: None,
+                    nonce: None,
+                })
+                .map_err(|e| AttestError::Other(e.to_string()))
+        }),
+    )
+    .unwrap()
+}
+
+/// Times KMS_CALLS concurrent attested Decrypt calls of `blob` through `c` (after one warm-up
+/// call) and prints them; returns the median and the 99th percentile.
+async fn time_decrypts(name: &str, c: &KmsClient, blob: &[u8]) -> (Duration, Duration) {
+    // One call first: the client generates its RSA-2048 recipient key once, on first use.
+    let warm = c.decrypt(blob, None, None, &BTreeMap::new()).await.unwrap();
+    assert_eq!(&warm[..], b"secret");
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..KMS_CALLS {
+        let c = c.clone();
+        let blob = blob.to_vec();
+        set.spawn(async move {
+            let t = Instant::now();
+            let p = c
+                .decrypt(&blob, None, None, &BTreeMap::new())
+                .await
+                .unwrap();
+            assert_eq!(&p[..], b"secret");
+            t.elapsed()
+        });
+    }
+    let mut times = Vec::new();
+    while let Some(t) = set.join_next().await {
+        times.push(t.unwrap());
+    }
+    let wall = start.elapsed();
+    let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
+    println!(
+        "{name:<15} p50 {:8.1} ms  p99 {:8.1} ms  all {KMS_CALLS} in {:.1} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        wall.as_secs_f64() * 1e3
+    );
+    (p50, p99)
 }

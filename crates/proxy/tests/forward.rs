@@ -35,7 +35,7 @@ async fn ingress_host_tcp_to_enclave_vsock_to_enclave_tcp() {
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..20u64 {
         clients.spawn(async move {
-            let data = pattern(i, 200_000 + i as usize);
+            let data = pattern(i, 200_000 + usize::try_from(i).unwrap());
             let s = tokio::net::TcpStream::connect(entry).await.unwrap();
             round_trip(s, &data).await == data
         });

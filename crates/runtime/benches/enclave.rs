@@ -125,6 +125,172 @@ fn build_eif(dir: &Path, init: &Path, app: &Path, args: &[&str]) -> PathBuf {
     path
 }
 
+/// One bubblewrap sandbox from start to readiness (it signals on `sock`).
+fn bwrap_boot(bwrap: &Path, init: &Path, app: &Path, sock: &Path) -> Duration {
+    let _ = std::fs::remove_file(sock);
+    let l = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let t = Instant::now();
+    let mut child = Command::new(bwrap)
+        .args([
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--tmpfs",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ])
+        .args(["--ro-bind", init.to_str().unwrap(), "/init"])
+        .args(["--ro-bind", app.to_str().unwrap(), "/testapp"])
+        .args(["--bind", sock.to_str().unwrap(), "/ready.sock"])
+        .args(["/testapp", "signal-unix", "/ready.sock"])
+        .spawn()
+        .unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    let took = t.elapsed();
+    let _ = child.wait();
+    took
+}
+
+/// The CID in `run-enclave`'s answer.
+fn enclave_cid(rec: &serde_json::Value) -> u32 {
+    u32::try_from(rec["EnclaveCID"].as_u64().unwrap()).unwrap()
+}
+
+/// A connection to port 5000 of enclave `cid`, once it listens.
+fn connect_enclave(fabric: &Path, cid: u32) -> VsockStream {
+    loop {
+        if let Ok(s) = VsockStream::connect_fabric(fabric, VsockAddr::new(cid, 5000)) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// MB/s from the parent into the sink server of enclave `cid`.
+fn vsock_throughput(fabric: &Path, cid: u32) -> f64 {
+    let buf = vec![7u8; CHUNK];
+    let mut s = connect_enclave(fabric, cid);
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < STREAM_BYTES {
+        s.write_all(&buf).unwrap();
+        sent += CHUNK as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut total = [0u8; 8];
+    s.read_exact(&mut total).unwrap();
+    let vs = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+    assert_eq!(u64::from_be_bytes(total), sent);
+    vs
+}
+
+/// MB/s through a Unix socket pair into a sink thread (the baseline).
+fn unix_throughput() -> f64 {
+    let buf = vec![7u8; CHUNK];
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut r = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        loop {
+            match b.read(&mut r) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        n
+    });
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < STREAM_BYTES {
+        a.write_all(&buf).unwrap();
+        sent += CHUNK as u64;
+    }
+    drop(a);
+    assert_eq!(sink.join().unwrap(), sent);
+    sent as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// Prints the boot medians and their ratios: this build, bubblewrap (`theirs`, empty when it is
+/// not installed), another build (`baseline`).
+fn report_boot(
+    boot_runs: usize,
+    ours: Vec<Duration>,
+    theirs: &[Duration],
+    baseline: Option<(&Path, Vec<Duration>)>,
+) {
+    let m_ours = median(ours);
+    let m_theirs = if theirs.is_empty() {
+        Duration::ZERO
+    } else {
+        median(theirs.to_vec())
+    };
+    println!(
+        "boot: cloister run-enclave to heartbeat, median of {boot_runs}: {:.1} ms",
+        m_ours.as_secs_f64() * 1e3
+    );
+    if !theirs.is_empty() {
+        println!(
+            "boot: bubblewrap sandbox to readiness, median of {boot_runs}: {:.1} ms",
+            m_theirs.as_secs_f64() * 1e3
+        );
+        println!(
+            "boot: ratio cloister/bwrap = {:.2}x (target <= 1.5x)",
+            m_ours.as_secs_f64() / m_theirs.as_secs_f64()
+        );
+    } else {
+        println!("boot: bwrap not installed; baseline skipped");
+    }
+    if let Some((other, baseline)) = baseline {
+        let m_base = median(baseline);
+        println!(
+            "boot: {} run-enclave to heartbeat, median of {boot_runs}: {:.1} ms; \
+             ratio this build/that one = {:.2}x",
+            other.display(),
+            m_base.as_secs_f64() * 1e3,
+            m_ours.as_secs_f64() / m_base.as_secs_f64()
+        );
+    }
+}
+
+/// [`round_trip`] through a Unix socket pair to an echo thread (the baseline).
+fn unix_round_trip() -> Duration {
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut one = [0u8; 1];
+        while b.read_exact(&mut one).is_ok() {
+            if b.write_all(&one).is_err() {
+                break;
+            }
+        }
+    });
+    round_trip(&mut a)
+}
+
+/// The mean time of [`PINGS`] one-byte round trips on `s`.
+fn round_trip(s: &mut dyn ReadWrite) -> Duration {
+    let mut one = [0u8; 1];
+    let t = Instant::now();
+    for _ in 0..PINGS {
+        s.write_all(b"x").unwrap();
+        s.read_exact(&mut one).unwrap();
+    }
+    t.elapsed() / u32::try_from(PINGS).unwrap()
+}
+
+/// Boots measured: `CLOISTER_BENCH_BOOT_RUNS`, else [`BOOT_RUNS`].
+fn boot_runs() -> usize {
+    std::env::var("CLOISTER_BENCH_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(BOOT_RUNS)
+}
+
 fn main() {
     let init = cloister_init::build_static_init().expect("static init");
     let app = cloister_testapp::build_static_testapp().expect("static testapp");
@@ -156,11 +322,7 @@ fn main() {
     let cli = |args: &[&str]| cli_with(&bin, args);
     // Another build of `cloister` to compare with, booted alternately with this one.
     let baseline_bin = std::env::var_os("CLOISTER_BENCH_BASELINE_BIN").map(PathBuf::from);
-    let boot_runs = std::env::var("CLOISTER_BENCH_BOOT_RUNS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(BOOT_RUNS);
+    let boot_runs = boot_runs();
     let run_args = [
         "run-enclave",
         "--eif-path",
@@ -195,66 +357,15 @@ fn main() {
             cli(&["terminate-enclave", "--all"]);
         }
         if let Some(bwrap) = &bwrap {
-            let _ = std::fs::remove_file(&sock);
-            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-            let t = Instant::now();
-            let mut child = Command::new(bwrap)
-                .args([
-                    "--unshare-all",
-                    "--unshare-user",
-                    "--die-with-parent",
-                    "--tmpfs",
-                    "/",
-                    "--dev",
-                    "/dev",
-                    "--proc",
-                    "/proc",
-                ])
-                .args(["--ro-bind", init.to_str().unwrap(), "/init"])
-                .args(["--ro-bind", app.to_str().unwrap(), "/testapp"])
-                .args(["--bind", sock.to_str().unwrap(), "/ready.sock"])
-                .args(["/testapp", "signal-unix", "/ready.sock"])
-                .spawn()
-                .unwrap();
-            let (mut s, _) = l.accept().unwrap();
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-            theirs.push(t.elapsed());
-            let _ = child.wait();
+            theirs.push(bwrap_boot(bwrap, &init, &app, &sock));
         }
     }
-    let m_ours = median(ours);
-    let m_theirs = if theirs.is_empty() {
-        Duration::ZERO
-    } else {
-        median(theirs.clone())
-    };
-    println!(
-        "boot: cloister run-enclave to heartbeat, median of {boot_runs}: {:.1} ms",
-        m_ours.as_secs_f64() * 1e3
+    report_boot(
+        boot_runs,
+        ours,
+        &theirs,
+        baseline_bin.as_deref().zip(Some(baseline)),
     );
-    if bwrap.is_some() {
-        println!(
-            "boot: bubblewrap sandbox to readiness, median of {boot_runs}: {:.1} ms",
-            m_theirs.as_secs_f64() * 1e3
-        );
-        println!(
-            "boot: ratio cloister/bwrap = {:.2}x (target <= 1.5x)",
-            m_ours.as_secs_f64() / m_theirs.as_secs_f64()
-        );
-    } else {
-        println!("boot: bwrap not installed; baseline skipped");
-    }
-    if let Some(other) = &baseline_bin {
-        let m_base = median(baseline);
-        println!(
-            "boot: {} run-enclave to heartbeat, median of {boot_runs}: {:.1} ms; \
-             ratio this build/that one = {:.2}x",
-            other.display(),
-            m_base.as_secs_f64() * 1e3,
-            m_ours.as_secs_f64() / m_base.as_secs_f64()
-        );
-    }
 
     if std::env::var("CLOISTER_BENCH_ONLY").as_deref() == Ok("boot") {
         return;
@@ -262,48 +373,9 @@ fn main() {
 
     // (b) throughput and latency.
     let rec = cli(&run_args);
-    let cid = rec["EnclaveCID"].as_u64().unwrap() as u32;
     let fabric = run.join("vsock");
-    let connect = || loop {
-        if let Ok(s) = VsockStream::connect_fabric(&fabric, VsockAddr::new(cid, 5000)) {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let buf = vec![7u8; CHUNK];
-    let mut s = connect();
-    let t = Instant::now();
-    let mut sent = 0u64;
-    while sent < STREAM_BYTES {
-        s.write_all(&buf).unwrap();
-        sent += CHUNK as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut total = [0u8; 8];
-    s.read_exact(&mut total).unwrap();
-    let vs = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
-    assert_eq!(u64::from_be_bytes(total), sent);
-    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let sink = std::thread::spawn(move || {
-        let mut r = vec![0u8; CHUNK];
-        let mut n = 0u64;
-        loop {
-            match b.read(&mut r) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => n += k as u64,
-            }
-        }
-        n
-    });
-    let t = Instant::now();
-    let mut sent2 = 0u64;
-    while sent2 < STREAM_BYTES {
-        a.write_all(&buf).unwrap();
-        sent2 += CHUNK as u64;
-    }
-    drop(a);
-    assert_eq!(sink.join().unwrap(), sent2);
-    let us = sent2 as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let vs = vsock_throughput(&fabric, enclave_cid(&rec));
+    let us = unix_throughput();
     println!("throughput: parent->enclave vsock {vs:.0} MB/s, unix socket pair {us:.0} MB/s, ratio {:.2}x (target >= 0.8x)", vs / us);
     cli(&["terminate-enclave", "--all"]);
 
@@ -318,33 +390,8 @@ fn main() {
         "--memory",
         "256",
     ]);
-    let cid = rec["EnclaveCID"].as_u64().unwrap() as u32;
-    let mut s = loop {
-        if let Ok(s) = VsockStream::connect_fabric(&fabric, VsockAddr::new(cid, 5000)) {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let rt = |s: &mut dyn ReadWrite| {
-        let mut one = [0u8; 1];
-        let t = Instant::now();
-        for _ in 0..PINGS {
-            s.write_all(b"x").unwrap();
-            s.read_exact(&mut one).unwrap();
-        }
-        t.elapsed() / PINGS as u32
-    };
-    let v_rt = rt(&mut s);
-    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-    std::thread::spawn(move || {
-        let mut one = [0u8; 1];
-        while b.read_exact(&mut one).is_ok() {
-            if b.write_all(&one).is_err() {
-                break;
-            }
-        }
-    });
-    let u_rt = rt(&mut a);
+    let v_rt = round_trip(&mut connect_enclave(&fabric, enclave_cid(&rec)));
+    let u_rt = unix_round_trip();
     println!(
         "latency: vsock round trip {:.1} us, unix pair {:.1} us",
         v_rt.as_secs_f64() * 1e6,

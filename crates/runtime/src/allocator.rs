@@ -28,9 +28,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Default path of the allocator configuration.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/cloister/allocator.yaml";
+pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_ALLOCATOR_CONFIG;
 /// Environment variable that overrides [`DEFAULT_CONFIG_PATH`].
-pub const CONFIG_ENV: &str = "CLOISTER_ALLOCATOR_CONFIG";
+pub const CONFIG_ENV: &str = crate::config::ALLOCATOR_CONFIG_ENV;
 /// Largest allocator config file read.
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 /// Largest allocation state file read.
@@ -47,10 +47,11 @@ pub const SMALL_HOST_CPUS: usize = 2;
 pub const FIRST_ENCLAVE_CID: u64 = 4;
 /// CIDs at or above this value are rejected (`u32::MAX` is VMADDR_CID_ANY).
 pub const CID_LIMIT: u64 = u32::MAX as u64;
-/// First host uid of enclaves.
-pub use crate::sandbox::UID_BASE;
-/// Number of host uids enclaves are given from.
-pub use crate::sandbox::UID_SPAN;
+/// First host uid (and gid) used for enclave roots.
+pub const UID_BASE: u32 = 1_000_000_000;
+/// Number of enclave uids: every live enclave holds one of `UID_BASE..UID_BASE + UID_SPAN`
+/// of its own ([`Allocation::host_id`]).
+pub const UID_SPAN: u32 = 1_000_000_000;
 
 /// Allocator errors.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,7 @@ pub enum AllocError {
     ConfigRead(PathBuf, #[source] std::io::Error),
     /// The allocator configuration is malformed.
     #[error("invalid allocator config {0}: {1}")]
-    ConfigInvalid(PathBuf, String),
+    ConfigInvalid(PathBuf, ConfigError),
     /// A CPU list does not parse.
     #[error("invalid CPU list {0:?}: {1}")]
     CpuList(String, &'static str),
@@ -116,6 +117,96 @@ pub enum AllocError {
     Lock(#[source] SysError),
 }
 
+/// What is wrong with an allocator configuration (the text after its path in
+/// [`AllocError::ConfigInvalid`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exceeds the size read.
+    #[error("file too large")]
+    TooLarge,
+    /// The YAML does not parse into AWS's format.
+    #[error("{0}")]
+    Yaml(serde_yaml_ng::Error),
+    /// Both CPU settings are given.
+    #[error("set either cpu_count or cpu_pool, not both")]
+    BothCpuSettings,
+    /// Neither CPU setting is given.
+    #[error("cpu_count or cpu_pool is required")]
+    NoCpuSetting,
+    /// `cpu_pool` is neither a string nor a number.
+    #[error("cpu_pool must be a string like \"2,3,6-9\"")]
+    PoolNotAList,
+    /// `cpu_pool` is not a CPU list.
+    #[error("invalid CPU list {0:?}: {1}")]
+    CpuList(String, &'static str),
+    /// `memory_mib` is below the minimum.
+    #[error("memory_mib {0} is below 64")]
+    MemoryTooSmall(u64),
+    /// `cpu_count` is zero or more than the enclave cores hold.
+    #[error(
+        "cpu_count {n} does not fit the host's {usable} usable CPUs{}",
+        if *.cpu0_reserved { " (CPU 0's core stays with the host)" } else { "" }
+    )]
+    CountDoesNotFit {
+        /// CPUs asked for.
+        n: u32,
+        /// CPUs of the enclave cores.
+        usable: usize,
+        /// Whether CPU 0's core stays with the host.
+        cpu0_reserved: bool,
+    },
+    /// `cpu_count` would split a core.
+    #[error(
+        "cpu_count {n} is not a multiple of the host's {threads} threads per core: enclaves \
+         take whole cores"
+    )]
+    CountSplitsCores {
+        /// CPUs asked for.
+        n: u32,
+        /// Threads per core.
+        threads: u32,
+    },
+    /// No set of whole enclave cores adds up to `cpu_count`.
+    #[error("cpu_count {0} cannot be made of whole cores of this host's enclave cores")]
+    CountNotWholeCores(u32),
+    /// `cpu_pool` names CPUs that are not online.
+    #[error("cpu_pool names CPU(s) {}, which are not online", format_cpu_list(.0))]
+    PoolOffline(Vec<u32>),
+    /// `cpu_pool` holds part of a core.
+    #[error(
+        "cpu_pool holds CPU(s) {} but not their sibling(s) {} of the same core: enclaves \
+         take whole cores, so list all of {} or none",
+        format_cpu_list(.held),
+        format_cpu_list(.missing),
+        format_cpu_list(.core)
+    )]
+    PoolSplitsCore {
+        /// The core's CPUs in the pool.
+        held: Vec<u32>,
+        /// Its CPUs not in the pool.
+        missing: Vec<u32>,
+        /// The whole core.
+        core: Vec<u32>,
+    },
+    /// `cpu_pool` holds CPUs of CPU 0's core, which the host keeps.
+    #[error(
+        "cpu_pool holds CPU(s) {} of CPU 0's core, which stays with the host",
+        format_cpu_list(.0)
+    )]
+    PoolHasCpu0Core(Vec<u32>),
+}
+
+/// Why explicit cores do not make a [`Topology`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// A core without CPUs.
+    #[error("a core has no CPU")]
+    EmptyCore,
+    /// A CPU in two cores (or twice in one).
+    #[error("a CPU appears twice")]
+    DuplicateCpu,
+}
+
 /// `allocator.yaml` as AWS writes it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,7 +238,7 @@ impl Topology {
             .and_then(|t| parse_cpu_list(t.trim()).ok())
             .unwrap_or_else(|| {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-                (0..(n as u32).min(MAX_CPU_ID + 1)).collect()
+                (0..u32::try_from(n).unwrap_or(u32::MAX).min(MAX_CPU_ID + 1)).collect()
             });
         let online_set: BTreeSet<u32> = online.iter().copied().collect();
         let mut assigned = BTreeSet::new();
@@ -181,16 +272,16 @@ impl Topology {
 
     /// A topology from explicit cores (each a list of sibling CPU ids). Fails when a core is
     /// empty or a CPU appears twice.
-    pub fn from_cores(cores: Vec<Vec<u32>>) -> Result<Self, String> {
+    pub fn from_cores(cores: Vec<Vec<u32>>) -> Result<Self, TopologyError> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(cores.len());
         for core in cores {
             let set: BTreeSet<u32> = core.iter().copied().collect();
             if set.is_empty() {
-                return Err("a core has no CPU".into());
+                return Err(TopologyError::EmptyCore);
             }
             if set.len() != core.len() || set.iter().any(|c| !seen.insert(*c)) {
-                return Err("a CPU appears twice".into());
+                return Err(TopologyError::DuplicateCpu);
             }
             out.push(set.into_iter().collect::<Vec<u32>>());
         }
@@ -232,7 +323,8 @@ impl Topology {
         self.cores
             .iter()
             .all(|c| c.len() == first)
-            .then_some(first as u32)
+            .then(|| u32::try_from(first).ok())
+            .flatten()
     }
 
     /// Whether CPU 0's core stays with the host: nitro-cli's rule, applied when the host has
@@ -292,9 +384,9 @@ impl Pool {
 
     /// Loads the pool from `CLOISTER_ALLOCATOR_CONFIG`, the default path, or the host default.
     pub fn load() -> Result<Self, AllocError> {
-        let path = std::env::var_os(CONFIG_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let path = crate::config::RuntimeConfig::current()
+            .allocator_config
+            .clone();
         let topology = Topology::host();
         match std::fs::metadata(&path) {
             Ok(_) => Self::from_file_with(&path, &topology),
@@ -332,14 +424,14 @@ impl Pool {
         if text.len() as u64 > MAX_CONFIG_BYTES {
             return Err(AllocError::ConfigInvalid(
                 path.into(),
-                "file too large".into(),
+                ConfigError::TooLarge,
             ));
         }
         Self::parse_with(&text, topology).map_err(|m| AllocError::ConfigInvalid(path.into(), m))
     }
 
     /// Parses the YAML text of an allocator configuration against the running host.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         Self::parse_with(text, &Topology::host())
     }
 
@@ -348,69 +440,59 @@ impl Pool {
     /// `cpu_pool` must name online CPUs as whole cores and, where the host keeps it
     /// ([`Topology::reserves_cpu0_core`]), nothing of CPU 0's core; `cpu_count` takes that many
     /// CPUs as whole cores from [`Topology::enclave_cores`].
-    pub fn parse_with(text: &str, topology: &Topology) -> Result<Self, String> {
-        let cfg: ConfigFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse_with(text: &str, topology: &Topology) -> Result<Self, ConfigError> {
+        let cfg: ConfigFile = serde_yaml_ng::from_str(text).map_err(ConfigError::Yaml)?;
         let cores = match (cfg.cpu_count, cfg.cpu_pool) {
-            (Some(_), Some(_)) => return Err("set either cpu_count or cpu_pool, not both".into()),
-            (None, None) => return Err("cpu_count or cpu_pool is required".into()),
+            (Some(_), Some(_)) => return Err(ConfigError::BothCpuSettings),
+            (None, None) => return Err(ConfigError::NoCpuSetting),
             (Some(n), None) => count_cores(topology, n)?,
             (None, Some(v)) => {
                 let list = match v {
                     serde_yaml_ng::Value::String(s) => s,
                     serde_yaml_ng::Value::Number(n) => n.to_string(),
-                    _ => return Err("cpu_pool must be a string like \"2,3,6-9\"".into()),
+                    _ => return Err(ConfigError::PoolNotAList),
                 };
-                let cpus = parse_cpu_list(&list).map_err(|e| e.to_string())?;
+                let cpus = cpu_list(&list).map_err(|(l, why)| ConfigError::CpuList(l, why))?;
                 pool_cores(topology, &cpus)?
             }
         };
         if cfg.memory_mib < 64 {
-            return Err(format!("memory_mib {} is below 64", cfg.memory_mib));
+            return Err(ConfigError::MemoryTooSmall(cfg.memory_mib));
         }
         Ok(Self::from_cores(cores, cfg.memory_mib))
     }
 }
 
 /// `cpu_count: n`: the first whole cores of the enclave cores that add up to `n` CPUs.
-fn count_cores(topology: &Topology, n: u32) -> Result<Vec<Vec<u32>>, String> {
+fn count_cores(topology: &Topology, n: u32) -> Result<Vec<Vec<u32>>, ConfigError> {
     let candidates = topology.enclave_cores();
     let usable: usize = candidates.iter().map(Vec::len).sum();
-    if n == 0 || n as usize > usable {
-        return Err(format!(
-            "cpu_count {n} does not fit the host's {usable} usable CPUs{}",
-            if topology.reserves_cpu0_core() {
-                " (CPU 0's core stays with the host)"
-            } else {
-                ""
-            }
-        ));
+    let wanted = usize::try_from(n).unwrap_or(usize::MAX);
+    if n == 0 || wanted > usable {
+        return Err(ConfigError::CountDoesNotFit {
+            n,
+            usable,
+            cpu0_reserved: topology.reserves_cpu0_core(),
+        });
     }
-    if let Some(t) = topology.threads_per_core() {
-        if n % t != 0 {
-            return Err(format!(
-                "cpu_count {n} is not a multiple of the host's {t} threads per core: enclaves \
-                 take whole cores"
-            ));
+    if let Some(threads) = topology.threads_per_core() {
+        if n % threads != 0 {
+            return Err(ConfigError::CountSplitsCores { n, threads });
         }
     }
-    take_whole_cores(candidates.iter(), n as usize).ok_or_else(|| {
-        format!("cpu_count {n} cannot be made of whole cores of this host's enclave cores")
-    })
+    take_whole_cores(candidates.iter(), wanted).ok_or(ConfigError::CountNotWholeCores(n))
 }
 
 /// `cpu_pool`: checks that `cpus` are online, whole cores, and (where reserved) not CPU 0's
 /// core; returns them grouped into cores.
-fn pool_cores(topology: &Topology, cpus: &[u32]) -> Result<Vec<Vec<u32>>, String> {
+fn pool_cores(topology: &Topology, cpus: &[u32]) -> Result<Vec<Vec<u32>>, ConfigError> {
     let offline: Vec<u32> = cpus
         .iter()
         .copied()
         .filter(|c| topology.core_of(*c).is_none())
         .collect();
     if !offline.is_empty() {
-        return Err(format!(
-            "cpu_pool names CPU(s) {}, which are not online",
-            format_cpu_list(&offline)
-        ));
+        return Err(ConfigError::PoolOffline(offline));
     }
     let wanted: BTreeSet<u32> = cpus.iter().copied().collect();
     let mut cores: Vec<Vec<u32>> = Vec::new();
@@ -429,19 +511,14 @@ fn pool_cores(topology: &Topology, cpus: &[u32]) -> Result<Vec<Vec<u32>>, String
                 .copied()
                 .filter(|c| !wanted.contains(c))
                 .collect();
-            return Err(format!(
-                "cpu_pool holds CPU(s) {} but not their sibling(s) {} of the same core: enclaves \
-                 take whole cores, so list all of {} or none",
-                format_cpu_list(&held),
-                format_cpu_list(&missing),
-                format_cpu_list(core)
-            ));
+            return Err(ConfigError::PoolSplitsCore {
+                held,
+                missing,
+                core: core.clone(),
+            });
         }
         if core.contains(&0) && topology.reserves_cpu0_core() {
-            return Err(format!(
-                "cpu_pool holds CPU(s) {} of CPU 0's core, which stays with the host",
-                format_cpu_list(&held)
-            ));
+            return Err(ConfigError::PoolHasCpu0Core(held));
         }
         cores.push(core.clone());
     }
@@ -469,7 +546,12 @@ fn take_whole_cores<'a>(
 
 /// Parses a Linux CPU list (`"0-3,6,8-9"`) into sorted unique ids.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, AllocError> {
-    let bad = |why| AllocError::CpuList(text.chars().take(64).collect(), why);
+    cpu_list(text).map_err(|(list, why)| AllocError::CpuList(list, why))
+}
+
+/// [`parse_cpu_list`]'s parser; an error is (the list's first 64 characters, why).
+fn cpu_list(text: &str) -> Result<Vec<u32>, (String, &'static str)> {
+    let bad = |why| (text.chars().take(64).collect::<String>(), why);
     let mut set = BTreeSet::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = match part.split_once('-') {
@@ -730,7 +812,7 @@ fn plan(pool: &Pool, existing: &[Allocation], req: &Request) -> Result<Allocatio
             if let Some(t) = uniform_threads(&pool.cores) {
                 if n % t != 0 {
                     return Err(AllocError::BadRequest(format!(
-                        "CPU count {n} is not a multiple of the host's {t} threads per core:                          enclaves take whole cores"
+                        "CPU count {n} is not a multiple of the host's {t} threads per core: enclaves take whole cores"
                     )));
                 }
             }
@@ -971,7 +1053,7 @@ mod tests {
     #[test]
     fn config_parses_aws_format() {
         let host = Topology::single_threaded(&[0, 1]);
-        let parse = |text: &str| Pool::parse_with(text, &host);
+        let parse = |text: &str| Pool::parse_with(text, &host).map_err(|e| e.to_string());
         assert_eq!(
             parse("memory_mib: 512\ncpu_pool: \"0\"\n").unwrap(),
             Pool::single_threaded(&[0], 512)
@@ -1057,6 +1139,7 @@ mod tests {
         let (_dir, topo) = smt_host();
         let parse = |pool: &str| {
             Pool::parse_with(&format!("memory_mib: 512\ncpu_pool: \"{pool}\"\n"), &topo)
+                .map_err(|e| e.to_string())
         };
         assert_eq!(
             parse("1,5,2,6").unwrap().cores,
@@ -1082,14 +1165,17 @@ mod tests {
         std::fs::write(&file, "memory_mib: 512\ncpu_pool: \"3\"\n").unwrap();
         assert!(matches!(
             Pool::from_file_with(&file, &topo),
-            Err(AllocError::ConfigInvalid(_, m)) if m.contains("sibling(s) 7")
+            Err(AllocError::ConfigInvalid(_, m)) if m.to_string().contains("sibling(s) 7")
         ));
     }
 
     #[test]
     fn cpu_count_config_takes_whole_cores() {
         let (_dir, topo) = smt_host();
-        let parse = |n: u32| Pool::parse_with(&format!("memory_mib: 512\ncpu_count: {n}\n"), &topo);
+        let parse = |n: u32| {
+            Pool::parse_with(&format!("memory_mib: 512\ncpu_count: {n}\n"), &topo)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(parse(4).unwrap().cores, vec![vec![1, 5], vec![2, 6]]);
         assert!(parse(3)
             .unwrap_err()
@@ -1193,6 +1279,7 @@ mod tests {
         assert!(
             Pool::parse_with("memory_mib: 512\ncpu_pool: \"0-2\"\n", &three)
                 .unwrap_err()
+                .to_string()
                 .contains("CPU 0's core")
         );
     }

@@ -369,6 +369,82 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(counter("", "oom_kill"), 0);
     }
 
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            cpus: vec![5, 1, 2],
+            memory_bytes: 256 << 20,
+            pids_max: 512,
+        }
+    }
+
+    #[test]
+    fn a_v2_cgroup_gets_its_limits_with_swap_off() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = EnclaveCgroup::new(Layout::V2(root.path().into()), "i-x-enc1");
+        let dir = root.path().join("cloister/i-x-enc1");
+        assert_eq!(cg.dirs(), std::slice::from_ref(&dir));
+        // The kernel makes memory.swap.max where swap accounting is on.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.swap.max"), "max").unwrap();
+        cg.create(&limits()).unwrap();
+        assert_eq!(read(&dir.join("cpuset.cpus")), "1-2,5");
+        assert_eq!(read(&dir.join("memory.max")), "268435456");
+        assert_eq!(read(&dir.join("memory.swap.max")), "0");
+        assert_eq!(read(&dir.join("pids.max")), "512");
+        // Controllers enabled top-down (each write is one controller; the last stays here).
+        for d in [root.path(), &root.path().join("cloister")] {
+            assert_eq!(read(&d.join("cgroup.subtree_control")), "+pids");
+        }
+        // On v2 the monitor moves the child in; a thread cannot join by itself.
+        assert!(!cg.can_join_self());
+        assert!(cg.join_self().is_err());
+        cg.add(4242).unwrap();
+        assert_eq!(read(&dir.join("cgroup.procs")), "4242");
+    }
+
+    #[test]
+    fn a_v1_cgroup_inherits_cpuset_and_caps_memory_and_swap() {
+        let root = tempfile::tempdir().unwrap();
+        let h = |name: &str| {
+            let p = root.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            p
+        };
+        let (cpuset, memory, pids) = (h("cpuset"), h("memory"), h("pids"));
+        // The hierarchy's root offers every CPU and memory node; the new parent has none yet.
+        std::fs::write(cpuset.join("cpuset.cpus"), "0-7\n").unwrap();
+        std::fs::write(cpuset.join("cpuset.mems"), "0\n").unwrap();
+        let layout = Layout::V1 {
+            cpuset: cpuset.clone(),
+            memory: memory.clone(),
+            pids: pids.clone(),
+        };
+        let cg = EnclaveCgroup::new(layout, "i-x-enc2");
+        let mdir = memory.join("cloister/i-x-enc2");
+        std::fs::create_dir_all(&mdir).unwrap();
+        std::fs::write(mdir.join("memory.memsw.limit_in_bytes"), "max").unwrap();
+        cg.create(&limits()).unwrap();
+        assert_eq!(read(&cpuset.join("cloister/cpuset.cpus")), "0-7");
+        assert_eq!(read(&cpuset.join("cloister/cpuset.mems")), "0");
+        let dir = cpuset.join("cloister/i-x-enc2");
+        assert_eq!(read(&dir.join("cpuset.cpus")), "1-2,5");
+        assert_eq!(read(&dir.join("cpuset.mems")), "0");
+        assert_eq!(read(&mdir.join("memory.limit_in_bytes")), "268435456");
+        assert_eq!(read(&mdir.join("memory.memsw.limit_in_bytes")), "268435456");
+        assert_eq!(read(&mdir.join("memory.swappiness")), "0");
+        assert_eq!(read(&pids.join("cloister/i-x-enc2/pids.max")), "512");
+        // On v1 the child moves itself in: `0` into every hierarchy's tasks.
+        assert!(cg.can_join_self());
+        cg.join_self().unwrap();
+        for d in cg.dirs() {
+            assert_eq!(read(&d.join("tasks")), "0");
+        }
+    }
+
     #[test]
     fn cgroup_dirs_are_per_enclave() {
         let l = Layout::from_mounts(HYBRID, |_| false).unwrap();

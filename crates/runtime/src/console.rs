@@ -46,7 +46,8 @@ impl ConsoleLog {
     /// file larger than the cap.
     pub fn append(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
-            let room = (self.cap - self.written) as usize;
+            // Past a 32-bit address space, the room is never the limit.
+            let room = usize::try_from(self.cap.saturating_sub(self.written)).unwrap_or(usize::MAX);
             if room == 0 {
                 self.rotate()?;
                 continue;

@@ -28,7 +28,14 @@ pub fn new_enclave_id() -> String {
         // Fall back to time and pid: unique enough for a local id, never used as a secret.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+            .map_or(0, |d| {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "the low 64 bits of the time in nanoseconds are the part that varies"
+                )]
+                let low = d.as_nanos() as u64;
+                low
+            });
         bytes = (t ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
     }
     format!("{}-enc{}", instance_id(), hex::encode(bytes))

@@ -480,6 +480,20 @@ fn ensure_private_dir(dir: &Path) -> Result<(), RootCacheError> {
 /// file (its key, from the open file) has none yet. The result holds a shared lock on the
 /// entry.
 pub fn unpacked_root(run: &RunDir, image: &OpenImage) -> Result<CachedRoot, RootCacheError> {
+    unpacked_root_owned(run, image, TREE_OWNER)
+}
+
+/// Owner (uid, gid) of every file of a cached tree: root, which the enclave's idmapped mount
+/// maps to the enclave's own host uid.
+const TREE_OWNER: (u32, u32) = (0, 0);
+
+/// [`unpacked_root`] with the files of a new tree owned by `owner` (unit tests that run
+/// without root pass their own ids).
+fn unpacked_root_owned(
+    run: &RunDir,
+    image: &OpenImage,
+    owner: (u32, u32),
+) -> Result<CachedRoot, RootCacheError> {
     let roots = run.root().join(ROOTS_DIR);
     ensure_private_dir(&roots)?;
     // The open file must still be the version it was opened (and measured) as: a cached
@@ -495,7 +509,7 @@ pub fn unpacked_root(run: &RunDir, image: &OpenImage) -> Result<CachedRoot, Root
             root.created = created;
             return Ok(root);
         }
-        created = build(&roots, &name, image)?;
+        created = build(&roots, &name, image, owner)?;
         if created {
             prune_roots(&roots, &name, &key);
         }
@@ -539,7 +553,12 @@ fn unique_suffix() -> String {
 
 /// Unpacks `file` into a temporary directory and renames it to `name`. Returns `true` when
 /// this call published the entry, `false` when a concurrent call did first.
-fn build(roots: &Path, name: &str, image: &OpenImage) -> Result<bool, RootCacheError> {
+fn build(
+    roots: &Path,
+    name: &str,
+    image: &OpenImage,
+    owner: (u32, u32),
+) -> Result<bool, RootCacheError> {
     let tmp = roots.join(format!(".tmp-{}", unique_suffix()));
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -563,7 +582,7 @@ fn build(roots: &Path, name: &str, image: &OpenImage) -> Result<bool, RootCacheE
             .map_err(io(&tree))?;
         let dir = sys::open_dir(&tree)
             .map_err(|e| RootCacheError::Io(tree.clone(), std::io::Error::from(e.errno)))?;
-        let mut unpacker = Unpacker::new(dir, 0, 0);
+        let mut unpacker = Unpacker::new(dir, owner.0, owner.1);
         let mut eif = image.reader().map_err(RootCacheError::Eif)?;
         for (n, index) in eif.ramdisks().into_iter().enumerate() {
             let reader = eif.section_reader(index).map_err(RootCacheError::Eif)?;
@@ -751,6 +770,24 @@ mod tests {
             .unwrap();
     }
 
+    /// The owner of unpacked trees in these tests: root's (as the runtime's) where the test
+    /// runs as root, else the test's own ids (only root may give files away).
+    fn test_owner() -> (u32, u32) {
+        if nix::unistd::geteuid().is_root() {
+            TREE_OWNER
+        } else {
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
+        }
+    }
+
+    /// [`super::unpacked_root`], with [`test_owner`] owning new trees.
+    fn unpacked_root(run: &RunDir, image: &OpenImage) -> Result<CachedRoot, RootCacheError> {
+        unpacked_root_owned(run, image, test_owner())
+    }
+
     fn entries(run: &RunDir) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(run.root().join(ROOTS_DIR))
             .unwrap()
@@ -775,7 +812,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(first.tree().join("init")).unwrap(), b"init");
         let meta = std::fs::metadata(first.tree().join("rootfs/a")).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        assert_eq!((meta.uid(), meta.gid()), test_owner());
         let roots = std::fs::metadata(run.root().join(ROOTS_DIR)).unwrap();
         assert_eq!(roots.mode() & 0o777, 0o700, "the cache is root-only");
         let again = unpacked_root(&run, &OpenImage::open(&eif).unwrap()).unwrap();

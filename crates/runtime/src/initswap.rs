@@ -30,7 +30,7 @@ pub const INIT_MARKER: &[u8] = b"cloister-init:pid1:7c3e9a51d04b";
 /// Largest init that is scanned for the marker; a larger one is foreign.
 pub const MAX_INIT_SCAN: u64 = 64 << 20;
 /// The blobs directory variable (as `build-enclave` reads it).
-pub const BLOBS_ENV: &str = "CLOISTER_BLOBS";
+pub const BLOBS_ENV: &str = crate::config::BLOBS_ENV;
 /// Where installed blobs are looked for, after [`BLOBS_ENV`] and the directory next to the
 /// executable (`../share/cloister/blobs`).
 pub const INSTALLED_BLOBS: [&str; 2] = [
@@ -145,12 +145,13 @@ pub fn inspect(image: &OpenImage) -> Result<BootstrapInit, InitSwapError> {
     Ok(found)
 }
 
-/// The places Cloister's init is looked for, in order: `$CLOISTER_BLOBS/init`, the blobs
+/// The places Cloister's init is looked for, in order: `$CLOISTER_BLOBS/init` (the
+/// configuration's [`crate::config::RuntimeConfig::blobs_dir`]), the blobs
 /// next to the executable (`<bin>/../share/cloister/blobs/init`), then [`INSTALLED_BLOBS`].
 pub fn init_candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(dir) = std::env::var_os(BLOBS_ENV).filter(|d| !d.is_empty()) {
-        out.push(PathBuf::from(dir).join("init"));
+    if let Some(dir) = &crate::config::RuntimeConfig::current().blobs_dir {
+        out.push(dir.join("init"));
     }
     if let Some(prefix) = std::env::current_exe()
         .ok()

@@ -2,10 +2,13 @@
 //!
 //! - [`lifecycle`]: run / describe / terminate / console, as the CLI calls them;
 //! - [`monitor`]: the per-enclave monitor process (heartbeat, supervision, teardown);
-//! - [`backend`]: the [`backend::Backend`] trait; [`sandbox`]: the `process` backend
-//!   (namespaces, an overlay root over the cached image tree with a tmpfs upper layer,
-//!   pivot_root, user namespace mapping); [`vmbackend`]: the `vm`
-//!   backend (a QEMU microVM, [`cloister_vm`]);
+//! - [`config`]: [`RuntimeConfig`], everything the runtime takes from the environment, read in
+//!   one place;
+//! - [`backend`]: the [`backend::Backend`] trait and the launch a backend gets
+//!   ([`backend::LaunchSpec`]); [`backends`]: the backend of each isolation; [`sandbox`]: the
+//!   `process` backend (namespaces, an overlay root over the cached image tree with a tmpfs
+//!   upper layer, pivot_root, user namespace mapping); [`vmbackend`]: the `vm` backend (a QEMU
+//!   microVM, [`cloister_vm`]);
 //! - [`rootfs`]: safe unpacking of the image's ramdisks (into the image-root cache, or into a
 //!   tmpfs root where overlay or idmapped mounts are unavailable);
 //! - [`allocator`]: the CPU / memory / CID pool; [`cgroup`]: per-enclave cgroups (v1 or v2);
@@ -17,8 +20,10 @@
 
 pub mod allocator;
 pub mod backend;
+pub mod backends;
 pub mod boottrace;
 pub mod cgroup;
+pub mod config;
 pub mod console;
 pub mod ids;
 pub mod imagecache;
@@ -33,6 +38,7 @@ pub mod sys;
 pub mod vmbackend;
 
 pub use backend::Isolation;
+pub use config::RuntimeConfig;
 pub use lifecycle::{LifecycleError, MonitorCommand, RunOptions, Selector};
 pub use monitor::{monitor_main, FailureKind, MONITOR_SUBCOMMAND};
 pub use state::{EnclaveRecord, EnclaveState, RunDir};

@@ -14,8 +14,12 @@
 //! loading and relocating the program again. A caller that exits right after
 //! ([`run_enclave_then_exit`], the CLI) forks the monitor directly, without the intermediate
 //! child: it becomes an orphan when the caller exits. A multi-threaded caller (where a fork may only
-//! exec), or one with [`MONITOR_EXEC_ENV`] set, re-executes the program the caller names
-//! ([`MonitorCommand`]) with the hidden subcommand ([`crate::monitor::MONITOR_SUBCOMMAND`]).
+//! exec), or one whose configuration says so ([`MONITOR_EXEC_ENV`]), re-executes the program the
+//! caller names ([`MonitorCommand`]) with the hidden subcommand
+//! ([`crate::monitor::MONITOR_SUBCOMMAND`]), with the run directory in its environment.
+//!
+//! Either way the monitor runs with the caller's configuration
+//! ([`crate::config::RuntimeConfig::current`]), which travels in the launch description.
 
 use crate::allocator::{self, CpuRequest};
 use crate::backend::Isolation;
@@ -30,9 +34,9 @@ use std::time::{Duration, Instant};
 
 /// Environment variable that, when set to anything, makes [`run_enclave`] start the monitor by
 /// exec'ing [`MonitorCommand`] even where a fork alone would do (for comparison and debugging).
-pub const MONITOR_EXEC_ENV: &str = "CLOISTER_MONITOR_EXEC";
+pub const MONITOR_EXEC_ENV: &str = crate::config::MONITOR_EXEC_ENV;
 /// Environment variable overriding the boot timeout (milliseconds).
-pub const BOOT_TIMEOUT_ENV: &str = "CLOISTER_BOOT_TIMEOUT_MS";
+pub const BOOT_TIMEOUT_ENV: &str = crate::config::BOOT_TIMEOUT_ENV;
 /// AWS's boot timeout unit: 90 s per started 6 GiB of image plus 90 s per started 100 GiB of
 /// memory (nitro-cli's rule, kept as is).
 const TIMEOUT_UNIT_MS: u64 = 90_000;
@@ -115,15 +119,17 @@ pub struct MonitorCommand {
     pub args: Vec<String>,
 }
 
-/// The boot timeout for an image of `eif_len` bytes and `memory_mib` of memory, or the value of
-/// [`BOOT_TIMEOUT_ENV`] when set.
+/// The boot timeout for an image of `eif_len` bytes and `memory_mib` of memory, or the
+/// configuration's ([`BOOT_TIMEOUT_ENV`]) when set.
 pub fn boot_timeout_ms(eif_len: u64, memory_mib: u64) -> u64 {
-    if let Some(ms) = std::env::var(BOOT_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(ms) = crate::config::RuntimeConfig::current().boot_timeout_ms {
         return ms;
     }
+    nitro_boot_timeout_ms(eif_len, memory_mib)
+}
+
+/// nitro-cli's boot timeout for an image of `eif_len` bytes and `memory_mib` of memory.
+fn nitro_boot_timeout_ms(eif_len: u64, memory_mib: u64) -> u64 {
     let eif_blocks = eif_len.div_ceil(6 << 30).max(1);
     let mem_blocks = (memory_mib.saturating_mul(1 << 20))
         .div_ceil(100 << 30)
@@ -184,7 +190,8 @@ fn run_enclave_with(
         LifecycleError::Invalid(StartFailure::chain(FailureKind::UnsafeDir, &e))
     };
     run.prepare().map_err(unsafe_dir)?;
-    crate::nsm::check_pki_dir(&crate::nsm::pki_dir()).map_err(unsafe_dir)?;
+    let config = crate::config::RuntimeConfig::current();
+    crate::nsm::check_pki_dir(&config.pki_dir).map_err(unsafe_dir)?;
     let meta = std::fs::metadata(&opts.eif_path).map_err(|e| {
         invalid(
             FailureKind::Image,
@@ -232,6 +239,7 @@ fn run_enclave_with(
         debug_mode: opts.debug_mode,
         isolation: opts.isolation,
         boot_timeout_ms: boot_timeout_ms(meta.len(), opts.memory_mib),
+        config: (*config).clone(),
     };
     let spec_path = run.enclave_dir(&id).join("spec.json");
     let write = serde_json::to_vec_pretty(&spec)
@@ -259,7 +267,7 @@ fn spawn_and_wait(
     let (ready_r, ready_w) = sys::pipe().map_err(|e| LifecycleError::Spawn(e.errno.into()))?;
     let log = std::fs::File::create(run.enclave_dir(id).join("monitor.log"))
         .map_err(LifecycleError::Spawn)?;
-    if std::env::var_os(MONITOR_EXEC_ENV).is_none() && sys::thread_count() == Some(1) {
+    if !spec.config.monitor_exec && sys::thread_count() == Some(1) {
         let pipes = (ready_r, ready_w);
         return fork_and_wait(run, id, spec, lock, log, pipes, detach);
     }
@@ -268,7 +276,9 @@ fn spawn_and_wait(
     let mut cmd = std::process::Command::new(&monitor.program);
     cmd.args(&monitor.args)
         .arg(id)
-        .env(crate::state::RUN_DIR_ENV, run.root())
+        // The one setting an exec'd monitor needs before it finds the launch description,
+        // which carries the rest.
+        .env(crate::config::RUN_DIR_ENV, run.root())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -342,8 +352,8 @@ fn fork_and_wait(
                 if sys::setsid().is_err() {
                     sys::exit_now(1);
                 }
-                let code = match become_monitor(run, &null, &log, &ready_w, &lock) {
-                    Ok(()) => crate::monitor::monitor_main_with(id, caller),
+                let code = match become_monitor(&null, &log, &ready_w, &lock) {
+                    Ok(()) => crate::monitor::monitor_main_with(run, id, caller),
                     Err(_) => 1,
                 };
                 sys::exit_now(code)
@@ -376,8 +386,8 @@ fn fork_and_wait(
                 }
                 Ok(sys::Forked::Child) => {
                     drop(pid_w);
-                    let code = match become_monitor(run, &null, &log, &ready_w, &lock) {
-                        Ok(()) => crate::monitor::monitor_main(id),
+                    let code = match become_monitor(&null, &log, &ready_w, &lock) {
+                        Ok(()) => crate::monitor::monitor_main_with(run, id, None),
                         Err(_) => 1,
                     };
                     sys::exit_now(code)
@@ -435,10 +445,9 @@ fn wait_monitor(
 }
 
 /// In the forked monitor: stdin and stdout on `/dev/null`, stderr on the log, the ready pipe on
-/// [`READY_FD`], the lock on [`LOCK_FD`], every other descriptor closed, the run directory in
-/// the environment: what an exec'd monitor starts with.
+/// [`READY_FD`], the lock on [`LOCK_FD`], every other descriptor closed: what an exec'd monitor
+/// starts with (the run directory is handed to the monitor's code directly).
 fn become_monitor(
-    run: &RunDir,
     null: &std::fs::File,
     log: &std::fs::File,
     ready: &OwnedFd,
@@ -458,8 +467,6 @@ fn become_monitor(
     // caller's code.
     sys::close_from(LOCK_FD as u32 + 1)?;
     std::mem::forget((ready_tmp, lock_tmp));
-    // Single-threaded (checked by the caller), so changing the environment is sound.
-    std::env::set_var(crate::state::RUN_DIR_ENV, run.root());
     Ok(())
 }
 
@@ -581,10 +588,7 @@ mod tests {
 
     #[test]
     fn boot_timeout_follows_nitro_rule() {
-        if std::env::var_os(BOOT_TIMEOUT_ENV).is_some() {
-            return;
-        }
-        assert_eq!(boot_timeout_ms(1 << 20, 512), 180_000);
-        assert_eq!(boot_timeout_ms((6 << 30) + 1, 512), 270_000);
+        assert_eq!(nitro_boot_timeout_ms(1 << 20, 512), 180_000);
+        assert_eq!(nitro_boot_timeout_ms((6 << 30) + 1, 512), 270_000);
     }
 }

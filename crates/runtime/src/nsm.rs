@@ -31,11 +31,11 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime};
 
 /// Default PKI directory.
-pub const DEFAULT_PKI_DIR: &str = "/var/lib/cloister/pki";
+pub const DEFAULT_PKI_DIR: &str = crate::config::DEFAULT_PKI_DIR;
 /// Environment variable overriding [`DEFAULT_PKI_DIR`].
-pub const PKI_DIR_ENV: &str = "CLOISTER_PKI_DIR";
+pub const PKI_DIR_ENV: &str = crate::config::PKI_DIR_ENV;
 /// Environment variable with the IAM role ARN measured into PCR3.
-pub const ROLE_ARN_ENV: &str = "CLOISTER_IAM_ROLE_ARN";
+pub const ROLE_ARN_ENV: &str = crate::config::ROLE_ARN_ENV;
 /// Lifetime of an enclave's document-signing certificate (AWS's enclave leaves last about three
 /// hours). The signer renews it when less than a third is left.
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 3600);
@@ -54,11 +54,10 @@ pub enum NsmSetupError {
     Lock(#[source] std::io::Error),
 }
 
-/// The PKI directory from the environment or the default.
+/// The PKI directory of the process-wide configuration
+/// ([`crate::config::RuntimeConfig::current`]: `CLOISTER_PKI_DIR` or the default).
 pub fn pki_dir() -> PathBuf {
-    std::env::var_os(PKI_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PKI_DIR))
+    crate::config::RuntimeConfig::current().pki_dir.clone()
 }
 
 /// What the NSM is made from, kept until it is made.
@@ -264,7 +263,7 @@ fn enclave_nsm_with_clock(
         Isolation::Process => cloister_attestation::Isolation::Process,
         Isolation::Vm => cloister_attestation::Isolation::Vm,
     };
-    let role_arn = std::env::var(ROLE_ARN_ENV).ok().filter(|s| !s.is_empty());
+    let role_arn = crate::config::RuntimeConfig::current().role_arn.clone();
     Ok(Arc::new(EnclaveNsm {
         recipe: Recipe {
             ca,
@@ -308,7 +307,9 @@ mod tests {
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
-            .as_millis() as u64
+            .as_millis()
+            .try_into()
+            .unwrap()
     }
 
     fn measurements() -> cloister_eif::Measurements {
@@ -363,7 +364,8 @@ mod tests {
 
         let first = verify(&attest(&nsm, b"n1"), start, b"n1");
         assert!(nsm.ready());
-        let lifetime = first.leaf_not_after_secs() as i64 - (start / 1000) as i64;
+        let lifetime = i64::try_from(first.leaf_not_after_secs()).unwrap()
+            - i64::try_from(start / 1000).unwrap();
         assert!(
             (3 * 3600 - 120..=3 * 3600 + 5).contains(&lifetime),
             "leaf lifetime {lifetime} s"

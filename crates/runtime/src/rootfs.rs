@@ -364,7 +364,7 @@ mod tests {
     fn large_files_are_copied_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let len = 3 * COPY_BUFFER + 7;
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
         let a = archive(|w| {
             w.file("big", 0o644, 0, 0, len as u64, &data[..]).unwrap();
             w.file("small", 0o644, 0, 0, 2, &b"ok"[..]).unwrap();

@@ -23,9 +23,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Default run directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/cloister";
+pub const DEFAULT_RUN_DIR: &str = crate::config::DEFAULT_RUN_DIR;
 /// Environment variable overriding [`DEFAULT_RUN_DIR`].
-pub const RUN_DIR_ENV: &str = "CLOISTER_RUN_DIR";
+pub const RUN_DIR_ENV: &str = crate::config::RUN_DIR_ENV;
 /// Name prefix of an enclave entry under construction (see [`RunDir::create_enclave_dir`]).
 const STAGING_PREFIX: &str = ".new-";
 /// Age after which an unlocked entry under construction is abandoned and removed.
@@ -202,13 +202,15 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// The run directory from `CLOISTER_RUN_DIR` or the default.
+    /// The run directory of the process-wide configuration
+    /// ([`crate::config::RuntimeConfig::current`]: `CLOISTER_RUN_DIR` or the default).
     pub fn from_env() -> Self {
-        Self::new(
-            std::env::var_os(RUN_DIR_ENV)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
-        )
+        Self::from_config(&crate::config::RuntimeConfig::current())
+    }
+
+    /// The run directory `cfg` names.
+    pub fn from_config(cfg: &crate::config::RuntimeConfig) -> Self {
+        Self::new(cfg.run_dir.clone())
     }
 
     /// A run directory at `root`.

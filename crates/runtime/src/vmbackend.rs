@@ -1,36 +1,37 @@
 //! The `vm` isolation backend: an enclave is a QEMU microVM ([`cloister_vm`]).
 //!
-//! The monitor calls [`prepare_paths`] first (QEMU, running as the enclave's uid, must be able
-//! to reach the enclave's files: a run directory closed to other users fails here, at once,
-//! with a message saying how to fix it), then [`check_host`] (QEMU present), [`check_kernel`]
-//! and [`start`], which:
-//! 1. checks that the image's kernel section is a bootable bzImage (the setup header's `HdrS`
-//!    magic at [`BZIMAGE_MAGIC_OFFSET`]); an image built without a kernel fails here with an
-//!    image-class error;
-//! 2. writes the kernel and the concatenation of every ramdisk (in order, each padded to
-//!    4 bytes, as the kernel's initramfs unpacker takes them) into the enclave's directory,
-//!    mode 0400 and owned by the enclave's host uid, the only user QEMU runs as; they are copied
-//!    from the monitor's open image (the file it measured, [`OpenImage`]), never from its path,
-//!    and refused if that file changed meanwhile;
-//! 3. creates the enclave's cgroup (cpuset = its CPUs, memory = its memory plus
-//!    [`QEMU_OVERHEAD_MIB`], pids = [`QEMU_PIDS_MAX`]) that QEMU joins before it runs;
-//! 4. starts the VM: one vCPU per allocated CPU, each pinned; the enclave's memory; its cid;
-//!    its NSM (served at cid 0 port 1 by the vsock device); the debug console into the
-//!    enclave's console file. The vsock device joins the host fabric itself (no broker), by the
-//!    broker's rules: it dials parent listeners as the enclave's host uid/gid, never as root.
+//! [`VmBackend`] implements [`Backend`]; the monitor calls, in order:
+//! - [`Backend::check_host`] ([`prepare_paths`], then [`check_qemu`]): QEMU, running as the
+//!   enclave's uid, must be able to reach the enclave's files (a run directory closed to other
+//!   users fails here, at once, with a message saying how to fix it), and QEMU must be present;
+//! - [`Backend::check_image`] ([`check_kernel`]): the image's kernel section must be a bootable
+//!   bzImage (the setup header's `HdrS` magic at [`BZIMAGE_MAGIC_OFFSET`]); an image built
+//!   without a kernel fails here with an image-class error;
+//! - [`Backend::create`], which writes the kernel and the concatenation of every ramdisk (in
+//!   order, each padded to 4 bytes, as the kernel's initramfs unpacker takes them) into the
+//!   enclave's directory, mode 0400 and owned by the enclave's host uid (the launch's
+//!   [`LaunchSpec::host_uid`]), the only user QEMU runs as; they are copied from the monitor's
+//!   open image (the file it measured, [`OpenImage`]), never from its path, and refused if that
+//!   file changed meanwhile. It then creates the enclave's cgroup (cpuset = its CPUs, memory =
+//!   its memory plus [`QEMU_OVERHEAD_MIB`], pids = [`QEMU_PIDS_MAX`]) that QEMU joins before it
+//!   runs;
+//! - [`Pending::start`], which starts the VM: one vCPU per allocated CPU, each pinned; the
+//!   enclave's memory; its cid; its NSM (served at cid 0 port 1 by the vsock device); the debug
+//!   console into the enclave's console file. The vsock device joins the host fabric itself
+//!   (no broker, [`HostLink::Device`]), by the broker's rules: it dials parent listeners as the
+//!   enclave's host uid/gid, never as root.
 //!
 //! [`VmRunning`] is the [`Running`] handle: exit status, kill, cgroup cleanup, and the VM's
 //! own account of how it ended (a guest kernel panic is reported as such).
 
-use crate::backend::{BackendError, Running};
+use crate::backend::{Backend, BackendError, HostLink, Isolation, LaunchSpec, Pending, Running};
 use crate::cgroup::{EnclaveCgroup, Layout, Limits};
 use crate::imagecache::{ImageCursor, OpenImage};
 use crate::sys::ExitStatus;
-use cloister_vm::{Accel, VmConfig, VmEnclave, VmExit};
+use cloister_vm::{Accel, HostConfig, VmConfig, VmEnclave, VmExit};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Offset of the bzImage setup header magic.
@@ -50,53 +51,155 @@ pub const KERNEL_FILE: &str = "vm-kernel";
 /// Initrd file in the enclave's directory.
 pub const INITRD_FILE: &str = "vm-initrd";
 
-/// What the monitor gives the VM backend.
-pub struct VmLaunch {
-    /// The enclave id (its cgroup's name).
-    pub enclave_id: String,
-    /// The image, opened once by the monitor and measured from that open file: the boot files
-    /// are copied from it, never from its path.
-    pub image: OpenImage,
-    /// The enclave's directory (kernel and initrd are written there).
-    pub enclave_dir: PathBuf,
-    /// The run directory (`<run>/vsock` is the fabric).
-    pub run_dir: PathBuf,
-    /// The enclave's cid.
-    pub cid: u32,
-    /// Allocated CPUs (one vCPU each, pinned).
-    pub cpus: Vec<u32>,
-    /// Guest memory in MiB.
-    pub memory_mib: u64,
-    /// Debug mode: console into `console`.
-    pub debug: bool,
-    /// The enclave's console file.
-    pub console: PathBuf,
-    /// The enclave's host uid/gid: QEMU runs as it, and the enclave's connections to parent
-    /// listeners carry it.
-    pub host_id: (u32, u32),
-    /// The enclave's NSM.
-    pub nsm: Arc<dyn cloister_vsock::NsmService>,
-    /// The boot timeout the monitor applies.
-    pub boot_timeout: Duration,
-    /// Called once when the heartbeat arrives.
-    pub on_heartbeat: cloister_vm::HeartbeatCallback,
+/// The `vm` backend, with where QEMU and its firmware are on this host.
+#[derive(Debug, Clone, Default)]
+pub struct VmBackend {
+    /// QEMU, its firmware, the accelerator.
+    pub host: HostConfig,
 }
 
-impl std::fmt::Debug for VmLaunch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmLaunch")
-            .field("enclave_id", &self.enclave_id)
-            .field("cid", &self.cid)
-            .field("cpus", &self.cpus)
-            .field("memory_mib", &self.memory_mib)
-            .finish_non_exhaustive()
+impl VmBackend {
+    /// The backend running QEMU as `host` says.
+    pub fn new(host: HostConfig) -> Self {
+        Self { host }
     }
 }
 
-/// Fails with [`BackendError::VmUnavailable`] when QEMU cannot be found.
-pub fn check_host() -> Result<(), BackendError> {
-    let qemu = cloister_vm::qemu::qemu_binary();
-    if find_program(&qemu).is_some() {
+impl Backend for VmBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation::Vm
+    }
+
+    fn host_link(&self) -> HostLink {
+        HostLink::Device
+    }
+
+    fn check_host(&self, run_dir: &Path, enclave_dir: &Path) -> Result<(), BackendError> {
+        prepare_paths(run_dir, enclave_dir)?;
+        check_qemu(&self.host.qemu)
+    }
+
+    fn check_image(&self, image: &OpenImage) -> Result<(), BackendError> {
+        check_kernel(image)
+    }
+
+    fn create(
+        &self,
+        spec: &LaunchSpec,
+        console: std::os::fd::OwnedFd,
+    ) -> Result<Box<dyn Pending>, BackendError> {
+        // QEMU writes the console file itself.
+        drop(console);
+        let owner = (spec.host_uid, spec.host_gid);
+        let files = write_boot_files(&spec.image, &spec.enclave_dir, owner)?;
+        let cgroup = EnclaveCgroup::new(Layout::detect()?, &spec.enclave_id);
+        cgroup.create(&Limits {
+            cpus: spec.cpus.clone(),
+            memory_bytes: spec
+                .memory_mib
+                .saturating_add(QEMU_OVERHEAD_MIB)
+                .saturating_mul(1024 * 1024),
+            pids_max: QEMU_PIDS_MAX,
+        })?;
+        Ok(Box::new(VmPending {
+            cid: u32::try_from(spec.cid).map_err(|_| BackendError::CidOutOfRange(spec.cid))?,
+            files,
+            host: self.host.clone(),
+            spec: spec.clone(),
+            cgroup: Some(cgroup),
+        }))
+    }
+}
+
+/// A VM enclave whose boot files and cgroup are ready, QEMU not started yet.
+struct VmPending {
+    cid: u32,
+    files: BootFiles,
+    host: HostConfig,
+    spec: LaunchSpec,
+    /// `None` once handed to the running VM.
+    cgroup: Option<EnclaveCgroup>,
+}
+
+impl Drop for VmPending {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+impl VmPending {
+    /// The VM's configuration for this launch: the one place a [`VmConfig`] is built.
+    fn vm_config(
+        &self,
+        cgroup: &EnclaveCgroup,
+        nsm: std::sync::Arc<dyn cloister_vsock::NsmService>,
+    ) -> VmConfig {
+        let spec = &self.spec;
+        let owner = (spec.host_uid, spec.host_gid);
+        let mut cfg = VmConfig::new(
+            &self.files.kernel,
+            &self.files.initrd,
+            self.cid,
+            &spec.run_dir,
+            nsm,
+        );
+        cfg.cmdline = self.files.cmdline.clone();
+        cfg.memory_mib = spec.memory_mib;
+        cfg.cpus = spec.cpus.iter().map(|&c| c as usize).collect();
+        cfg.debug = spec.debug;
+        cfg.console = spec.console_path.clone();
+        let beat = spec.on_heartbeat.clone();
+        cfg.on_heartbeat = Some(Box::new(move || beat()));
+        cfg.boot_timeout = spec.boot_timeout + WATCHDOG_GRACE;
+        cfg.run_as = Some(owner);
+        // The enclave's connections to parent listeners carry its host identity, never root's
+        // (as the process backend's broker does).
+        cfg.enclave_identity = Some(cloister_vm::HostIdentity {
+            uid: owner.0,
+            gid: owner.1,
+        });
+        cfg.cgroup_procs = cgroup
+            .dirs()
+            .iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        cfg.host = self.host.clone();
+        cfg
+    }
+}
+
+impl Pending for VmPending {
+    fn pid(&self) -> i32 {
+        0
+    }
+
+    fn start(mut self: Box<Self>) -> Result<Box<dyn Running>, BackendError> {
+        let nsm = self.spec.nsm.get().cloned().ok_or_else(|| {
+            BackendError::Setup("the enclave's NSM was not set up before the VM started".into())
+        })?;
+        let cgroup = self
+            .cgroup
+            .take()
+            .ok_or_else(|| BackendError::Setup("the VM was started twice".into()))?;
+        match VmEnclave::start(self.vm_config(&cgroup, nsm)) {
+            Ok(vm) => Ok(Box::new(VmRunning {
+                vm,
+                cgroup,
+                status: None,
+            })),
+            Err(e) => {
+                let _ = cgroup.remove();
+                Err(BackendError::Vm(e))
+            }
+        }
+    }
+}
+
+/// Fails with [`BackendError::VmUnavailable`] when the QEMU binary `qemu` cannot be found.
+pub fn check_qemu(qemu: &Path) -> Result<(), BackendError> {
+    if find_program(qemu).is_some() {
         return Ok(());
     }
     Err(BackendError::VmUnavailable(format!(
@@ -287,58 +390,6 @@ pub fn write_boot_files(
     })
 }
 
-/// Starts a VM enclave (returns once its vCPUs run; the heartbeat comes later).
-pub fn start(launch: VmLaunch) -> Result<VmRunning, BackendError> {
-    let owner = launch.host_id;
-    let files = write_boot_files(&launch.image, &launch.enclave_dir, owner)?;
-    let cgroup = EnclaveCgroup::new(Layout::detect()?, &launch.enclave_id);
-    cgroup.create(&Limits {
-        cpus: launch.cpus.clone(),
-        memory_bytes: launch
-            .memory_mib
-            .saturating_add(QEMU_OVERHEAD_MIB)
-            .saturating_mul(1024 * 1024),
-        pids_max: QEMU_PIDS_MAX,
-    })?;
-    let mut cfg = VmConfig::new(
-        &files.kernel,
-        &files.initrd,
-        launch.cid,
-        &launch.run_dir,
-        launch.nsm,
-    );
-    cfg.cmdline = files.cmdline;
-    cfg.memory_mib = launch.memory_mib;
-    cfg.cpus = launch.cpus.iter().map(|&c| c as usize).collect();
-    cfg.debug = launch.debug;
-    cfg.console = launch.console;
-    cfg.on_heartbeat = Some(launch.on_heartbeat);
-    cfg.boot_timeout = launch.boot_timeout + WATCHDOG_GRACE;
-    cfg.run_as = Some(owner);
-    // The enclave's connections to parent listeners carry its host identity, never root's
-    // (as the process backend's broker does).
-    cfg.enclave_identity = Some(cloister_vm::HostIdentity {
-        uid: owner.0,
-        gid: owner.1,
-    });
-    cfg.cgroup_procs = cgroup
-        .dirs()
-        .iter()
-        .map(|d| d.join("cgroup.procs"))
-        .collect();
-    match VmEnclave::start(cfg) {
-        Ok(vm) => Ok(VmRunning {
-            vm,
-            cgroup,
-            status: None,
-        }),
-        Err(e) => {
-            let _ = cgroup.remove();
-            Err(BackendError::Vm(e))
-        }
-    }
-}
-
 /// A running VM enclave.
 #[derive(Debug)]
 pub struct VmRunning {
@@ -422,6 +473,24 @@ impl Running for VmRunning {
 mod tests {
     use super::*;
 
+    /// This process's own uid and gid: what any user may give a file it creates.
+    fn own_ids() -> (u32, u32) {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    }
+
+    /// An owner other than the writer where the tests run as root (an enclave's uid), else
+    /// the writer itself.
+    fn enclave_owner() -> (u32, u32) {
+        if nix::unistd::geteuid().is_root() {
+            (1_000_000_123, 1_000_000_123)
+        } else {
+            own_ids()
+        }
+    }
+
     fn eif_with_kernel(dir: &Path, kernel: Vec<u8>) -> PathBuf {
         let path = dir.join("x.eif");
         cloister_eif::EifBuilder::new()
@@ -450,7 +519,7 @@ mod tests {
         let eif = eif_with_kernel(dir.path(), b"not a kernel".to_vec());
         let image = OpenImage::open(&eif).unwrap();
         assert!(matches!(check_kernel(&image), Err(BackendError::Image(_))));
-        match write_boot_files(&image, dir.path(), (0, 0)) {
+        match write_boot_files(&image, dir.path(), own_ids()) {
             Err(BackendError::Image(m)) => {
                 assert!(m.contains("cloister blobs prepare"), "{m}");
                 assert!(m.contains("build-enclave --blobs"), "{m}");
@@ -466,7 +535,7 @@ mod tests {
         let mut k = vec![0u8; 0x400];
         k[0x202..0x206].copy_from_slice(b"HdrS");
         let eif = eif_with_kernel(dir.path(), k.clone());
-        let owner = (1_000_000_123, 1_000_000_123);
+        let owner = enclave_owner();
         let image = OpenImage::open(&eif).unwrap();
         let files = write_boot_files(&image, dir.path(), owner).unwrap();
         assert_eq!(files.cmdline, "console=ttyS0 extra=1");
@@ -512,13 +581,13 @@ mod tests {
         // ... and since the file that was opened changed status (it was replaced), its boot
         // files are refused rather than booted.
         assert!(matches!(
-            write_boot_files(&image, dir.path(), (0, 0)),
+            write_boot_files(&image, dir.path(), own_ids()),
             Err(BackendError::Image(m)) if m.contains("modified or replaced")
         ));
         assert!(!dir.path().join(KERNEL_FILE).exists());
         // Opened after the replacement: the new image.
         let now = OpenImage::open(&eif).unwrap();
-        let files = write_boot_files(&now, dir.path(), (0, 0)).unwrap();
+        let files = write_boot_files(&now, dir.path(), own_ids()).unwrap();
         assert_eq!(std::fs::read(&files.kernel).unwrap(), k2);
 
         // In place: the open file itself changes.
@@ -529,7 +598,7 @@ mod tests {
         std::io::Write::write_all(&mut &f, &bytes).unwrap();
         drop(f);
         assert!(matches!(
-            write_boot_files(&image, dir.path(), (0, 0)),
+            write_boot_files(&image, dir.path(), own_ids()),
             Err(BackendError::Image(_))
         ));
         assert!(!dir.path().join(KERNEL_FILE).exists());
@@ -575,6 +644,29 @@ mod tests {
         assert_eq!(mode(&run.join("enclaves")), 0o701);
         assert_eq!(mode(&enclave), 0o701);
         assert_eq!(mode(&run.join("vm")) & 0o001, 0o001);
+    }
+
+    #[test]
+    fn the_configured_qemu_is_the_one_checked() {
+        let missing = VmBackend::new(HostConfig {
+            qemu: PathBuf::from("/nonexistent/qemu-system-x86_64"),
+            ..HostConfig::default()
+        });
+        match check_qemu(&missing.host.qemu) {
+            Err(e @ BackendError::VmUnavailable(_)) => assert_eq!(
+                e.to_string(),
+                "VM isolation is unavailable on this host: /nonexistent/qemu-system-x86_64 was \
+                 not found; install it (Debian/Ubuntu: apt-get install qemu-system-x86) or name \
+                 it with CLOISTER_QEMU"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match check_qemu(Path::new("no-such-qemu")) {
+            Err(BackendError::VmUnavailable(m)) => assert!(m.contains("not found in PATH"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_qemu(Path::new("sh")).is_ok());
+        assert_eq!(missing.isolation(), Isolation::Vm);
     }
 
     #[test]

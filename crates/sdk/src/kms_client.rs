@@ -17,9 +17,7 @@
 //! parent passes in the SigV4 credentials, as on AWS; the secret key is zeroized on drop and
 //! redacted from `Debug`.
 
-use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::hmac;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -28,8 +26,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use zeroize::{Zeroize, Zeroizing};
+use tokio::io::{AsyncRead, AsyncWrite};
+use zeroize::Zeroizing;
+
+mod http;
 
 /// Largest response header block accepted.
 pub const MAX_RESPONSE_HEADERS: usize = 16 * 1024;
@@ -56,7 +56,7 @@ pub enum KmsClientError {
     KeyGeneration,
     /// The attestation document could not be obtained.
     #[error("cannot get an attestation document: {0}")]
-    Attestation(String),
+    Attestation(AttestError),
     /// The connection (vsock to the proxy, or TCP) could not be opened or broke.
     #[error("connection to KMS failed")]
     Connect(#[source] std::io::Error),
@@ -116,18 +116,37 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Why an [`Attester`] produced no document.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The NSM refused or could not be reached.
+    #[error("{0}")]
+    Nsm(#[from] crate::nsm::NsmError),
+    /// Another attester's reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for AttestError {
+    fn from(reason: String) -> Self {
+        AttestError::Other(reason)
+    }
+}
+
 /// Produces the attestation document that carries the enclave's public key.
 pub trait Attester: Send + Sync {
     /// Returns a COSE_Sign1 attestation document whose `public_key` is `public_key_der`.
-    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, String>;
+    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, AttestError>;
 }
 
-impl<F> Attester for F
+/// A closure is an attester; its error, displayed, is the reason.
+impl<F, E> Attester for F
 where
-    F: Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync,
+    F: Fn(&[u8]) -> Result<Vec<u8>, E> + Send + Sync,
+    E: fmt::Display,
 {
-    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, String> {
-        self(public_key_der)
+    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, AttestError> {
+        self(public_key_der).map_err(|e| AttestError::Other(e.to_string()))
     }
 }
 
@@ -140,17 +159,15 @@ impl NsmAttester {
     /// Opens the NSM.
     pub fn open() -> Result<Self, KmsClientError> {
         let client = crate::nsm::NsmClient::open()
-            .map_err(|e| KmsClientError::Attestation(e.to_string()))?;
+            .map_err(|e| KmsClientError::Attestation(AttestError::Nsm(e)))?;
         Ok(Self(std::sync::Mutex::new(client)))
     }
 }
 
 impl Attester for NsmAttester {
-    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, String> {
+    fn attest(&self, public_key_der: &[u8]) -> Result<Vec<u8>, AttestError> {
         let client = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        client
-            .attestation(None, None, Some(public_key_der))
-            .map_err(|e| e.to_string())
+        Ok(client.attestation(None, None, Some(public_key_der))?)
     }
 }
 
@@ -565,7 +582,7 @@ impl KmsClient {
     }
 
     async fn call_inner(&self, operation: &str, payload: &[u8]) -> Result<Vec<u8>, KmsClientError> {
-        let request = build_request(&self.config, operation, payload, SystemTime::now());
+        let request = build_request(&self.config, operation, payload, SystemTime::now())?;
         let stream = self.open().await?;
         let (status, body) = match &self.tls {
             Some(tls) => {
@@ -582,9 +599,9 @@ impl KmsClient {
                             host: self.config.endpoint.host.clone(),
                             reason: e.to_string(),
                         })?;
-                exchange(tls_stream, &request).await?
+                http::exchange(tls_stream, request).await?
             }
-            None => exchange(stream, &request).await?,
+            None => http::exchange(stream, request).await?,
         };
         if (200..300).contains(&status) {
             return Ok(body);
@@ -662,40 +679,17 @@ fn tls_connector(
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// Formats `t` as SigV4's `YYYYMMDDTHHMMSSZ` (UTC).
+/// Formats `t` as SigV4's `YYYYMMDDTHHMMSSZ` (UTC), with [`cloister_sigv4::format_amz_date`].
 pub fn amz_date(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-fn hex_sha256(data: &[u8]) -> String {
-    hex::encode(digest(&SHA256, data).as_ref())
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::sign(&key, data).as_ref().to_vec()
+    cloister_sigv4::format_amz_date(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Signs a KMS JSON request with SigV4 and returns the `Authorization` header value. `headers`
-/// are the signed headers as (lower-case name, value), sorted by name.
+/// are the signed headers as (lower-case name, value), sorted by name. The signing is
+/// `cloister_sigv4`'s, the same code the key service verifies with. Headers it cannot sign (an
+/// empty or upper-case name, more than [`cloister_sigv4::MAX_SIGNED_HEADERS`]) give an empty
+/// value, which the service refuses as it would have refused their signature.
 pub fn sigv4_authorization(
     credentials: &Credentials,
     region: &str,
@@ -703,36 +697,48 @@ pub fn sigv4_authorization(
     headers: &[(&str, &str)],
     payload: &[u8],
 ) -> String {
-    let date = &amz_date[..amz_date.len().min(8)];
-    let mut canonical = String::from("POST\n/\n\n");
-    for (name, value) in headers {
-        canonical.push_str(name);
-        canonical.push(':');
-        canonical.push_str(value.trim());
-        canonical.push('\n');
-    }
-    canonical.push('\n');
-    let signed: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
-    let signed = signed.join(";");
-    canonical.push_str(&signed);
-    canonical.push('\n');
-    canonical.push_str(&hex_sha256(payload));
-    let scope = format!("{date}/{region}/kms/aws4_request");
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex_sha256(canonical.as_bytes())
-    );
-    let mut secret = Zeroizing::new(format!("AWS4{}", &*credentials.secret_access_key));
-    let k_date = Zeroizing::new(hmac_sha256(secret.as_bytes(), date.as_bytes()));
-    secret.zeroize();
-    let k_region = Zeroizing::new(hmac_sha256(&k_date, region.as_bytes()));
-    let k_service = Zeroizing::new(hmac_sha256(&k_region, b"kms"));
-    let k_signing = Zeroizing::new(hmac_sha256(&k_service, b"aws4_request"));
-    let signature = hex::encode(hmac_sha256(&k_signing, string_to_sign.as_bytes()));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
-        credentials.access_key_id
+    let date = amz_date.get(..8).unwrap_or(amz_date);
+    let key = cloister_sigv4::signing_key(&credentials.secret_access_key, date, region, "kms");
+    let signed = headers
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(";");
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let req = cloister_sigv4::SignedRequest {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: payload,
+    };
+    let scope = cloister_sigv4::Scope {
+        date,
+        region,
+        service: "kms",
+    };
+    cloister_sigv4::sign_request(
+        &credentials.access_key_id,
+        &key,
+        scope,
+        amz_date,
+        &req,
+        &signed,
     )
+    .unwrap_or_default()
+}
+
+/// Sends a minimal request over `stream` and reads the answer as the client reads a key
+/// service's, within the same caps: the entry point of the response parser's fuzz target.
+#[doc(hidden)]
+pub async fn read_response<S>(stream: S) -> Result<(u16, Vec<u8>), KmsClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let request = hyper::Request::post("/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|_| KmsClientError::Http("cannot build the request"))?;
+    http::exchange(stream, request).await
 }
 
 fn build_request(
@@ -740,7 +746,7 @@ fn build_request(
     operation: &str,
     payload: &[u8],
     now: SystemTime,
-) -> Vec<u8> {
+) -> Result<http::Request, KmsClientError> {
     let date = amz_date(now);
     let host = config.endpoint.host_header();
     let target = format!("TrentService.{operation}");
@@ -765,193 +771,18 @@ fn build_request(
         &headers,
         payload,
     );
-    let mut req = String::from("POST / HTTP/1.1\r\n");
+    let mut request = hyper::Request::post("/");
     for (name, value) in &headers {
-        req.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    req.push_str(&format!(
-        "authorization: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        payload.len()
-    ));
-    let mut out = req.into_bytes();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Writes `request`, reads one response; returns (status, body).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    request: &[u8],
-) -> Result<(u16, Vec<u8>), KmsClientError> {
-    stream
-        .write_all(request)
-        .await
-        .map_err(KmsClientError::Connect)?;
-    stream.flush().await.map_err(KmsClientError::Connect)?;
-    read_response(&mut stream).await
-}
-
-/// Reads one HTTP/1.1 response (Content-Length, chunked, or until EOF), within the caps.
-pub async fn read_response<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<(u16, Vec<u8>), KmsClientError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let header_end = loop {
-        if let Some(pos) = find(&buf, b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_RESPONSE_HEADERS {
-            return Err(KmsClientError::Http("headers too large"));
-        }
-        fill(
-            stream,
-            &mut buf,
-            "connection closed before the headers ended",
-        )
-        .await?;
-    };
-    if header_end > MAX_RESPONSE_HEADERS {
-        return Err(KmsClientError::Http("headers too large"));
-    }
-    let head = std::str::from_utf8(&buf[..header_end])
-        .map_err(|_| KmsClientError::Http("headers are not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(KmsClientError::Http("not an HTTP/1.x status line"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..600).contains(s))
-        .ok_or(KmsClientError::Http("bad status code"))?;
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(KmsClientError::Http("malformed header line"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| KmsClientError::Http("bad Content-Length"))?;
-            if n > MAX_RESPONSE_BODY {
-                return Err(KmsClientError::Http("body too large"));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    let mut rest = buf.split_off(header_end + 4);
-    if chunked {
-        let body = read_chunked(stream, rest).await?;
-        return Ok((status, body));
-    }
-    match content_length {
-        Some(n) => {
-            if rest.len() > n {
-                rest.truncate(n);
-            }
-            while rest.len() < n {
-                let mut chunk = vec![0u8; (n - rest.len()).min(16 * 1024)];
-                let got = stream
-                    .read(&mut chunk)
-                    .await
-                    .map_err(KmsClientError::Connect)?;
-                if got == 0 {
-                    return Err(KmsClientError::Http("connection closed inside the body"));
-                }
-                rest.extend_from_slice(&chunk[..got]);
-            }
-        }
-        None => {
-            let mut limited =
-                stream.take((MAX_RESPONSE_BODY + 1 - rest.len().min(MAX_RESPONSE_BODY)) as u64);
-            limited
-                .read_to_end(&mut rest)
-                .await
-                .map_err(KmsClientError::Connect)?;
-            if rest.len() > MAX_RESPONSE_BODY {
-                return Err(KmsClientError::Http("body too large"));
-            }
-        }
-    }
-    Ok((status, rest))
-}
-
-async fn read_chunked<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    mut pending: Vec<u8>,
-) -> Result<Vec<u8>, KmsClientError> {
-    let mut body = Vec::new();
-    loop {
-        // Need one size line.
-        let line_end = loop {
-            if let Some(p) = find(&pending, b"\r\n") {
-                break p;
-            }
-            if pending.len() > 64 {
-                return Err(KmsClientError::Http("chunk size line too long"));
-            }
-            fill(
-                stream,
-                &mut pending,
-                "connection closed inside a chunked body",
-            )
-            .await?;
-        };
-        let size_text = std::str::from_utf8(&pending[..line_end])
-            .map_err(|_| KmsClientError::Http("bad chunk size"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| KmsClientError::Http("bad chunk size"))?;
-        if size > MAX_RESPONSE_BODY || body.len() + size > MAX_RESPONSE_BODY {
-            return Err(KmsClientError::Http("body too large"));
-        }
-        pending.drain(..line_end + 2);
-        if size == 0 {
-            return Ok(body);
-        }
-        while pending.len() < size + 2 {
-            fill(
-                stream,
-                &mut pending,
-                "connection closed inside a chunked body",
-            )
-            .await?;
-        }
-        body.extend_from_slice(&pending[..size]);
-        if &pending[size..size + 2] != b"\r\n" {
-            return Err(KmsClientError::Http("chunk not followed by CRLF"));
-        }
-        pending.drain(..size + 2);
-    }
-}
-
-/// Appends what one read returns to `buf`; end of stream is the error `at_eof`.
-async fn fill<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    at_eof: &'static str,
-) -> Result<(), KmsClientError> {
-    let mut chunk = [0u8; 4096];
-    let n = stream
-        .read(&mut chunk)
-        .await
-        .map_err(KmsClientError::Connect)?;
-    if n == 0 {
-        return Err(KmsClientError::Http(at_eof));
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    request
+        .header("authorization", auth)
+        .header("content-length", payload.len())
+        .header("connection", "close")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            payload,
+        )))
+        .map_err(|e| KmsClientError::InvalidArgument(format!("cannot form the request: {e}")))
 }
 
 #[cfg(test)]
@@ -1025,40 +856,9 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/kms/aws4_request, \
              SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature="
         ));
-    }
-
-    #[tokio::test]
-    async fn responses_parse_within_caps() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec();
-        assert_eq!(
-            read_response(&mut &ok[..]).await.unwrap(),
-            (200, b"hello".to_vec())
-        );
-        let chunked =
-            b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n".to_vec();
-        assert_eq!(
-            read_response(&mut &chunked[..]).await.unwrap(),
-            (400, b"abcde".to_vec())
-        );
-        let eof = b"HTTP/1.0 200 OK\r\n\r\nuntil eof".to_vec();
-        assert_eq!(read_response(&mut &eof[..]).await.unwrap().1, b"until eof");
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
-            b"SSH-2.0\r\n\r\n",
-            b"HTTP/1.1 999 X\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffff\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 200",
-        ] {
-            assert!(
-                read_response(&mut &bad[..]).await.is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let huge = vec![b'a'; MAX_RESPONSE_HEADERS + 10];
-        assert!(read_response(&mut &huge[..]).await.is_err());
+        // The value the hand-written signer produced (and an independent SigV4 computes).
+        assert!(a.ends_with(
+            "Signature=8a164eed79ee074124d2cc2a08ef2e71a1127fca419e26ba952221db2024db6a"
+        ));
     }
 }

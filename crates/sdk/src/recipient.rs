@@ -10,6 +10,7 @@
 
 use aws_lc_rs::cipher::{PaddedBlockDecryptingKey, UnboundCipherKey, AES_256};
 use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA256_MGF1SHA256};
+use const_oid::db::{rfc5911, rfc5912};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -17,12 +18,6 @@ use zeroize::Zeroizing;
 pub const MAX_CMS_LEN: usize = 1 << 20;
 /// Deepest nesting of constructed values accepted.
 pub const MAX_DEPTH: usize = 16;
-
-const OID_ENVELOPED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03];
-const OID_RSAES_OAEP: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07];
-const OID_MGF1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08];
-const OID_SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
-const OID_AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
 
 /// Errors opening a CiphertextForRecipient.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -215,18 +210,18 @@ fn check_oaep_params(r: &Reader<'_>, params: &Tlv<'_>) -> Result<()> {
                 let mut inner = p.children(&field)?;
                 let alg = inner.expect(0x30, "OAEP hash AlgorithmIdentifier")?;
                 let mut a = inner.children(&alg)?;
-                hash_ok = oid(&mut a, "OAEP hash OID")? == OID_SHA256;
+                hash_ok = oid(&mut a, "OAEP hash OID")? == rfc5912::ID_SHA_256.as_bytes();
             }
             0xa1 => {
                 let mut inner = p.children(&field)?;
                 let alg = inner.expect(0x30, "OAEP MGF AlgorithmIdentifier")?;
                 let mut a = inner.children(&alg)?;
-                if oid(&mut a, "MGF OID")? != OID_MGF1 {
+                if oid(&mut a, "MGF OID")? != rfc5912::ID_MGF_1.as_bytes() {
                     return Err(RecipientError::Algorithm("mask generation is not MGF1"));
                 }
                 let h = a.expect(0x30, "MGF1 hash AlgorithmIdentifier")?;
                 let mut hh = a.children(&h)?;
-                mgf_ok = oid(&mut hh, "MGF1 hash OID")? == OID_SHA256;
+                mgf_ok = oid(&mut hh, "MGF1 hash OID")? == rfc5912::ID_SHA_256.as_bytes();
             }
             0xa2 => {} // pSourceAlgorithm: only the empty label is produced by KMS.
             _ => return Err(RecipientError::Structure("unknown RSAES-OAEP parameter")),
@@ -302,7 +297,7 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
     let mut top = Reader::new(cms, 0, 0)?;
     let ci = top.expect(0x30, "ContentInfo")?;
     let mut ci_r = top.children(&ci)?;
-    if oid(&mut ci_r, "contentType")? != OID_ENVELOPED_DATA {
+    if oid(&mut ci_r, "contentType")? != rfc5911::ID_ENVELOPED_DATA.as_bytes() {
         return Err(RecipientError::Structure(
             "content type is not envelopedData",
         ));
@@ -340,7 +335,7 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
         let _rid = k.next()?;
         let alg = k.expect(0x30, "keyEncryptionAlgorithm")?;
         let mut a = k.children(&alg)?;
-        if oid(&mut a, "keyEncryptionAlgorithm OID")? != OID_RSAES_OAEP {
+        if oid(&mut a, "keyEncryptionAlgorithm OID")? != rfc5912::ID_RSAES_OAEP.as_bytes() {
             return Err(RecipientError::Algorithm(
                 "key encryption is not RSAES-OAEP",
             ));
@@ -363,7 +358,7 @@ pub fn parse(cms: &[u8]) -> Result<ParsedEnvelope> {
     oid(&mut e, "encrypted content type")?;
     let cea = e.expect(0x30, "contentEncryptionAlgorithm")?;
     let mut c = e.children(&cea)?;
-    if oid(&mut c, "content encryption OID")? != OID_AES256_CBC {
+    if oid(&mut c, "content encryption OID")? != rfc5911::ID_AES_256_CBC.as_bytes() {
         return Err(RecipientError::Algorithm(
             "content encryption is not AES-256-CBC",
         ));
@@ -393,11 +388,13 @@ mod tests {
     fn d(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         let c: Vec<u8> = parts.concat();
         let mut out = vec![tag];
-        if c.len() < 0x80 {
-            out.push(c.len() as u8);
-        } else {
-            out.push(0x82);
-            out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        match (u8::try_from(c.len()), u16::try_from(c.len())) {
+            (Ok(short), _) if short < 0x80 => out.push(short),
+            (_, Ok(long)) => {
+                out.push(0x82);
+                out.extend_from_slice(&long.to_be_bytes());
+            }
+            _ => panic!("test element of {} bytes is too long", c.len()),
         }
         out.extend_from_slice(&c);
         out
@@ -467,10 +464,10 @@ mod tests {
 
     fn oaep_alg() -> Vec<u8> {
         let null = [5u8, 0];
-        let sha = alg(OID_SHA256, &[&null]);
-        let mgf = alg(OID_MGF1, &[&sha]);
+        let sha = alg(rfc5912::ID_SHA_256.as_bytes(), &[&null]);
+        let mgf = alg(rfc5912::ID_MGF_1.as_bytes(), &[&sha]);
         let params = d(0x30, &[&d(0xa0, &[&sha]), &d(0xa1, &[&mgf])]);
-        alg(OID_RSAES_OAEP, &[&params])
+        alg(rfc5912::ID_RSAES_OAEP.as_bytes(), &[&params])
     }
 
     /// Definite-length (DER-like) encoding.
@@ -487,16 +484,19 @@ mod tests {
         let eci = d(
             0x30,
             &[
-                &d(
-                    0x06,
-                    &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]],
-                ),
-                &alg(OID_AES256_CBC, &[&d(0x04, &[&f.iv])]),
+                &d(0x06, &[rfc5911::ID_DATA.as_bytes()]),
+                &alg(rfc5911::ID_AES_256_CBC.as_bytes(), &[&d(0x04, &[&f.iv])]),
                 &d(0x80, &[&f.content]),
             ],
         );
         let ed = d(0x30, &[&d(0x02, &[&[2]]), &d(0x31, &[&ktri]), &eci]);
-        d(0x30, &[&d(0x06, &[OID_ENVELOPED_DATA]), &d(0xa0, &[&ed])])
+        d(
+            0x30,
+            &[
+                &d(0x06, &[rfc5911::ID_ENVELOPED_DATA.as_bytes()]),
+                &d(0xa0, &[&ed]),
+            ],
+        )
     }
 
     /// AWS-style BER: indefinite lengths everywhere they are allowed, and the encrypted key and
@@ -516,16 +516,19 @@ mod tests {
         let eci = i(
             0x30,
             &[
-                &d(
-                    0x06,
-                    &[&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]],
-                ),
-                &alg(OID_AES256_CBC, &[&d(0x04, &[&f.iv])]),
+                &d(0x06, &[rfc5911::ID_DATA.as_bytes()]),
+                &alg(rfc5911::ID_AES_256_CBC.as_bytes(), &[&d(0x04, &[&f.iv])]),
                 &i(0xa0, &[&chunks(&f.content)]),
             ],
         );
         let ed = i(0x30, &[&d(0x02, &[&[2]]), &i(0x31, &[&ktri]), &eci]);
-        i(0x30, &[&d(0x06, &[OID_ENVELOPED_DATA]), &i(0xa0, &[&ed])])
+        i(
+            0x30,
+            &[
+                &d(0x06, &[rfc5911::ID_ENVELOPED_DATA.as_bytes()]),
+                &i(0xa0, &[&ed]),
+            ],
+        )
     }
 
     #[test]
@@ -583,12 +586,18 @@ mod tests {
             &[
                 &d(0x02, &[&[0]]),
                 &d(0x80, &[&[1]]),
-                &alg(OID_RSAES_OAEP, &[]),
+                &alg(rfc5912::ID_RSAES_OAEP.as_bytes(), &[]),
                 &d(0x04, &[&f.wrapped]),
             ],
         );
         let ed = d(0x30, &[&d(0x02, &[&[0]]), &d(0x31, &[&ktri])]);
-        let blob = d(0x30, &[&d(0x06, &[OID_ENVELOPED_DATA]), &d(0xa0, &[&ed])]);
+        let blob = d(
+            0x30,
+            &[
+                &d(0x06, &[rfc5911::ID_ENVELOPED_DATA.as_bytes()]),
+                &d(0xa0, &[&ed]),
+            ],
+        );
         assert!(matches!(parse(&blob), Err(RecipientError::Algorithm(_))));
     }
 

@@ -49,10 +49,22 @@ pub use fabric::{EnclaveFabric, Fabric, HostFabric};
 /// Environment variable that turns the supervisor of process enclaves off (`off`): then
 /// `AF_VSOCK` fails with EPERM and there is no `/dev/nsm` or `/dev/vsock`, as before.
 pub const SUPERVISOR_ENV: &str = "CLOISTER_VSOCK_SUPERVISOR";
+/// The size of a descriptor in a control message (4 bytes).
+#[allow(clippy::cast_possible_truncation, reason = "a descriptor is 4 bytes")]
+const FD_LEN: u32 = std::mem::size_of::<RawFd>() as u32;
 
-/// Whether process enclaves get a supervisor ([`SUPERVISOR_ENV`] is not `off`).
+/// The switch [`enabled`] reports: on unless the runtime's configuration turns it off.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether process enclaves get a supervisor: yes, unless [`set_enabled`] said no (the runtime's
+/// configuration does when [`SUPERVISOR_ENV`] is `off`; this crate reads no environment).
 pub fn enabled() -> bool {
-    std::env::var_os(SUPERVISOR_ENV).is_none_or(|v| v != "off")
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Turns the supervisor of process enclaves on or off, for this process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
 }
 
 /// A running supervisor thread (dropping the handle lets it run on, as [`Supervisor::detach`]).
@@ -113,14 +125,14 @@ pub fn send_listener(chan: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()>
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(FD_LEN) } as _;
     // SAFETY: `msg` points at `cbuf`, large enough for one descriptor's control message; the
     // CMSG macros stay within `msg_controllen`.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        (*c).cmsg_len = libc::CMSG_LEN(FD_LEN) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd.as_raw_fd());
     }
     // SAFETY: `msg` points at live buffers (`byte`, `cbuf`).

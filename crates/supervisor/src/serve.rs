@@ -37,8 +37,35 @@ pub const MAX_TRACKED: usize = 16384;
 /// How often (ms) parked calls are checked for interruption when nothing else happens.
 const TICK_MS: i32 = 200;
 
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "AF_VSOCK is 40: sa_family_t holds it"
+)]
 const AF_VSOCK: u16 = libc::AF_VSOCK as u16;
-const SOCKADDR_VM_LEN: usize = 16;
+/// `sizeof(struct sockaddr_vm)`, as the socklen_t the caller gets back.
+const SOCKADDR_VM_LEN_U32: u32 = 16;
+const SOCKADDR_VM_LEN: usize = SOCKADDR_VM_LEN_U32 as usize;
+
+/// A system call argument that the kernel reads as a C `unsigned int`: the low half of the
+/// 64-bit register.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the kernel reads an unsigned int parameter from the low 32 bits"
+)]
+fn arg_uint(v: u64) -> u32 {
+    v as u32
+}
+
+/// A system call argument that the kernel reads as a C `int`: the low half of the register,
+/// as signed.
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "the kernel reads an int parameter from the low 32 bits, signed"
+)]
+fn arg_int(v: u64) -> i32 {
+    arg_uint(v) as i32
+}
 
 /// What a descriptor the supervisor handed out is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,184 +348,210 @@ fn handle(shared: &Arc<Shared>, tx: Option<&SyncSender<Job>>, n: Notif) -> Outco
         // The caller is gone: nothing waits for the answer.
         Err(_) => return Outcome::Fail(libc::ESRCH),
     };
-    let a = n.data.args;
     match nr {
-        libc::SYS_connect | libc::SYS_bind => {
-            let mut raw = [0u8; SOCKADDR_VM_LEN];
-            if target.read(a[1], &mut raw).is_err() {
-                return Outcome::Fail(libc::EFAULT);
-            }
-            let Some(addr) = parse_sockaddr_vm(&raw) else {
-                return Outcome::Continue;
-            };
-            let Ok(fd) = target.get_fd(a[0]) else {
-                return Outcome::Fail(libc::EBADF);
-            };
-            let Some((ino, kind)) = shared.kind_of(fd.as_fd()) else {
-                return Outcome::Continue;
-            };
-            let Kind::Unbound { cloexec } = kind else {
-                return Outcome::Fail(if nr == libc::SYS_connect {
-                    match kind {
-                        Kind::Stream { .. } => libc::EISCONN,
-                        _ => libc::EINVAL,
-                    }
-                } else {
-                    libc::EINVAL
-                });
-            };
-            let shared2 = shared.clone();
-            if nr == libc::SYS_connect {
-                queue(
-                    tx,
-                    Box::new(move || {
-                        let out = do_connect(&shared2, &n, &target, (ino, cloexec), addr);
-                        shared2.answer(n.id, out);
-                    }),
-                )
-            } else {
-                let cid = shared.fabric.local_cid();
-                if addr.cid != VMADDR_CID_ANY && addr.cid != cid {
-                    return Outcome::Fail(libc::EADDRNOTAVAIL);
-                }
-                if addr.port == VMADDR_PORT_ANY {
-                    // The fabric listens on explicit ports only.
-                    return Outcome::Fail(libc::EADDRNOTAVAIL);
-                }
-                queue(
-                    tx,
-                    Box::new(move || {
-                        let out = do_bind(&shared2, &n, &target, (ino, cloexec), addr.port);
-                        shared2.answer(n.id, out);
-                    }),
-                )
-            }
-        }
-        libc::SYS_listen => {
-            let Ok(fd) = target.get_fd(a[0]) else {
-                return Outcome::Fail(libc::EBADF);
-            };
-            let Some((ino, kind)) = shared.kind_of(fd.as_fd()) else {
-                return Outcome::Continue;
-            };
-            match kind {
-                Kind::Listener { port, .. } => {
-                    if let Ok(mut map) = shared.sockets.lock() {
-                        map.insert(
-                            ino,
-                            Kind::Listener {
-                                port,
-                                listening: true,
-                            },
-                        );
-                    }
-                    Outcome::Value(0)
-                }
-                _ => Outcome::Fail(libc::EINVAL),
-            }
-        }
-        libc::SYS_accept | libc::SYS_accept4 => {
-            let flags = if nr == libc::SYS_accept4 {
-                a[3] as u32 as i32
-            } else {
-                0
-            };
-            if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
-                return Outcome::Fail(libc::EINVAL);
-            }
-            let Ok(fd) = target.get_fd(a[0]) else {
-                return Outcome::Fail(libc::EBADF);
-            };
-            let Some((_, kind)) = shared.kind_of(fd.as_fd()) else {
-                return Outcome::Continue;
-            };
-            let port = match kind {
-                Kind::Listener {
-                    port,
-                    listening: true,
-                } => port,
-                _ => return Outcome::Fail(libc::EINVAL),
-            };
-            let p = Parked {
-                n,
-                target,
-                listener: fd,
-                port,
-                flags,
-            };
-            match accept_step(shared, p) {
-                Ok(None) => Outcome::Done,
-                Ok(Some(p)) => {
-                    let nonblocking = sys::status_flags(p.listener.as_fd())
-                        .map(|f| f & libc::O_NONBLOCK != 0)
-                        .unwrap_or(false);
-                    if nonblocking {
-                        Outcome::Fail(libc::EAGAIN)
-                    } else {
-                        Outcome::Park(Box::new(p))
-                    }
-                }
-                Err(e) => Outcome::Fail(e),
-            }
-        }
+        libc::SYS_connect | libc::SYS_bind => on_connect_or_bind(shared, tx, n, target),
+        libc::SYS_listen => on_listen(shared, &target, n.data.args),
+        libc::SYS_accept | libc::SYS_accept4 => on_accept(shared, n, target),
         libc::SYS_getsockname | libc::SYS_getpeername => {
-            let Ok(fd) = target.get_fd(a[0]) else {
-                return Outcome::Fail(libc::EBADF);
-            };
-            let Some((_, kind)) = shared.kind_of(fd.as_fd()) else {
-                return Outcome::Continue;
-            };
-            let cid = shared.fabric.local_cid();
-            let addr = match (nr == libc::SYS_getsockname, kind) {
-                (true, Kind::Unbound { .. }) => VsockAddr::new(VMADDR_CID_ANY, VMADDR_PORT_ANY),
-                (true, Kind::Listener { port, .. }) => VsockAddr::new(cid, port),
-                (true, Kind::Stream { local, .. }) => local,
-                (false, Kind::Stream { peer, .. }) => peer,
-                (false, _) => return Outcome::Fail(libc::ENOTCONN),
-            };
-            match write_sockaddr(&target, a[1], a[2], addr) {
-                Ok(()) => Outcome::Value(0),
-                Err(e) => Outcome::Fail(e),
-            }
+            on_getname(shared, &target, nr, n.data.args)
         }
-        libc::SYS_ioctl => {
-            let request = a[1] as u32;
-            let Ok(fd) = target.get_fd(a[0]) else {
-                return Outcome::Fail(libc::EBADF);
-            };
-            // Only device nodes (`/dev/nsm`, `/dev/vsock`) answer; elsewhere the kernel's
-            // ENOTTY stands.
-            let is_chr = sys::fstat(fd.as_fd())
-                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR)
-                .unwrap_or(false);
-            if !is_chr {
-                return Outcome::Continue;
-            }
-            if request == IOCTL_VM_SOCKETS_GET_LOCAL_CID {
-                let cid = shared.fabric.local_cid().to_ne_bytes();
-                return match target.write(a[2], &cid) {
-                    Ok(()) => Outcome::Value(0),
-                    Err(_) => Outcome::Fail(libc::EFAULT),
-                };
-            }
-            if request != NSM_IOCTL_RAW {
-                return Outcome::Continue;
-            }
-            // Answered here, without a hand-off to a worker: the enclave's own NSM answers
-            // within its signing time (it never waits on anything the enclave controls), and
-            // the hand-off would cost each request another wake-up.
-            do_nsm(shared, &n, &target, a[2])
-        }
+        libc::SYS_ioctl => on_ioctl(shared, &n, &target),
         _ => Outcome::Continue,
     }
 }
 
-fn on_socket(shared: &Shared, n: &Notif) -> Outcome {
+/// connect(2) and bind(2) on a socket the supervisor made: checked here, done by a worker.
+fn on_connect_or_bind(
+    shared: &Arc<Shared>,
+    tx: Option<&SyncSender<Job>>,
+    n: Notif,
+    target: Target,
+) -> Outcome {
+    let nr = i64::from(n.data.nr);
     let a = n.data.args;
-    if a[0] as u32 as i32 != libc::AF_VSOCK {
+    let mut raw = [0u8; SOCKADDR_VM_LEN];
+    if target.read(a[1], &mut raw).is_err() {
+        return Outcome::Fail(libc::EFAULT);
+    }
+    let Some(addr) = parse_sockaddr_vm(&raw) else {
+        return Outcome::Continue;
+    };
+    let Ok(fd) = target.get_fd(a[0]) else {
+        return Outcome::Fail(libc::EBADF);
+    };
+    let Some((ino, kind)) = shared.kind_of(fd.as_fd()) else {
+        return Outcome::Continue;
+    };
+    let Kind::Unbound { cloexec } = kind else {
+        return Outcome::Fail(if nr == libc::SYS_connect {
+            match kind {
+                Kind::Stream { .. } => libc::EISCONN,
+                _ => libc::EINVAL,
+            }
+        } else {
+            libc::EINVAL
+        });
+    };
+    let shared2 = shared.clone();
+    if nr == libc::SYS_connect {
+        queue(
+            tx,
+            Box::new(move || {
+                let out = do_connect(&shared2, &n, &target, (ino, cloexec), addr);
+                shared2.answer(n.id, out);
+            }),
+        )
+    } else {
+        let cid = shared.fabric.local_cid();
+        if addr.cid != VMADDR_CID_ANY && addr.cid != cid {
+            return Outcome::Fail(libc::EADDRNOTAVAIL);
+        }
+        if addr.port == VMADDR_PORT_ANY {
+            // The fabric listens on explicit ports only.
+            return Outcome::Fail(libc::EADDRNOTAVAIL);
+        }
+        queue(
+            tx,
+            Box::new(move || {
+                let out = do_bind(&shared2, &n, &target, (ino, cloexec), addr.port);
+                shared2.answer(n.id, out);
+            }),
+        )
+    }
+}
+
+/// listen(2): marks the supervisor's listener as listening.
+fn on_listen(shared: &Shared, target: &Target, a: [u64; 6]) -> Outcome {
+    let Ok(fd) = target.get_fd(a[0]) else {
+        return Outcome::Fail(libc::EBADF);
+    };
+    let Some((ino, kind)) = shared.kind_of(fd.as_fd()) else {
+        return Outcome::Continue;
+    };
+    match kind {
+        Kind::Listener { port, .. } => {
+            if let Ok(mut map) = shared.sockets.lock() {
+                map.insert(
+                    ino,
+                    Kind::Listener {
+                        port,
+                        listening: true,
+                    },
+                );
+            }
+            Outcome::Value(0)
+        }
+        _ => Outcome::Fail(libc::EINVAL),
+    }
+}
+
+/// accept(2) and accept4(2): a connection now, EAGAIN, or the call parked until one comes.
+fn on_accept(shared: &Arc<Shared>, n: Notif, target: Target) -> Outcome {
+    let nr = i64::from(n.data.nr);
+    let a = n.data.args;
+    let flags = if nr == libc::SYS_accept4 {
+        arg_int(a[3])
+    } else {
+        0
+    };
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return Outcome::Fail(libc::EINVAL);
+    }
+    let Ok(fd) = target.get_fd(a[0]) else {
+        return Outcome::Fail(libc::EBADF);
+    };
+    let Some((_, kind)) = shared.kind_of(fd.as_fd()) else {
+        return Outcome::Continue;
+    };
+    let port = match kind {
+        Kind::Listener {
+            port,
+            listening: true,
+        } => port,
+        _ => return Outcome::Fail(libc::EINVAL),
+    };
+    let p = Parked {
+        n,
+        target,
+        listener: fd,
+        port,
+        flags,
+    };
+    match accept_step(shared, p) {
+        Ok(None) => Outcome::Done,
+        Ok(Some(p)) => {
+            let nonblocking = sys::status_flags(p.listener.as_fd())
+                .map(|f| f & libc::O_NONBLOCK != 0)
+                .unwrap_or(false);
+            if nonblocking {
+                Outcome::Fail(libc::EAGAIN)
+            } else {
+                Outcome::Park(Box::new(p))
+            }
+        }
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+/// getsockname(2) and getpeername(2) of the supervisor's sockets.
+fn on_getname(shared: &Shared, target: &Target, nr: i64, a: [u64; 6]) -> Outcome {
+    let Ok(fd) = target.get_fd(a[0]) else {
+        return Outcome::Fail(libc::EBADF);
+    };
+    let Some((_, kind)) = shared.kind_of(fd.as_fd()) else {
+        return Outcome::Continue;
+    };
+    let cid = shared.fabric.local_cid();
+    let addr = match (nr == libc::SYS_getsockname, kind) {
+        (true, Kind::Unbound { .. }) => VsockAddr::new(VMADDR_CID_ANY, VMADDR_PORT_ANY),
+        (true, Kind::Listener { port, .. }) => VsockAddr::new(cid, port),
+        (true, Kind::Stream { local, .. }) => local,
+        (false, Kind::Stream { peer, .. }) => peer,
+        (false, _) => return Outcome::Fail(libc::ENOTCONN),
+    };
+    match write_sockaddr(target, a[1], a[2], addr) {
+        Ok(()) => Outcome::Value(0),
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+/// ioctl(2) on a device node: the local CID of `/dev/vsock` and the NSM's request.
+fn on_ioctl(shared: &Arc<Shared>, n: &Notif, target: &Target) -> Outcome {
+    let a = n.data.args;
+    let request = arg_uint(a[1]);
+    let Ok(fd) = target.get_fd(a[0]) else {
+        return Outcome::Fail(libc::EBADF);
+    };
+    // Only device nodes (`/dev/nsm`, `/dev/vsock`) answer; elsewhere the kernel's
+    // ENOTTY stands.
+    let is_chr = sys::fstat(fd.as_fd())
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR)
+        .unwrap_or(false);
+    if !is_chr {
         return Outcome::Continue;
     }
-    let ty = a[1] as u32 as i32;
+    if request == IOCTL_VM_SOCKETS_GET_LOCAL_CID {
+        let cid = shared.fabric.local_cid().to_ne_bytes();
+        return match target.write(a[2], &cid) {
+            Ok(()) => Outcome::Value(0),
+            Err(_) => Outcome::Fail(libc::EFAULT),
+        };
+    }
+    if request != NSM_IOCTL_RAW {
+        return Outcome::Continue;
+    }
+    // Answered here, without a hand-off to a worker: the enclave's own NSM answers
+    // within its signing time (it never waits on anything the enclave controls), and
+    // the hand-off would cost each request another wake-up.
+    do_nsm(shared, n, target, a[2])
+}
+
+fn on_socket(shared: &Shared, n: &Notif) -> Outcome {
+    let a = n.data.args;
+    if arg_int(a[0]) != libc::AF_VSOCK {
+        return Outcome::Continue;
+    }
+    let ty = arg_int(a[1]);
     let flags = ty & !0xf;
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Outcome::Fail(libc::EINVAL);
@@ -509,7 +562,7 @@ fn on_socket(shared: &Shared, n: &Notif) -> Outcome {
         libc::SOCK_SEQPACKET => return Outcome::Fail(libc::ESOCKTNOSUPPORT),
         _ => return Outcome::Fail(libc::EINVAL),
     }
-    if a[2] as u32 != 0 {
+    if arg_uint(a[2]) != 0 {
         return Outcome::Fail(libc::EPROTONOSUPPORT);
     }
     let sock = match sys::unix_stream(flags & libc::SOCK_NONBLOCK != 0) {
@@ -666,7 +719,7 @@ fn write_sockaddr(
         .write(addr_ptr, &raw[..n])
         .map_err(|_| libc::EFAULT)?;
     target
-        .write(len_ptr, &(SOCKADDR_VM_LEN as u32).to_ne_bytes())
+        .write(len_ptr, &SOCKADDR_VM_LEN_U32.to_ne_bytes())
         .map_err(|_| libc::EFAULT)
 }
 
@@ -720,7 +773,7 @@ mod tests {
         let a = VsockAddr::new(3, 5005);
         assert_eq!(parse_sockaddr_vm(&sockaddr_vm(a)), Some(a));
         let mut inet = [0u8; 16];
-        inet[0] = libc::AF_INET as u8;
+        inet[0] = u8::try_from(libc::AF_INET).unwrap();
         assert_eq!(parse_sockaddr_vm(&inet), None);
     }
 

@@ -52,9 +52,17 @@ struct NotifAddfd {
     newfd_flags: u32,
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the sizes are of the small seccomp structures, far below the 14-bit size field"
+)]
 const fn iowr(nr: u32, size: usize) -> u32 {
     0xC000_0000 | ((size as u32) << 16) | (0x21 << 8) | nr
 }
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the sizes are of the small seccomp structures, far below the 14-bit size field"
+)]
 const fn iow(nr: u32, size: usize) -> u32 {
     0x4000_0000 | ((size as u32) << 16) | (0x21 << 8) | nr
 }
@@ -209,6 +217,14 @@ impl Listener {
     }
 }
 
+/// An address in the target as the `iovec` of `process_vm_readv`/`writev` holds it (EFAULT
+/// when it does not fit a pointer).
+fn remote_ptr(addr: u64) -> io::Result<*mut libc::c_void> {
+    usize::try_from(addr)
+        .map(|a| a as *mut libc::c_void)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))
+}
+
 /// A notifying process: its pidfd and pid.
 #[derive(Debug)]
 pub struct Target {
@@ -279,16 +295,14 @@ impl Target {
             iov_len: buf.len(),
         };
         let remote = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
+            iov_base: remote_ptr(addr)?,
             iov_len: buf.len(),
         };
         // SAFETY: `local` covers `buf`, writable for its length; `remote` is only an address
         // in the target, checked by the kernel.
         let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n != buf.len() {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         Ok(())
@@ -319,7 +333,7 @@ impl Target {
                 iov_len: buf.len(),
             };
             remote[count] = libc::iovec {
-                iov_base: addr as usize as *mut libc::c_void,
+                iov_base: remote_ptr(addr)?,
                 iov_len: buf.len(),
             };
             count += 1;
@@ -341,10 +355,8 @@ impl Target {
                 0,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != total {
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n != total {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         Ok(())
@@ -451,13 +463,13 @@ pub fn recv_line_with_fd(
             libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
         )
     };
-    if n < 0 {
+    let Ok(n) = usize::try_from(n) else {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock {
             return Ok(None);
         }
         return Err(e);
-    }
+    };
     let mut fds = Vec::new();
     // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control buffer within
     // `msg_controllen`.
@@ -481,7 +493,7 @@ pub fn recv_line_with_fd(
     } else {
         Some(fds.swap_remove(0))
     };
-    Ok(Some((n as usize, first)))
+    Ok(Some((n, first)))
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ fn main() {
 
     let mut vm_times = Vec::new();
     for i in 0..boots {
-        let (mut vm, _run, _img, t) = boot_vm(100 + i as u32, &["sleep"]);
+        let (mut vm, _run, _img, t) = boot_vm(100 + u32::try_from(i).unwrap(), &["sleep"]);
         vm.kill();
         vm_times.push(t);
     }

@@ -11,19 +11,20 @@
 //!    4 GiB space (where an x86 vCPU fetches its first instruction after reset, 0xFFFFFFF0, in
 //!    real mode), fills the page with `hlt`, and runs one vCPU; `KVM_RUN` must return with
 //!    exit reason `KVM_EXIT_HLT` within [`PROBE_TIMEOUT`]. This catches a /dev/kvm that cannot
-//!    create VMs or vCPUs (permissions, nested virtualization off, ...).
+//!    create VMs or vCPUs (permissions, nested virtualization off, ...). The VM, the vCPU and
+//!    `KVM_RUN` are `kvm-ioctls`' handles; only the guest page is mapped here.
 //!
 //! Anything else selects TCG. The result is computed once per process.
-//! `CLOISTER_VM_ACCEL=kvm|tcg` overrides the detection.
+//! `CLOISTER_VM_ACCEL=kvm|tcg` overrides the detection (the runtime reads it into
+//! [`crate::HostConfig::accel`]).
 
-use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// QEMU's accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Hardware virtualization through /dev/kvm.
     Kvm,
@@ -39,46 +40,76 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+
+    /// The accelerator a setting ([`ACCEL_ENV`]) forces: `kvm` or `tcg`; anything else forces
+    /// none.
+    pub fn from_setting(s: &str) -> Option<Accel> {
+        match s {
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
 }
 
-/// Environment override of the probe.
+/// Why KVM cannot run a normal guest on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmProbeError {
+    /// The host's KVM is PVM.
+    #[error("KVM is PVM (kvm_pvm loaded): it runs only PVM-aware guests")]
+    Pvm,
+    /// No hardware KVM vendor module is loaded.
+    #[error("no hardware KVM module (kvm_intel, kvm_amd) loaded")]
+    NoHardwareModule,
+    /// `/dev/kvm` cannot be opened.
+    #[error("/dev/kvm: {0}")]
+    Open(std::io::Error),
+    /// A KVM ioctl failed.
+    #[error("ioctl {request:#x}: {source}")]
+    Ioctl {
+        /// The request.
+        request: libc::c_ulong,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Mapping memory failed.
+    #[error("mmap: {0}")]
+    Mmap(std::io::Error),
+    /// The probe thread could not be started.
+    #[error("spawning the probe: {0}")]
+    Spawn(std::io::Error),
+    /// The test guest exited for another reason than `hlt`.
+    #[error("a real-mode test guest exited with reason {0} instead of HLT (a PVM-only KVM?)")]
+    NotHalted(u32),
+    /// The test guest did not halt within [`PROBE_TIMEOUT`].
+    #[error("the test guest did not halt in time")]
+    Timeout,
+}
+
+/// Environment override of the probe (read by the runtime's configuration).
 pub const ACCEL_ENV: &str = "CLOISTER_VM_ACCEL";
 /// Longest the KVM probe may run.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `KVM_CREATE_VM`, named in errors.
 const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong = 0xAE04;
+/// `KVM_CREATE_VCPU`, named in errors.
 const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
-/// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)` (32 bytes).
+/// `KVM_SET_USER_MEMORY_REGION`, named in errors.
 const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_AE46;
+/// `KVM_RUN`, named in errors.
 const KVM_RUN: libc::c_ulong = 0xAE80;
-const KVM_EXIT_HLT: u32 = 5;
-/// Offset of `exit_reason` in `struct kvm_run`.
-const EXIT_REASON_OFFSET: usize = 8;
+/// `KVM_EXIT_HLT`.
+const KVM_EXIT_HLT: u32 = kvm_bindings::KVM_EXIT_HLT;
 const PAGE: usize = 4096;
 /// Guest-physical page holding the reset vector.
 const RESET_PAGE_GPA: u64 = 0xFFFF_F000;
 
-#[repr(C)]
-struct KvmUserspaceMemoryRegion {
-    slot: u32,
-    flags: u32,
-    guest_phys_addr: u64,
-    memory_size: u64,
-    userspace_addr: u64,
-}
-
-fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: libc::c_ulong) -> Result<libc::c_int, String> {
-    // SAFETY: every request used here takes an integer or a pointer to a live, correctly sized
-    // structure owned by the caller; the kernel validates the rest.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
-    if rc < 0 {
-        Err(format!(
-            "ioctl {req:#x}: {}",
-            std::io::Error::last_os_error()
-        ))
-    } else {
-        Ok(rc)
+/// A failed KVM ioctl `request`.
+fn ioctl_err(request: libc::c_ulong) -> impl FnOnce(kvm_ioctls::Error) -> KvmProbeError {
+    move |e| KvmProbeError::Ioctl {
+        request,
+        source: std::io::Error::from_raw_os_error(e.errno()),
     }
 }
 
@@ -89,24 +120,20 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(len: usize, fd: Option<&OwnedFd>) -> Result<Mapping, String> {
-        let (flags, raw) = match fd {
-            Some(f) => (libc::MAP_SHARED, f.as_raw_fd()),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
-        };
+    fn new(len: usize) -> Result<Mapping, KvmProbeError> {
         // SAFETY: a fresh mapping of `len` bytes; no existing memory is affected.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+            return Err(KvmProbeError::Mmap(std::io::Error::last_os_error()));
         }
         Ok(Mapping { ptr, len })
     }
@@ -122,101 +149,82 @@ impl Drop for Mapping {
 }
 
 /// Runs the one-page `hlt` guest; Ok(exit reason).
-fn run_probe() -> Result<u32, String> {
-    let kvm = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| format!("/dev/kvm: {e}"))?;
-    let kvm = OwnedFd::from(kvm);
-    let vm_fd = ioctl(&kvm, KVM_CREATE_VM, 0)?;
-    // SAFETY: KVM_CREATE_VM returned a new descriptor that nothing else owns.
-    let vm = unsafe { OwnedFd::from_raw_fd(vm_fd) };
-    let mem = Mapping::new(PAGE, None)?;
+fn run_probe() -> Result<u32, KvmProbeError> {
+    use kvm_ioctls::{Kvm, VcpuExit};
+    let kvm = Kvm::new()
+        .map_err(|e| KvmProbeError::Open(std::io::Error::from_raw_os_error(e.errno())))?;
+    let vm = kvm.create_vm().map_err(ioctl_err(KVM_CREATE_VM))?;
+    let mem = Mapping::new(PAGE)?;
     // SAFETY: `mem` is a writable mapping of PAGE bytes.
     unsafe { std::ptr::write_bytes(mem.ptr.cast::<u8>(), 0xF4, PAGE) };
-    let region = KvmUserspaceMemoryRegion {
+    let region = kvm_bindings::kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
         guest_phys_addr: RESET_PAGE_GPA,
         memory_size: PAGE as u64,
         userspace_addr: mem.ptr as u64,
     };
-    ioctl(
-        &vm,
-        KVM_SET_USER_MEMORY_REGION,
-        std::ptr::addr_of!(region) as libc::c_ulong,
-    )?;
-    let vcpu_fd = ioctl(&vm, KVM_CREATE_VCPU, 0)?;
-    // SAFETY: KVM_CREATE_VCPU returned a new descriptor that nothing else owns.
-    let vcpu = unsafe { OwnedFd::from_raw_fd(vcpu_fd) };
-    let run_size = usize::try_from(ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0)?)
-        .map_err(|_| "bad kvm_run size".to_owned())?;
-    if run_size < EXIT_REASON_OFFSET + 4 {
-        return Err("kvm_run too small".into());
-    }
-    let run = Mapping::new(run_size, Some(&vcpu))?;
-    ioctl(&vcpu, KVM_RUN, 0)?;
-    // SAFETY: the kvm_run mapping is at least EXIT_REASON_OFFSET + 4 bytes (checked above);
-    // exit_reason is a naturally aligned u32 written by the kernel before KVM_RUN returned.
-    let reason = unsafe {
-        std::ptr::read_volatile(run.ptr.cast::<u8>().add(EXIT_REASON_OFFSET).cast::<u32>())
+    // SAFETY: the region is `mem`, a live mapping of PAGE bytes that outlives the VM (the VM
+    // is dropped at the end of this function, before `mem`, which was created earlier).
+    unsafe { vm.set_user_memory_region(region) }.map_err(ioctl_err(KVM_SET_USER_MEMORY_REGION))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(ioctl_err(KVM_CREATE_VCPU))?;
+    let halted = matches!(vcpu.run().map_err(ioctl_err(KVM_RUN))?, VcpuExit::Hlt);
+    let reason = if halted {
+        KVM_EXIT_HLT
+    } else {
+        vcpu.get_kvm_run().exit_reason
     };
-    drop(run);
+    drop(vcpu);
+    drop(vm);
     drop(mem);
     Ok(reason)
 }
 
 /// Step 1 of the detection: the kernel's KVM is a hardware one, not PVM.
-pub fn hardware_kvm_module() -> Result<(), String> {
+pub fn hardware_kvm_module() -> Result<(), KvmProbeError> {
     let module = |m: &str| Path::new("/sys/module").join(m).exists();
     if module("kvm_pvm") {
-        return Err("KVM is PVM (kvm_pvm loaded): it runs only PVM-aware guests".into());
+        return Err(KvmProbeError::Pvm);
     }
     if !module("kvm_intel") && !module("kvm_amd") {
-        return Err("no hardware KVM module (kvm_intel, kvm_amd) loaded".into());
+        return Err(KvmProbeError::NoHardwareModule);
     }
     Ok(())
 }
 
 /// Probes KVM (see the module docs); the reason when it is not usable.
-pub fn probe_kvm() -> Result<(), String> {
+pub fn probe_kvm() -> Result<(), KvmProbeError> {
     hardware_kvm_module()?;
     run_test_guest()
 }
 
 /// Step 2 of the detection: runs the one-page `hlt` guest in a thread, bounded in time.
-pub fn run_test_guest() -> Result<(), String> {
+pub fn run_test_guest() -> Result<(), KvmProbeError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
             let _ = tx.send(run_probe());
         })
-        .map_err(|e| format!("spawning the probe: {e}"))?;
+        .map_err(KvmProbeError::Spawn)?;
     match rx.recv_timeout(PROBE_TIMEOUT) {
         Ok(Ok(KVM_EXIT_HLT)) => Ok(()),
-        Ok(Ok(other)) => Err(format!(
-            "a real-mode test guest exited with reason {other} instead of HLT (a PVM-only KVM?)"
-        )),
+        Ok(Ok(other)) => Err(KvmProbeError::NotHalted(other)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err("the test guest did not halt in time".into()),
+        Err(_) => Err(KvmProbeError::Timeout),
     }
 }
 
-/// The accelerator to use on this host (probed once).
+/// The accelerator to use on this host (probed once); [`crate::HostConfig::accel`] forces one
+/// without probing.
 pub fn detect() -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
-    *ACCEL.get_or_init(|| match std::env::var(ACCEL_ENV).as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        Ok("tcg") => Accel::Tcg,
-        _ => match probe_kvm() {
-            Ok(()) => Accel::Kvm,
-            Err(reason) => {
-                tracing::info!(%reason, "KVM cannot run a normal guest here; using TCG");
-                Accel::Tcg
-            }
-        },
+    *ACCEL.get_or_init(|| match probe_kvm() {
+        Ok(()) => Accel::Kvm,
+        Err(reason) => {
+            tracing::info!(%reason, "KVM cannot run a normal guest here; using TCG");
+            Accel::Tcg
+        }
     })
 }
 

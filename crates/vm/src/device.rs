@@ -29,19 +29,21 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::muxer::{Muxer, MAX_PKT_DATA};
+use crate::muxer::{Muxer, MAX_PKT_DATA, MAX_PKT_LEN};
 use crate::packet::{Header, HEADER_LEN};
 
 /// RX queue index.
 pub const RX_QUEUE: u16 = 0;
 /// TX queue index.
 pub const TX_QUEUE: u16 = 1;
+/// Queues served by this device, as a queue index type.
+const QUEUE_COUNT: u16 = 2;
 /// Queues served by this device.
-pub const NUM_QUEUES: usize = 2;
+pub const NUM_QUEUES: usize = QUEUE_COUNT as usize;
 /// Largest queue size accepted.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Worker event of the muxer's epoll descriptor (ids up to NUM_QUEUES are the library's).
-pub const BACKEND_EVENT: u16 = NUM_QUEUES as u16 + 1;
+pub const BACKEND_EVENT: u16 = QUEUE_COUNT + 1;
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
@@ -78,6 +80,14 @@ pub struct VsockBackend {
     cid: u64,
     state: Arc<Mutex<State>>,
     exit: Arc<EventFd>,
+}
+
+impl std::fmt::Debug for VsockBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VsockBackend")
+            .field("cid", &self.cid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VsockBackend {
@@ -128,7 +138,7 @@ impl VsockBackend {
                 break;
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem.deref(), &mut chain, MAX_PKT_DATA as u32) {
+            match VsockPacket::from_tx_virtq_chain(mem.deref(), &mut chain, MAX_PKT_LEN) {
                 Ok(pkt) => {
                     let h = Header {
                         src_cid: pkt.src_cid(),
@@ -183,19 +193,16 @@ impl VsockBackend {
                 break;
             };
             let head = chain.head_index();
-            let mut pkt = match VsockPacket::from_rx_virtq_chain(
-                mem.deref(),
-                &mut chain,
-                MAX_PKT_DATA as u32,
-            ) {
-                Ok(p) => p,
-                Err(_) => {
-                    state.bad_chains += 1;
-                    let _ = queue.add_used(mem.deref(), head, 0);
-                    used = true;
-                    continue;
-                }
-            };
+            let mut pkt =
+                match VsockPacket::from_rx_virtq_chain(mem.deref(), &mut chain, MAX_PKT_LEN) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        state.bad_chains += 1;
+                        let _ = queue.add_used(mem.deref(), head, 0);
+                        used = true;
+                        continue;
+                    }
+                };
             let cap = pkt.data_slice().map_or(0, |d| d.len()).min(MAX_PKT_DATA);
             let State { muxer, scratch, .. } = &mut *state;
             let Some((h, n)) = muxer.next_rx(&mut scratch[..cap]) else {
@@ -211,7 +218,12 @@ impl VsockBackend {
                     Some(_) => false,
                     None => n == 0,
                 };
-            let len = if written { (HEADER_LEN + n) as u32 } else { 0 };
+            // At most a header and MAX_PKT_DATA: always fits.
+            let len = if written {
+                u32::try_from(HEADER_LEN + n).unwrap_or(0)
+            } else {
+                0
+            };
             if queue.add_used(mem.deref(), head, len).is_err() {
                 state.bad_chains += 1;
             }

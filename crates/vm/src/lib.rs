@@ -44,6 +44,7 @@ pub use cloister_vsock::HostIdentity;
 pub use device::{DeviceError, VsockDevice};
 pub use muxer::{Heartbeat, Limits, Muxer, MuxerConfig, MuxerError};
 use qemu::{ConsoleTail, QemuArgs, QemuError};
+pub use qemu::{FirmwareChoice, HostConfig};
 
 /// Console text the kernel prints when it panics.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
@@ -94,8 +95,9 @@ pub struct VmConfig {
     /// `cgroup.procs` files QEMU writes itself into before it drops its privileges (one per
     /// cgroup hierarchy of the enclave's cgroup). Empty: QEMU stays in the monitor's cgroup.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Force an accelerator (default: [`accel::detect`]).
-    pub accel: Option<Accel>,
+    /// QEMU, its firmware and the accelerator ([`HostConfig::accel`] forces one; default:
+    /// [`accel::detect`]).
+    pub host: HostConfig,
     /// Device resource caps.
     pub limits: Limits,
 }
@@ -127,7 +129,7 @@ impl VmConfig {
             run_as: None,
             enclave_identity: None,
             cgroup_procs: Vec::new(),
-            accel: None,
+            host: HostConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -358,27 +360,148 @@ pub fn kernel_cmdline(cfg: &VmConfig, accel: Accel) -> String {
     line
 }
 
+/// The sockets of one VM in its directory.
+struct Sockets {
+    /// The vhost-user socket of the vsock device.
+    vhost: PathBuf,
+    /// QEMU's QMP socket.
+    qmp: PathBuf,
+}
+
+/// Refuses a configuration QEMU must not be started with.
+fn check_config(cfg: &VmConfig) -> Result<(), VmError> {
+    if !cloister_vsock::is_enclave_cid(cfg.cid) {
+        return Err(VmError::Config(format!(
+            "cid {} is not an enclave cid",
+            cfg.cid
+        )));
+    }
+    if cfg.memory_mib < MIN_MEMORY_MIB {
+        return Err(VmError::Config(format!(
+            "{} MiB of memory is below the minimum of {MIN_MEMORY_MIB}",
+            cfg.memory_mib
+        )));
+    }
+    for path in [&cfg.kernel, &cfg.initrd] {
+        if !path.is_file() {
+            return Err(VmError::Config(format!("{} is not a file", path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's command: its command line, a clean environment, its output piped, and the jail it
+/// enters between fork and exec.
+fn qemu_command(cfg: &VmConfig, accel: Accel, sockets: &Sockets) -> Result<Command, VmError> {
+    let cmdline = kernel_cmdline(cfg, accel);
+    let firmware = qemu::select_firmware(&cfg.host);
+    let args = qemu::command_line(&QemuArgs {
+        accel,
+        kernel: &cfg.kernel,
+        initrd: &cfg.initrd,
+        cmdline: &cmdline,
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.cpus.len().max(1),
+        vhost_socket: &sockets.vhost,
+        qmp_socket: &sockets.qmp,
+        hugepages: qemu::hugepages_available(cfg.memory_mib),
+        firmware: &firmware,
+        sandbox: true,
+    });
+    let mut cmd = Command::new(&cfg.host.qemu);
+    cmd.args(&args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The uid change happens in the jail, after the namespaces and the cgroup (std's
+    // `Command::uid` would drop root before `pre_exec` runs).
+    // Under KVM an unprivileged QEMU needs the group that owns /dev/kvm, and nothing else.
+    let kvm_group: Vec<u32> = match accel {
+        Accel::Kvm => std::fs::metadata("/dev/kvm")
+            .ok()
+            .filter(|m| m.permissions().mode() & 0o060 == 0o060)
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .into_iter()
+            .collect(),
+        Accel::Tcg => Vec::new(),
+    };
+    let jail = jail::Jail::new(&cfg.cgroup_procs, cfg.run_as, &kvm_group)?;
+    // SAFETY: the closure runs between fork and exec; `Jail::enter` only makes system calls
+    // on data prepared before the fork (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || jail.enter());
+    }
+    tracing::info!(
+        cid = cfg.cid,
+        accel = accel.qemu_name(),
+        firmware = firmware.name(),
+        "starting QEMU"
+    );
+    Ok(cmd)
+}
+
+/// Pins QEMU's threads (each vCPU thread to one of the enclave's CPUs) through QMP, then
+/// resumes the paused guest.
+fn pin_and_resume(
+    cfg: &VmConfig,
+    pid: u32,
+    qmp_socket: &Path,
+    shared: &Shared,
+) -> Result<(), VmError> {
+    let alive = || shared.poll().is_none();
+    let mut qmp = qemu::Qmp::connect(
+        qmp_socket,
+        Instant::now() + qemu::QMP_CONNECT_TIMEOUT,
+        alive,
+    )?;
+    if !cfg.cpus.is_empty() {
+        for tid in qemu::threads_of(pid) {
+            qemu::pin_thread(tid, &cfg.cpus)?;
+        }
+        for (i, tid) in qmp.vcpu_threads()?.into_iter().enumerate() {
+            qemu::pin_thread(tid, &cfg.cpus[i % cfg.cpus.len()..][..1])?;
+        }
+    }
+    qmp.execute("cont")?;
+    Ok(())
+}
+
+/// The boot watchdog: no heartbeat by `deadline` kills the VM, and so does a firmware that
+/// found nothing to boot.
+fn spawn_watchdog(
+    shared: Arc<Shared>,
+    hb: Arc<Heartbeat>,
+    deadline: Instant,
+) -> Result<(), VmError> {
+    std::thread::Builder::new()
+        .name("vm-boot-watchdog".into())
+        .spawn(move || {
+            while Instant::now() < deadline {
+                if hb.booted() || shared.poll().is_some() {
+                    return;
+                }
+                // A firmware that found nothing to boot waits forever: stop now.
+                if shared.console.boot_failure().is_some() {
+                    shared.kill();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !hb.booted() && shared.poll().is_none() {
+                shared.boot_timed_out.store(true, Ordering::SeqCst);
+                shared.kill();
+            }
+        })
+        .map_err(io_err("spawning the boot watchdog"))?;
+    Ok(())
+}
+
 impl VmEnclave {
     /// Starts the VM (returns once the vCPUs run; the heartbeat comes later).
     pub fn start(mut cfg: VmConfig) -> Result<VmEnclave, VmError> {
-        if !cloister_vsock::is_enclave_cid(cfg.cid) {
-            return Err(VmError::Config(format!(
-                "cid {} is not an enclave cid",
-                cfg.cid
-            )));
-        }
-        if cfg.memory_mib < MIN_MEMORY_MIB {
-            return Err(VmError::Config(format!(
-                "{} MiB of memory is below the minimum of {MIN_MEMORY_MIB}",
-                cfg.memory_mib
-            )));
-        }
-        for path in [&cfg.kernel, &cfg.initrd] {
-            if !path.is_file() {
-                return Err(VmError::Config(format!("{} is not a file", path.display())));
-            }
-        }
-        let accel = cfg.accel.unwrap_or_else(accel::detect);
+        check_config(&cfg)?;
+        let accel = cfg.host.accel.unwrap_or_else(accel::detect);
         let dir = cfg.run_dir.join("vm").join(cfg.cid.to_string());
         std::fs::create_dir_all(&dir).map_err(io_err("creating the VM directory"))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
@@ -395,58 +518,15 @@ impl VmEnclave {
             bind_host_socket: true,
             enclave_identity: cfg.enclave_identity,
         })?;
-        let vhost_socket = dir.join("vsock.sock");
-        let qmp_socket = dir.join("qmp.sock");
-        let _ = std::fs::remove_file(&qmp_socket);
-        let mut device = VsockDevice::start(cfg.cid, muxer, &vhost_socket)?;
-        chown(&vhost_socket, cfg.run_as)?;
-
-        let cmdline = kernel_cmdline(&cfg, accel);
-        let qemu_bin = qemu::qemu_binary();
-        let firmware = qemu::select_firmware(&qemu_bin);
-        let args = qemu::command_line(&QemuArgs {
-            accel,
-            kernel: &cfg.kernel,
-            initrd: &cfg.initrd,
-            cmdline: &cmdline,
-            memory_mib: cfg.memory_mib,
-            vcpus: cfg.cpus.len().max(1),
-            vhost_socket: &vhost_socket,
-            qmp_socket: &qmp_socket,
-            hugepages: qemu::hugepages_available(cfg.memory_mib),
-            firmware: &firmware,
-            sandbox: true,
-        });
-        let mut cmd = Command::new(&qemu_bin);
-        cmd.args(&args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // The uid change happens in the jail, after the namespaces and the cgroup (std's
-        // `Command::uid` would drop root before `pre_exec` runs).
-        // Under KVM an unprivileged QEMU needs the group that owns /dev/kvm, and nothing else.
-        let kvm_group: Vec<u32> = match accel {
-            Accel::Kvm => std::fs::metadata("/dev/kvm")
-                .ok()
-                .filter(|m| m.permissions().mode() & 0o060 == 0o060)
-                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
-                .into_iter()
-                .collect(),
-            Accel::Tcg => Vec::new(),
+        let sockets = Sockets {
+            vhost: dir.join("vsock.sock"),
+            qmp: dir.join("qmp.sock"),
         };
-        let jail = jail::Jail::new(&cfg.cgroup_procs, cfg.run_as, &kvm_group)?;
-        // SAFETY: the closure runs between fork and exec; `Jail::enter` only makes system calls
-        // on data prepared before the fork (no allocation, no locks).
-        unsafe {
-            cmd.pre_exec(move || jail.enter());
-        }
-        tracing::info!(
-            cid = cfg.cid,
-            accel = accel.qemu_name(),
-            firmware = firmware.name(),
-            "starting QEMU"
-        );
+        let _ = std::fs::remove_file(&sockets.qmp);
+        let mut device = VsockDevice::start(cfg.cid, muxer, &sockets.vhost)?;
+        chown(&sockets.vhost, cfg.run_as)?;
+
+        let mut cmd = qemu_command(&cfg, accel, &sockets)?;
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
         let pid = child.id();
@@ -481,60 +561,18 @@ impl VmEnclave {
         if let Some(err) = stderr {
             let _ = qemu::capture_console(err, Path::new("/dev/null"), stderr_tail);
         }
-
-        let alive = || shared.poll().is_none();
-        let setup = (|| -> Result<(), VmError> {
-            let mut qmp = qemu::Qmp::connect(
-                &qmp_socket,
-                Instant::now() + qemu::QMP_CONNECT_TIMEOUT,
-                alive,
-            )?;
-            if !cfg.cpus.is_empty() {
-                for tid in qemu::threads_of(pid) {
-                    qemu::pin_thread(tid, &cfg.cpus)?;
-                }
-                for (i, tid) in qmp.vcpu_threads()?.into_iter().enumerate() {
-                    qemu::pin_thread(tid, &cfg.cpus[i % cfg.cpus.len()..][..1])?;
-                }
-            }
-            qmp.execute("cont")?;
-            Ok(())
-        })();
-        if let Err(e) = setup {
+        if let Err(e) = pin_and_resume(&cfg, pid, &sockets.qmp, &shared) {
             let e = match shared.poll() {
                 Some(exit) => VmError::Exited(exit),
                 None => e,
             };
             return Err(fail(e, &shared, &mut device));
         }
-
-        // Watchdog: no heartbeat within the boot timeout kills the VM.
-        {
-            let shared = shared.clone();
-            let hb = heartbeat.clone();
-            let timeout = cfg.boot_timeout;
-            std::thread::Builder::new()
-                .name("vm-boot-watchdog".into())
-                .spawn(move || {
-                    let deadline = started + timeout;
-                    while Instant::now() < deadline {
-                        if hb.booted() || shared.poll().is_some() {
-                            return;
-                        }
-                        // A firmware that found nothing to boot waits forever: stop now.
-                        if shared.console.boot_failure().is_some() {
-                            shared.kill();
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    if !hb.booted() && shared.poll().is_none() {
-                        shared.boot_timed_out.store(true, Ordering::SeqCst);
-                        shared.kill();
-                    }
-                })
-                .map_err(io_err("spawning the boot watchdog"))?;
-        }
+        spawn_watchdog(
+            shared.clone(),
+            heartbeat.clone(),
+            started + cfg.boot_timeout,
+        )?;
 
         Ok(VmEnclave {
             shared,

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
 
-/// QEMU binary (`CLOISTER_QEMU` overrides).
+/// QEMU binary (`CLOISTER_QEMU` overrides, through [`HostConfig::qemu`]).
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// Most console bytes written to the console file; the rest is dropped (and counted).
 pub const MAX_CONSOLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -138,12 +138,12 @@ fn resolve_binary(bin: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// QEMU's data directories for `bin`, in lookup order: [`DATADIR_ENV`], the binary's own
-/// (`<dir of the resolved binary>/../share/qemu`), then [`STANDARD_DATADIRS`].
-pub fn datadir_candidates(bin: &Path) -> Vec<PathBuf> {
+/// QEMU's data directories for `bin`, in lookup order: `named` ([`DATADIR_ENV`]), the
+/// binary's own (`<dir of the resolved binary>/../share/qemu`), then [`STANDARD_DATADIRS`].
+pub fn datadir_candidates(bin: &Path, named: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os(DATADIR_ENV).filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(d));
+    if let Some(d) = named.filter(|d| !d.as_os_str().is_empty()) {
+        dirs.push(d.to_owned());
     }
     if let Some(real) = resolve_binary(bin).and_then(|b| std::fs::canonicalize(b).ok()) {
         if let Some(prefix) = real.parent().and_then(Path::parent) {
@@ -179,11 +179,67 @@ fn datadirs_from_qemu(bin: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The firmware for QEMU binary `bin` (see the module comment): `CLOISTER_VM_FIRMWARE`, else
+/// The firmware choice of [`HostConfig::firmware`] (the runtime reads it from
+/// `CLOISTER_VM_FIRMWARE`, [`FIRMWARE_ENV`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareChoice {
+    /// qboot when a data directory has it, else the default firmware with its option ROMs.
+    #[default]
+    Auto,
+    /// qboot, even when no data directory is found to have it (QEMU then looks itself).
+    Qboot,
+    /// The default firmware with its option ROMs.
+    Seabios,
+    /// The default firmware with option ROMs off.
+    SeabiosNoOptionRoms,
+}
+
+impl FirmwareChoice {
+    /// The choice a setting names (`qboot`, `seabios`, `seabios-no-option-roms`, surrounding
+    /// white space ignored); anything else (`auto`, empty) is [`FirmwareChoice::Auto`].
+    pub fn from_setting(s: &str) -> Self {
+        match s.trim() {
+            "qboot" => FirmwareChoice::Qboot,
+            "seabios" => FirmwareChoice::Seabios,
+            "seabios-no-option-roms" => FirmwareChoice::SeabiosNoOptionRoms,
+            _ => FirmwareChoice::Auto,
+        }
+    }
+}
+
+/// Where QEMU and its firmware are on this host, and which accelerator to force: the host half
+/// of the VM backend's configuration, filled by the runtime's configuration (the environment
+/// is read there, never in this crate).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The QEMU binary: a path, or a name looked up in `PATH` (default [`QEMU_BINARY`]).
+    pub qemu: PathBuf,
+    /// QEMU's data directory, looked at first ([`DATADIR_ENV`]).
+    pub datadir: Option<PathBuf>,
+    /// The firmware ([`select_firmware`]).
+    pub firmware: FirmwareChoice,
+    /// The accelerator, forced; `None`: [`crate::accel::detect`].
+    pub accel: Option<Accel>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            qemu: PathBuf::from(QEMU_BINARY),
+            datadir: None,
+            firmware: FirmwareChoice::Auto,
+            accel: None,
+        }
+    }
+}
+
+/// The firmware for `host.qemu` (see the module comment): `host.firmware` when forced, else
 /// qboot when a data directory has it, else the default firmware with its option ROMs.
-pub fn select_firmware(bin: &Path) -> Firmware {
-    let choice = std::env::var(FIRMWARE_ENV).unwrap_or_default();
-    let candidates = datadir_candidates(bin);
+pub fn select_firmware(host: &HostConfig) -> Firmware {
+    let bin = host.qemu.as_path();
+    let candidates = datadir_candidates(bin, host.datadir.as_deref());
     let find_qboot = || {
         candidates
             .iter()
@@ -199,23 +255,23 @@ pub fn select_firmware(bin: &Path) -> Firmware {
         rom: d.join(QBOOT_ROM),
         datadir: Some(d),
     };
-    match choice.trim() {
-        "seabios-no-option-roms" => Firmware::DefaultNoOptionRoms {
+    match host.firmware {
+        FirmwareChoice::SeabiosNoOptionRoms => Firmware::DefaultNoOptionRoms {
             datadir: candidates.into_iter().find(|d| d.is_dir()),
         },
-        "seabios" => Firmware::Default {
+        FirmwareChoice::Seabios => Firmware::Default {
             datadir: candidates.into_iter().find(|d| d.is_dir()),
         },
         // Forced: without a ROM on disk, QEMU looks for it in its own directories and says
         // so clearly when it is not there.
-        "qboot" => find_qboot().map_or_else(
+        FirmwareChoice::Qboot => find_qboot().map_or_else(
             || Firmware::Qboot {
                 rom: PathBuf::from(QBOOT_ROM),
                 datadir: None,
             },
             qboot,
         ),
-        _ => find_qboot().map_or_else(
+        FirmwareChoice::Auto => find_qboot().map_or_else(
             || Firmware::Default {
                 datadir: candidates.into_iter().find(|d| d.is_dir()),
             },
@@ -443,7 +499,8 @@ pub fn capture_console(
                 };
                 tail.push(&buf[..n]);
                 let room = MAX_CONSOLE_BYTES.saturating_sub(written);
-                let take = (n as u64).min(room) as usize;
+                // At most `n`, a buffer length.
+                let take = usize::try_from(room).map_or(n, |room| n.min(room));
                 if take > 0 && file.write_all(&buf[..take]).is_ok() {
                     written += take as u64;
                 }
@@ -558,11 +615,14 @@ impl Qmp {
             .ok_or_else(|| QemuError::Qmp("query-cpus-fast: not a list".into()))?;
         let mut out = vec![0; cpus.len()];
         for c in cpus {
-            let idx = c.get("cpu-index").and_then(serde_json::Value::as_u64);
+            let idx = c
+                .get("cpu-index")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok());
             let tid = c.get("thread-id").and_then(serde_json::Value::as_i64);
             match (idx, tid) {
-                (Some(i), Some(t)) if (i as usize) < out.len() => {
-                    out[i as usize] = i32::try_from(t)
+                (Some(i), Some(t)) if i < out.len() => {
+                    out[i] = i32::try_from(t)
                         .map_err(|_| QemuError::Qmp("thread id out of range".into()))?;
                 }
                 _ => return Err(QemuError::Qmp("query-cpus-fast: malformed entry".into())),
@@ -598,11 +658,6 @@ pub fn threads_of(pid: u32) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The QEMU binary to run.
-pub fn qemu_binary() -> PathBuf {
-    std::env::var_os("CLOISTER_QEMU").map_or_else(|| PathBuf::from(QEMU_BINARY), PathBuf::from)
 }
 
 #[cfg(test)]
@@ -669,11 +724,15 @@ mod tests {
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
         std::fs::write(&bin, b"").unwrap();
         let data = d.path().join("usr/share/qemu");
-        assert_eq!(datadir_candidates(&bin).first(), Some(&data));
+        assert_eq!(datadir_candidates(&bin, None).first(), Some(&data));
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join(QBOOT_ROM), b"rom").unwrap();
+        let host = HostConfig {
+            qemu: bin.clone(),
+            ..HostConfig::default()
+        };
         assert_eq!(
-            select_firmware(&bin),
+            select_firmware(&host),
             Firmware::Qboot {
                 rom: data.join(QBOOT_ROM),
                 datadir: Some(data)

@@ -136,7 +136,9 @@ fn heartbeat_parent_echo_and_kill() {
     }
     let mut s = stream.unwrap_or_else(|| panic!("no listener:\n{}", r.vm.console_tail()));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let msg: Vec<u8> = (0..300_000u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
     let writer = {
         let mut w = s.try_clone().unwrap();
         let m = msg.clone();

@@ -5,16 +5,17 @@
 //! option ROMs off) stops at "No bootable device": the VM must end at once with
 //! [`VmExit::Unbootable`], not at the boot timeout. Run as root.
 //!
-//! One test function: the QEMU binary and the firmware are chosen through the process's
-//! environment (`CLOISTER_QEMU`, `CLOISTER_VM_FIRMWARE`), which parallel tests would share.
+//! One test function: the VMs share the serial lock of the VM tests; the QEMU binary and the
+//! firmware are chosen through [`HostConfig`] (what `CLOISTER_QEMU` and `CLOISTER_VM_FIRMWARE`
+//! fill in the runtime).
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cloister_vm::qemu::{select_firmware, Firmware, FIRMWARE_ENV};
-use cloister_vm::{VmConfig, VmEnclave, VmError, VmExit};
+use cloister_vm::qemu::{select_firmware, Firmware};
+use cloister_vm::{FirmwareChoice, HostConfig, VmConfig, VmEnclave, VmError, VmExit};
 
 /// Generous: TCG on a shared two-core machine.
 const BOOT: Duration = Duration::from_secs(180);
@@ -51,7 +52,12 @@ fn version(bin: &std::path::Path) -> String {
         .to_owned()
 }
 
-fn start(cid: u32, run: &tempfile::TempDir, img: &common::Image) -> Result<VmEnclave, VmError> {
+fn start(
+    cid: u32,
+    run: &tempfile::TempDir,
+    img: &common::Image,
+    host: &HostConfig,
+) -> Result<VmEnclave, VmError> {
     let mut cfg = VmConfig::new(
         &img.kernel,
         &img.initrd,
@@ -63,6 +69,7 @@ fn start(cid: u32, run: &tempfile::TempDir, img: &common::Image) -> Result<VmEnc
     cfg.boot_timeout = BOOT;
     cfg.run_as = Some(common::VM_USER);
     cfg.cpus = vec![0];
+    cfg.host = host.clone();
     VmEnclave::start(cfg)
 }
 
@@ -73,16 +80,18 @@ fn boots_on_qemu_7_2_and_10_and_reports_an_unbootable_guest_at_once() {
     let q10 = qemu10();
     let system = PathBuf::from(cloister_vm::qemu::QEMU_BINARY);
     for (cid, bin) in [(31, system), (32, q10.clone())] {
-        std::env::set_var("CLOISTER_QEMU", &bin);
-        std::env::remove_var(FIRMWARE_ENV);
+        let host = HostConfig {
+            qemu: bin.clone(),
+            ..HostConfig::default()
+        };
         let v = version(&bin);
-        let firmware = select_firmware(&bin);
+        let firmware = select_firmware(&host);
         assert!(
             matches!(firmware, Firmware::Qboot { .. }),
             "{v}: {firmware:?}"
         );
         let run = tempfile::tempdir().unwrap();
-        let mut vm = start(cid, &run, &img).expect("VM start");
+        let mut vm = start(cid, &run, &img, &host).expect("VM start");
         match vm.wait_heartbeat(BOOT) {
             Ok(t) => eprintln!("{v}: heartbeat after {t:?} ({:?}, qboot)", vm.accel()),
             Err(e) => panic!("{v}: no heartbeat: {e}\nconsole:\n{}", vm.console_tail()),
@@ -91,17 +100,18 @@ fn boots_on_qemu_7_2_and_10_and_reports_an_unbootable_guest_at_once() {
     }
 
     // QEMU 10 with the old firmware setting: "No bootable device", reported at once.
-    std::env::set_var("CLOISTER_QEMU", &q10);
-    std::env::set_var(FIRMWARE_ENV, "seabios-no-option-roms");
+    let host = HostConfig {
+        qemu: q10.clone(),
+        firmware: FirmwareChoice::SeabiosNoOptionRoms,
+        ..HostConfig::default()
+    };
     let run = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let result = start(33, &run, &img).and_then(|vm| {
+    let result = start(33, &run, &img, &host).and_then(|vm| {
         let r = vm.wait_heartbeat(BOOT);
         drop(vm);
         r
     });
-    std::env::remove_var(FIRMWARE_ENV);
-    std::env::remove_var("CLOISTER_QEMU");
     let took = t.elapsed();
     match result {
         Err(VmError::Exited(VmExit::Unbootable(line))) => {

@@ -54,7 +54,18 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::stream::LISTEN_BACKLOG;
+/// Listen backlog of fabric and native listeners.
+pub const LISTEN_BACKLOG: i32 = 128;
+
+/// Removes `path` if it is still the file identified by `id` (not one a successor bound).
+pub(crate) fn remove_if_same(path: &Path, id: (u64, u64)) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if (meta.dev(), meta.ino()) == id {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
 
 /// How long probing an existing socket file (live or stale?) may take.
 const STALE_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -597,7 +608,7 @@ impl EnclaveHostSocket {
         })?;
         if let Some(identity) = identity {
             if let Err(source) = set_entry_group(&path, id, identity.gid) {
-                crate::stream::remove_if_same(&path, id);
+                remove_if_same(&path, id);
                 return Err(HostSocketError::Io {
                     context: "giving the host socket the enclave's group",
                     source,
@@ -620,7 +631,7 @@ impl EnclaveHostSocket {
 
 impl Drop for EnclaveHostSocket {
     fn drop(&mut self) {
-        crate::stream::remove_if_same(&self.path, self.id);
+        remove_if_same(&self.path, self.id);
     }
 }
 

@@ -7,11 +7,9 @@
 //! bytes; an `AF_VSOCK` socket natively), so reads and writes cost what the kernel charges and
 //! nothing more.
 
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,7 +19,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::addr::{is_enclave_cid, VsockAddr, PARENT_CID, VMADDR_CID_ANY, VMADDR_PORT_ANY};
 use crate::fdpass::FdLine;
 use crate::hostfs::{
-    bind_unix_replacing_stale, broker_vouches, peer_ids, BindError, FabricDir, FabricError,
+    bind_unix_replacing_stale, broker_vouches, peer_ids, remove_if_same, BindError, FabricDir,
+    FabricError,
 };
 use crate::proto::{self, BrokerReply, LineBuf, ProtoError};
 use crate::ratelimit::RateLimiter;
@@ -40,8 +39,7 @@ pub const FABRIC_SUBDIR: &str = "vsock";
 pub const VSOCK_DEVICE: &str = "/dev/vsock";
 /// Longest time a handshake (line exchange) may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Listen backlog of fabric and native listeners.
-pub const LISTEN_BACKLOG: i32 = 128;
+pub use crate::hostfs::LISTEN_BACKLOG;
 
 /// Errors of vsock streams and listeners.
 #[derive(Debug, thiserror::Error)]
@@ -174,11 +172,36 @@ pub enum Transport {
     Native,
 }
 
-/// The run directory: `$CLOISTER_RUN_DIR` or `/run/cloister`.
+/// The run directory a program set for itself ([`set_run_dir`]), overriding the environment.
+static RUN_DIR_OVERRIDE: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Sets this process's run directory, in place of `$CLOISTER_RUN_DIR` (a program that takes
+/// its configuration from elsewhere, such as the `cloister` CLI with nitro-cli's
+/// `NITRO_CLI_SOCKETS_PATH`); `None` goes back to the environment. Like a set
+/// `$CLOISTER_RUN_DIR`, a set directory makes [`Transport::detect`] choose the host fabric.
+pub fn set_run_dir(dir: Option<PathBuf>) {
+    *RUN_DIR_OVERRIDE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = dir;
+}
+
+/// The run directory given by [`set_run_dir`] or `$CLOISTER_RUN_DIR`, if any.
+fn configured_run_dir() -> Option<PathBuf> {
+    let set = RUN_DIR_OVERRIDE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    set.or_else(|| {
+        std::env::var_os(RUN_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// The run directory: the one set with [`set_run_dir`], else `$CLOISTER_RUN_DIR`, else
+/// `/run/cloister`.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os(RUN_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
+    configured_run_dir().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
 }
 
 /// The host fabric directory: `<run>/vsock`.
@@ -188,7 +211,7 @@ pub fn fabric_dir() -> PathBuf {
 
 impl Transport {
     /// Chooses the transport: `$CLOISTER_VSOCK_TRANSPORT` when set; else the enclave side when
-    /// `/dev/vsock.sock` exists; else the host fabric when `$CLOISTER_RUN_DIR` is set, when
+    /// `/dev/vsock.sock` exists; else the host fabric when a run directory is set ([`run_dir`]), when
     /// `<run>/vsock` exists or when the kernel has no `/dev/vsock`; else native AF_VSOCK.
     pub fn detect() -> Transport {
         match std::env::var(TRANSPORT_ENV).as_deref() {
@@ -201,10 +224,7 @@ impl Transport {
             return Transport::Enclave(PathBuf::from(ENCLAVE_SOCKET_PATH));
         }
         let fabric = fabric_dir();
-        if std::env::var_os(RUN_DIR_ENV).is_some_and(|v| !v.is_empty())
-            || fabric.is_dir()
-            || !Path::new(VSOCK_DEVICE).exists()
-        {
+        if configured_run_dir().is_some() || fabric.is_dir() || !Path::new(VSOCK_DEVICE).exists() {
             return Transport::Fabric(fabric);
         }
         Transport::Native
@@ -852,15 +872,6 @@ impl Drop for VsockListener {
     fn drop(&mut self) {
         if let ListenerKind::Fabric { path, id, .. } = &self.kind {
             remove_if_same(path, *id);
-        }
-    }
-}
-
-/// Removes `path` if it is still the file identified by `id` (not one a successor bound).
-pub(crate) fn remove_if_same(path: &Path, id: (u64, u64)) {
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if (meta.dev(), meta.ino()) == id {
-            let _ = fs::remove_file(path);
         }
     }
 }

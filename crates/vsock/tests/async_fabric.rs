@@ -29,7 +29,7 @@ async fn async_both_directions() {
     let mut c = VsockStream::connect_with(fabric.clone(), VsockAddr::new(60, 5000))
         .await
         .unwrap();
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| i as u8).collect();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| i.to_le_bytes()[0]).collect();
     c.write_all(&data).await.unwrap();
     let mut back = Vec::new();
     c.read_to_end(&mut back).await.unwrap();

@@ -304,7 +304,7 @@ fn nsm_framing() {
     assert_eq!(resp, b"InputTooLarge");
     let calls = fx.nsm.calls.load(Ordering::SeqCst);
     // Over the hard cap: closed without reading the body or calling the service.
-    nsm.write_all(&(NSM_FRAME_HARD_CAP as u32 + 1).to_be_bytes())
+    nsm.write_all(&(u32::try_from(NSM_FRAME_HARD_CAP).unwrap() + 1).to_be_bytes())
         .unwrap();
     let mut b = [0u8; 1];
     assert_eq!(nsm.read(&mut b).unwrap(), 0);

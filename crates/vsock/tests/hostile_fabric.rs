@@ -218,7 +218,7 @@ fn thread_cpus() -> Vec<usize> {
     let rc =
         unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     assert_eq!(rc, 0);
-    (0..libc::CPU_SETSIZE as usize)
+    (0..usize::try_from(libc::CPU_SETSIZE).unwrap())
         // SAFETY: `cpu` is below CPU_SETSIZE.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect()
@@ -248,7 +248,7 @@ fn hammer_nsm(cid: u32, nsm: Arc<SlowNsm>, cpus: &[usize]) {
         dir.path().join("enclave.sock"),
         nsm.clone(),
     )
-    .with_enclave_cpus(cpus.iter().map(|&c| c as u32).collect())
+    .with_enclave_cpus(cpus.iter().map(|&c| u32::try_from(c).unwrap()).collect())
     .with_limits(BrokerLimits {
         max_nsm_workers: 4,
         ..BrokerLimits::default()

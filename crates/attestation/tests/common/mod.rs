@@ -18,7 +18,9 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
+        .as_millis()
+        .try_into()
+        .unwrap()
 }
 
 /// A certificate with its key and the parameters it was made from.
@@ -114,7 +116,7 @@ pub fn payload(leaf: &TestCert, cabundle: &[&TestCert]) -> AttestationDoc {
         digest: Digest::SHA384,
         timestamp: now_ms(),
         pcrs: (0..16)
-            .map(|i| (i, ByteBuf::from(vec![i as u8 + 1; 48])))
+            .map(|i| (i, ByteBuf::from(vec![u8::try_from(i).unwrap() + 1; 48])))
             .collect(),
         certificate: ByteBuf::from(leaf.der.clone()),
         cabundle: cabundle

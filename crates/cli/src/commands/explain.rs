@@ -1,6 +1,7 @@
 //! `cloister explain`: prints what an error code means: Cloister's own codes (`E` and three
 //! digits) and nitro-cli's (`E00`-`E60`, with the Cloister codes that map to each).
 
+use crate::codes;
 use crate::errors::{all_codes, lookup, print_json, CliError, CliResult};
 use crate::nitro::{self, lookup_nitro, nitro_code_for, ErrorStyle, HELP_LINK_BASE};
 use clap::Args;
@@ -47,7 +48,7 @@ pub fn run(args: ExplainArgs) -> CliResult<()> {
     if let Some(n) = lookup_nitro(&code) {
         let ours: Vec<&str> = all_codes()
             .filter(|i| nitro_code_for(i) == n.code)
-            .map(|i| i.code)
+            .map(|i| i.code.as_str())
             .collect();
         let mut text = format!("{} {}\n", n.message, n.explanation);
         if ours.is_empty() {
@@ -71,5 +72,8 @@ pub fn run(args: ExplainArgs) -> CliResult<()> {
         }
         return Ok(());
     }
-    Err(CliError::msg("E001", format!("no such error code: {code}")))
+    Err(CliError::msg(
+        codes::E001,
+        format!("no such error code: {code}"),
+    ))
 }

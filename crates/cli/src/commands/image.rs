@@ -4,9 +4,10 @@
 //! The logic lives in `cloister_image_builder`; this module parses flags, maps errors to codes
 //! and prints JSON.
 
-use crate::commands::eif::{cli_error, OutputOptions};
+use crate::codes::{self, Code};
+use crate::commands::eif::output::{cli_error, load_signer, remove_partial_output, OutputOptions};
 use crate::docker_engine::{self, Builder};
-use crate::errors::{print_json, CliError, CliResult, ErrorInfo, ExitKind};
+use crate::errors::{print_json, CliError, CliResult};
 use clap::{Args, Subcommand};
 use cloister_eif::measure::Measurements;
 use cloister_image_builder::build::{prepare, write_eif, BuildError, BuildRequest, ImageInput};
@@ -104,165 +105,53 @@ pub struct ContainerInputs {
     pub temp_dir: Option<PathBuf>,
 }
 
-/// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[
-    ErrorInfo {
-        code: "E601",
-        exit: ExitKind::InvalidInput,
-        summary: "Invalid container image",
-        explanation: "The image source (OCI layout, docker save archive or rootfs directory) \
-                      could not be read or its index, manifest or config is malformed. The \
-                      message names the document and the problem.",
-    },
-    ErrorInfo {
-        code: "E602",
-        exit: ExitKind::VerificationFailed,
-        summary: "Image content does not match its digest",
-        explanation: "A blob (config or layer) has a different SHA-256 or size than its \
-                      manifest says: the image is corrupt or was tampered with. Re-export it.",
-    },
-    ErrorInfo {
-        code: "E603",
-        exit: ExitKind::Usage,
-        summary: "Image tag not found or ambiguous",
-        explanation: "The source holds several images and none or the wrong one was chosen. \
-                      Add :TAG to --oci-layout or --docker-archive; the message lists the tags.",
-    },
-    ErrorInfo {
-        code: "E604",
-        exit: ExitKind::Unavailable,
-        summary: "No Docker engine",
-        explanation: "--docker-uri reads the image from a Docker engine's socket, and none \
-                      answered. Export the image elsewhere (`docker save -o img.tar IMAGE`) and \
-                      use --docker-archive, or use --oci-layout.",
-    },
-    ErrorInfo {
-        code: "E605",
-        exit: ExitKind::Failure,
-        summary: "The Docker engine or the registry refused the request",
-        explanation: "The engine answered with an HTTP error (for example, the image does not \
-                      exist). Its message is shown.",
-    },
-    ErrorInfo {
-        code: "E606",
-        exit: ExitKind::InvalidInput,
-        summary: "Unreadable image layer",
-        explanation: "A layer is truncated, not a tar archive, compressed with something other \
-                      than gzip or zstd, or has an unusable entry.",
-    },
-    ErrorInfo {
-        code: "E607",
-        exit: ExitKind::InvalidInput,
-        summary: "Hostile path in the image",
-        explanation: "A layer names a path with `..`, writes through a symlink that leads \
-                      outside the image root, loops through symlinks, or puts a file under a \
-                      non-directory. Nothing was written to the host; the image is refused.",
-    },
-    ErrorInfo {
-        code: "E608",
-        exit: ExitKind::InvalidInput,
-        summary: "Image exceeds a limit",
-        explanation: "Too many layers, files, bytes (uncompressed), or a layer that \
-                      decompresses far beyond its size (a decompression bomb).",
-    },
-    ErrorInfo {
-        code: "E609",
-        exit: ExitKind::InvalidInput,
-        summary: "No usable command or environment",
-        explanation: "The image sets neither Cmd nor Entrypoint, or an argument or variable \
-                      has a newline (the enclave's cmd and env files hold one per line). Give \
-                      --cmd, --entrypoint or --env.",
-    },
-    ErrorInfo {
-        code: "E610",
-        exit: ExitKind::Unavailable,
-        summary: "Blobs directory missing or incomplete",
-        explanation: "Images are built around Cloister's blobs (init and cmdline; a kernel too \
-                      for VM images). They are looked for in --blobs DIR, CLOISTER_BLOBS, \
-                      NITRO_CLI_BLOBS, <dir of the cloister executable>/../share/cloister/blobs \
-                      and /usr/share/cloister/blobs, in this order. Install them with Cloister's \
-                      package (cloister_*.deb, into /usr/share/cloister/blobs) or its release \
-                      tarball (share/cloister/blobs beside bin/cloister); in a source tree, \
-                      `cargo xtask dist` builds them under target/dist/cloister. For VM images, \
-                      `cloister blobs prepare --output DIR --kernel-version V` adds a kernel and \
-                      its vsock modules; pass that directory with --blobs.",
-    },
-    ErrorInfo {
-        code: "E611",
-        exit: ExitKind::System,
-        summary: "Cannot write the image",
-        explanation: "Writing a ramdisk, a temporary file or the output failed (disk full, \
-                      permissions).",
-    },
-    ErrorInfo {
-        code: "E612",
-        exit: ExitKind::Usage,
-        summary: "Dockerfile build failed",
-        explanation: "--docker-dir builds the directory's Dockerfile, tagged with \
-                      --docker-uri: with the Docker engine when one answers on \
-                      DOCKER_HOST=unix://PATH or /var/run/docker.sock (`docker build`, or the \
-                      engine's API without the docker command), otherwise with buildah \
-                      (Debian: apt-get install buildah). Neither is available, the directory \
-                      has no Dockerfile, or the build failed: the message quotes the builder's \
-                      error.",
-    },
-    ErrorInfo {
-        code: "E613",
-        exit: ExitKind::Failure,
-        summary: "Cannot prepare blobs",
-        explanation: "`blobs prepare` could not fetch or unpack the kernel package, find the \
-                      kernel or the vsock modules, or write the output.",
-    },
-    ErrorInfo {
-        code: "E614",
-        exit: ExitKind::Usage,
-        summary: "Conflicting image inputs",
-        explanation: "Give exactly one of --docker-uri, --oci-layout, --docker-archive, \
-                      --rootfs (or the raw --kernel/--cmdline/--ramdisk inputs).",
-    },
-];
+pub use crate::codes::image::CODES;
 
 /// The code for a build error.
-pub fn build_error_code(e: &BuildError) -> &'static str {
+pub fn build_error_code(e: &BuildError) -> Code {
     match e {
         BuildError::Source(s) => match s {
-            SourceError::DigestMismatch { .. } => "E602",
-            SourceError::TagNotFound { .. } | SourceError::Ambiguous { .. } => "E603",
-            SourceError::NoEngine { .. } => "E604",
-            SourceError::Engine { .. } => "E605",
-            _ => "E601",
+            SourceError::DigestMismatch { .. } => codes::E602,
+            SourceError::TagNotFound { .. } | SourceError::Ambiguous { .. } => codes::E603,
+            SourceError::NoEngine { .. } => codes::E604,
+            SourceError::Engine { .. } => codes::E605,
+            _ => codes::E601,
         },
         BuildError::Layer(l) => match l {
-            LayerError::DigestMismatch { .. } | LayerError::SizeMismatch { .. } => "E602",
-            LayerError::TooLarge { .. } | LayerError::Bomb { .. } => "E608",
+            LayerError::DigestMismatch { .. } | LayerError::SizeMismatch { .. } => codes::E602,
+            LayerError::TooLarge { .. } | LayerError::Bomb { .. } => codes::E608,
             LayerError::Entry { source, .. } => tree_code(source),
-            _ => "E606",
+            _ => codes::E606,
         },
         BuildError::Tree(t) => tree_code(t),
-        BuildError::TooManyLayers { .. } => "E608",
-        BuildError::Config(_) => "E609",
-        BuildError::Blobs(_) => "E610",
-        BuildError::Ramdisk { .. } | BuildError::Eif(_) | BuildError::Io { .. } => "E611",
-        BuildError::EpochTooLarge(_) => "E003",
-        BuildError::DockerfileUnsupported => "E612",
+        BuildError::TooManyLayers { .. } => codes::E608,
+        BuildError::Config(_) => codes::E609,
+        BuildError::Blobs(_) => codes::E610,
+        BuildError::Ramdisk { .. } | BuildError::Eif(_) | BuildError::Io { .. } => codes::E611,
+        BuildError::EpochTooLarge(_) => codes::E003,
+        BuildError::DockerfileUnsupported => codes::E612,
     }
 }
 
-fn tree_code(t: &TreeError) -> &'static str {
+fn tree_code(t: &TreeError) -> Code {
     match t {
         TreeError::TooManyEntries { .. }
         | TreeError::MetadataTooLarge { .. }
         | TreeError::ContentTooLarge { .. }
-        | TreeError::PathTooLong { .. } => "E608",
-        TreeError::Spill(_) => "E611",
-        _ => "E607",
+        | TreeError::PathTooLong { .. } => codes::E608,
+        TreeError::Spill(_) => codes::E611,
+        _ => codes::E607,
     }
 }
 
 fn argv(flag: &str, s: &str) -> CliResult<Vec<String>> {
     if s.trim_start().starts_with('[') {
-        serde_json::from_str(s)
-            .map_err(|e| CliError::msg("E003", format!("{flag}: not a JSON array of strings: {e}")))
+        serde_json::from_str(s).map_err(|e| {
+            CliError::msg(
+                codes::E003,
+                format!("{flag}: not a JSON array of strings: {e}"),
+            )
+        })
     } else {
         Ok(s.split_whitespace().map(str::to_owned).collect())
     }
@@ -281,14 +170,14 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
     .filter(|g| **g)
     .count();
     if given > 1 && !(given == 2 && c.docker_dir.is_some() && c.docker_uri.is_some()) {
-        return Err(CliError::msg("E614", "give only one image input"));
+        return Err(CliError::msg(codes::E614, "give only one image input"));
     }
     if let Some(dir) = &c.docker_dir {
         let tag = c
             .docker_uri
             .as_deref()
             .unwrap_or("localhost/cloister-build:latest");
-        docker_engine::dockerfile_of(dir).map_err(|e| CliError::new("E612", e))?;
+        docker_engine::dockerfile_of(dir).map_err(|e| CliError::new(codes::E612, e))?;
         let socket = source::docker_socket_from_env();
         return match docker_engine::choose_builder(
             &socket,
@@ -297,7 +186,7 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
             // The engine builds it and keeps the image, read back as --docker-uri reads one.
             Builder::Engine(socket) => {
                 docker_engine::engine_build(&socket, dir, tag)
-                    .map_err(|e| CliError::new("E612", e))?;
+                    .map_err(|e| CliError::new(codes::E612, e))?;
                 Ok(Some(ImageInput::DockerEngine {
                     image: tag.to_owned(),
                     socket,
@@ -306,11 +195,11 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
             // No engine: buildah builds it (image-builder's dockerfile.rs).
             Builder::Buildah => {
                 let file = cloister_image_builder::dockerfile::build_with_buildah(dir, tag)
-                    .map_err(|e| CliError::new("E612", e))?;
+                    .map_err(|e| CliError::new(codes::E612, e))?;
                 Ok(Some(ImageInput::DockerArchive { file, tag: None }))
             }
             Builder::None => Err(CliError::new(
-                "E612",
+                codes::E612,
                 docker_engine::EngineBuildError::NoBuilder {
                     socket: socket.display().to_string(),
                 },
@@ -340,18 +229,18 @@ pub fn container_input(c: &ContainerInputs) -> CliResult<Option<ImageInput>> {
         let (file, tag) = source::split_tag(spec);
         Some(ImageInput::DockerArchive { file, tag })
     } else if let Some(dir) = &c.rootfs {
-        let owner = match &c.rootfs_owner {
-            None => None,
-            Some(o) => {
-                let parsed = o
-                    .split_once(':')
-                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
-                Some(
-                    parsed
-                        .ok_or_else(|| CliError::msg("E003", "--rootfs-owner must be UID:GID"))?,
-                )
-            }
-        };
+        let owner =
+            match &c.rootfs_owner {
+                None => None,
+                Some(o) => {
+                    let parsed = o
+                        .split_once(':')
+                        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                    Some(parsed.ok_or_else(|| {
+                        CliError::msg(codes::E003, "--rootfs-owner must be UID:GID")
+                    })?)
+                }
+            };
         Some(ImageInput::Rootfs {
             dir: dir.clone(),
             owner,
@@ -377,7 +266,7 @@ pub fn build_from_container(
         return Ok(None);
     }
     // The signer first: a certificate that does not match its key fails before any build.
-    let signer = crate::commands::eif::load_signer(
+    let signer = load_signer(
         output.signing_certificate.as_deref(),
         output.private_key.as_deref(),
     )?;
@@ -385,7 +274,7 @@ pub fn build_from_container(
         return Ok(None);
     };
     let blobs_dir = blobs::locate(c.blobs.as_deref())
-        .map_err(|e| CliError::new("E610", e))?
+        .map_err(|e| CliError::new(codes::E610, e))?
         .dir;
     let mut req = BuildRequest::new(input, blobs_dir, output.output_file.clone());
     req.overrides = CommandOverrides {
@@ -405,15 +294,14 @@ pub fn build_from_container(
     req.temp_dir = c.temp_dir.clone();
     req.progress = true;
     if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
-        req.source_date_epoch =
-            Some(sde.trim().parse().map_err(|_| {
-                CliError::msg("E003", "SOURCE_DATE_EPOCH is not a number of seconds")
-            })?);
+        req.source_date_epoch = Some(sde.trim().parse().map_err(|_| {
+            CliError::msg(codes::E003, "SOURCE_DATE_EPOCH is not a number of seconds")
+        })?);
     }
     if let Some(path) = &output.metadata {
-        let bytes = std::fs::read(path).map_err(|e| CliError::new("E601", e))?;
+        let bytes = std::fs::read(path).map_err(|e| CliError::new(codes::E601, e))?;
         req.custom_metadata =
-            serde_json::from_slice(&bytes).map_err(|e| CliError::new("E601", e))?;
+            serde_json::from_slice(&bytes).map_err(|e| CliError::new(codes::E601, e))?;
     }
     let code = |e: BuildError| match e {
         // A signer that fails while the image is written keeps its signing code.
@@ -445,7 +333,7 @@ pub fn build_from_container(
     }
     let m = write_eif(&prepared, &req.output, signer).map_err(|e| {
         if let BuildError::Eif(inner) = &e {
-            crate::commands::eif::remove_partial_output(&req.output, inner);
+            remove_partial_output(&req.output, inner);
         }
         code(e)
     });
@@ -460,9 +348,9 @@ pub fn run(command: ImageCommand) -> CliResult<()> {
             let init = match a.init {
                 Some(init) => init,
                 None => {
-                    let found = blobs::locate(None).map_err(|e| CliError::new("E610", e))?;
+                    let found = blobs::locate(None).map_err(|e| CliError::new(codes::E610, e))?;
                     blobs::Blobs::load(&found.dir)
-                        .map_err(|e| CliError::new("E610", e))?
+                        .map_err(|e| CliError::new(codes::E610, e))?
                         .init
                 }
             };
@@ -473,7 +361,7 @@ pub fn run(command: ImageCommand) -> CliResult<()> {
                 init,
                 tsc_khz: a.tsc_khz,
             })
-            .map_err(|e| CliError::new("E613", e))?;
+            .map_err(|e| CliError::new(codes::E613, e))?;
             print_json(&report)
         }
     }

@@ -4,7 +4,8 @@
 //! master key and administrator credential on first start), prints one JSON object describing
 //! the listening server on stdout, and serves until SIGINT or SIGTERM.
 
-use crate::errors::{CliError, CliResult, ErrorInfo, ExitKind};
+use crate::codes::{self, Code};
+use crate::errors::{CliError, CliResult};
 use clap::{Args, Subcommand};
 use cloister_kms::config::{Config, ConfigError};
 use cloister_kms::server::{serve_blocking, ServeOptions, ServerError};
@@ -74,62 +75,16 @@ pub struct ServeArgs {
     pub store: Option<String>,
 }
 
-/// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[
-    ErrorInfo {
-        code: "E401",
-        exit: ExitKind::InvalidInput,
-        summary: "Invalid key service config",
-        explanation: "The --config file cannot be read, is not YAML/JSON of the expected shape \
-                      (unknown fields are refused), or has a value out of range (account_id \
-                      must be 12 digits; access keys 16..128 letters and digits).",
-    },
-    ErrorInfo {
-        code: "E402",
-        exit: ExitKind::System,
-        summary: "Cannot open the key store",
-        explanation: "The data directory, its database or the master key cannot be read or \
-                      created. A master key file must be exactly 32 bytes with mode 0600; a \
-                      store whose records do not open under the master key is refused.",
-    },
-    ErrorInfo {
-        code: "E403",
-        exit: ExitKind::InvalidInput,
-        summary: "Unusable TLS certificate or key",
-        explanation: "--tls-cert must be a PEM certificate chain and --tls-key the PEM private \
-                      key that belongs to it.",
-    },
-    ErrorInfo {
-        code: "E404",
-        exit: ExitKind::System,
-        summary: "Cannot listen",
-        explanation: "Binding the --listen address failed (in use, not local, or not \
-                      permitted).",
-    },
-    ErrorInfo {
-        code: "E405",
-        exit: ExitKind::InvalidInput,
-        summary: "Unusable attestation trust anchors",
-        explanation: "A certificate listed under attestation.trust_anchors cannot be read or \
-                      is not a valid root certificate.",
-    },
-    ErrorInfo {
-        code: "E406",
-        exit: ExitKind::System,
-        summary: "Administrator credential unavailable",
-        explanation: "The administrator credential could not be read from or stored in the \
-                      key store (or written to admin-credentials.json).",
-    },
-];
+pub use crate::codes::kms::CODES;
 
-fn code_of(e: &ServerError) -> &'static str {
+fn code_of(e: &ServerError) -> Code {
     match e {
-        ServerError::Config(_) => "E401",
-        ServerError::Store(_) => "E402",
-        ServerError::Tls(..) => "E403",
-        ServerError::Listen(..) => "E404",
-        ServerError::TrustAnchors(_) => "E405",
-        ServerError::Admin(_) => "E406",
+        ServerError::Config(_) => codes::E401,
+        ServerError::Store(_) => codes::E402,
+        ServerError::Tls(..) => codes::E403,
+        ServerError::Listen(..) => codes::E404,
+        ServerError::TrustAnchors(_) => codes::E405,
+        ServerError::Admin(_) => codes::E406,
     }
 }
 
@@ -150,19 +105,21 @@ fn rotate(args: RotateArgs) -> CliResult<()> {
     let n = cloister_kms::store::Store::rotate_master_key(
         &data_dir, &store, &args.old, &args.new, args.force,
     )
-    .map_err(|e| CliError::new("E402", e))?;
+    .map_err(|e| CliError::new(codes::E402, e))?;
     println!("{}", serde_json::json!({ "KeysResealed": n }));
     Ok(())
 }
 
 fn serve(args: ServeArgs) -> CliResult<()> {
     let mut config = match &args.config {
-        Some(p) => Config::load(p).map_err(|e: ConfigError| CliError::new("E401", e))?,
+        Some(p) => Config::load(p).map_err(|e: ConfigError| CliError::new(codes::E401, e))?,
         None => Config::default(),
     };
     if let Some(url) = args.store {
         config.store.url = Some(url);
-        config.validate().map_err(|e| CliError::new("E401", e))?;
+        config
+            .validate()
+            .map_err(|e| CliError::new(codes::E401, e))?;
     }
     let opts = ServeOptions {
         listen: args.listen,

@@ -2,7 +2,8 @@
 //! codes. The logic lives in `cloister-proxy` and `cloister_sdk::kms_client`; these handlers
 //! parse arguments, build a tokio runtime, wait for SIGTERM/SIGINT and map errors to codes.
 
-use crate::errors::{CliError, CliResult, Coded, ErrorInfo, ExitKind};
+use crate::codes;
+use crate::errors::{CliError, CliResult, Coded};
 use clap::{Args, Subcommand};
 use cloister_proxy::allowlist::{self, Allowlist, AllowlistError};
 use cloister_proxy::relay::{RelayOptions, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CONNECTIONS};
@@ -204,95 +205,7 @@ pub struct VsockToTcpArgs {
     pub limits: ForwardLimits,
 }
 
-/// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[
-    ErrorInfo {
-        code: "E501",
-        exit: ExitKind::InvalidInput,
-        summary: "Cannot load the allowlist",
-        explanation: "The vsock-proxy allowlist file (--config, default \
-                      /etc/nitro_enclaves/vsock-proxy.yaml) is missing, unreadable, too large, \
-                      or not of the form `allowlist: [{address: HOST, port: PORT}, ...]`.",
-    },
-    ErrorInfo {
-        code: "E502",
-        exit: ExitKind::VerificationFailed,
-        summary: "Destination not on the allowlist",
-        explanation: "vsock-proxy refuses to start: no allowlist entry has the remote port and \
-                      either names the remote host or resolves to the address the remote host \
-                      resolves to. Add the destination to the allowlist or fix the arguments.",
-    },
-    ErrorInfo {
-        code: "E503",
-        exit: ExitKind::Unavailable,
-        summary: "Cannot resolve the remote host",
-        explanation: "The remote host name did not resolve to an address of the allowed family \
-                      (-4/-6). Check the name, the DNS configuration (/etc/resolv.conf) and the \
-                      address family flags.",
-    },
-    ErrorInfo {
-        code: "E504",
-        exit: ExitKind::System,
-        summary: "Cannot listen",
-        explanation: "The vsock port or TCP address cannot be listened on: it is in use, the \
-                      fabric directory (CLOISTER_RUN_DIR/vsock) is not writable, or the \
-                      address is not local.",
-    },
-    ErrorInfo {
-        code: "E505",
-        exit: ExitKind::Usage,
-        summary: "Invalid proxy option",
-        explanation: "A limit is out of range: --buffer-size must be between 1 KiB and 16 MiB, \
-                      --max-connections and --num_workers at least 1.",
-    },
-    ErrorInfo {
-        code: "E510",
-        exit: ExitKind::Usage,
-        summary: "Invalid kms-client argument",
-        explanation: "An argument of `cloister kms-client` is malformed: the ciphertext is not \
-                      base64, the endpoint is not http(s)://host[:port], the region or key spec \
-                      is unknown, or the CA bundle cannot be read.",
-    },
-    ErrorInfo {
-        code: "E511",
-        exit: ExitKind::System,
-        summary: "Cannot get an attestation document",
-        explanation: "The NSM did not answer (no /dev/nsm and no Cloister enclave socket): \
-                      kms-client must run inside an enclave.",
-    },
-    ErrorInfo {
-        code: "E512",
-        exit: ExitKind::Unavailable,
-        summary: "Cannot reach KMS",
-        explanation: "The connection through the parent's vsock-proxy (--proxy-cid, \
-                      --proxy-port) failed, TLS with the endpoint failed, the answer was not \
-                      well-formed HTTP, or it did not come in time. Check that vsock-proxy runs \
-                      and allows the endpoint.",
-    },
-    ErrorInfo {
-        code: "E513",
-        exit: ExitKind::Failure,
-        summary: "KMS refused the request",
-        explanation: "KMS answered with an error (the message names its type, e.g. \
-                      AccessDeniedException when the key policy's attestation conditions do \
-                      not match this enclave's PCRs, or InvalidSignatureException for bad \
-                      credentials).",
-    },
-    ErrorInfo {
-        code: "E514",
-        exit: ExitKind::VerificationFailed,
-        summary: "Cannot open the KMS answer",
-        explanation: "CiphertextForRecipient was missing or could not be decrypted with this \
-                      call's private key.",
-    },
-    ErrorInfo {
-        code: "E506",
-        exit: ExitKind::System,
-        summary: "Cannot start the I/O runtime",
-        explanation: "The async runtime or the signal handlers could not be set up (out of \
-                      threads or file descriptors).",
-    },
-];
+pub use crate::codes::proxy::CODES;
 
 /// Runs one subcommand.
 pub fn run(command: ProxyCommand) -> CliResult<()> {
@@ -306,7 +219,10 @@ pub fn run(command: ProxyCommand) -> CliResult<()> {
 
 fn runtime(workers: usize) -> CliResult<tokio::runtime::Runtime> {
     if workers == 0 {
-        return Err(CliError::msg("E505", "--num_workers must be at least 1"));
+        return Err(CliError::msg(
+            codes::E505,
+            "--num_workers must be at least 1",
+        ));
     }
     if let Err(e) = cloister_proxy::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
@@ -315,7 +231,7 @@ fn runtime(workers: usize) -> CliResult<tokio::runtime::Runtime> {
         .worker_threads(workers)
         .enable_all()
         .build()
-        .code("E506")
+        .code(codes::E506)
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -346,13 +262,13 @@ fn relay_options(
         drain_timeout: Duration::from_secs(drain),
         ..RelayOptions::default()
     };
-    options.validate().code("E505")?;
+    options.validate().code(codes::E505)?;
     Ok(options)
 }
 
 /// Builds the proxy configuration from the command line (reads the allowlist).
 pub fn proxy_config(args: &VsockProxyArgs) -> CliResult<ProxyConfig> {
-    let list = Allowlist::load(&args.config).code("E501")?;
+    let list = Allowlist::load(&args.config).code(codes::E501)?;
     let mut config = ProxyConfig::new(args.local_port, &args.remote_addr, args.remote_port, list);
     config.ip_type = match (args.ipv4, args.ipv6) {
         (true, _) => IpAddrType::V4Only,
@@ -365,11 +281,11 @@ pub fn proxy_config(args: &VsockProxyArgs) -> CliResult<ProxyConfig> {
 
 fn proxy_error(e: ProxyError) -> CliError {
     let code = match &e {
-        ProxyError::Allowlist(AllowlistError::Resolve { .. }) => "E503",
-        ProxyError::Allowlist(AllowlistError::NotAllowed { .. }) => "E502",
-        ProxyError::Allowlist(_) => "E501",
-        ProxyError::Listen { .. } => "E504",
-        ProxyError::Relay(_) => "E505",
+        ProxyError::Allowlist(AllowlistError::Resolve { .. }) => codes::E503,
+        ProxyError::Allowlist(AllowlistError::NotAllowed { .. }) => codes::E502,
+        ProxyError::Allowlist(_) => codes::E501,
+        ProxyError::Listen { .. } => codes::E504,
+        ProxyError::Relay(_) => codes::E505,
     };
     CliError::new(code, e)
 }
@@ -389,8 +305,8 @@ fn run_vsock_proxy(args: VsockProxyArgs) -> CliResult<()> {
 
 fn forward_error(e: cloister_proxy::ForwardError) -> CliError {
     let code = match &e {
-        cloister_proxy::ForwardError::Relay(_) => "E505",
-        _ => "E504",
+        cloister_proxy::ForwardError::Relay(_) => codes::E505,
+        _ => codes::E504,
     };
     CliError::new(code, e)
 }
@@ -423,14 +339,14 @@ fn run_vsock_to_tcp(args: VsockToTcpArgs) -> CliResult<()> {
 
 fn kms_error(e: KmsClientError) -> CliError {
     let code = match &e {
-        KmsClientError::InvalidArgument(_) | KmsClientError::BadEndpoint(_) => "E510",
-        KmsClientError::Attestation(_) | KmsClientError::KeyGeneration => "E511",
+        KmsClientError::InvalidArgument(_) | KmsClientError::BadEndpoint(_) => codes::E510,
+        KmsClientError::Attestation(_) | KmsClientError::KeyGeneration => codes::E511,
         KmsClientError::Connect(_)
         | KmsClientError::Tls { .. }
         | KmsClientError::Timeout(_)
-        | KmsClientError::Http(_) => "E512",
-        KmsClientError::Service { .. } => "E513",
-        KmsClientError::BadResponse(_) | KmsClientError::Recipient(_) => "E514",
+        | KmsClientError::Http(_) => codes::E512,
+        KmsClientError::Service { .. } => codes::E513,
+        KmsClientError::BadResponse(_) | KmsClientError::Recipient(_) => codes::E514,
     };
     CliError::new(code, e)
 }
@@ -469,7 +385,7 @@ fn print_fields(json: bool, fields: &[(&str, &str)]) -> CliResult<()> {
     }
     let mut out = std::io::stdout().lock();
     for (k, v) in fields {
-        writeln!(out, "{}: {v}", k.to_ascii_uppercase()).code("E002")?;
+        writeln!(out, "{}: {v}", k.to_ascii_uppercase()).code(codes::E002)?;
     }
     Ok(())
 }
@@ -489,13 +405,13 @@ fn run_kms_client(command: KmsClientCommand) -> CliResult<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .code("E506")?;
+        .code(codes::E506)?;
     let none = std::collections::BTreeMap::new();
     match command {
         KmsClientCommand::Decrypt(a) => {
             let blob = b64.decode(a.ciphertext.trim()).map_err(|e| {
                 CliError::new(
-                    "E510",
+                    codes::E510,
                     anyhow::Error::new(e).context("--ciphertext is not base64"),
                 )
             })?;
@@ -516,7 +432,7 @@ fn run_kms_client(command: KmsClientCommand) -> CliResult<()> {
                 "AES-128" => "AES_128",
                 other => {
                     return Err(CliError::msg(
-                        "E510",
+                        codes::E510,
                         format!("unknown key spec {other:?} (AES-256 or AES-128)"),
                     ))
                 }

@@ -11,7 +11,8 @@
 //! and its `accept` reads the broker's `CONNECT-FROM` preamble, so the program reads and
 //! writes only its own bytes on native Unix streams.
 
-use crate::errors::{CliError, CliResult, Coded, ErrorInfo, ExitKind};
+use crate::codes;
+use crate::errors::{CliError, CliResult, Coded};
 use clap::{Args, Subcommand};
 use cloister_vsock::{Transport, VsockAddr, VsockListener, VsockStream};
 use std::ffi::OsString;
@@ -67,38 +68,7 @@ pub struct ListenArgs {
     pub port: u32,
 }
 
-/// Error codes of this area.
-pub const CODES: &[ErrorInfo] = &[
-    ErrorInfo {
-        code: "E901",
-        exit: ExitKind::System,
-        summary: "Cannot run the program under the vsock supervisor",
-        explanation: "`cloister exec` could not install the seccomp notification filter \
-                      (a kernel without seccomp user notification), start the supervisor, or \
-                      start the program (not found, not executable).",
-    },
-    ErrorInfo {
-        code: "E902",
-        exit: ExitKind::Failure,
-        summary: "vsock connection failed",
-        explanation: "Nothing listens at that (cid, port), the enclave does not exist, or the \
-                      fabric refused the peer. From the host, enclaves are reached by their \
-                      cid through <run>/vsock/<cid>.sock.",
-    },
-    ErrorInfo {
-        code: "E903",
-        exit: ExitKind::Failure,
-        summary: "Cannot listen on the vsock port",
-        explanation: "The port is in use (a live 3_<port>.sock on the host, or a listener \
-                      of the enclave), or the fabric directory failed its checks.",
-    },
-    ErrorInfo {
-        code: "E904",
-        exit: ExitKind::Failure,
-        summary: "vsock stream failed",
-        explanation: "Reading or writing the stream or standard input/output failed.",
-    },
-];
+pub use crate::codes::vsock::CODES;
 
 /// Runs one command of this area.
 pub fn run(cmd: VsockCommand) -> CliResult<()> {
@@ -106,12 +76,12 @@ pub fn run(cmd: VsockCommand) -> CliResult<()> {
         VsockCommand::Exec(a) => exec(a),
         VsockCommand::Vsock(VsockVerb::Connect(a)) => {
             let s = VsockStream::connect_with(&Transport::detect(), VsockAddr::new(a.cid, a.port))
-                .code("E902")?;
+                .code(codes::E902)?;
             relay(s)
         }
         VsockCommand::Vsock(VsockVerb::Listen(a)) => {
-            let l = VsockListener::bind_with(&Transport::detect(), a.port).code("E903")?;
-            let (s, _) = l.accept().code("E902")?;
+            let l = VsockListener::bind_with(&Transport::detect(), a.port).code(codes::E903)?;
+            let (s, _) = l.accept().code(codes::E902)?;
             relay(s)
         }
     }
@@ -119,7 +89,7 @@ pub fn run(cmd: VsockCommand) -> CliResult<()> {
 
 /// Copies stdin to the stream (then shuts its write side) and the stream to stdout.
 fn relay(stream: VsockStream) -> CliResult<()> {
-    let mut up = stream.try_clone().code("E904")?;
+    let mut up = stream.try_clone().code(codes::E904)?;
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut stdin = std::io::stdin().lock();
         let copied = std::io::copy(&mut stdin, &mut up);
@@ -130,17 +100,17 @@ fn relay(stream: VsockStream) -> CliResult<()> {
     let mut stdout = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = down.read(&mut buf).code("E904")?;
+        let n = down.read(&mut buf).code(codes::E904)?;
         if n == 0 {
             break;
         }
-        stdout.write_all(&buf[..n]).code("E904")?;
-        stdout.flush().code("E904")?;
+        stdout.write_all(&buf[..n]).code(codes::E904)?;
+        stdout.flush().code(codes::E904)?;
     }
     // The peer closed: whatever stdin still has has nowhere to go.
     if writer.is_finished() {
         if let Ok(r) = writer.join() {
-            r.code("E904")?;
+            r.code(codes::E904)?;
         }
     }
     Ok(())
@@ -152,12 +122,12 @@ fn exec(args: ExecArgs) -> CliResult<()> {
     let (program, rest) = args
         .command
         .split_first()
-        .ok_or_else(|| CliError::msg("E003", "no program to run"))?;
-    let filter = cloister_confine::notify::build().code("E901")?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().code("E901")?;
+        .ok_or_else(|| CliError::msg(codes::E003, "no program to run"))?;
+    let filter = cloister_confine::notify::build().code(codes::E901)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().code(codes::E901)?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(rest);
-    let chan = theirs.as_fd().try_clone_to_owned().code("E901")?;
+    let chan = theirs.as_fd().try_clone_to_owned().code(codes::E901)?;
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
     // (prctl, seccomp, sendmsg): no allocation, no lock.
     unsafe {
@@ -175,24 +145,24 @@ fn exec(args: ExecArgs) -> CliResult<()> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| CliError::new("E901", e).context_program(program))?;
+        .map_err(|e| CliError::new(codes::E901, e).context_program(program))?;
     drop(cmd);
     drop(theirs);
     let listener = cloister_supervisor::recv_listener(ours.as_fd())
-        .code("E901")?
-        .ok_or_else(|| CliError::msg("E901", "the program sent no notification listener"))?;
+        .code(codes::E901)?
+        .ok_or_else(|| CliError::msg(codes::E901, "the program sent no notification listener"))?;
     let fabric = std::sync::Arc::new(cloister_supervisor::HostFabric::new(
         cloister_vsock::stream::fabric_dir(),
     ));
-    let supervisor = cloister_supervisor::Supervisor::spawn(listener, fabric).code("E901")?;
-    let status = child.wait().code("E901")?;
+    let supervisor = cloister_supervisor::Supervisor::spawn(listener, fabric).code(codes::E901)?;
+    let status = child.wait().code(codes::E901)?;
     supervisor.stop();
     let code = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1);
     if code != 0 {
-        std::process::exit(code);
+        crate::errors::exit_with(code);
     }
     Ok(())
 }

@@ -22,11 +22,22 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The JSON a successful `cloister` command printed; panics with its stderr if it failed.
+pub fn json_ok(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
 fn cloister() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cloister"))
 }
 
-fn run_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+/// Runs `cmd`, panics unless it succeeds, and returns its standard output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),

@@ -13,7 +13,7 @@
 //! answers a fresh token that cannot be made from what ListGrants shows. A token confers nothing
 //! by itself: RetireGrant still requires the caller to be allowed to retire the grant.
 //!
-//! Authorization ([`Service::permits`]): an explicit `Deny` of the key policy refuses; an
+//! Authorization (`Service::permits`): an explicit `Deny` of the key policy refuses; an
 //! `Allow` allows; otherwise a grant on the key allows when its grantee covers the caller, its
 //! operations include the action, and its constraints hold for the request's encryption context
 //! (`EncryptionContextEquals`: the same pairs exactly; `EncryptionContextSubset`: the request's
@@ -21,17 +21,21 @@
 //!
 //! [`KeyRecord::grants`]: crate::store::KeyRecord::grants
 
-use super::super::{check_len, check_range, required, Resolved, Service, DRY_RUN_MESSAGE};
 use super::scope;
 use crate::blob::EncryptionContext;
 use crate::error::{KmsError, KmsResult};
 use crate::policy::{principal_covers, Decision, RequestContext};
+use crate::service::authz::Resolved;
+use crate::service::request::GrantRequest;
+use crate::service::validate::{check_len, check_range, required};
+use crate::service::{Service, DRY_RUN_MESSAGE};
 use crate::store::{format_key_id, now, parse_key_id, KeyState};
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub use crate::store::record::grant::{GrantConstraints, GrantRecord};
 
 /// Most grants on one key (AWS allows 50,000; grants live in the key's record here).
 pub const MAX_GRANTS_PER_KEY: usize = 1000;
@@ -86,36 +90,7 @@ const TOKEN_NONCE_LEN: usize = 16;
 const TOKEN_TAG_LEN: usize = 16;
 const TOKEN_LEN: usize = 1 + 16 + 32 + TOKEN_NONCE_LEN + TOKEN_TAG_LEN;
 
-/// A grant's encryption-context constraints.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantConstraints {
-    /// The request's encryption context must be exactly this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub equals: Option<BTreeMap<String, String>>,
-    /// The request's encryption context must include these pairs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subset: Option<BTreeMap<String, String>>,
-}
-
 impl GrantConstraints {
-    /// True when `ctx` satisfies the constraints (an absent context is the empty one).
-    pub fn hold(&self, ctx: Option<&EncryptionContext>) -> bool {
-        let empty = EncryptionContext::new();
-        let ctx = ctx.unwrap_or(&empty);
-        if let Some(eq) = &self.equals {
-            if eq != ctx {
-                return false;
-            }
-        }
-        if let Some(sub) = &self.subset {
-            if !sub.iter().all(|(k, v)| ctx.get(k) == Some(v)) {
-                return false;
-            }
-        }
-        true
-    }
-
     fn to_json(&self) -> Value {
         let mut c = json!({});
         if let Some(e) = &self.equals {
@@ -128,49 +103,7 @@ impl GrantConstraints {
     }
 }
 
-/// A grant as stored in its key's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantRecord {
-    /// Grant id (64 lower-case hex digits).
-    pub id: String,
-    /// Friendly name (idempotency key of CreateGrant).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Creation time, seconds since the epoch.
-    pub created: f64,
-    /// Principal the grant allows.
-    pub grantee: String,
-    /// Principal that may retire the grant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retiring: Option<String>,
-    /// Allowed operations (names from [`GRANT_OPERATIONS`]).
-    pub operations: Vec<String>,
-    /// Encryption-context constraints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub constraints: Option<GrantConstraints>,
-    /// Key of the tags of this grant's tokens (hex; identifies tokens, grants no access).
-    pub token_key: String,
-}
-
 impl GrantRecord {
-    /// True when the grant lets `principal` (of `account`) perform `action` (`kms:<Op>`) with
-    /// the encryption context `ctx`.
-    pub fn allows(
-        &self,
-        principal: &str,
-        account: &str,
-        action: &str,
-        ctx: Option<&EncryptionContext>,
-    ) -> bool {
-        let Some(op) = action.strip_prefix("kms:") else {
-            return false;
-        };
-        principal_covers(&self.grantee, principal, account)
-            && self.operations.iter().any(|o| o == op)
-            && self.constraints.as_ref().is_none_or(|c| c.hold(ctx))
-    }
-
     fn tag(&self, key_id: &[u8; 16], nonce: &[u8]) -> KmsResult<[u8; TOKEN_TAG_LEN]> {
         let k =
             hex::decode(&self.token_key).map_err(|e| KmsError::internal("grant token key", e))?;
@@ -256,31 +189,6 @@ fn decode_token(token: &str) -> KmsResult<Token> {
         nonce,
         tag,
     })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
-struct ConstraintsParam {
-    encryption_context_subset: Option<BTreeMap<String, String>>,
-    encryption_context_equals: Option<BTreeMap<String, String>>,
-}
-
-/// The fields of the grant operations' requests.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub(in crate::service) struct GrantReq {
-    key_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    operations: Option<Vec<String>>,
-    constraints: Option<ConstraintsParam>,
-    grant_tokens: Option<Vec<String>>,
-    name: Option<String>,
-    grant_id: Option<String>,
-    grant_token: Option<String>,
-    limit: Option<i64>,
-    marker: Option<String>,
-    dry_run: Option<bool>,
 }
 
 fn check_principal(field: &str, p: &str) -> KmsResult<()> {
@@ -409,10 +317,14 @@ impl Service {
         Ok(())
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every CreateGrant check in AWS's order, then the write"
+    )]
     pub(in crate::service) fn create_grant(
         &self,
         principal: &str,
-        req: GrantReq,
+        req: GrantRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let grantee = required(req.grantee_principal, "granteePrincipal")?;
@@ -585,7 +497,7 @@ impl Service {
     pub(in crate::service) fn list_grants(
         &self,
         principal: &str,
-        req: GrantReq,
+        req: GrantRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let limit = match req.limit {
@@ -624,7 +536,7 @@ impl Service {
     pub(in crate::service) fn list_retirable_grants(
         &self,
         principal: &str,
-        req: GrantReq,
+        req: GrantRequest,
     ) -> KmsResult<Value> {
         let retiring = required(req.retiring_principal, "retiringPrincipal")?;
         check_principal("retiringPrincipal", &retiring)?;
@@ -672,7 +584,7 @@ impl Service {
     pub(in crate::service) fn retire_grant(
         &self,
         principal: &str,
-        req: GrantReq,
+        req: GrantRequest,
     ) -> KmsResult<Value> {
         if let Some(t) = &req.grant_token {
             check_len("grantToken", t.len(), 1, MAX_GRANT_TOKEN_LEN)?;
@@ -744,7 +656,7 @@ impl Service {
     pub(in crate::service) fn revoke_grant(
         &self,
         principal: &str,
-        req: GrantReq,
+        req: GrantRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let grant_id = required(req.grant_id, "grantId")?;
@@ -816,15 +728,6 @@ fn paginate<'a, T>(
         .then(|| items.last().map(|x| id(x).to_string()))
         .flatten();
     Ok(Page { items, next })
-}
-
-/// Parses a grant operation's body.
-pub(in crate::service) fn parse(body: &[u8]) -> KmsResult<GrantReq> {
-    if body.is_empty() {
-        return Ok(GrantReq::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| KmsError::Serialization(format!("Invalid request: {e}")))
 }
 
 #[cfg(test)]

@@ -20,16 +20,19 @@
 //!
 //! With `ExpirationModel=KEY_MATERIAL_EXPIRES` the material is deleted when `ValidTo` passes:
 //! the first resolution of the key after that moment deletes it and puts the key in
-//! `PendingImport` (see [`Service::expire_imported`]), as does DeleteImportedKeyMaterial.
+//! `PendingImport` (see `Service::expire_imported`), as does DeleteImportedKeyMaterial.
 
-use super::super::{check_len, required, Blob, Service};
 use crate::error::{KmsError, KmsResult};
+use crate::service::request::ImportRequest;
+use crate::service::validate::{check_len, required};
+use crate::service::Service;
 use crate::store::{now, KeyEntry, KeyRecord, KeyState, MATERIAL_LEN};
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use zeroize::Zeroizing;
+
+pub use crate::store::record::import::{ImportRecord, PendingImport};
 
 /// How long import parameters stay valid (AWS: 24 hours).
 pub const IMPORT_PARAMETERS_TTL_S: f64 = 86_400.0;
@@ -42,61 +45,6 @@ pub const MAX_ENCRYPTED_MATERIAL: usize = 6144;
 
 const TOKEN_VERSION: u8 = 1;
 const TOKEN_LEN: usize = 1 + 16 + 32;
-
-/// Outstanding import parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PendingImport {
-    /// SHA-256 of the import token (hex).
-    pub token_digest: String,
-    /// The wrapping private key (PKCS#8), sealed under the master key.
-    pub wrapping_key: String,
-    /// The wrapping algorithm the material must come under.
-    pub algorithm: String,
-    /// When the parameters expire, seconds since the epoch.
-    pub valid_to: f64,
-}
-
-/// The import state of an EXTERNAL-origin key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportRecord {
-    /// `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`, once material was imported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expiration_model: Option<String>,
-    /// When imported material expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub valid_to: Option<f64>,
-    /// Domain-separated SHA-256 of the first imported material (hex): later imports must match.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub material_digest: Option<String>,
-    /// The latest import parameters not yet used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingImport>,
-}
-
-/// The fields of the import operations' requests.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub(in crate::service) struct ImportReq {
-    key_id: Option<String>,
-    wrapping_algorithm: Option<String>,
-    wrapping_key_spec: Option<String>,
-    import_token: Option<Blob>,
-    encrypted_key_material: Option<Blob>,
-    valid_to: Option<f64>,
-    expiration_model: Option<String>,
-    import_type: Option<String>,
-}
-
-/// Parses an import operation's body.
-pub(in crate::service) fn parse(body: &[u8]) -> KmsResult<ImportReq> {
-    if body.is_empty() {
-        return Ok(ImportReq::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| KmsError::Serialization(format!("Invalid request: {e}")))
-}
 
 const ALGORITHMS: &[&str] = &[
     "RSAES_OAEP_SHA_1",
@@ -233,7 +181,7 @@ impl Service {
     pub(in crate::service) fn get_parameters_for_import(
         &self,
         principal: &str,
-        req: ImportReq,
+        req: ImportRequest,
     ) -> KmsResult<Value> {
         use aws_lc_rs::encoding::AsDer;
         use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
@@ -305,10 +253,14 @@ impl Service {
         }))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every ImportKeyMaterial check in AWS's order, then the write"
+    )]
     pub(in crate::service) fn import_key_material(
         &self,
         principal: &str,
-        req: ImportReq,
+        req: ImportRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let token = required(req.import_token, "importToken")?;
@@ -440,7 +392,7 @@ impl Service {
     pub(in crate::service) fn delete_imported_key_material(
         &self,
         principal: &str,
-        req: ImportReq,
+        req: ImportRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         self.authorize(&key, principal, "kms:DeleteImportedKeyMaterial", None, None)?;

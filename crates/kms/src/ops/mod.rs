@@ -10,8 +10,11 @@
 //!   UpdatePrimaryRegion.
 //! - [`rotations`]: the ListKeyRotations operation.
 //!
-//! These modules live under `service` so that they use its key resolution and authorization;
-//! [`Service::extension`] is the one dispatch point `Service::handle` calls for them.
+//! These modules live under `service` so that they use its key resolution and authorization.
+//! Their requests are variants of the service's one `Request` enum, dispatched by the same
+//! `match` as the core operations; unlike those, they check their own common fields (grant
+//! tokens, `DryRun`). The records they keep in a key's record (grants, import state, Regions)
+//! are defined in the store layer, [`crate::store::record`], and re-exported here.
 
 pub mod grants;
 pub mod import;
@@ -20,7 +23,7 @@ pub mod rotations;
 pub mod scope;
 
 use super::Service;
-use crate::error::{KmsError, KmsResult};
+use crate::error::KmsResult;
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -38,22 +41,8 @@ pub const BLOCKING_OPERATIONS: &[&str] = &[
     "UpdatePrimaryRegion",
 ];
 
-/// Every operation of these modules.
-pub const EXTENSION_OPERATIONS: &[&str] = &[
-    "CreateGrant",
-    "ListGrants",
-    "ListRetirableGrants",
-    "RetireGrant",
-    "RevokeGrant",
-    "GetParametersForImport",
-    "ImportKeyMaterial",
-    "DeleteImportedKeyMaterial",
-    "ReplicateKey",
-    "UpdatePrimaryRegion",
-    "ListKeyRotations",
-];
-
-/// The operations of these modules that take `DryRun` (each checks it itself).
+/// The operations of these modules that take `DryRun` (each checks it itself; the others
+/// refuse it when their request is parsed).
 pub const DRY_RUN_OPERATIONS: &[&str] = &["CreateGrant", "RetireGrant", "RevokeGrant"];
 
 /// Operations whose `kms:EncryptionAlgorithm` is `SYMMETRIC_DEFAULT` when the request names none.
@@ -190,61 +179,6 @@ impl Service {
         let guard = scope::ensure(principal)?;
         scope::set_body(BodyKind::of(op), body);
         Some(guard)
-    }
-
-    /// Runs `op` if it is one of these modules' operations.
-    pub(in crate::service) fn extension(
-        &self,
-        op: &str,
-        principal: &str,
-        body: &[u8],
-    ) -> Option<KmsResult<Vec<u8>>> {
-        if !DRY_RUN_OPERATIONS.contains(&op) && EXTENSION_OPERATIONS.contains(&op) {
-            #[derive(Deserialize)]
-            struct DryRun {
-                #[serde(rename = "DryRun")]
-                dry_run: Option<bool>,
-            }
-            if let Ok(DryRun {
-                dry_run: Some(true),
-            }) = serde_json::from_slice(body)
-            {
-                // As for the core operations: refuse rather than do for real what the caller
-                // asked only to test.
-                return Some(Err(KmsError::UnsupportedOperation(format!(
-                    "DryRun is not a parameter of {op}"
-                ))));
-            }
-        }
-        let v = match op {
-            "CreateGrant" => grants::parse(body).and_then(|r| self.create_grant(principal, r)),
-            "ListGrants" => grants::parse(body).and_then(|r| self.list_grants(principal, r)),
-            "ListRetirableGrants" => {
-                grants::parse(body).and_then(|r| self.list_retirable_grants(principal, r))
-            }
-            "RetireGrant" => grants::parse(body).and_then(|r| self.retire_grant(principal, r)),
-            "RevokeGrant" => grants::parse(body).and_then(|r| self.revoke_grant(principal, r)),
-            "GetParametersForImport" => {
-                import::parse(body).and_then(|r| self.get_parameters_for_import(principal, r))
-            }
-            "ImportKeyMaterial" => {
-                import::parse(body).and_then(|r| self.import_key_material(principal, r))
-            }
-            "DeleteImportedKeyMaterial" => {
-                import::parse(body).and_then(|r| self.delete_imported_key_material(principal, r))
-            }
-            "ReplicateKey" => regions::parse(body).and_then(|r| self.replicate_key(principal, r)),
-            "UpdatePrimaryRegion" => {
-                regions::parse(body).and_then(|r| self.update_primary_region(principal, r))
-            }
-            "ListKeyRotations" => {
-                rotations::parse(body).and_then(|r| self.list_key_rotations(principal, r))
-            }
-            _ => return None,
-        };
-        Some(v.and_then(|v| {
-            serde_json::to_vec(&v).map_err(|e| KmsError::internal("encode response", e))
-        }))
     }
 }
 

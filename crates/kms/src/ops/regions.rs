@@ -13,10 +13,10 @@
 //! ([`RegionFields`]): the record's own fields are those of the primary Region, each
 //! [`ReplicaRecord`] holds those of its Region. Key lookup answers the view of the request's
 //! Region (see [`crate::store::KeyEntry::in_region`]) and every write of these fields goes
-//! through [`Service::update_regional`], which saves them into the request's Region.
+//! through `Service::update_regional`, which saves them into the request's Region.
 //! ReplicateKey takes the replica's own `Policy` (the default key policy without one),
 //! `Description` and `Tags`; UpdatePrimaryRegion moves the primary and each Region keeps its
-//! own fields. Aliases are per Region too (see [`Service::alias_key`]).
+//! own fields. Aliases are per Region too (see `Service::alias_key`).
 //!
 //! Deletion is per Region: scheduling the deletion of a replica deletes only that replica when
 //! its waiting period is over. A primary with replicas is never deleted first: its deletion,
@@ -26,235 +26,26 @@
 //! Multi-Region key ids are 16 bytes like UUID key ids, marked by the high nibble 0xF of byte 6
 //! (see [`crate::store::is_mrk_id`]), so the ciphertext format is the same for both.
 
-use super::super::{
-    check_len, required, take_tags, Resolved, Service, TagParam, MAX_DESCRIPTION, MAX_TAGS,
-};
-use super::grants::GrantRecord;
 use super::scope::{self, Caller};
 use crate::error::{KmsError, KmsResult};
 use crate::policy::Policy;
-use crate::store::{format_key_id, now, parse_key_id, KeyEntry, KeyRecord, KeyState, Tag};
-use serde::{Deserialize, Serialize};
+use crate::service::authz::Resolved;
+use crate::service::request::RegionRequest;
+use crate::service::validate::{check_len, required, take_tags};
+use crate::service::{Service, MAX_DESCRIPTION, MAX_TAGS};
+use crate::store::{format_key_id, now, parse_key_id, KeyEntry, KeyRecord, KeyState};
 use serde_json::{json, Value};
 use std::sync::Arc;
+
+pub use crate::store::record::multi_region::{
+    delete_due_replicas, for_each_region_state, materialize_replicas, replica_deletion_due,
+    replica_view, swap_region, MultiRegionRecord, RegionFields, ReplicaRecord,
+};
 
 /// Most replicas of one multi-Region key.
 pub const MAX_REPLICAS: usize = 64;
 /// Longest Region name.
 pub const MAX_REGION_LEN: usize = 32;
-
-/// What the key of each Region of a multi-Region key has of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionFields {
-    /// Description.
-    pub description: String,
-    /// State.
-    pub state: KeyState,
-    /// When a pending deletion completes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_date: Option<f64>,
-    /// Waiting period of a pending deletion.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_window_days: Option<u32>,
-    /// Key policy text.
-    pub policy: String,
-    /// Tags, in insertion order.
-    #[serde(default)]
-    pub tags: Vec<Tag>,
-    /// Grants.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub grants: Vec<GrantRecord>,
-}
-
-impl RegionFields {
-    /// Moves these fields out of `r` (leaving empty values).
-    fn take(r: &mut KeyRecord) -> Self {
-        RegionFields {
-            description: std::mem::take(&mut r.description),
-            state: r.state,
-            deletion_date: r.deletion_date.take(),
-            pending_window_days: r.pending_window_days.take(),
-            policy: std::mem::take(&mut r.policy),
-            tags: std::mem::take(&mut r.tags),
-            grants: std::mem::take(&mut r.grants),
-        }
-    }
-
-    /// Puts these fields into `r`.
-    fn put(self, r: &mut KeyRecord) {
-        r.description = self.description;
-        r.state = self.state;
-        r.deletion_date = self.deletion_date;
-        r.pending_window_days = self.pending_window_days;
-        r.policy = self.policy;
-        r.tags = self.tags;
-        r.grants = self.grants;
-    }
-}
-
-/// A replica of a multi-Region key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicaRecord {
-    /// Its Region.
-    pub region: String,
-    /// When it was made.
-    pub created: f64,
-    /// Its own policy, grants, description, tags and state. Absent in records of earlier
-    /// versions, whose replicas shared the primary's: such a replica starts from a copy of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub own: Option<RegionFields>,
-}
-
-/// Exchanges the Region fields of `r` (its primary's) with those of its replica in `region`;
-/// done twice, it restores `r`. Returns false (and changes nothing) when `region` is the
-/// primary's or `r` is a single-Region key; NotFoundException when `r` has no replica there.
-pub fn swap_region(r: &mut KeyRecord, region: &str) -> KmsResult<bool> {
-    let i = match &r.multi_region {
-        Some(m) if m.primary != region => m
-            .replicas
-            .iter()
-            .position(|x| x.region == region)
-            .ok_or_else(|| KmsError::NotFound(format!("Key '{}' does not exist", r.id)))?,
-        _ => return Ok(false),
-    };
-    let here = RegionFields::take(r);
-    let mr = r
-        .multi_region
-        .as_mut()
-        .ok_or_else(|| KmsError::Internal("multi-Region record".into()))?;
-    let there = mr.replicas[i].own.take().unwrap_or_else(|| here.clone());
-    mr.replicas[i].own = Some(here);
-    there.put(r);
-    Ok(true)
-}
-
-/// The record of a multi-Region key as its replica in `region` sees it (the replicas' own
-/// fields left out), or `None` when `region` is not one of its replica Regions.
-pub fn replica_view(r: &KeyRecord, region: &str) -> KmsResult<Option<KeyRecord>> {
-    match &r.multi_region {
-        Some(m) if m.primary != region && m.in_region(region) => {}
-        _ => return Ok(None),
-    }
-    let mut v = r.clone();
-    swap_region(&mut v, region)?;
-    if let Some(m) = v.multi_region.as_mut() {
-        for x in &mut m.replicas {
-            x.own = None;
-        }
-    }
-    Ok(Some(v))
-}
-
-/// True when a replica of `r` is due for deletion at `at`, or `r` is a primary whose deletion
-/// waited for replicas that are all gone.
-pub fn replica_deletion_due(r: &KeyRecord, at: f64) -> bool {
-    let Some(m) = &r.multi_region else {
-        return false;
-    };
-    (r.state == KeyState::PendingReplicaDeletion && m.replicas.is_empty())
-        || m.replicas.iter().any(|x| {
-            let own = x.own.as_ref();
-            let state = own.map_or(r.state, |o| o.state);
-            let date = own.map_or(r.deletion_date, |o| o.deletion_date);
-            state == KeyState::PendingDeletion && date.is_some_and(|d| d <= at)
-        })
-}
-
-/// Deletes the replicas of `r` whose waiting period is over at `at`; when a primary waiting in
-/// `PendingReplicaDeletion` has no replica left, its own waiting period begins. Returns how
-/// many replicas were deleted.
-pub fn delete_due_replicas(r: &mut KeyRecord, at: f64) -> usize {
-    let (state, date) = (r.state, r.deletion_date);
-    let Some(m) = r.multi_region.as_mut() else {
-        return 0;
-    };
-    let before = m.replicas.len();
-    m.replicas.retain(|x| {
-        let own = x.own.as_ref();
-        let state = own.map_or(state, |o| o.state);
-        let date = own.map_or(date, |o| o.deletion_date);
-        !(state == KeyState::PendingDeletion && date.is_some_and(|d| d <= at))
-    });
-    let deleted = before - m.replicas.len();
-    if m.replicas.is_empty() && r.state == KeyState::PendingReplicaDeletion {
-        let days = r.pending_window_days.unwrap_or(30);
-        r.state = KeyState::PendingDeletion;
-        r.deletion_date = Some(at + f64::from(days) * 86_400.0);
-    }
-    deleted
-}
-
-/// Gives each replica of a record of an earlier version (whose replicas shared the primary's
-/// fields) its own copy of them, so that a change in one Region stays in that Region.
-pub fn materialize_replicas(r: &mut KeyRecord) {
-    let Some(m) = &r.multi_region else { return };
-    if m.replicas.iter().all(|x| x.own.is_some()) {
-        return;
-    }
-    let snapshot = {
-        let mut c = r.clone();
-        RegionFields::take(&mut c)
-    };
-    if let Some(m) = r.multi_region.as_mut() {
-        for x in &mut m.replicas {
-            x.own.get_or_insert_with(|| snapshot.clone());
-        }
-    }
-}
-
-/// Changes the state of every Region's key of `r` with `f` (for changes of the shared
-/// material).
-pub fn for_each_region_state(r: &mut KeyRecord, f: impl Fn(&mut KeyState)) {
-    materialize_replicas(r);
-    f(&mut r.state);
-    if let Some(m) = r.multi_region.as_mut() {
-        for own in m.replicas.iter_mut().filter_map(|x| x.own.as_mut()) {
-            f(&mut own.state);
-        }
-    }
-}
-
-/// The Regions of a multi-Region key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MultiRegionRecord {
-    /// The primary Region.
-    pub primary: String,
-    /// The replica Regions, in the order they were made.
-    #[serde(default)]
-    pub replicas: Vec<ReplicaRecord>,
-}
-
-impl MultiRegionRecord {
-    /// True when the key exists in `region`.
-    pub fn in_region(&self, region: &str) -> bool {
-        self.primary == region || self.replicas.iter().any(|r| r.region == region)
-    }
-}
-
-/// The fields of ReplicateKey and UpdatePrimaryRegion.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub(in crate::service) struct RegionReq {
-    key_id: Option<String>,
-    replica_region: Option<String>,
-    primary_region: Option<String>,
-    policy: Option<String>,
-    description: Option<String>,
-    tags: Option<Vec<TagParam>>,
-    bypass_policy_lockout_safety_check: Option<bool>,
-}
-
-/// Parses a ReplicateKey or UpdatePrimaryRegion body.
-pub(in crate::service) fn parse(body: &[u8]) -> KmsResult<RegionReq> {
-    if body.is_empty() {
-        return Ok(RegionReq::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| KmsError::Serialization(format!("Invalid request: {e}")))
-}
 
 /// A fresh multi-Region key id.
 pub(in crate::service) fn new_mrk_id() -> KmsResult<String> {
@@ -338,7 +129,7 @@ impl Service {
         }
     }
 
-    /// The Region and the alias name of a store alias name (see [`Service::alias_key`]).
+    /// The Region and the alias name of a store alias name (see `Service::alias_key`).
     fn split_alias_key<'a>(&'a self, key: &'a str) -> (&'a str, &'a str) {
         match key.split_once(':') {
             Some((region, name)) => (region, name),
@@ -455,10 +246,14 @@ impl Service {
         });
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every ReplicateKey check in AWS's order, then the write"
+    )]
     pub(in crate::service) fn replicate_key(
         &self,
         principal: &str,
-        req: RegionReq,
+        req: RegionRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let replica = required(req.replica_region, "replicaRegion")?;
@@ -578,7 +373,7 @@ impl Service {
     pub(in crate::service) fn update_primary_region(
         &self,
         principal: &str,
-        req: RegionReq,
+        req: RegionRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let new_primary = required(req.primary_region, "primaryRegion")?;

@@ -4,29 +4,12 @@
 //! material version and records its time in the key's `rotations`; the times of on-demand
 //! rotations are also kept in `on_demand_rotations`, which tells the two kinds apart.
 
-use super::super::{check_len, check_range, required, Service};
 use crate::error::{KmsError, KmsResult};
+use crate::service::request::ListKeyRotationsRequest;
+use crate::service::validate::{check_len, check_range, required};
+use crate::service::Service;
 use crate::store::KeyRecord;
-use serde::Deserialize;
 use serde_json::{json, Value};
-
-/// The fields of ListKeyRotations.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub(in crate::service) struct RotationsReq {
-    key_id: Option<String>,
-    limit: Option<i64>,
-    marker: Option<String>,
-}
-
-/// Parses a ListKeyRotations body.
-pub(in crate::service) fn parse(body: &[u8]) -> KmsResult<RotationsReq> {
-    if body.is_empty() {
-        return Ok(RotationsReq::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| KmsError::Serialization(format!("Invalid request: {e}")))
-}
 
 /// `(time, type)` of each rotation of `r`, oldest first.
 pub(in crate::service) fn rotations(r: &KeyRecord) -> Vec<(f64, &'static str)> {
@@ -47,7 +30,7 @@ impl Service {
     pub(in crate::service) fn list_key_rotations(
         &self,
         principal: &str,
-        req: RotationsReq,
+        req: ListKeyRotationsRequest,
     ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let limit = match req.limit {

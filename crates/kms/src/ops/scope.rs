@@ -132,6 +132,10 @@ pub(in crate::service) fn region() -> Option<String> {
 /// Adds the request-wide condition values (`aws:PrincipalArn`, `aws:CurrentTime`,
 /// `aws:EpochTime`, `aws:SourceIp`, `aws:SecureTransport`, `aws:RequestedRegion` and the values
 /// read from the body) to `ctx`.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "whole seconds of the clock, as IAM gives them: the fraction is dropped on purpose"
+)]
 pub(in crate::service) fn extend(ctx: &mut RequestContext<'_>) {
     let principal = ctx.principal.to_string();
     ctx.add("aws:principalarn", principal);

@@ -8,7 +8,13 @@
 //! DeriveSharedSecret honour a Recipient exactly as the symmetric operations do: the secret is
 //! sealed to the attested enclave as `CiphertextForRecipient` and the plaintext field left out.
 
-use super::{b64, check_len, release, required, Req, Resolved, Service};
+use super::authz::Resolved;
+use super::request::{
+    CreateKeyRequest, DecryptRequest, DeriveSharedSecretRequest, EncryptRequest, KeyRequest,
+    SignRequest, VerifyRequest,
+};
+use super::validate::{check_len, required};
+use super::{b64, release, Service};
 use crate::blob::MAX_BLOB_LEN;
 use crate::error::{KmsError, KmsResult};
 use crate::keys::{
@@ -42,7 +48,7 @@ fn parse_spec(field: &str, s: &str) -> KmsResult<KeySpec> {
 
 /// CreateKey's KeySpec (or its older name CustomerMasterKeySpec) and KeyUsage: the spec
 /// (SYMMETRIC_DEFAULT when absent) and the usage to store (`None` for a symmetric key).
-pub(super) fn spec_and_usage(req: &Req) -> KmsResult<(KeySpec, Option<KeyUsage>)> {
+pub(super) fn spec_and_usage(req: &CreateKeyRequest) -> KmsResult<(KeySpec, Option<KeyUsage>)> {
     let spec = match (
         req.key_spec.as_deref(),
         req.customer_master_key_spec.as_deref(),
@@ -81,19 +87,19 @@ pub(super) fn spec_and_usage(req: &Req) -> KmsResult<(KeySpec, Option<KeyUsage>)
     Ok((spec, (!spec.is_symmetric()).then_some(usage)))
 }
 
-fn parse_signing(req_alg: Option<String>) -> KmsResult<SigningAlgorithm> {
+fn parse_signing(req_alg: Option<&str>) -> KmsResult<SigningAlgorithm> {
     let a = required(req_alg, "signingAlgorithm")?;
-    SigningAlgorithm::parse(&a).ok_or_else(|| {
+    SigningAlgorithm::parse(a).ok_or_else(|| {
         let names: Vec<&str> = SIGNING_ALGORITHMS.iter().map(|s| s.as_str()).collect();
-        enum_error("signingAlgorithm", &a, &names)
+        enum_error("signingAlgorithm", a, &names)
     })
 }
 
-fn parse_message_type(t: Option<String>) -> KmsResult<MessageType> {
+fn parse_message_type(t: Option<&str>) -> KmsResult<MessageType> {
     match t {
         None => Ok(MessageType::Raw),
         Some(t) => {
-            MessageType::parse(&t).ok_or_else(|| enum_error("messageType", &t, &["RAW", "DIGEST"]))
+            MessageType::parse(t).ok_or_else(|| enum_error("messageType", t, &["RAW", "DIGEST"]))
         }
     }
 }
@@ -183,12 +189,12 @@ impl Service {
 
     /// Sign. The response is written from a typed struct (the hot path of signing services:
     /// no intermediate JSON value).
-    pub(super) fn sign(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
+    pub(super) fn sign(&self, principal: &str, req: SignRequest<'_>) -> KmsResult<Vec<u8>> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let message = required(req.message, "message")?;
         check_len("message", message.0.len(), 1, MAX_MESSAGE)?;
-        let message_type = parse_message_type(req.message_type)?;
-        let alg = parse_signing(req.signing_algorithm)?;
+        let message_type = parse_message_type(req.message_type.as_deref())?;
+        let alg = parse_signing(req.signing_algorithm.as_deref())?;
         self.authorize(&key, principal, "kms:Sign", None, None)?;
         self.require_enabled(&key)?;
         let material = Self::require_usage(&key, KeyUsage::SignVerify, "Sign")?;
@@ -208,14 +214,14 @@ impl Service {
         })
     }
 
-    pub(super) fn verify(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
+    pub(super) fn verify(&self, principal: &str, req: VerifyRequest<'_>) -> KmsResult<Vec<u8>> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let message = required(req.message, "message")?;
         check_len("message", message.0.len(), 1, MAX_MESSAGE)?;
         let signature = required(req.signature, "signature")?;
         check_len("signature", signature.0.len(), 1, MAX_SIGNATURE)?;
-        let message_type = parse_message_type(req.message_type)?;
-        let alg = parse_signing(req.signing_algorithm)?;
+        let message_type = parse_message_type(req.message_type.as_deref())?;
+        let alg = parse_signing(req.signing_algorithm.as_deref())?;
         self.authorize(&key, principal, "kms:Verify", None, None)?;
         self.require_enabled(&key)?;
         let material = Self::require_usage(&key, KeyUsage::SignVerify, "Verify")?;
@@ -235,7 +241,7 @@ impl Service {
         })
     }
 
-    pub(super) fn get_public_key(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    pub(super) fn get_public_key(&self, principal: &str, req: KeyRequest) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         self.authorize(&key, principal, "kms:GetPublicKey", None, None)?;
         self.require_enabled(&key)?;
@@ -257,7 +263,12 @@ impl Service {
     }
 
     /// Encrypt with an asymmetric key (`key` already resolved by Encrypt).
-    pub(super) fn rsa_encrypt(&self, principal: &str, key: Resolved, req: Req) -> KmsResult<Value> {
+    pub(super) fn rsa_encrypt(
+        &self,
+        principal: &str,
+        key: Resolved,
+        req: EncryptRequest,
+    ) -> KmsResult<Value> {
         no_context(&req.encryption_context)?;
         let plaintext = required(req.plaintext, "plaintext")?;
         check_len("plaintext", plaintext.0.len(), 1, super::MAX_PLAINTEXT)?;
@@ -283,7 +294,7 @@ impl Service {
     }
 
     /// Decrypt with an RSA algorithm: the key must be named (an RSA ciphertext names no key).
-    pub(super) fn rsa_decrypt(&self, principal: &str, req: Req) -> KmsResult<Vec<u8>> {
+    pub(super) fn rsa_decrypt(&self, principal: &str, req: DecryptRequest) -> KmsResult<Vec<u8>> {
         let ciphertext = required(req.ciphertext_blob, "ciphertextBlob")?;
         let recipient = self.attested(req.recipient)?;
         let (key, alg, plain) = self.rsa_open(
@@ -356,7 +367,11 @@ impl Service {
         Ok((material.encrypt(alg, plaintext)?, alg))
     }
 
-    pub(super) fn derive_shared_secret(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    pub(super) fn derive_shared_secret(
+        &self,
+        principal: &str,
+        req: DeriveSharedSecretRequest,
+    ) -> KmsResult<Value> {
         let key = self.resolve(&required(req.key_id, "keyId")?)?;
         let alg = required(req.key_agreement_algorithm, "keyAgreementAlgorithm")?;
         if alg != KEY_AGREEMENT_ALGORITHM {
@@ -484,6 +499,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
     fn sign_verify_and_errors() {
         let (_d, s) = service();
         let id = create(&s, "ECC_NIST_P256", "SIGN_VERIFY");
@@ -704,6 +720,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
     fn derive_shared_secret_and_mac() {
         let (_d, s) = service();
         let id = create(&s, "ECC_NIST_P256", "KEY_AGREEMENT");

@@ -5,7 +5,10 @@
 //! (compared in constant time). The HMAC key itself never leaves the service.
 
 use super::asymmetric::enum_error;
-use super::{b64, check_len, required, Req, Resolved, Service};
+use super::authz::Resolved;
+use super::request::MacRequest;
+use super::validate::{check_len, required};
+use super::{b64, Service};
 use crate::error::{KmsError, KmsResult};
 use crate::keys::{KeyUsage, MacAlgorithm, MAX_MAC, MAX_MESSAGE};
 use serde_json::{json, Value};
@@ -55,7 +58,7 @@ impl Service {
         Ok((key, alg))
     }
 
-    pub(super) fn generate_mac(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    pub(super) fn generate_mac(&self, principal: &str, req: MacRequest) -> KmsResult<Value> {
         let (key, alg) = self.mac_request(
             principal,
             "kms:GenerateMac",
@@ -73,7 +76,7 @@ impl Service {
         }))
     }
 
-    pub(super) fn verify_mac(&self, principal: &str, req: Req) -> KmsResult<Value> {
+    pub(super) fn verify_mac(&self, principal: &str, req: MacRequest) -> KmsResult<Value> {
         let mac = required(req.mac, "mac")?;
         check_len("mac", mac.0.len(), 1, MAX_MAC)?;
         let (key, alg) = self.mac_request(

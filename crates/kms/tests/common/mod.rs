@@ -154,10 +154,13 @@ impl Attestor {
         pcrs.insert(1usize, vec![0x11; 48]);
         pcrs.insert(2usize, vec![0x22; 48]);
         pcrs.insert(8usize, vec![0; 48]);
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let ms = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
         signer
             .sign(DocumentFields {
                 module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
@@ -229,10 +232,13 @@ impl RawClient {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
         use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
         use std::io::{BufRead, Read, Write};
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
         let amz = format_amz_date(now);
         let target = format!("TrentService.{op}");
         let headers: Vec<(&str, &[u8])> = vec![

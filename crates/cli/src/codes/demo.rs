@@ -1,0 +1,21 @@
+//! The demo (E8xx): the codes and their explanations.
+
+use super::code::*;
+
+/// Error codes of this area.
+pub const CODES: &[ErrorInfo] = &[
+    ErrorInfo { code: E801, exit: ExitKind::Failure, summary: "Cannot build the demo images", explanation: "Reading the blobs (init, cmdline) or the sample app, or writing the images, failed. A `cloister` run from its own source tree (`cargo run -- demo`) with nothing installed builds init and the sample app with cargo first; the message then carries cargo's output." },
+    ErrorInfo { code: E802, exit: ExitKind::System, summary: "Cannot set up the demo environment", explanation: "The temp directory, run directory, PKI or allocator pool of the demo could not be created, or the async runtime could not start." },
+    ErrorInfo { code: E803, exit: ExitKind::System, summary: "Demo key service failed", explanation: "The in-process key service could not open its temp data directory, load the PKI root as its attestation trust anchor, or listen on 127.0.0.1." },
+    ErrorInfo { code: E804, exit: ExitKind::System, summary: "Demo vsock-proxy failed", explanation: "vsock-proxy could not listen on its port in the demo's vsock fabric, or stopped with an error." },
+    ErrorInfo { code: E805, exit: ExitKind::Failure, summary: "Demo key setup failed", explanation: "CreateKey (with the attestation-bound key policy) or Encrypt on the demo key service failed." },
+    ErrorInfo { code: E806, exit: ExitKind::Failure, summary: "Demo enclave failed to start", explanation: "run-enclave failed for a demo image (see the E3xx code quoted in the message): enclaves need root, namespaces and cgroups; `cloister explain` on the quoted code says more." },
+    ErrorInfo { code: E807, exit: ExitKind::Failure, summary: "Demo enclave did not answer", explanation: "The demo could not reach the sample app on its vsock port, or it sent no well-formed answer in time." },
+    ErrorInfo { code: E808, exit: ExitKind::VerificationFailed, summary: "Secret not released to the genuine image", explanation: "The sample enclave, whose PCR0 the key policy names, reported an error instead of the proof that it holds the secret. The message carries the KMS error type." },
+    ErrorInfo { code: E809, exit: ExitKind::VerificationFailed, summary: "Enclave proof rejected", explanation: "The enclave's answer did not verify: its attestation document does not chain to the demo's PKI root, carries another nonce, PCR0 or user data, or its HMAC over the challenge is not the one the secret gives." },
+    ErrorInfo { code: E810, exit: ExitKind::VerificationFailed, summary: "Modified image was not refused", explanation: "The image with a different PCR0 either received the secret or failed with something other than AccessDeniedException: the key policy's attestation condition was not enforced as expected." },
+    ErrorInfo { code: E811, exit: ExitKind::System, summary: "Demo left something behind", explanation: "After terminating the enclaves and stopping the proxy, an enclave record, a live monitor process or a vsock socket was still present in the demo's run directory." },
+    ErrorInfo { code: E812, exit: ExitKind::Failure, summary: "Demo interrupted", explanation: "SIGINT (Ctrl-C) or SIGTERM arrived: the demo terminated its enclaves, stopped the vsock-proxy and the key service, removed its temp directory (unless --keep-temp) and exited with status 130." },
+    ErrorInfo { code: E813, exit: ExitKind::Usage, summary: "VM demo needs a kernel", explanation: "`cloister demo --isolation vm` boots the EIF's kernel in QEMU, so the images need a real one, which Cloister's installed blobs (made for process enclaves) do not have: `cloister blobs prepare --output DIR --kernel-version latest` fetches Debian's cloud kernel and writes a blobs directory with it, its vsock modules and the installed init; pass it with --blobs DIR or CLOISTER_BLOBS." },
+    ErrorInfo { code: E814, exit: ExitKind::Unavailable, summary: "Demo sample app not installed", explanation: "The demo's enclave application (cloister-sample-app) is installed with Cloister, in <dir of the cloister executable>/../share/cloister or /usr/share/cloister; neither has it. Install Cloister's package (cloister_*.deb) or unpack its release tarball; in a source tree, `cargo run --release -- demo` builds it." },
+];
