@@ -121,7 +121,13 @@ async fn call(addr: SocketAddr, akid: &str, secret: &str, op: &str, body: &Value
 
 /// Replays `request` on `conns` keep-alive connections for `secs`; the rate per wall-clock
 /// second and per CPU second of the server's threads.
-async fn replay(addr: SocketAddr, request: Vec<u8>, conns: usize, secs: Duration) -> Rate {
+async fn replay(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    conns: usize,
+    secs: Duration,
+    threads: &str,
+) -> Rate {
     let request = Arc::new(request);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,12 +156,12 @@ async fn replay(addr: SocketAddr, request: Vec<u8>, conns: usize, secs: Duration
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     measuring.store(true, Ordering::Relaxed);
-    let cpu0 = cpu_of_threads(SERVER_THREAD);
+    let cpu0 = cpu_of_threads(threads);
     let t = Instant::now();
     tokio::time::sleep(secs).await;
     let n = count.load(Ordering::Relaxed) as f64;
     let elapsed = t.elapsed().as_secs_f64();
-    let cpu = (cpu_of_threads(SERVER_THREAD) - cpu0).max(1.0 / USER_HZ);
+    let cpu = (cpu_of_threads(threads) - cpu0).max(1.0 / USER_HZ);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -168,6 +174,48 @@ async fn replay(addr: SocketAddr, request: Vec<u8>, conns: usize, secs: Duration
 
 /// Name of the server runtime's threads (15 characters at most, the kernel's limit).
 const SERVER_THREAD: &str = "kms-server";
+
+/// Name of the floor server's threads.
+const FLOOR_THREAD: &str = "http-floor";
+
+/// Starts the floor: hyper's HTTP/1.1 server with keep-alive that reads each request's body and
+/// answers 200 with `len` bytes and the key service's content type, doing nothing else.
+async fn floor_server(len: Arc<AtomicU64>) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let len = len.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let n = usize::try_from(len.load(Ordering::Relaxed)).unwrap_or(0);
+                    async move {
+                        let body: hyper::body::Incoming = req.into_body();
+                        let _ = body.collect().await;
+                        let mut r =
+                            hyper::Response::new(Full::new(bytes::Bytes::from(vec![b'x'; n])));
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
+                        );
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
 
 /// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
 const USER_HZ: f64 = 100.0;
@@ -231,6 +279,10 @@ fn raw_rate(threads: usize, secs: Duration, f: impl Fn() + Sync) -> Rate {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's workloads and report, in order"
+)]
 fn main() {
     let secs = Duration::from_secs(
         std::env::var("BENCH_SECONDS")
@@ -291,6 +343,16 @@ fn main() {
         tokio::spawn(server::serve(l, app, None, std::future::pending()));
         addr
     });
+    // The floor: an HTTP/1.1 server on the same stack (tokio, hyper, loopback TCP) that only
+    // reads the request and answers a body of the real response's length.
+    let floor_len = Arc::new(AtomicU64::new(0));
+    let floor_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_threads)
+        .thread_name(FLOOR_THREAD)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let floor_addr = floor_rt.block_on(floor_server(floor_len.clone()));
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .enable_all()
@@ -334,11 +396,24 @@ fn main() {
                 "Sign",
                 &serde_json::to_vec(&body).unwrap(),
             );
-            rates.push(replay(addr, request, conns, secs).await);
+            let floor_request = signed_bytes(
+                floor_addr,
+                &akid,
+                &secret,
+                "Sign",
+                &serde_json::to_vec(&body).unwrap(),
+            );
+            // The floor answers with a body as long as the real response's.
+            floor_len.store(s.to_string().len() as u64, Ordering::Relaxed);
+            rates.push(replay(addr, request, conns, secs, SERVER_THREAD).await);
+            rates.push(replay(floor_addr, floor_request, conns, secs, FLOOR_THREAD).await);
         }
         rates
     });
-    let (srv_rsa, srv_ec) = (rates.pop().expect("rsa"), rates.pop().expect("ec"));
+    let floor_rsa = rates.pop().expect("floor rsa");
+    let srv_rsa = rates.pop().expect("rsa");
+    let floor_ec = rates.pop().expect("floor ec");
+    let srv_ec = rates.pop().expect("ec");
 
     println!(
         "Sign throughput, {}s per workload, {cpus} CPUs: server {server_threads} worker thread(s), load generator {client_threads} thread(s) and {conns} connections, raw aws-lc-rs on {server_threads} thread(s)",
@@ -353,6 +428,8 @@ fn main() {
         ("cloister Sign ECC_NIST_P256 ECDSA_SHA_256", &srv_ec),
         ("raw aws-lc-rs RSA-2048 PSS SHA-256 sign", &raw_rsa),
         ("cloister Sign RSA_2048 RSASSA_PSS_SHA_256", &srv_rsa),
+        ("HTTP floor (read, fixed answer), ECC size", &floor_ec),
+        ("HTTP floor (read, fixed answer), RSA size", &floor_rsa),
     ] {
         println!("{name:<44} {:>12.0} {:>14.0}", r.per_s, r.per_cpu_s);
     }
@@ -365,5 +442,16 @@ fn main() {
         "ratio server/raw per CPU second of the signing threads: ECC_NIST_P256 {:.2}x, RSA_2048 {:.2}x",
         srv_ec.per_cpu_s / raw_ec.per_cpu_s,
         srv_rsa.per_cpu_s / raw_rsa.per_cpu_s
+    );
+    // Per CPU second, a request costs the server the floor plus its own work plus one
+    // signature; no server on this stack can do better than raw / (raw + floor) per CPU second.
+    let us = |r: &Rate| 1e6 / r.per_cpu_s;
+    println!(
+        "server CPU per request: ECC_NIST_P256 {:.1} us = signature {:.1} + HTTP floor {:.1} + key service {:.1}; bound on this stack raw/(raw + floor): {:.2}x",
+        us(&srv_ec),
+        us(&raw_ec),
+        us(&floor_ec),
+        us(&srv_ec) - us(&raw_ec) - us(&floor_ec),
+        us(&raw_ec) / (us(&raw_ec) + us(&floor_ec))
     );
 }
