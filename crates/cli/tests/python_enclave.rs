@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vm_support::{json_ok, run_ok, workspace_root};
+use vm_support::{copy_dir, json_ok, run_ok, workspace_root};
 
 /// Debian's packages the root file system is made of.
 const PACKAGES: &[&str] = &[
@@ -50,18 +50,6 @@ const VM_BOOT_TIMEOUT_MS: &str = "180000";
 fn copy_file(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 /// The unpacked packages (target/python-rootfs/staging), downloaded once.
@@ -237,8 +225,8 @@ fn process_blobs(dir: &Path) -> PathBuf {
 /// `python3.11 -S -B /app/<argv...>`.
 fn python_eif(dir: &Path, blobs: &Path, name: &str, argv: &[&str]) -> PathBuf {
     let rootfs = dir.join(format!("rootfs-{name}"));
-    copy_tree(python_rootfs(), &rootfs);
-    copy_tree(
+    copy_dir(python_rootfs(), &rootfs);
+    copy_dir(
         &workspace_root().join("tests/apps/python"),
         &rootfs.join("app"),
     );

@@ -178,7 +178,8 @@ impl VmKit {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies the tree `from` into `to` (created), files and directories only.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(e.file_name());

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // Each bench target compiles this module and uses only some of it.
 
 use bytes::Bytes;
-use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
+use cloister_kms::sigv4::format_amz_date;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -32,35 +32,29 @@ pub struct Signed {
     pub authorization: String,
 }
 
+/// The SigV4 `Authorization` of a KMS JSON request in us-east-1, as the SDK signs it.
+fn kms_authorization(creds: &Creds, host: &str, amz: &str, target: &str, body: &[u8]) -> String {
+    let credentials = cloister_sdk::kms_client::Credentials {
+        access_key_id: creds.akid.clone(),
+        secret_access_key: creds.secret.clone().into(),
+        session_token: None,
+    };
+    let headers = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("host", host),
+        ("x-amz-date", amz),
+        ("x-amz-target", target),
+    ];
+    cloister_sdk::kms_client::sigv4_authorization(&credentials, "us-east-1", amz, &headers, body)
+}
+
 /// Signs KMS operation `op` with `body` for `addr`, deriving the signing key per request as
 /// the AWS SDKs do.
 pub fn sign(addr: SocketAddr, creds: &Creds, op: &str, body: &[u8]) -> Signed {
     let amz = format_amz_date(now_secs());
     let host = addr.to_string();
     let target = format!("TrentService.{op}");
-    let headers: Vec<(&str, &[u8])> = vec![
-        ("content-type", b"application/x-amz-json-1.1"),
-        ("host", host.as_bytes()),
-        ("x-amz-date", amz.as_bytes()),
-        ("x-amz-target", target.as_bytes()),
-    ];
-    let req = SignedRequest {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body,
-    };
-    let key = signing_key(&creds.secret, &amz[..8], "us-east-1", "kms");
-    let authorization = sign_request(
-        &creds.akid,
-        &key,
-        (&amz[..8], "us-east-1"),
-        &amz,
-        &req,
-        "content-type;host;x-amz-date;x-amz-target",
-    )
-    .expect("sign");
+    let authorization = kms_authorization(creds, &host, &amz, &target, body);
     Signed {
         amz_date: amz,
         host,

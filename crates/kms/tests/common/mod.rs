@@ -230,7 +230,7 @@ impl RawClient {
     /// Sends one signed request; returns (status, JSON body), or the I/O error.
     pub fn try_call(&mut self, op: &str, body: &[u8]) -> std::io::Result<(u16, serde_json::Value)> {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        use cloister_kms::sigv4::{format_amz_date, sign_request, signing_key, SignedRequest};
+        use cloister_kms::sigv4::format_amz_date;
         use std::io::{BufRead, Read, Write};
         let now = i64::try_from(
             SystemTime::now()
@@ -241,29 +241,24 @@ impl RawClient {
         .unwrap();
         let amz = format_amz_date(now);
         let target = format!("TrentService.{op}");
-        let headers: Vec<(&str, &[u8])> = vec![
-            ("content-type", b"application/x-amz-json-1.1"),
-            ("host", self.host.as_bytes()),
-            ("x-amz-date", amz.as_bytes()),
-            ("x-amz-target", target.as_bytes()),
-        ];
-        let req = SignedRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body,
+        let credentials = cloister_sdk::kms_client::Credentials {
+            access_key_id: self.akid.clone(),
+            secret_access_key: self.secret.clone().into(),
+            session_token: None,
         };
-        let key = signing_key(&self.secret, &amz[..8], "us-east-1", "kms");
-        let auth = sign_request(
-            &self.akid,
-            &key,
-            (&amz[..8], "us-east-1"),
+        let headers = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("host", self.host.as_str()),
+            ("x-amz-date", amz.as_str()),
+            ("x-amz-target", target.as_str()),
+        ];
+        let auth = cloister_sdk::kms_client::sigv4_authorization(
+            &credentials,
+            "us-east-1",
             &amz,
-            &req,
-            "content-type;host;x-amz-date;x-amz-target",
-        )
-        .unwrap();
+            &headers,
+            body,
+        );
         let head = format!(
             "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-amz-json-1.1\r\nx-amz-date: {amz}\r\nx-amz-target: {target}\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n",
             self.host,
