@@ -347,7 +347,16 @@ async fn handle_request(app: &App, req: Request<Incoming>) -> Reply {
         );
     }
     let limit = app.limits.body_read;
-    let body = match tokio::time::timeout(limit, read_body(body)).await {
+    // A small body usually arrives with its head, and is read without arming a timer; only a
+    // body still on its way is read under the deadline.
+    let mut reading = std::pin::pin!(read_body(body));
+    let ready =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx).map(Ok))).await;
+    let read = match ready {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => tokio::time::timeout(limit, reading).await,
+    };
+    let body = match read {
         Err(_elapsed) => return body_timeout(limit),
         Ok(Err(BodyError::TooLarge)) => return too_large(),
         Ok(Err(BodyError::Read(e))) => {

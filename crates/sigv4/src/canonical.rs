@@ -151,8 +151,14 @@ pub fn string_to_sign(
                 first = false;
                 let v = std::str::from_utf8(hv)
                     .map_err(|_| Error::Invalid(format!("header {name} is not valid text")))?;
+                let v = v.trim();
+                if !v.contains("  ") && !v.contains('\t') {
+                    // Nothing to fold (the usual case): the value as it is.
+                    canonical.push_str(v);
+                    continue;
+                }
                 let mut last_space = false;
-                for c in v.trim().chars() {
+                for c in v.chars() {
                     if c == ' ' || c == '\t' {
                         if !last_space {
                             canonical.push(' ');

@@ -50,6 +50,12 @@ pub fn signature(key: &[u8; 32], string_to_sign: &str) -> [u8; 64] {
     hex32(&hmac_sha256(key, string_to_sign.as_bytes()))
 }
 
+/// The signature (lower-case hex) of a string to sign under a signing key already made into
+/// an HMAC key (the verifier's cached form).
+pub(crate) fn signature_under(key: &hmac::Key, string_to_sign: &str) -> [u8; 64] {
+    hex32(hmac::sign(key, string_to_sign.as_bytes()).as_ref())
+}
+
 /// Signs a request as an AWS SDK would; returns the `Authorization` header's value (the
 /// request carries its `x-amz-date` among `signed_headers`).
 pub fn sign_request(

@@ -10,9 +10,9 @@
 
 use crate::canonical::{string_to_sign, SignedRequest};
 use crate::date::{format_amz_date, parse_amz_date};
-use crate::sign::{signature, signing_key};
+use crate::sign::{signature_under, signing_key};
 use crate::Error;
-use aws_lc_rs::constant_time;
+use aws_lc_rs::{constant_time, hmac};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::RwLock;
@@ -46,11 +46,12 @@ impl fmt::Debug for Credential {
 /// alone so that a lookup borrows the request's `&str` instead of allocating a key.
 type SigningKeyCache = HashMap<String, Vec<CachedKey>>;
 
-/// One derived signing key of an access key.
+/// One derived signing key of an access key, kept as an HMAC key whose pads are already
+/// computed (aws-lc wipes them when the key is dropped).
 struct CachedKey {
     date: [u8; 8],
     region: String,
-    key: Zeroizing<[u8; 32]>,
+    key: hmac::Key,
 }
 
 /// Most (day, region) signing keys kept per access key; the oldest goes first. A client needs
@@ -241,7 +242,7 @@ impl Verifier {
         );
         let sts = string_to_sign(req, auth.signed_headers, amz_date, &scope)?;
         let key = self.cached_signing_key(auth.access_key, auth.date, auth.region, cred);
-        let expected = signature(&key, &sts);
+        let expected = signature_under(&key, &sts);
         if constant_time::verify_slices_are_equal(&expected, auth.signature.as_bytes()).is_err() {
             return Err(Error::Invalid(
                 "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
@@ -256,7 +257,7 @@ impl Verifier {
         date: &str,
         region: &str,
         cred: &Credential,
-    ) -> Zeroizing<[u8; 32]> {
+    ) -> hmac::Key {
         let mut d = [0u8; 8];
         d.copy_from_slice(&date.as_bytes()[..8]);
         if let Ok(cache) = self.cache.read() {
@@ -267,7 +268,8 @@ impl Verifier {
                 return k.key.clone();
             }
         }
-        let k = signing_key(&cred.secret, date, region, &self.service);
+        let raw = signing_key(&cred.secret, date, region, &self.service);
+        let k = hmac::Key::new(hmac::HMAC_SHA256, &*raw);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= SIGNING_KEY_CACHE_MAX {
                 cache.clear();

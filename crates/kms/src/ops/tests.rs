@@ -1179,6 +1179,16 @@ fn each_region_of_a_multi_region_key_has_its_own_policy_grants_tags_and_state() 
         )),
         "KMSInvalidStateException"
     );
+    // No new alias points at a primary waiting for its replicas' deletion (as AWS refuses).
+    assert_eq!(
+        code(as_in(
+            ROOT,
+            "eu-west-1",
+            "CreateAlias",
+            json!({"AliasName": "alias/leaving", "TargetKeyId": key})
+        )),
+        "KMSInvalidStateException"
+    );
     assert_eq!(code(as_in(ROOT, "us-east-1", "Decrypt", dec.clone())), "ok");
     // Cancelled like any pending deletion: the key is Disabled.
     as_in(

@@ -280,13 +280,19 @@ impl Service {
             ));
         }
         let key = self.resolve(target)?;
-        if key.entry.record.state == KeyState::PendingDeletion {
-            return Err(KmsError::InvalidState(format!(
+        // AWS refuses an alias to a key on its way out, including a primary that waits for its
+        // replicas' deletion.
+        match key.entry.record.state {
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
                 "{} is pending deletion.",
                 key.arn
-            )));
+            ))),
+            KeyState::PendingReplicaDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending replica deletion.",
+                key.arn
+            ))),
+            _ => Ok(key),
         }
-        Ok(key)
     }
 
     pub(super) fn create_alias(&self, principal: &str, req: AliasRequest) -> KmsResult<Value> {
