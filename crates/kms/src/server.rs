@@ -308,7 +308,7 @@ async fn read_body(mut body: Incoming) -> Result<Vec<u8>, BodyError> {
 
 /// Handles one HTTP request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = handle_request(&app, req).await;
+    let reply = handle_request(&app, req, None).await;
     finish_response(reply)
 }
 
@@ -324,7 +324,7 @@ fn finish_response(reply: Reply) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle_request(app: &App, req: Request<Incoming>) -> Reply {
+async fn handle_request(app: &App, req: Request<Incoming>, client: Option<ClientAddr>) -> Reply {
     let (parts, body) = req.into_parts();
     // A declared body over the cap is refused before any of it is read (reading it is what
     // would send `100 Continue`), and before anything else is looked at.
@@ -367,7 +367,7 @@ async fn handle_request(app: &App, req: Request<Incoming>) -> Reply {
         }
         Ok(Ok(body)) => body,
     };
-    let response = match dispatch(app, &parts, &body) {
+    let response = match dispatch(app, &parts, &body, client) {
         Ok(out) => respond(200, out),
         Err(e) => error_response(&e),
     };
@@ -382,6 +382,7 @@ fn dispatch(
     app: &App,
     parts: &hyper::http::request::Parts,
     body: &[u8],
+    client: Option<ClientAddr>,
 ) -> Result<Vec<u8>, KmsError> {
     let headers: Vec<(&str, &[u8])> = parts
         .headers
@@ -397,7 +398,7 @@ fn dispatch(
     };
     let (principal, region) = app.verifier.verify_scoped(&signed, epoch_now())?;
     let mut caller = cloister_kms_caller(principal, region);
-    if let Some(client) = parts.extensions.get::<ClientAddr>() {
+    if let Some(client) = client {
         caller.source_ip = Some(client.0.ip());
         caller.secure_transport = Some(client.1);
     }
@@ -416,8 +417,9 @@ fn dispatch(
     }
 }
 
-/// The address of the client of a request, and whether it came over TLS (a request extension:
-/// `aws:SourceIp` and `aws:SecureTransport` of the request's policy evaluation).
+/// The address of the client of a request, and whether it came over TLS (`aws:SourceIp` and
+/// `aws:SecureTransport` of the request's policy evaluation), handed from the connection to
+/// each of its requests.
 #[derive(Debug, Clone, Copy)]
 struct ClientAddr(SocketAddr, bool);
 
@@ -523,13 +525,12 @@ where
     let peer = client.0;
     let limits = app.limits;
     let svc_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| -> ReplyFuture {
-        req.extensions_mut().insert(client);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| -> ReplyFuture {
         let app = app.clone();
         let conn = svc_conn.clone();
         let n = conn.begin_request();
         Box::pin(async move {
-            let reply = handle_request(&app, req).await;
+            let reply = handle_request(&app, req, Some(client)).await;
             if reply.after == After::Linger {
                 conn.request_linger();
             }
