@@ -21,6 +21,13 @@
 //! With `ExpirationModel=KEY_MATERIAL_EXPIRES` the material is deleted when `ValidTo` passes:
 //! the first resolution of the key after that moment deletes it and puts the key in
 //! `PendingImport` (see `Service::expire_imported`), as does DeleteImportedKeyMaterial.
+//!
+//! A multi-Region key of origin `EXTERNAL` takes its material as in AWS: the same material is
+//! imported into the key of each Region, by GetParametersForImport and ImportKeyMaterial called
+//! in that Region (a replica starts in `PendingImport`). Each Region's key has its own import
+//! parameters, expiration model, `ValidTo` and state, and DeleteImportedKeyMaterial or expiry
+//! deletes the material of one Region's key; the sealed material is kept while any Region's key
+//! has it, and the digest every import must match is shared.
 
 use crate::error::{KmsError, KmsResult};
 use crate::service::request::ImportRequest;
@@ -133,20 +140,31 @@ impl Service {
         id: &[u8; 16],
         entry: Arc<KeyEntry>,
     ) -> KmsResult<Arc<KeyEntry>> {
+        let t = now();
+        let expired = |model: &Option<String>, valid_to: Option<f64>| {
+            model.is_some() && valid_to.is_some_and(|v| v <= t)
+        };
+        // Read without copying the record: this runs on every resolution of a key.
         let due = |r: &KeyRecord| {
-            !r.materials.is_empty()
-                && r.import
-                    .as_ref()
-                    .and_then(|i| i.valid_to)
-                    .is_some_and(|t| t <= now())
+            let Some(i) = &r.import else { return false };
+            expired(&i.expiration_model, i.valid_to)
+                || r.multi_region.as_ref().is_some_and(|m| {
+                    m.replicas
+                        .iter()
+                        .filter_map(|x| x.own.as_ref())
+                        .any(|o| expired(&o.import_expiration_model, o.import_valid_to))
+                })
         };
         if !due(&entry.record) {
             return Ok(entry);
         }
         let (entry, ()) = self.store.update_key(id, |r| {
-            if due(r) {
-                delete_material(r);
-            }
+            super::regions::for_each_region_import(r, |x| {
+                if expired(x.expiration_model, *x.valid_to) {
+                    delete_material(x);
+                }
+            });
+            drop_unused_material(r);
             Ok(())
         })?;
         Ok(entry)
@@ -240,7 +258,8 @@ impl Service {
             algorithm: alg,
             valid_to,
         };
-        self.store.update_key(&key.id, |r| {
+        // Each Region's key has its own parameters.
+        self.update_regional(&key, |r| {
             let i = r.import.as_mut().ok_or_else(|| not_external(&key.arn))?;
             i.pending = Some(pending);
             Ok(())
@@ -371,19 +390,23 @@ impl Service {
             ));
         }
         let sealed = self.store.seal_material(&record.id, 0, &material)?;
-        self.store.update_key(&key.id, |r| {
+        // Into the request's Region's key only: each Region of a multi-Region key takes the
+        // (same) material by its own import, and keeps its own expiry.
+        self.update_regional(&key, |r| {
             let i = r.import.as_mut().ok_or_else(|| not_external(&key.arn))?;
+            if i.material_digest.as_ref().is_some_and(|d| d != &digest) {
+                return Err(KmsError::IncorrectKeyMaterial(
+                    "The key material is not the material previously imported into this key".into(),
+                ));
+            }
             i.material_digest = Some(digest);
             i.expiration_model = Some(model.to_string());
             i.valid_to = valid_to;
             i.pending = None;
             r.materials = vec![sealed];
-            // The material is shared by every Region of a multi-Region key.
-            super::regions::for_each_region_state(r, |s| {
-                if *s == KeyState::PendingImport {
-                    *s = KeyState::Enabled;
-                }
-            });
+            if r.state == KeyState::PendingImport {
+                r.state = KeyState::Enabled;
+            }
             Ok(())
         })?;
         Ok(json!({}))
@@ -405,29 +428,43 @@ impl Service {
                 key.arn
             )));
         }
-        self.store.update_key(&key.id, |r| {
-            delete_material(r);
+        // From the request's Region's key only; the material stays while another Region's key
+        // has it.
+        self.update_regional(&key, |r| {
+            if let Some(i) = r.import.as_mut() {
+                delete_material(super::regions::RegionImport {
+                    state: &mut r.state,
+                    expiration_model: &mut i.expiration_model,
+                    valid_to: &mut i.valid_to,
+                });
+            }
+            drop_unused_material(r);
             Ok(())
         })?;
         Ok(json!({}))
     }
 }
 
-/// Deletes a key's imported material: the key waits for the same material again.
-fn delete_material(r: &mut KeyRecord) {
-    r.materials.clear();
-    if let Some(i) = r.import.as_mut() {
-        i.valid_to = None;
-        i.expiration_model = None;
+/// Deletes the imported material of one Region's key: it waits for the same material again
+/// (a key pending deletion stays so).
+fn delete_material(x: super::regions::RegionImport<'_>) {
+    *x.expiration_model = None;
+    *x.valid_to = None;
+    if !matches!(
+        *x.state,
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+    ) {
+        *x.state = KeyState::PendingImport;
     }
-    super::regions::for_each_region_state(r, |s| {
-        if !matches!(
-            *s,
-            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
-        ) {
-            *s = KeyState::PendingImport;
-        }
-    });
+}
+
+/// Forgets the sealed material of an `EXTERNAL` key once no Region's key has it.
+fn drop_unused_material(r: &mut KeyRecord) {
+    let mut held = false;
+    super::regions::for_each_region_import(r, |x| held |= x.expiration_model.is_some());
+    if !held {
+        r.materials.clear();
+    }
 }
 
 #[cfg(test)]

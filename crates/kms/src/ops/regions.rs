@@ -8,7 +8,9 @@
 //!
 //! A multi-Region key is one record: the primary and its replicas share the key material (so a
 //! ciphertext made in one Region decrypts in every other), key spec, usage and origin, and its
-//! rotations (automatic rotation is set on the primary and applies to all). As in AWS, each
+//! rotations (automatic rotation is set on the primary and applies to all). Imported material
+//! (origin `EXTERNAL`) is the same everywhere too, but, as in AWS, goes into each Region's key
+//! by its own import and expires or is deleted per Region (see [`super::import`]). As in AWS, each
 //! Region's key has its own key policy, grants, description, tags, state and pending deletion
 //! ([`RegionFields`]): the record's own fields are those of the primary Region, each
 //! [`ReplicaRecord`] holds those of its Region. Key lookup answers the view of the request's
@@ -38,8 +40,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub use crate::store::record::multi_region::{
-    delete_due_replicas, for_each_region_state, materialize_replicas, replica_deletion_due,
-    replica_view, swap_region, MultiRegionRecord, RegionFields, ReplicaRecord,
+    delete_due_replicas, for_each_region_import, materialize_replicas, replica_deletion_due,
+    replica_view, swap_region, MultiRegionRecord, RegionFields, RegionImport, ReplicaRecord,
 };
 
 /// Most replicas of one multi-Region key.
@@ -329,9 +331,10 @@ impl Service {
                     "A multi-Region key can have at most {MAX_REPLICAS} replicas"
                 )));
             }
-            // The replica shares the material: without it (an imported key awaiting its
-            // material), it waits for the import too.
-            let state = if r.materials.is_empty() {
+            // The replica shares the primary's material, except that of a key of origin
+            // EXTERNAL: as in AWS, the same material is imported into each Region's key, so the
+            // replica waits for its own import.
+            let state = if r.import.is_some() || r.materials.is_empty() {
                 KeyState::PendingImport
             } else {
                 KeyState::Enabled
@@ -347,6 +350,9 @@ impl Service {
                     policy,
                     tags,
                     grants: Vec::new(),
+                    import_expiration_model: None,
+                    import_valid_to: None,
+                    import_pending: None,
                 }),
             });
             Ok(())

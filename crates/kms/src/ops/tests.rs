@@ -568,6 +568,160 @@ fn imported_key_material_lifecycle() {
 
 #[test]
 #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn imported_material_goes_into_each_region_of_a_multi_region_key() {
+    let (_d, s) = service();
+    let s = s.with_regions(&["eu-west-1".to_string()]);
+    let in_region = |region: &str, op: &str, body: Value| {
+        let caller = Caller {
+            principal: ROOT.into(),
+            region: Some(region.into()),
+            ..Caller::default()
+        };
+        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let k = in_region(
+        "us-east-1",
+        "CreateKey",
+        json!({"MultiRegion": true, "Origin": "EXTERNAL"}),
+    )
+    .unwrap();
+    let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let params = |region: &str| {
+        in_region(
+            region,
+            "GetParametersForImport",
+            json!({"KeyId": key, "WrappingAlgorithm": "RSAES_OAEP_SHA_256",
+                "WrappingKeySpec": "RSA_2048"}),
+        )
+        .unwrap()
+    };
+    let import = |region: &str, p: &Value, material: &[u8], extra: Value| {
+        let mut body = json!({"KeyId": key, "ImportToken": p["ImportToken"],
+            "EncryptedKeyMaterial": wrap_for_import(p, material)});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        in_region(region, "ImportKeyMaterial", body)
+    };
+    let state = |region: &str| {
+        in_region(region, "DescribeKey", json!({"KeyId": key})).unwrap()["KeyMetadata"]["KeyState"]
+            .clone()
+    };
+    let material = [0x5au8; 32];
+    let p = params("us-east-1");
+    import("us-east-1", &p, &material, json!({})).unwrap();
+    let ct = in_region(
+        "us-east-1",
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": "aGk="}),
+    )
+    .unwrap();
+    let dec = json!({"CiphertextBlob": ct["CiphertextBlob"]});
+
+    // As in AWS, the replica of an imported key waits for its own import of the same material.
+    let r = in_region(
+        "us-east-1",
+        "ReplicateKey",
+        json!({"KeyId": key, "ReplicaRegion": "eu-west-1"}),
+    )
+    .unwrap();
+    assert_eq!(r["ReplicaKeyMetadata"]["KeyState"], "PendingImport");
+    assert_eq!(r["ReplicaKeyMetadata"]["Origin"], "EXTERNAL");
+    assert_eq!(
+        code(in_region("eu-west-1", "Decrypt", dec.clone())),
+        "KMSInvalidStateException"
+    );
+    // Each Region's key has its own import parameters: a token of the primary's Region is not
+    // one of the replica's.
+    let p_us = params("us-east-1");
+    let p_eu = params("eu-west-1");
+    assert_eq!(
+        code(import("eu-west-1", &p_us, &material, json!({}))),
+        "InvalidImportTokenException"
+    );
+    assert_eq!(
+        code(import("eu-west-1", &p_eu, &[0x11u8; 32], json!({}))),
+        "IncorrectKeyMaterialException"
+    );
+    let t = crate::store::now();
+    import(
+        "eu-west-1",
+        &p_eu,
+        &material,
+        json!({"ValidTo": t + 3600.0, "ExpirationModel": "KEY_MATERIAL_EXPIRES"}),
+    )
+    .unwrap();
+    assert_eq!(state("eu-west-1"), "Enabled");
+    assert_eq!(
+        in_region("eu-west-1", "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGk="
+    );
+    // Each Region's key keeps its own expiry.
+    let described = |region: &str| {
+        in_region(region, "DescribeKey", json!({"KeyId": key})).unwrap()["KeyMetadata"].clone()
+    };
+    assert_eq!(
+        described("eu-west-1")["ExpirationModel"],
+        "KEY_MATERIAL_EXPIRES"
+    );
+    assert_eq!(
+        described("us-east-1")["ExpirationModel"],
+        "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    );
+    assert!(described("us-east-1").get("ValidTo").is_none());
+
+    // Deleting the material in one Region leaves the other's.
+    in_region(
+        "us-east-1",
+        "DeleteImportedKeyMaterial",
+        json!({"KeyId": key}),
+    )
+    .unwrap();
+    assert_eq!(state("us-east-1"), "PendingImport");
+    assert_eq!(
+        code(in_region("us-east-1", "Decrypt", dec.clone())),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(
+        in_region("eu-west-1", "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGk="
+    );
+    // The replica's material expires at its ValidTo: then no Region has it, and it is gone.
+    let id = crate::store::parse_key_id(&key).unwrap();
+    s.store()
+        .update_key(&id, |r| {
+            let m = r.multi_region.as_mut().unwrap();
+            m.replicas[0].own.as_mut().unwrap().import_valid_to = Some(crate::store::now() - 1.0);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        code(in_region("eu-west-1", "Decrypt", dec.clone())),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(state("eu-west-1"), "PendingImport");
+    assert!(s
+        .store()
+        .key(&id)
+        .unwrap()
+        .unwrap()
+        .record
+        .materials
+        .is_empty());
+    // The same material imported again into the primary's Region: its old ciphertexts decrypt
+    // there, and the replica still waits for its own import.
+    let p = params("us-east-1");
+    import("us-east-1", &p, &material, json!({})).unwrap();
+    assert_eq!(
+        in_region("us-east-1", "Decrypt", dec.clone()).unwrap()["Plaintext"],
+        "aGk="
+    );
+    assert_eq!(state("eu-west-1"), "PendingImport");
+}
+
+#[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn multi_region_keys_share_material_across_regions() {
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string(), "ap-south-1".to_string()]);

@@ -374,13 +374,14 @@ def wrap(params, material, algorithm):
     return public.encrypt(aes, oaep) + aes_key_wrap_with_padding(aes, material)
 
 
-def import_material(key, material, algorithm="RSAES_OAEP_SHA_256", **kwargs):
-    params = admin.get_parameters_for_import(
+def import_material(key, material, algorithm="RSAES_OAEP_SHA_256", kms=None, **kwargs):
+    kms = kms or admin
+    params = kms.get_parameters_for_import(
         KeyId=key, WrappingAlgorithm=algorithm, WrappingKeySpec="RSA_2048"
     )
     valid = params["ParametersValidTo"].timestamp() - time.time()
     assert 86_000 < valid <= 86_400 + 5, valid
-    admin.import_key_material(
+    kms.import_key_material(
         KeyId=key,
         ImportToken=params["ImportToken"],
         EncryptedKeyMaterial=wrap(params, material, algorithm),
@@ -446,6 +447,39 @@ def imported_key_material_encrypts_expires_and_is_deleted():
     expect_error("KMSInvalidStateException", admin.decrypt, CiphertextBlob=ct)
     other_key = admin.create_key()["KeyMetadata"]["KeyId"]
     expect_error("UnsupportedOperationException", admin.delete_imported_key_material, KeyId=other_key)
+
+
+@check
+def imported_multi_region_key_takes_its_material_in_each_region():
+    kid = admin.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+    import_material(kid, material, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    ct = admin.encrypt(KeyId=kid, Plaintext=b"imported mrk")["CiphertextBlob"]
+    replica = admin.replicate_key(KeyId=kid, ReplicaRegion="eu-west-1")["ReplicaKeyMetadata"]
+    assert replica["KeyState"] == "PendingImport" and replica["Origin"] == "EXTERNAL", replica
+    expect_error("KMSInvalidStateException", admin_eu.decrypt, CiphertextBlob=ct)
+    # Other material is refused in the replica's Region; the same material (wrapped by
+    # `cryptography` for that Region's own parameters) enables it.
+    params = admin_eu.get_parameters_for_import(
+        KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_3072"
+    )
+    expect_error(
+        "IncorrectKeyMaterialException",
+        admin_eu.import_key_material,
+        KeyId=kid,
+        ImportToken=params["ImportToken"],
+        EncryptedKeyMaterial=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
+        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+    import_material(
+        kid, material, "RSA_AES_KEY_WRAP_SHA_256", kms=admin_eu, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE"
+    )
+    assert admin_eu.decrypt(CiphertextBlob=ct)["Plaintext"] == b"imported mrk"
+    # Deleting the primary Region's material leaves the replica's.
+    admin.delete_imported_key_material(KeyId=kid)
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "PendingImport"
+    expect_error("KMSInvalidStateException", admin.decrypt, CiphertextBlob=ct)
+    assert admin_eu.decrypt(CiphertextBlob=ct)["Plaintext"] == b"imported mrk"
 
 
 @check

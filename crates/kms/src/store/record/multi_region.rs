@@ -2,6 +2,7 @@
 //! them that the store and the Region operations share (each Region's view, replica deletion).
 
 use super::grant::GrantRecord;
+use super::import::PendingImport;
 use crate::error::{KmsError, KmsResult};
 use crate::store::{KeyRecord, KeyState, Tag};
 use serde::{Deserialize, Serialize};
@@ -28,12 +29,36 @@ pub struct RegionFields {
     /// Grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<GrantRecord>,
+    /// Of a key of origin `EXTERNAL`: the expiration model of the material imported into this
+    /// Region's key (none: this Region's key has no material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_expiration_model: Option<String>,
+    /// When the material imported into this Region's key expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_valid_to: Option<f64>,
+    /// This Region's outstanding import parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_pending: Option<PendingImport>,
 }
 
 impl RegionFields {
-    /// Moves these fields out of `r` (leaving empty values).
+    /// Moves these fields out of `r` (leaving empty values). Of the import state of an
+    /// `EXTERNAL` key, each Region has its own material (imported into each Region's key, the
+    /// same material everywhere), expiry and import parameters; the digest every import must
+    /// match stays shared.
     fn take(r: &mut KeyRecord) -> Self {
+        let (import_expiration_model, import_valid_to, import_pending) = match r.import.as_mut() {
+            Some(i) => (
+                i.expiration_model.take(),
+                i.valid_to.take(),
+                i.pending.take(),
+            ),
+            None => (None, None, None),
+        };
         RegionFields {
+            import_expiration_model,
+            import_valid_to,
+            import_pending,
             description: std::mem::take(&mut r.description),
             state: r.state,
             deletion_date: r.deletion_date.take(),
@@ -53,6 +78,11 @@ impl RegionFields {
         r.policy = self.policy;
         r.tags = self.tags;
         r.grants = self.grants;
+        if let Some(i) = r.import.as_mut() {
+            i.expiration_model = self.import_expiration_model;
+            i.valid_to = self.import_valid_to;
+            i.pending = self.import_pending;
+        }
     }
 }
 
@@ -167,14 +197,35 @@ pub fn materialize_replicas(r: &mut KeyRecord) {
     }
 }
 
-/// Changes the state of every Region's key of `r` with `f` (for changes of the shared
-/// material).
-pub fn for_each_region_state(r: &mut KeyRecord, f: impl Fn(&mut KeyState)) {
+/// The import state of one Region's key of an `EXTERNAL` key: its state, the expiration
+/// model of its material (none: it has none) and when that material expires.
+#[derive(Debug)]
+pub struct RegionImport<'a> {
+    /// The key's state in this Region.
+    pub state: &'a mut KeyState,
+    /// The expiration model of the material imported here (none: no material here).
+    pub expiration_model: &'a mut Option<String>,
+    /// When the material imported here expires.
+    pub valid_to: &'a mut Option<f64>,
+}
+
+/// Calls `f` with the import state of every Region's key of `r` (the record's own Region
+/// first); nothing for a key not of origin `EXTERNAL`.
+pub fn for_each_region_import(r: &mut KeyRecord, mut f: impl FnMut(RegionImport<'_>)) {
     materialize_replicas(r);
-    f(&mut r.state);
+    let Some(i) = r.import.as_mut() else { return };
+    f(RegionImport {
+        state: &mut r.state,
+        expiration_model: &mut i.expiration_model,
+        valid_to: &mut i.valid_to,
+    });
     if let Some(m) = r.multi_region.as_mut() {
         for own in m.replicas.iter_mut().filter_map(|x| x.own.as_mut()) {
-            f(&mut own.state);
+            f(RegionImport {
+                state: &mut own.state,
+                expiration_model: &mut own.import_expiration_model,
+                valid_to: &mut own.import_valid_to,
+            });
         }
     }
 }
