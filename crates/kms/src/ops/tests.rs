@@ -22,6 +22,17 @@ fn call_as(s: &Service, who: &str, op: &str, body: Value) -> KmsResult<Value> {
         .map(|b| serde_json::from_slice(&b).unwrap())
 }
 
+/// Calls `op` as `who` with a credential scoped to `region`.
+fn call_in(s: &Service, who: &str, region: &str, op: &str, body: Value) -> KmsResult<Value> {
+    let caller = Caller {
+        principal: who.into(),
+        region: Some(region.into()),
+        ..Caller::default()
+    };
+    s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+}
+
 fn code(r: KmsResult<Value>) -> &'static str {
     r.map(|_| "ok").unwrap_or_else(|e| e.aws_type())
 }
@@ -571,15 +582,7 @@ fn imported_key_material_lifecycle() {
 fn imported_material_goes_into_each_region_of_a_multi_region_key() {
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string()]);
-    let in_region = |region: &str, op: &str, body: Value| {
-        let caller = Caller {
-            principal: ROOT.into(),
-            region: Some(region.into()),
-            ..Caller::default()
-        };
-        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-    };
+    let in_region = |region: &str, op: &str, body: Value| call_in(&s, ROOT, region, op, body);
     let k = in_region(
         "us-east-1",
         "CreateKey",
@@ -725,15 +728,7 @@ fn imported_material_goes_into_each_region_of_a_multi_region_key() {
 fn multi_region_keys_share_material_across_regions() {
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string(), "ap-south-1".to_string()]);
-    let in_region = |region: &str, op: &str, body: Value| {
-        let caller = Caller {
-            principal: ROOT.into(),
-            region: Some(region.into()),
-            ..Caller::default()
-        };
-        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-    };
+    let in_region = |region: &str, op: &str, body: Value| call_in(&s, ROOT, region, op, body);
     let k = in_region("us-east-1", "CreateKey", json!({"MultiRegion": true})).unwrap();
     let m = &k["KeyMetadata"];
     let key = m["KeyId"].as_str().unwrap().to_string();
@@ -1072,15 +1067,7 @@ fn re_encrypt_authorizations_see_their_own_encryption_algorithm() {
 fn each_region_of_a_multi_region_key_has_its_own_policy_grants_tags_and_state() {
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string(), "ap-south-1".to_string()]);
-    let as_in = |who: &str, region: &str, op: &str, body: Value| {
-        let caller = Caller {
-            principal: who.into(),
-            region: Some(region.into()),
-            ..Caller::default()
-        };
-        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-    };
+    let as_in = |who: &str, region: &str, op: &str, body: Value| call_in(&s, who, region, op, body);
     let allow = |who: &str| json!({"Effect": "Allow", "Principal": {"AWS": who}, "Action": "kms:*", "Resource": "*"});
     let primary_policy =
         json!({"Version": "2012-10-17", "Statement": [allow(ROOT), allow(APP)]}).to_string();
@@ -1407,15 +1394,7 @@ fn replicas_of_earlier_records_start_from_the_primarys_fields() {
     assert!(old.own.is_none());
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string()]);
-    let as_in = |region: &str, op: &str, body: Value| {
-        let caller = Caller {
-            principal: ROOT.into(),
-            region: Some(region.into()),
-            ..Caller::default()
-        };
-        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-    };
+    let as_in = |region: &str, op: &str, body: Value| call_in(&s, ROOT, region, op, body);
     let k = as_in(
         "us-east-1",
         "CreateKey",
@@ -1451,15 +1430,7 @@ fn replicas_of_earlier_records_start_from_the_primarys_fields() {
 fn aliases_are_per_region() {
     let (_d, s) = service();
     let s = s.with_regions(&["eu-west-1".to_string()]);
-    let as_in = |region: &str, op: &str, body: Value| {
-        let caller = Caller {
-            principal: ROOT.into(),
-            region: Some(region.into()),
-            ..Caller::default()
-        };
-        s.handle_as(op, &caller, &serde_json::to_vec(&body).unwrap())
-            .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-    };
+    let as_in = |region: &str, op: &str, body: Value| call_in(&s, ROOT, region, op, body);
     let k = as_in("us-east-1", "CreateKey", json!({"MultiRegion": true})).unwrap();
     let key = k["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
     as_in(

@@ -389,6 +389,21 @@ def import_material(key, material, algorithm="RSAES_OAEP_SHA_256", kms=None, **k
     )
 
 
+def refuses_other_material(kms, key, wrapping_key_spec):
+    """Fresh random material, wrapped for fresh parameters of `kms`'s Region, is refused."""
+    params = kms.get_parameters_for_import(
+        KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec=wrapping_key_spec
+    )
+    expect_error(
+        "IncorrectKeyMaterialException",
+        kms.import_key_material,
+        KeyId=key,
+        ImportToken=params["ImportToken"],
+        EncryptedKeyMaterial=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
+        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+
+
 @check
 def imported_key_material_encrypts_expires_and_is_deleted():
     meta = admin.create_key(Origin="EXTERNAL")["KeyMetadata"]
@@ -427,17 +442,7 @@ def imported_key_material_encrypts_expires_and_is_deleted():
     expect_error("KMSInvalidStateException", admin.decrypt, CiphertextBlob=ct)
     assert admin.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingImport"
     # Other material is refused; the same material (wrapped the other way) brings it back.
-    params = admin.get_parameters_for_import(
-        KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
-    )
-    expect_error(
-        "IncorrectKeyMaterialException",
-        admin.import_key_material,
-        KeyId=key,
-        ImportToken=params["ImportToken"],
-        EncryptedKeyMaterial=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
-        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
-    )
+    refuses_other_material(admin, key, "RSA_2048")
     import_material(
         key, material, "RSA_AES_KEY_WRAP_SHA_256", ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE"
     )
@@ -460,17 +465,7 @@ def imported_multi_region_key_takes_its_material_in_each_region():
     expect_error("KMSInvalidStateException", admin_eu.decrypt, CiphertextBlob=ct)
     # Other material is refused in the replica's Region; the same material (wrapped by
     # `cryptography` for that Region's own parameters) enables it.
-    params = admin_eu.get_parameters_for_import(
-        KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_3072"
-    )
-    expect_error(
-        "IncorrectKeyMaterialException",
-        admin_eu.import_key_material,
-        KeyId=kid,
-        ImportToken=params["ImportToken"],
-        EncryptedKeyMaterial=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
-        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
-    )
+    refuses_other_material(admin_eu, kid, "RSA_3072")
     import_material(
         kid, material, "RSA_AES_KEY_WRAP_SHA_256", kms=admin_eu, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE"
     )
