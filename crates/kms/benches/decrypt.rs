@@ -13,78 +13,13 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use bytes::Bytes;
 use cloister_attestation::{DocumentFields, Isolation, Pki, VerifyOptions};
 use cloister_kms::config::Config;
 use cloister_kms::server;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{call, connect, signed_request, Creds};
-
-/// Runs `conns` connections sending `body` as `op` for `secs`; returns requests per second.
-async fn load(
-    addr: SocketAddr,
-    creds: &Creds,
-    op: &str,
-    body: Value,
-    conns: usize,
-    secs: Duration,
-) -> f64 {
-    let body = Bytes::from(serde_json::to_vec(&body).expect("json"));
-    let count = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (count, stop, measuring, creds, body, op) = (
-            count.clone(),
-            stop.clone(),
-            measuring.clone(),
-            creds.clone(),
-            body.clone(),
-            op.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut sender = connect(addr).await;
-            while !stop.load(Ordering::Relaxed) {
-                // A server that closes after each response (moto's werkzeug does) gets a new
-                // connection; a keep-alive server keeps the one it has.
-                if sender.ready().await.is_err() {
-                    sender = connect(addr).await;
-                }
-                let req = signed_request(addr, &creds, &op, body.clone());
-                let resp = match sender.send_request(req).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        sender = connect(addr).await;
-                        continue;
-                    }
-                };
-                let ok = resp.status().is_success();
-                let b = resp.into_body().collect().await.expect("body").to_bytes();
-                assert!(ok, "{op} failed: {}", String::from_utf8_lossy(&b));
-                if measuring.load(Ordering::Relaxed) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await; // warm-up
-    measuring.store(true, Ordering::Relaxed);
-    let t = Instant::now();
-    tokio::time::sleep(secs).await;
-    let n = count.load(Ordering::Relaxed);
-    let elapsed = t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    n as f64 / elapsed
-}
+use support::{call, connect, fixed_body, load, Creds};
 
 fn start_moto() -> Option<(std::process::Child, SocketAddr)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -235,10 +170,26 @@ fn main() {
             "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
             "AttestationDocument": base64::engine::general_purpose::STANDARD.encode(&doc)}});
         (
-            load(addr, &creds, "Decrypt", plain.clone(), 1, secs).await,
-            load(addr, &creds, "Decrypt", plain, 8, secs).await,
-            load(addr, &creds, "Decrypt", with_recipient.clone(), 1, secs).await,
-            load(addr, &creds, "Decrypt", with_recipient, 8, secs).await,
+            load(&[addr], &creds, "Decrypt", fixed_body(&plain), 1, secs).await,
+            load(&[addr], &creds, "Decrypt", fixed_body(&plain), 8, secs).await,
+            load(
+                &[addr],
+                &creds,
+                "Decrypt",
+                fixed_body(&with_recipient),
+                1,
+                secs,
+            )
+            .await,
+            load(
+                &[addr],
+                &creds,
+                "Decrypt",
+                fixed_body(&with_recipient),
+                8,
+                secs,
+            )
+            .await,
         )
     });
 
@@ -263,8 +214,8 @@ fn main() {
             .await;
             let body = json!({"CiphertextBlob": e["CiphertextBlob"]});
             (
-                load(maddr, &mcreds, "Decrypt", body.clone(), 1, secs).await,
-                load(maddr, &mcreds, "Decrypt", body, 8, secs).await,
+                load(&[maddr], &mcreds, "Decrypt", fixed_body(&body), 1, secs).await,
+                load(&[maddr], &mcreds, "Decrypt", fixed_body(&body), 8, secs).await,
             )
         })
     });

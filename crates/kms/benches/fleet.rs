@@ -16,78 +16,11 @@ mod support;
 use bytes::Bytes;
 use cloister_kms::config::Config;
 use cloister_kms::server;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{call, connect, signed_request, Creds};
-
-type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
-
-/// Runs `conns` connections (connection `i` to `addrs[i % len]`) sending `op` with the body
-/// `body(n)` (n counts requests) for `secs`; returns requests per second.
-async fn load(
-    addrs: &[SocketAddr],
-    creds: &Creds,
-    op: &str,
-    body: BodyFn,
-    conns: usize,
-    secs: Duration,
-) -> f64 {
-    let count = Arc::new(AtomicU64::new(0));
-    let seq = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..conns {
-        let addr = addrs[i % addrs.len()];
-        let (count, seq, stop, measuring, creds, body, op) = (
-            count.clone(),
-            seq.clone(),
-            stop.clone(),
-            measuring.clone(),
-            creds.clone(),
-            body.clone(),
-            op.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut sender = connect(addr).await;
-            while !stop.load(Ordering::Relaxed) {
-                if sender.ready().await.is_err() {
-                    sender = connect(addr).await;
-                }
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                let req = signed_request(addr, &creds, &op, body(n));
-                let resp = match sender.send_request(req).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        sender = connect(addr).await;
-                        continue;
-                    }
-                };
-                let ok = resp.status().is_success();
-                let b = resp.into_body().collect().await.expect("body").to_bytes();
-                assert!(ok, "{op} failed: {}", String::from_utf8_lossy(&b));
-                if measuring.load(Ordering::Relaxed) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let t = Instant::now();
-    tokio::time::sleep(secs).await;
-    let n = count.load(Ordering::Relaxed);
-    let elapsed = t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    n as f64 / elapsed
-}
+use std::time::Duration;
+use support::{call, connect, load, BodyFn, Creds};
 
 /// Starts a server over `data_dir` with `cfg` on `rt`; returns its address and credential.
 fn start(

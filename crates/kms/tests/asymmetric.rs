@@ -7,18 +7,6 @@ mod common;
 
 use std::process::Command;
 
-fn pkcs8_pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap());
-        out.push('\n');
-    }
-    out.push_str("-----END PRIVATE KEY-----\n");
-    out
-}
-
 #[test]
 fn boto3_and_aws_cli_drive_asymmetric_and_hmac_keys() {
     if !common::have_boto3() {
@@ -30,7 +18,11 @@ fn boto3_and_aws_cli_drive_asymmetric_and_hmac_keys() {
     let key = common::enclave_key();
     let doc = attestor.document([0xA1u8; 48], &key.spki);
     std::fs::write(tmp.path().join("doc-a.cbor"), &doc).unwrap();
-    std::fs::write(tmp.path().join("enclave.pem"), pkcs8_pem(&key.pkcs8)).unwrap();
+    std::fs::write(
+        tmp.path().join("enclave.pem"),
+        common::pkcs8_pem(&key.pkcs8),
+    )
+    .unwrap();
 
     let cfg = common::config(Some(attestor.root_path()));
     let data = tmp.path().join("data");

@@ -528,18 +528,6 @@ impl Drop for RoundRobin {
     }
 }
 
-fn pkcs8_pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap());
-        out.push('\n');
-    }
-    out.push_str("-----END PRIVATE KEY-----\n");
-    out
-}
-
 #[test]
 fn boto3_suite_alternating_between_two_servers() {
     assert!(
@@ -565,7 +553,11 @@ fn boto3_suite_alternating_between_two_servers() {
     .unwrap();
     let doc_a_vm = attestor.document_as(cloister_attestation::Isolation::Vm, image_a, &key.spki);
     std::fs::write(tmp.path().join("doc-a-vm.cbor"), &doc_a_vm).unwrap();
-    std::fs::write(tmp.path().join("enclave.pem"), pkcs8_pem(&key.pkcs8)).unwrap();
+    std::fs::write(
+        tmp.path().join("enclave.pem"),
+        common::pkcs8_pem(&key.pkcs8),
+    )
+    .unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
 

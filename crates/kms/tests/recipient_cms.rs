@@ -10,16 +10,8 @@ use cloister_sdk::recipient::{open_ciphertext_for_recipient, parse, RecipientErr
 use std::process::Command;
 
 fn write_pem(dir: &std::path::Path, pkcs8: &[u8]) -> std::path::PathBuf {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for c in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(c).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
     let p = dir.join("key.pem");
-    std::fs::write(&p, pem).unwrap();
+    std::fs::write(&p, common::pkcs8_pem(pkcs8)).unwrap();
     p
 }
 

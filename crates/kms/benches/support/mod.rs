@@ -8,7 +8,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// An access key and its secret.
 #[derive(Clone)]
@@ -118,4 +120,78 @@ pub async fn call(
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     assert!(status.is_success(), "{op}: {status} {v}");
     v
+}
+
+/// A load whose every request has the body `v`.
+pub fn fixed_body(v: &Value) -> BodyFn {
+    let b = Bytes::from(serde_json::to_vec(v).expect("json"));
+    Arc::new(move |_| b.clone())
+}
+
+/// The body of the n-th request of a load.
+pub type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
+
+/// Runs `conns` connections (connection `i` to `addrs[i % len]`) sending `op` with the body
+/// `body(n)` (n counts requests) for `secs`; returns requests per second.
+pub async fn load(
+    addrs: &[SocketAddr],
+    creds: &Creds,
+    op: &str,
+    body: BodyFn,
+    conns: usize,
+    secs: Duration,
+) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let seq = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let addr = addrs[i % addrs.len()];
+        let (count, seq, stop, measuring, creds, body, op) = (
+            count.clone(),
+            seq.clone(),
+            stop.clone(),
+            measuring.clone(),
+            creds.clone(),
+            body.clone(),
+            op.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                // A server that closes after each response (moto's werkzeug does) gets a new
+                // connection; a keep-alive server keeps the one it has.
+                if sender.ready().await.is_err() {
+                    sender = connect(addr).await;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let req = signed_request(addr, &creds, &op, body(n));
+                let resp = match sender.send_request(req).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        sender = connect(addr).await;
+                        continue;
+                    }
+                };
+                let ok = resp.status().is_success();
+                let b = resp.into_body().collect().await.expect("body").to_bytes();
+                assert!(ok, "{op} failed: {}", String::from_utf8_lossy(&b));
+                if measuring.load(Ordering::Relaxed) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // warm-up
+    measuring.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(secs).await;
+    let n = count.load(Ordering::Relaxed);
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / elapsed
 }

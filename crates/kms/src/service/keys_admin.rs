@@ -295,10 +295,16 @@ impl Service {
         }
     }
 
-    pub(super) fn create_alias(&self, principal: &str, req: AliasRequest) -> KmsResult<Value> {
+    /// The alias name and target key of CreateAlias and UpdateAlias, validated in that order.
+    fn alias_and_target(&self, req: AliasRequest) -> KmsResult<(String, Resolved)> {
         let name = required(req.alias_name, "aliasName")?;
         validate_alias_name(&name)?;
         let key = self.alias_target_key(&required(req.target_key_id, "targetKeyId")?)?;
+        Ok((name, key))
+    }
+
+    pub(super) fn create_alias(&self, principal: &str, req: AliasRequest) -> KmsResult<Value> {
+        let (name, key) = self.alias_and_target(req)?;
         self.authorize(&key, principal, "kms:CreateAlias", None, None)?;
         self.store
             .create_alias(&self.alias_key(&name), &key.entry.record.id)
@@ -307,9 +313,8 @@ impl Service {
     }
 
     pub(super) fn update_alias(&self, principal: &str, req: AliasRequest) -> KmsResult<Value> {
-        let name = required(req.alias_name, "aliasName")?;
-        validate_alias_name(&name)?;
-        let key = self.alias_target_key(&required(req.target_key_id, "targetKeyId")?)?;
+        let (name, key) = self.alias_and_target(req)?;
+        // The caller needs UpdateAlias on the key the alias leaves and on the one it joins.
         let old = self.resolve(&name)?;
         self.authorize(&old, principal, "kms:UpdateAlias", None, None)?;
         self.authorize(&key, principal, "kms:UpdateAlias", None, None)?;

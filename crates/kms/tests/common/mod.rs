@@ -300,3 +300,16 @@ impl RawClient {
         ))
     }
 }
+
+/// A PKCS#8 private key (DER) as PEM, for OpenSSL and `cryptography`.
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    out
+}
