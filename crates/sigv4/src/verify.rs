@@ -236,13 +236,20 @@ impl Verifier {
                 format_amz_date(now)
             )));
         }
-        let scope = format!(
-            "{}/{}/{}/aws4_request",
-            auth.date, auth.region, auth.service
-        );
+        let mut scope =
+            String::with_capacity(auth.date.len() + auth.region.len() + auth.service.len() + 15);
+        for part in [
+            auth.date,
+            "/",
+            auth.region,
+            "/",
+            auth.service,
+            "/aws4_request",
+        ] {
+            scope.push_str(part);
+        }
         let sts = string_to_sign(req, auth.signed_headers, amz_date, &scope)?;
-        let key = self.cached_signing_key(auth.access_key, auth.date, auth.region, cred);
-        let expected = signature_under(&key, &sts);
+        let expected = self.signature(auth.access_key, auth.date, auth.region, cred, &sts);
         if constant_time::verify_slices_are_equal(&expected, auth.signature.as_bytes()).is_err() {
             return Err(Error::Invalid(
                 "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
@@ -251,13 +258,17 @@ impl Verifier {
         Ok((cred.principal.clone(), auth.region.to_string()))
     }
 
-    fn cached_signing_key(
+    /// The signature of `sts` under the access key's signing key for `date` and `region`,
+    /// computed under the cache's read lock when the key is cached (no copy of the key), else
+    /// derived, cached and used.
+    fn signature(
         &self,
         access_key: &str,
         date: &str,
         region: &str,
         cred: &Credential,
-    ) -> hmac::Key {
+        sts: &str,
+    ) -> [u8; 64] {
         let mut d = [0u8; 8];
         d.copy_from_slice(&date.as_bytes()[..8]);
         if let Ok(cache) = self.cache.read() {
@@ -265,11 +276,12 @@ impl Verifier {
                 .get(access_key)
                 .and_then(|keys| keys.iter().find(|k| k.date == d && k.region == region))
             {
-                return k.key.clone();
+                return signature_under(&k.key, sts);
             }
         }
         let raw = signing_key(&cred.secret, date, region, &self.service);
         let k = hmac::Key::new(hmac::HMAC_SHA256, &*raw);
+        let expected = signature_under(&k, sts);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= SIGNING_KEY_CACHE_MAX {
                 cache.clear();
@@ -282,11 +294,11 @@ impl Verifier {
                 keys.push(CachedKey {
                     date: d,
                     region: region.to_string(),
-                    key: k.clone(),
+                    key: k,
                 });
             }
         }
-        k
+        expected
     }
 }
 
