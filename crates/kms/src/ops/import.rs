@@ -380,20 +380,13 @@ impl Service {
             None => {}
         }
         let digest = material_digest(&material);
-        if import
-            .material_digest
-            .as_ref()
-            .is_some_and(|d| d != &digest)
-        {
-            return Err(KmsError::IncorrectKeyMaterial(
-                "The key material is not the material previously imported into this key".into(),
-            ));
-        }
         let sealed = self.store.seal_material(&record.id, 0, &material)?;
         // Into the request's Region's key only: each Region of a multi-Region key takes the
         // (same) material by its own import, and keeps its own expiry.
         self.update_regional(&key, |r| {
             let i = r.import.as_mut().ok_or_else(|| not_external(&key.arn))?;
+            // Checked under the store's lock: two imports of different material cannot both
+            // be first.
             if i.material_digest.as_ref().is_some_and(|d| d != &digest) {
                 return Err(KmsError::IncorrectKeyMaterial(
                     "The key material is not the material previously imported into this key".into(),
@@ -431,12 +424,8 @@ impl Service {
         // From the request's Region's key only; the material stays while another Region's key
         // has it.
         self.update_regional(&key, |r| {
-            if let Some(i) = r.import.as_mut() {
-                delete_material(super::regions::RegionImport {
-                    state: &mut r.state,
-                    expiration_model: &mut i.expiration_model,
-                    valid_to: &mut i.valid_to,
-                });
+            if let Some(x) = super::regions::RegionImport::of_record(r) {
+                delete_material(x);
             }
             drop_unused_material(r);
             Ok(())

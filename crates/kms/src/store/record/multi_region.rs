@@ -209,16 +209,27 @@ pub struct RegionImport<'a> {
     pub valid_to: &'a mut Option<f64>,
 }
 
+impl RegionImport<'_> {
+    /// The import state of the Region whose fields `r` holds (the primary's, or, in a record
+    /// swapped to a replica's Region, that replica's); none for a key not of origin `EXTERNAL`.
+    pub fn of_record(r: &mut KeyRecord) -> Option<RegionImport<'_>> {
+        let i = r.import.as_mut()?;
+        Some(RegionImport {
+            state: &mut r.state,
+            expiration_model: &mut i.expiration_model,
+            valid_to: &mut i.valid_to,
+        })
+    }
+}
+
 /// Calls `f` with the import state of every Region's key of `r` (the record's own Region
 /// first); nothing for a key not of origin `EXTERNAL`.
 pub fn for_each_region_import(r: &mut KeyRecord, mut f: impl FnMut(RegionImport<'_>)) {
     materialize_replicas(r);
-    let Some(i) = r.import.as_mut() else { return };
-    f(RegionImport {
-        state: &mut r.state,
-        expiration_model: &mut i.expiration_model,
-        valid_to: &mut i.valid_to,
-    });
+    let Some(own) = RegionImport::of_record(r) else {
+        return;
+    };
+    f(own);
     if let Some(m) = r.multi_region.as_mut() {
         for own in m.replicas.iter_mut().filter_map(|x| x.own.as_mut()) {
             f(RegionImport {
